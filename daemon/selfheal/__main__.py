@@ -1,0 +1,5 @@
+"""`python -m selfheal` runs the command-line interface."""
+
+from selfheal.cli import main
+
+main()
