@@ -31,9 +31,17 @@ class ControlError(SelfhealError):
         super().__init__(f"{code}: {message}")
 
 
-class DaemonAlreadyRunning(SelfhealError, RuntimeError):
+class StartupError(SelfhealError, RuntimeError):
+    """The daemon cannot run at all as configured; retrying would not help."""
+
+
+class DaemonAlreadyRunning(StartupError):
     """Another live daemon already owns the control socket."""
 
 
 class EmbeddedRedisError(SelfhealError, RuntimeError):
-    """The embedded redis-server could not be found, started or reached."""
+    """The embedded redis-server could not be started or reached."""
+
+
+class RedisServerNotFound(StartupError):
+    """No redis-server binary is available for the embedded Redis."""

@@ -1,0 +1,49 @@
+"""The `selfheal` command line: the daemon itself and a client of its control socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from selfheal import __version__
+from selfheal.cli.config_cmds import nas
+from selfheal.cli.context import CliState
+from selfheal.cli.daemon_cmds import reload_cmd, run, status
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="selfheal")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file (default: $SELFHEAL_CONFIG or ~/.joelclaw/system-bus.config.json).",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Control socket of a running daemon (default: from the config).",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, socket_path: Path | None) -> None:
+    """Self-healing NAS backup orchestrator."""
+    ctx.obj = CliState(config_path=config_path, socket_path=socket_path, env=dict(os.environ))
+
+
+cli.add_command(run)
+cli.add_command(status)
+cli.add_command(reload_cmd)
+cli.add_command(nas)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(
+        level=os.environ.get("SELFHEAL_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    cli(prog_name="selfheal")

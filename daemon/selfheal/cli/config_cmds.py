@@ -1,0 +1,69 @@
+"""`selfheal nas config show|init`."""
+
+from __future__ import annotations
+
+import click
+
+from selfheal.cli.context import EXIT_CONFIG, CliState
+from selfheal.cli.output import emit_json, fail, table
+from selfheal.config import init_config
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+@click.group()
+def nas() -> None:
+    """NAS backup configuration and targets."""
+
+
+@nas.group("config")
+def config_group() -> None:
+    """Show or initialise the shared config file."""
+
+
+@config_group.command("show")
+@click.option("--effective", is_flag=True, help="Every key, defaults included.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def show(state: CliState, effective: bool, as_json: bool) -> None:
+    """Each value with its source (default, file key, or env var); secrets redacted."""
+    loaded = state.load()
+    items = [i for i in loaded.effective_items() if effective or i.source != "default"]
+    if as_json:
+        emit_json(
+            {
+                "path": str(loaded.path),
+                "exists": loaded.exists,
+                "items": [
+                    {
+                        "key": i.key,
+                        "value": i.value,
+                        "source": i.source,
+                        "default": i.default,
+                        "env": list(i.env_vars),
+                        "secret": i.secret,
+                    }
+                    for i in items
+                ],
+            }
+        )
+        return
+    click.echo(f"# {loaded.path}{'' if loaded.exists else ' (missing: defaults)'}")
+    if not items:
+        click.echo("every key is at its default; use --effective to list them")
+        return
+    click.echo(table(["key", "value", "source"], [[i.key, i.value, i.source] for i in items]))
+
+
+@config_group.command("init")
+@click.option("--force", is_flag=True, help="Rewrite our sections of an existing file.")
+@pass_state
+def init(state: CliState, force: bool) -> None:
+    """Write a complete config template (other programs' sections are kept)."""
+    path = state.resolved_config_path()
+    try:
+        init_config(path, force=force)
+    except FileExistsError:
+        fail(f"{path} exists; use --force to rewrite selfheal's sections (others are kept)",
+             EXIT_CONFIG)
+    click.echo(f"wrote {path}")

@@ -1,0 +1,108 @@
+"""`selfheal run`, `status` and `reload`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from selfheal.cli.context import EXIT_CONFIG, CliState
+from selfheal.cli.output import emit_json, fail, format_value, table
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+@click.command()
+@pass_state
+def run(state: CliState) -> None:
+    """Run the daemon in the foreground (what launchd/systemd start)."""
+    from selfheal.daemon import run_daemon  # noqa: PLC0415 - keep client commands light
+    from selfheal.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        code = run_daemon(state.resolved_config_path(), state.env)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+        return
+    sys.exit(code)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def status(state: CliState, as_json: bool) -> None:
+    """Show the running daemon's state, services, Redis and last reload."""
+    result = state.call("status")
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(render_status(result))
+
+
+@click.command("reload")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def reload_cmd(state: CliState, as_json: bool) -> None:
+    """Ask the running daemon to reload its config file now."""
+    result = state.call("config.reload")
+    if as_json:
+        emit_json(result)
+    elif result["ok"]:
+        changed = "applied" if result["changed"] else "unchanged"
+        click.echo(f"config reloaded: {changed}")
+        if result.get("restarted"):
+            click.echo(f"restarted: {', '.join(result['restarted'])}")
+        if result.get("restart_required"):
+            click.echo(f"needs a daemon restart: {', '.join(result['restart_required'])}")
+    else:
+        fail(f"config rejected, the last good config stays in force:\n{result['error']}",
+             EXIT_CONFIG)
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    seconds = max(0, int(time.time() - ts))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s ago"
+
+
+def render_status(s: dict[str, Any]) -> str:
+    """The human form of `status`."""
+    redis = s.get("redis", {})
+    embedded = redis.get("embedded")
+    lines = [
+        f"selfheal {s['version']}  pid {s['pid']}  state {s['state']}  "
+        f"up {int(s['uptime_seconds'])}s",
+        f"config      {s['config']['path']} (generation {s['config']['generation']}"
+        f"{'' if s['config']['exists'] else ', file missing: defaults'})",
+    ]
+    reload = s.get("last_reload")
+    if reload:
+        outcome = "ok" if reload["ok"] else f"REJECTED: {reload['error']}"
+        lines.append(f"last reload {outcome} ({reload['trigger']}, {_ago(reload['at'])})")
+    lines.append(
+        f"redis       {redis.get('mode')} {redis.get('target', '')} "
+        f"{'connected' if redis.get('connected') else 'DISCONNECTED'}"
+        + (f" ({redis['last_error']})" if not redis.get("connected") and redis.get("last_error")
+           else "")
+    )
+    if embedded:
+        lines.append(
+            f"embedded    pid {format_value(embedded.get('pid'))}  "
+            f"restarts {embedded.get('restarts')}  {embedded.get('binary')}"
+        )
+    tel = s.get("telemetry", {})
+    lines.append(f"telemetry   {tel.get('exporter')} {tel.get('span_file') or ''}".rstrip())
+    lines.append("")
+    lines.append(
+        table(
+            ["service", "state", "restarts", "since", "last error"],
+            [
+                [x["name"], x["state"], x["restarts"], _ago(x["since"]), x["last_error"] or ""]
+                for x in s.get("services", [])
+            ],
+        )
+    )
+    return "\n".join(lines)

