@@ -78,8 +78,9 @@ def test_embedded_redis_killed_comes_back(
     def back() -> bool:
         st = daemon.status()["redis"]
         emb = st["embedded"]
-        return bool(emb["restarts"] >= 1 and emb["pid"] not in (None, server.pid)
-                    and st["connected"])
+        return bool(
+            emb["restarts"] >= 1 and emb["pid"] not in (None, server.pid) and st["connected"]
+        )
 
     wait_until(back, 30, "embedded redis restarted and reconnected")
     [again] = daemon.redis_servers()
@@ -98,8 +99,11 @@ def test_daemon_killed_leaves_no_orphan_redis(
     [server] = daemon.redis_servers()
     daemon.kill()  # SIGKILL: no chance to clean up
     # Linux: the parent-death signal stops it. Elsewhere the next start reaps it.
-    wait_until(lambda: not server.is_running() or server.status() == "zombie", 15,
-               "embedded redis-server to exit after its daemon was killed")
+    wait_until(
+        lambda: not server.is_running() or server.status() == "zombie",
+        15,
+        "embedded redis-server to exit after its daemon was killed",
+    )
     again = DaemonProcess(short_home)
     daemon_factory.append(again)
     again.start()
@@ -150,12 +154,16 @@ def test_url_mode_reconnects_when_redis_returns(
         assert daemon.redis_servers() == [], "no embedded server in URL mode"
 
         server.stop(kill=True)
-        wait_until(lambda: daemon.status()["redis"]["connected"] is False, 15,
-                   "the daemon to notice Redis is gone")
+        wait_until(
+            lambda: daemon.status()["redis"]["connected"] is False,
+            15,
+            "the daemon to notice Redis is gone",
+        )
         assert daemon.status()["state"] == "running", "a lost Redis does not stop the daemon"
         server.start()
-        wait_until(lambda: daemon.status()["redis"]["connected"] is True, 40,
-                   "the daemon to reconnect")
+        wait_until(
+            lambda: daemon.status()["redis"]["connected"] is True, 40, "the daemon to reconnect"
+        )
         assert daemon.stop() == 0
     finally:
         server.stop(kill=True)

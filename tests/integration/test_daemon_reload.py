@@ -41,8 +41,11 @@ def running(short_home: Path, daemon_factory: list[DaemonProcess]) -> DaemonProc
 
 
 def _wait_value(daemon: DaemonProcess, key: str, value: Any) -> None:
-    wait_until(lambda: _value(daemon, key)["value"] == value, RELOAD_WAIT_S,
-               f"{key} == {value!r} after reload")
+    wait_until(
+        lambda: _value(daemon, key)["value"] == value,
+        RELOAD_WAIT_S,
+        f"{key} == {value!r} after reload",
+    )
 
 
 def test_atomic_rename_edit_is_applied(running: DaemonProcess) -> None:
@@ -96,8 +99,11 @@ def test_broken_json_is_rejected_with_position(running: DaemonProcess) -> None:
 
 def test_sighup_reloads(running: DaemonProcess) -> None:
     running.signal(signal.SIGHUP)
-    wait_until(lambda: (running.status()["last_reload"] or {}).get("trigger") == "signal",
-               RELOAD_WAIT_S, "a SIGHUP reload")
+    wait_until(
+        lambda: (running.status()["last_reload"] or {}).get("trigger") == "signal",
+        RELOAD_WAIT_S,
+        "a SIGHUP reload",
+    )
     last = running.status()["last_reload"]
     assert last["ok"] is True and last["changed"] is False
     assert running.status()["state"] == "running"
@@ -131,8 +137,14 @@ def test_redis_url_change_restarts_only_redis_services(
         cfg = _config(5)
         cfg["selfheal"] = {"redis": {"url": server.url}}
         running.write_config(cfg)
-        wait_until(lambda: running.status()["redis"]["mode"] == "url"
-                   and running.status()["redis"]["connected"], 20, "switch to the URL Redis")
+        wait_until(
+            lambda: (
+                running.status()["redis"]["mode"] == "url"
+                and running.status()["redis"]["connected"]
+            ),
+            20,
+            "switch to the URL Redis",
+        )
         last = running.status()["last_reload"]
         assert set(last["restarted"]) == {"embedded-redis", "redis"}
         wait_until(lambda: running.redis_servers() == [], 15, "embedded redis stopped")

@@ -21,8 +21,9 @@ READY_TIMEOUT_S = 40.0
 class DaemonProcess:
     """`python -m selfheal run` in a temporary HOME."""
 
-    def __init__(self, home: Path, *, config: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, *, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.config_path = home / ".joelclaw" / "system-bus.config.json"
         self.socket_path = home / ".joelclaw" / "selfheal.sock"

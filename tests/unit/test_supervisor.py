@@ -27,9 +27,16 @@ def anyio_backend() -> str:
 class Recorder:
     """A service that logs its life into a shared list and can be told to misbehave."""
 
-    def __init__(self, name: str, log: list[str], *, crash_times: int = 0,
-                 startup_error: bool = False, ignore_stop: bool = False,
-                 ready_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        log: list[str],
+        *,
+        crash_times: int = 0,
+        startup_error: bool = False,
+        ignore_stop: bool = False,
+        ready_delay: float = 0.0,
+    ) -> None:
         self.name = name
         self.log = log
         self.crash_times = crash_times
@@ -172,8 +179,10 @@ async def test_restart_changed_rebuilds_only_services_whose_dependency_changed()
 
     other = Recorder("other", log)
     sup = Supervisor(
-        [ServiceSpec(name="dep", factory=factory, depends_on=lambda: setting["value"]),
-         spec(other)],
+        [
+            ServiceSpec(name="dep", factory=factory, depends_on=lambda: setting["value"]),
+            spec(other),
+        ],
         drain_timeout=lambda: 1.0,
     )
     async with anyio.create_task_group() as tg:

@@ -1,0 +1,139 @@
+"""Wire format of the control socket: newline-delimited JSON requests and replies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from selfheal.errors import ControlError
+
+# Bumped only on incompatible changes; clients compare it to what they understand.
+API_VERSION: Final = 1
+# A request larger than this is refused with too_large (and the rest of its line discarded).
+MAX_REQUEST_BYTES: Final = 1 << 20
+
+# Error codes sent in {"error": {"code": ...}}; handlers may add their own via ControlError.
+BAD_REQUEST: Final = "bad_request"
+TOO_LARGE: Final = "too_large"
+UNKNOWN_METHOD: Final = "unknown_method"
+FORBIDDEN: Final = "forbidden"
+INTERNAL: Final = "internal"
+
+RequestId = str | int | None
+
+
+class RequestError(ControlError):
+    """A request line could not be accepted; carries the id when it could be read."""
+
+    def __init__(self, code: str, message: str, request_id: RequestId = None) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed request line."""
+
+    id: str | int
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _valid_id(value: Any) -> bool:
+    # bool is an int subclass but never a sensible request id.
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse one request line; raise RequestError (code bad_request) naming the bad field."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(BAD_REQUEST, f"request is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RequestError(BAD_REQUEST, f"request must be a JSON object, not {type(obj).__name__}")
+    raw_id = obj.get("id")
+    request_id = raw_id if _valid_id(raw_id) else None
+    if "id" not in obj:
+        raise RequestError(BAD_REQUEST, "missing field 'id'")
+    if request_id is None:
+        raise RequestError(BAD_REQUEST, "field 'id' must be a string or an integer")
+    method = obj.get("method")
+    if "method" not in obj:
+        raise RequestError(BAD_REQUEST, "missing field 'method'", request_id)
+    if not isinstance(method, str) or not method:
+        raise RequestError(BAD_REQUEST, "field 'method' must be a non-empty string", request_id)
+    params = obj.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RequestError(BAD_REQUEST, "field 'params' must be a JSON object", request_id)
+    return Request(id=request_id, method=method, params=params)
+
+
+def result_reply(request_id: RequestId, result: Any) -> dict[str, Any]:
+    """Build a success reply."""
+    return {"id": request_id, "ok": True, "result": result, "api_version": API_VERSION}
+
+
+def event_reply(request_id: RequestId, event: Any) -> dict[str, Any]:
+    """Build one streamed event of a streaming reply."""
+    return {"id": request_id, "ok": True, "event": event, "api_version": API_VERSION}
+
+
+def error_reply(request_id: RequestId, code: str, message: str) -> dict[str, Any]:
+    """Build an error reply."""
+    return {
+        "id": request_id,
+        "ok": False,
+        "error": {"code": code, "message": message},
+        "api_version": API_VERSION,
+    }
+
+
+def encode_reply(obj: Any) -> bytes:
+    """Encode a reply as one JSON line; odd values (Path, datetime) become strings."""
+    return (json.dumps(obj, default=str, separators=(",", ":")) + "\n").encode()
+
+
+class Oversized:
+    """Marker yielded by LineBuffer in place of a line longer than the limit."""
+
+    __slots__ = ()
+
+
+OVERSIZED: Final = Oversized()
+
+
+class LineBuffer:
+    """Split a byte stream into lines, replacing over-long lines by one OVERSIZED marker."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | Oversized]:
+        """Add received bytes; return the complete non-blank lines (or markers) now available."""
+        self._buffer += data
+        out: list[bytes | Oversized] = []
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if self._discarding:
+                    self._buffer.clear()
+                elif len(self._buffer) > self.max_bytes:
+                    # Refuse now rather than buffer an unbounded line; drop the rest later.
+                    out.append(OVERSIZED)
+                    self._buffer.clear()
+                    self._discarding = True
+                return out
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if self._discarding:
+                self._discarding = False
+            elif len(line) > self.max_bytes:
+                out.append(OVERSIZED)
+            elif line.strip():
+                out.append(line)

@@ -1,0 +1,303 @@
+"""The daemon side of the control socket: safe binding, peer check, one task per connection."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import socket
+import stat
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute, SocketStream
+
+from selfheal.control.peercred import peer_credentials
+from selfheal.control.protocol import (
+    FORBIDDEN,
+    INTERNAL,
+    MAX_REQUEST_BYTES,
+    TOO_LARGE,
+    UNKNOWN_METHOD,
+    LineBuffer,
+    Oversized,
+    RequestError,
+    RequestId,
+    encode_reply,
+    error_reply,
+    event_reply,
+    parse_request,
+    result_reply,
+)
+from selfheal.errors import ControlError, DaemonAlreadyRunning, SelfhealError
+from selfheal.redact import redact_text
+
+log = logging.getLogger("selfheal.control")
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# How long the liveness probe of an existing socket may take before we call it alive.
+_PROBE_TIMEOUT_S = 2.0
+# Pause after a failed accept (e.g. EMFILE) so a persistent error does not spin the loop.
+_ACCEPT_RETRY_S = 0.1
+_RECEIVE_CHUNK = 65536
+
+
+class UnsafeSocketPath(SelfhealError, OSError):
+    """The socket path or its directory cannot be used safely; nothing was changed."""
+
+
+def _describe(exc: BaseException) -> str:
+    return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+def prepare_socket_dir(directory: Path) -> None:
+    """Create the socket directory 0700, or tighten ours; refuse one owned by another uid."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeSocketPath(f"{directory} is not a directory")
+    if st.st_uid != os.getuid():
+        raise UnsafeSocketPath(
+            f"control socket directory {directory} is owned by uid {st.st_uid}, not by us"
+            f" (uid {os.getuid()}); choose a directory of our own"
+        )
+    if st.st_mode & 0o077:
+        log.warning(
+            "control socket directory %s had mode %o; tightening to 0700",
+            directory,
+            stat.S_IMODE(st.st_mode),
+        )
+        os.chmod(directory, 0o700)
+
+
+def clear_stale_socket(path: Path) -> None:
+    """Remove a dead socket at `path`; raise if a live daemon or a non-socket is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UnsafeSocketPath(f"{path} exists and is not a socket; refusing to replace it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT_S)
+        try:
+            probe.connect(os.fspath(path))
+        except ConnectionRefusedError:
+            log.info("removing stale control socket %s (nothing is listening)", path)
+            os.unlink(path)
+            return
+        except FileNotFoundError:
+            return  # removed between lstat and connect
+        except (TimeoutError, BlockingIOError):
+            pid = None  # accepted into a full backlog: someone is alive there
+        else:
+            try:
+                pid = peer_credentials(probe)[0]
+            except OSError:
+                pid = None
+    who = f" (pid {pid})" if pid else ""
+    raise DaemonAlreadyRunning(f"another selfheal daemon{who} is already listening on {path}")
+
+
+class ControlServer:
+    """Serve newline-delimited JSON requests on a Unix socket until cancelled."""
+
+    # Lets the supervisor run it as a Service (name + run) as well as via serve().
+    name = "control"
+
+    def __init__(
+        self,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        *,
+        allowed_uid: int | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
+        self.path = path
+        self.handlers = dict(handlers)
+        self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
+        self.max_request_bytes = max_request_bytes
+        self._identity: tuple[int, int] | None = None
+        self._connection_ids = count(1)
+        self._open_connections = 0
+        self._idle: anyio.Event | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Number of client connections currently being served."""
+        return self._open_connections
+
+    async def wait_idle(self) -> None:
+        """Return once no client connection is open (for a drain before cancelling serve)."""
+        while self._open_connections and self._idle is not None:
+            await self._idle.wait()
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind the socket, signal readiness, and serve connections until cancelled."""
+        await anyio.to_thread.run_sync(prepare_socket_dir, self.path.parent)
+        await anyio.to_thread.run_sync(clear_stale_socket, self.path)
+        listener = await anyio.create_unix_listener(self.path, mode=0o600)
+        try:
+            # Explicit even though mode= did it: the 0600 guarantee must not hinge on anyio.
+            os.chmod(self.path, 0o600)
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+            log.info("control socket listening on %s", self.path)
+            task_status.started()
+            async with anyio.create_task_group() as tg:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except (OSError, anyio.BrokenResourceError) as exc:
+                        # anyio wraps e.g. EMFILE in BrokenResourceError; both are transient.
+                        log.warning("control socket accept failed: %r", exc.__cause__ or exc)
+                        await anyio.sleep(_ACCEPT_RETRY_S)
+                        continue
+                    number = next(self._connection_ids)
+                    self._connection_opened()
+                    tg.start_soon(self._serve_connection, stream, name=f"control-conn-{number}")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            self._unlink_if_ours()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Alias of serve() matching the supervisor's Service protocol."""
+        await self.serve(task_status=task_status)
+
+    def _unlink_if_ours(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        # Another daemon may have replaced our file; removing its socket would orphan it.
+        if (st.st_dev, st.st_ino) == self._identity:
+            os.unlink(self.path)
+        else:
+            log.warning("control socket %s was replaced by another process; leaving it", self.path)
+
+    def _peer_allowed(self, stream: SocketStream) -> bool:
+        try:
+            pid, uid = peer_credentials(stream.extra(SocketAttribute.raw_socket))
+        except OSError as exc:
+            # Fail closed: without credentials we cannot tell who is asking.
+            log.warning("control socket: cannot read peer credentials (%s); refusing", exc)
+            return False
+        if uid != self.allowed_uid:
+            log.warning("control socket: refused peer uid %d pid %s", uid, pid)
+            return False
+        return True
+
+    def _connection_opened(self) -> None:
+        # Counted at accept time so wait_idle() also covers tasks not yet started.
+        self._open_connections += 1
+        if self._open_connections == 1:
+            self._idle = anyio.Event()
+
+    async def _serve_connection(self, stream: SocketStream) -> None:
+        try:
+            await self._converse(stream)
+        finally:
+            self._open_connections -= 1
+            if not self._open_connections and self._idle is not None:
+                self._idle.set()
+
+    async def _converse(self, stream: SocketStream) -> None:
+        async def send(reply: dict[str, Any]) -> None:
+            await stream.send(encode_reply(reply))
+
+        async with stream:
+            try:
+                if not self._peer_allowed(stream):
+                    await send(error_reply(None, FORBIDDEN, "peer uid is not allowed"))
+                    return
+                lines = LineBuffer(self.max_request_bytes)
+                while True:
+                    try:
+                        data = await stream.receive(_RECEIVE_CHUNK)
+                    except anyio.EndOfStream:
+                        return
+                    for line in lines.feed(data):
+                        if isinstance(line, Oversized):
+                            message = f"request line exceeds {self.max_request_bytes} bytes"
+                            await send(error_reply(None, TOO_LARGE, message))
+                        else:
+                            await self._dispatch(line, send)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                log.debug("control client went away mid-request")
+
+    async def _dispatch(self, line: bytes, send: Send) -> None:
+        try:
+            request = parse_request(line)
+        except RequestError as exc:
+            await send(error_reply(exc.request_id, exc.code, exc.message))
+            return
+        handler = self.handlers.get(request.method)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers)) or "(none)"
+            message = f"unknown method {request.method!r}; known methods: {known}"
+            await send(error_reply(request.id, UNKNOWN_METHOD, message))
+            return
+        try:
+            outcome: Any = handler(request.params)
+            # Accept both `async def` handlers and async generator functions (streams).
+            result = await outcome if inspect.isawaitable(outcome) else outcome
+        except ControlError as exc:
+            await send(error_reply(request.id, exc.code, redact_text(exc.message)))
+            return
+        except Exception as exc:
+            self._log_failure(request.method, exc)
+            await send(error_reply(request.id, INTERNAL, _describe(exc)))
+            return
+        if isinstance(result, AsyncIterator):
+            await self._stream(request.id, request.method, result, send)
+        else:
+            await send(result_reply(request.id, result))
+
+    async def _stream(
+        self, request_id: RequestId, method: str, events: AsyncIterator[Any], send: Send
+    ) -> None:
+        sent = 0
+        try:
+            while True:
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except ControlError as exc:
+                    await send(error_reply(request_id, exc.code, redact_text(exc.message)))
+                    return
+                except Exception as exc:
+                    self._log_failure(method, exc)
+                    await send(error_reply(request_id, INTERNAL, _describe(exc)))
+                    return
+                await send(event_reply(request_id, event))
+                sent += 1
+        finally:
+            # Close the producer even when the client vanished mid-stream.
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+        await send(result_reply(request_id, {"events": sent}))
+
+    @staticmethod
+    def _log_failure(method: str, exc: Exception) -> None:
+        # Logged by hand so the traceback text goes through redaction too.
+        stack = redact_text("".join(traceback.format_exception(exc)))
+        log.error("control method %r failed: %s\n%s", method, _describe(exc), stack)

@@ -1,0 +1,90 @@
+"""Mask secrets in values and text before they reach logs, status, telemetry or errors."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "***"
+
+# Secret words; matched against whole key segments so "max_tokens" stays visible
+# (a token *count*) while "bot_token", "x-api-key" and "redisPassword" are masked.
+_SECRET_WORDS = (
+    r"api[-_]?key|access[-_]?key|private[-_]?key|bot[-_]?token|token|secrets?"
+    r"|passwords?|passwd|authorization|cookies?|credentials?"
+)
+_SECRET_KEY = re.compile(rf"(?:^|[-_.\s])(?:{_SECRET_WORDS})(?:$|[-_.\s])", re.IGNORECASE)
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+# scheme://user:password@host; '/' ends the password so "host:8080/path@x" is untouched.
+_URL_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):(?P<pw>[^@/\s]+)@")
+# Telegram Bot API paths embed the token: https://api.telegram.org/bot<id>:<secret>/...
+_TELEGRAM_PATH = re.compile(r"/bot\d+:[A-Za-z0-9_-]+")
+# A bare Telegram token pasted into an error message.
+_TELEGRAM_BARE = re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}")
+_BEARER = re.compile(r"\b(Bearer)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# Authorization: <scheme> <credentials> -- keep the scheme, hide the credentials.
+_AUTH_HEADER = re.compile(
+    r"\b((?:proxy-)?authorization[\"']?\s*[=:]\s*[\"']?)(?:(\w+)\s+)?[^\s\"'&,;]+",
+    re.IGNORECASE,
+)
+# key=value / key: value in query strings, env dumps and error text.
+_KEY_VALUE = re.compile(
+    r"([\w.-]*?(?:api[-_]?key|access[-_]?key|private[-_]?key|token|secret|password|passwd"
+    r"|credentials?|cookie)[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)[^\s\"'&,;]+",
+    re.IGNORECASE,
+)
+
+
+def is_secret_key(name: str) -> bool:
+    """Return True when a mapping key names a secret (api_key, botToken, Authorization...)."""
+    return bool(_SECRET_KEY.search(_CAMEL_BOUNDARY.sub("_", name)))
+
+
+def _mask_auth_header(match: re.Match[str]) -> str:
+    scheme = match.group(2)
+    return f"{match.group(1)}{scheme} {MASK}" if scheme else f"{match.group(1)}{MASK}"
+
+
+def redact_text(text: str) -> str:
+    """Return free text (an error message, a URL) with embedded secrets masked."""
+    text = _URL_USERINFO.sub(rf"\g<head>:{MASK}@", text)
+    text = _TELEGRAM_PATH.sub(f"/bot{MASK}", text)
+    text = _TELEGRAM_BARE.sub(MASK, text)
+    text = _BEARER.sub(rf"\1 {MASK}", text)
+    text = _AUTH_HEADER.sub(_mask_auth_header, text)
+    return _KEY_VALUE.sub(rf"\1{MASK}", text)
+
+
+def _mask_secret_value(value: Any) -> Any:
+    # None and "" are kept: "not configured" is useful to see and reveals nothing.
+    if value is None or value == "":
+        return value
+    return MASK
+
+
+def redact(value: Any) -> Any:
+    """Return a deep copy of `value` with secret-named entries and secrets in strings masked."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            key: (
+                _mask_secret_value(item)
+                if isinstance(key, str) and is_secret_key(key)
+                else redact(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(redact(item) for item in value)
+    if isinstance(value, set | frozenset):
+        return type(value)(redact(item) for item in value)
+    if isinstance(value, int | float | bool | bytes) or value is None:
+        return value
+    # Unknown objects are copied untouched; callers pass model_dump() output to get masking.
+    return copy.deepcopy(value)

@@ -1,0 +1,307 @@
+"""One OpenTelemetry span per decision: OTLP/HTTP when configured, else a rotating JSONL file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from selfheal.redact import redact, redact_text
+
+log = logging.getLogger("selfheal.telemetry")
+
+ATTRIBUTE_PREFIX = "selfheal."
+# Short enough that `selfheal spans --follow` sees a decision almost as it happens.
+BATCH_SCHEDULE_DELAY_MS = 500
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+ExporterKind = Literal["otlp", "jsonl"]
+
+
+def _iso_utc(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    seconds, rest = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    # OTEL stores sequences as tuples; JSON wants lists.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in (attributes or {}).items()}
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    """Render a finished span as the JSON object written to the span file."""
+    ctx = span.get_span_context()
+    duration_ms = None
+    if span.start_time is not None and span.end_time is not None:
+        duration_ms = round((span.end_time - span.start_time) / 1e6, 3)
+    return {
+        "name": span.name,
+        "trace_id": format(ctx.trace_id, "032x") if ctx else None,
+        "span_id": format(ctx.span_id, "016x") if ctx else None,
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "start_time": _iso_utc(span.start_time),
+        "end_time": _iso_utc(span.end_time),
+        "duration_ms": duration_ms,
+        "status": {"code": span.status.status_code.name, "description": span.status.description},
+        "kind": span.kind.name,
+        "attributes": redact(_plain(span.attributes)),
+        "events": [
+            {
+                "name": event.name,
+                "time": _iso_utc(event.timestamp),
+                "attributes": redact(_plain(event.attributes)),
+            }
+            for event in span.events
+        ],
+        "resource": _plain(span.resource.attributes),
+    }
+
+
+class JsonlSpanExporter(SpanExporter):
+    """Append one JSON line per span to a file, rotating like RotatingFileHandler."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write the batch; never raises (the SDK worker thread must survive disk trouble)."""
+        try:
+            lines = [
+                (json.dumps(span_to_dict(s), default=str, separators=(",", ":")) + "\n").encode()
+                for s in spans
+            ]
+            with self._lock:
+                self._write(lines)
+        except Exception:
+            log.exception("could not write %d span(s) to %s", len(spans), self.path)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # an older file may have been created with a looser umask
+        return fd
+
+    def _write(self, lines: list[bytes]) -> None:
+        fd = self._open()
+        try:
+            size = os.fstat(fd).st_size
+            for line in lines:
+                # Rotate before a line that would overflow, so no line is split across files.
+                if size > 0 and size + len(line) > self.max_bytes:
+                    os.close(fd)
+                    fd = -1
+                    self._rotate()
+                    fd = self._open()
+                    size = 0
+                os.write(fd, line)
+                size += len(line)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _rotate(self) -> None:
+        if self.backups <= 0:
+            os.truncate(self.path, 0)
+            return
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def shutdown(self) -> None:
+        """Nothing to release: the file is opened per batch."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Writes are synchronous, so there is never anything pending."""
+        return True
+
+
+def read_spans(path: Path) -> list[dict[str, Any]]:
+    """Read the spans in the current file, skipping a partially written last line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    spans: list[dict[str, Any]] = []
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue  # a writer is mid-line; the rest arrives on the next read
+        if isinstance(item, dict):
+            spans.append(item)
+    return spans
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise RuntimeError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed;"
+            " install it with: pip install 'selfheal[otlp]'"
+        ) from exc
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+    )
+    headers: dict[str, str] = {}
+    for pair in env.get("OTEL_EXPORTER_OTLP_HEADERS", "").split(","):
+        name, sep, value = pair.partition("=")
+        if sep and name.strip():
+            headers[unquote(name.strip())] = unquote(value.strip())  # values are URL-encoded
+    return OTLPSpanExporter(endpoint=endpoint, headers=headers or None)
+
+
+def _encode_attribute(value: Any) -> Any:
+    if isinstance(value, str | bool | int | float):
+        return value
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def prefixed_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Prefix keys with `selfheal.`, redact values, drop None and JSON-encode non-primitives."""
+    out: dict[str, Any] = {}
+    for key, value in redact(dict(attributes or {})).items():
+        if value is None:
+            continue
+        name = key if key.startswith(ATTRIBUTE_PREFIX) else ATTRIBUTE_PREFIX + key
+        out[name] = _encode_attribute(value)
+    return out
+
+
+class Telemetry:
+    """The daemon's tracer, its exporter and the one helper that opens decision spans."""
+
+    def __init__(
+        self, provider: TracerProvider, exporter_kind: ExporterKind, span_file: Path | None
+    ) -> None:
+        self.provider = provider
+        self.exporter_kind: ExporterKind = exporter_kind
+        self.span_file = span_file
+        self.tracer = provider.get_tracer("selfheal")
+
+    @contextmanager
+    def decision_span(
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        *,
+        context: Context | None = None,
+    ) -> Iterator[Span]:
+        """Open a span for one decision; an exception marks it ERROR and propagates."""
+        with self.tracer.start_as_current_span(
+            name,
+            context=context,
+            attributes=prefixed_attributes(attributes),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Exception as exc:
+                message = redact_text(f"{type(exc).__name__}: {exc}")
+                stack = "".join(traceback.format_exception(exc))
+                # Override the SDK's raw message/stacktrace: they may carry secrets.
+                span.record_exception(
+                    exc,
+                    attributes={
+                        "exception.message": redact_text(str(exc)),
+                        "exception.stacktrace": redact_text(stack),
+                    },
+                    escaped=True,
+                )
+                span.set_status(Status(StatusCode.ERROR, message))
+                raise
+
+    def force_flush(self, timeout_ms: int = 5000) -> bool:
+        """Export every finished span now; False if the deadline passed first."""
+        return self.provider.force_flush(timeout_ms)
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporter; later spans are dropped."""
+        self.provider.shutdown()
+
+
+def setup_telemetry(
+    *,
+    service_name: str,
+    service_version: str,
+    span_file: Path,
+    max_bytes: int,
+    backups: int,
+    env: Mapping[str, str] | None = None,
+) -> Telemetry:
+    """Build a private TracerProvider exporting over OTLP/HTTP or to the JSONL span file."""
+    env = os.environ if env is None else env
+    resource = Resource.create(
+        {
+            "service.name": service_name,
+            "service.version": service_version,
+            "host.name": socket.gethostname(),
+            "process.pid": os.getpid(),
+        }
+    )
+    exporter: SpanExporter
+    kind: ExporterKind
+    file: Path | None
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        exporter, kind, file = _otlp_exporter(env), "otlp", None
+    else:
+        exporter = JsonlSpanExporter(span_file, max_bytes=max_bytes, backups=backups)
+        kind, file = "jsonl", span_file
+    # Every decision is kept: sampling would break "one incident is one trace".
+    provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, schedule_delay_millis=BATCH_SCHEDULE_DELAY_MS)
+    )
+    return Telemetry(provider, kind, file)
+
+
+def current_traceparent(span: Span | None = None) -> str | None:
+    """Return the W3C traceparent of `span` (default: the current span), or None."""
+    span = span if span is not None else trace.get_current_span()
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+def context_from_traceparent(tp: str | None) -> Context | None:
+    """Return a Context whose parent is the span named by `tp`; None if missing or invalid."""
+    if not tp:
+        return None
+    # Extract into an empty Context so an invalid header cannot fall back to the current span.
+    ctx = _PROPAGATOR.extract({"traceparent": tp}, context=Context())
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        return None
+    return ctx

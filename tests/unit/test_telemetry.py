@@ -1,0 +1,268 @@
+"""Decision spans reach the JSONL file (or an OTLP/HTTP endpoint) prefixed, redacted and linked."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from selfheal.telemetry import (
+    JsonlSpanExporter,
+    Telemetry,
+    context_from_traceparent,
+    current_traceparent,
+    read_spans,
+    setup_telemetry,
+)
+
+FLUSH_MS = 5000
+
+MakeTelemetry = Callable[..., Telemetry]
+
+
+@pytest.fixture
+def make_telemetry(tmp_path: Path) -> Iterator[MakeTelemetry]:
+    """Build Telemetry objects writing under tmp_path; shut every one down afterwards."""
+    made: list[Telemetry] = []
+
+    def make(**overrides: Any) -> Telemetry:
+        options: dict[str, Any] = {
+            "service_name": "selfheal-test",
+            "service_version": "9.9.9",
+            "span_file": tmp_path / "telemetry" / "spans.jsonl",
+            "max_bytes": 1 << 20,
+            "backups": 2,
+            "env": {},
+        }
+        options.update(overrides)
+        telemetry = setup_telemetry(**options)
+        made.append(telemetry)
+        return telemetry
+
+    yield make
+    for telemetry in made:
+        telemetry.shutdown()
+
+
+def flushed_spans(telemetry: Telemetry) -> list[dict[str, Any]]:
+    assert telemetry.force_flush(FLUSH_MS)
+    assert telemetry.span_file is not None
+    return read_spans(telemetry.span_file)
+
+
+def finished_spans(count: int, attribute_size: int = 0) -> list[ReadableSpan]:
+    """Produce real finished SDK spans to hand straight to an exporter."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("test")
+    for index in range(count):
+        with tracer.start_as_current_span(f"span-{index}") as span:
+            span.set_attribute("payload", "x" * attribute_size)
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def test_decision_span_lands_in_file_prefixed_and_redacted(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    attributes = {
+        "incident_id": "inc-1",
+        "attempt": 3,
+        "delay_s": 1.5,
+        "selfheal.action": "retry",
+        "api_key": "sk-live-123",
+        "target": "redis://:hunter2@nas:6379",
+        "detail": {"token": "t0k", "bytes": 10},
+        "skipped": None,
+    }
+    with telemetry.decision_span("healing.decide", attributes):
+        pass
+
+    assert telemetry.exporter_kind == "jsonl"
+    (span,) = flushed_spans(telemetry)
+    assert span["name"] == "healing.decide"
+    assert span["attributes"] == {
+        "selfheal.incident_id": "inc-1",
+        "selfheal.attempt": 3,
+        "selfheal.delay_s": 1.5,
+        "selfheal.action": "retry",
+        "selfheal.api_key": "***",
+        "selfheal.target": "redis://:***@nas:6379",
+        "selfheal.detail": json.dumps({"bytes": 10, "token": "***"}, sort_keys=True),
+    }
+    assert len(span["trace_id"]) == 32 and int(span["trace_id"], 16)
+    assert len(span["span_id"]) == 16 and int(span["span_id"], 16)
+    assert span["parent_span_id"] is None
+    assert span["start_time"].endswith("Z") and len(span["start_time"]) == 27
+    assert span["duration_ms"] >= 0
+    assert span["status"] == {"code": "UNSET", "description": None}
+    assert span["kind"] == "INTERNAL"
+    assert span["resource"]["service.name"] == "selfheal-test"
+    assert span["resource"]["service.version"] == "9.9.9"
+    assert span["resource"]["host.name"] == socket.gethostname()
+    assert span["resource"]["process.pid"] == os.getpid()
+
+
+def test_span_file_and_directory_are_private(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    with telemetry.decision_span("x"):
+        pass
+    flushed_spans(telemetry)
+    assert telemetry.span_file is not None
+    assert stat.S_IMODE(telemetry.span_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(telemetry.span_file.parent.stat().st_mode) == 0o700
+
+
+def test_exception_marks_span_error_and_propagates(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    with (
+        pytest.raises(ConnectionError, match="hunter2"),
+        telemetry.decision_span("transfer", {"mode": "ssh"}),
+    ):
+        raise ConnectionError("cannot reach redis://:hunter2@nas")
+
+    (span,) = flushed_spans(telemetry)
+    assert span["status"]["code"] == "ERROR"
+    assert span["status"]["description"] == "ConnectionError: cannot reach redis://:***@nas"
+    (event,) = span["events"]
+    assert event["name"] == "exception"
+    assert event["attributes"]["exception.type"] == "ConnectionError"
+    assert "hunter2" not in json.dumps(span)
+
+
+def test_nested_decision_spans_are_parent_and_child(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    with telemetry.decision_span("outer"), telemetry.decision_span("inner"):
+        pass
+    spans = {s["name"]: s for s in flushed_spans(telemetry)}
+    assert spans["inner"]["trace_id"] == spans["outer"]["trace_id"]
+    assert spans["inner"]["parent_span_id"] == spans["outer"]["span_id"]
+
+
+def test_traceparent_round_trip_links_child_to_parent_trace(
+    make_telemetry: MakeTelemetry,
+) -> None:
+    telemetry = make_telemetry()
+    with telemetry.decision_span("incident.open") as parent:
+        carried = current_traceparent()
+        assert carried == current_traceparent(parent)
+    assert carried is not None
+    # Later (e.g. a retry read back from the queue) the event carries only the string.
+    assert current_traceparent() is None
+    with telemetry.decision_span("incident.retry", context=context_from_traceparent(carried)):
+        pass
+
+    spans = {s["name"]: s for s in flushed_spans(telemetry)}
+    assert carried.split("-")[1] == spans["incident.open"]["trace_id"]
+    assert spans["incident.retry"]["trace_id"] == spans["incident.open"]["trace_id"]
+    assert spans["incident.retry"]["parent_span_id"] == spans["incident.open"]["span_id"]
+
+
+@pytest.mark.parametrize("value", [None, "", "garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])
+def test_invalid_traceparent_gives_no_context(value: str | None) -> None:
+    assert context_from_traceparent(value) is None
+
+
+@pytest.mark.parametrize("backups", [0, 1, 3])
+def test_rotation_keeps_at_most_backups_and_never_splits_lines(
+    tmp_path: Path, backups: int
+) -> None:
+    path = tmp_path / "spans.jsonl"
+    exporter = JsonlSpanExporter(path, max_bytes=4000, backups=backups)
+    spans = finished_spans(60, attribute_size=300)
+    for start in range(0, len(spans), 7):
+        assert exporter.export(spans[start : start + 7]) is SpanExportResult.SUCCESS
+
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["spans.jsonl"] + [f"spans.jsonl.{i}" for i in range(1, backups + 1)]
+    names: list[str] = []
+    for name in reversed(files):  # oldest backup first
+        raw = (tmp_path / name).read_bytes()
+        assert 0 < len(raw) <= 4000
+        assert raw.endswith(b"\n")
+        names += [json.loads(line)["name"] for line in raw.splitlines()]
+    # What survives is the newest spans, contiguous and in order.
+    assert names == [f"span-{i}" for i in range(60 - len(names), 60)]
+
+
+def test_export_failure_is_reported_not_raised(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    exporter = JsonlSpanExporter(blocker / "spans.jsonl", max_bytes=1000, backups=1)
+    assert exporter.export(finished_spans(1)) is SpanExportResult.FAILURE
+
+
+def test_read_spans_tolerates_partial_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    path.write_text('{"name": "a"}\n{"name": "b"}\n{"name": "c", "attri')
+    assert [s["name"] for s in read_spans(path)] == ["a", "b"]
+    assert read_spans(tmp_path / "missing.jsonl") == []
+
+
+class _CollectorHandler(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector stand-in that records what it was sent."""
+
+    received: list[tuple[str, str, int]]
+    arrived: threading.Event
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.received.append((self.path, self.headers.get("Content-Type", ""), len(body)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.arrived.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[str, type[_CollectorHandler]]]:
+    handler = type("Handler", (_CollectorHandler,), {"received": [], "arrived": threading.Event()})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="otlp-collector", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_otlp_endpoint_receives_spans(
+    make_telemetry: MakeTelemetry, collector: tuple[str, type[_CollectorHandler]]
+) -> None:
+    endpoint, handler = collector
+    telemetry = make_telemetry(env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert telemetry.exporter_kind == "otlp"
+    assert telemetry.span_file is None
+    with telemetry.decision_span("healing.decide", {"attempt": 1}):
+        pass
+    assert telemetry.force_flush(FLUSH_MS)
+    assert handler.arrived.wait(timeout=10)
+    path, content_type, size = handler.received[0]
+    assert path == "/v1/traces"
+    assert content_type == "application/x-protobuf"
+    assert size > 0
+
+
+def test_missing_otlp_package_gives_install_hint(
+    make_telemetry: MakeTelemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A None entry makes the import itself fail, exactly as an uninstalled package does.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with pytest.raises(RuntimeError, match=r"pip install 'selfheal\[otlp\]'"):
+        make_telemetry(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
