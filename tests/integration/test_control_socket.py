@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -336,6 +337,24 @@ async def test_second_server_on_a_live_socket_refuses(socket_path: Path, probe: 
         # The first daemon is untouched and still answering.
         assert os.stat(socket_path).st_ino == inode
         assert await acall(socket_path, "echo", {"b": 2}, timeout=WAIT_S) == {"b": 2}
+
+
+async def test_a_daemon_holding_the_start_lock_blocks_a_second_start(
+    socket_path: Path, probe: Probe
+) -> None:
+    # Another daemon between its stale check and its bind holds the lock beside the socket.
+    socket_path.parent.mkdir(mode=0o700)
+    lock = socket_path.with_name(socket_path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with anyio.fail_after(WAIT_S), pytest.raises(DaemonAlreadyRunning, match="holds"):
+            await server_at(socket_path, probe).serve()
+        assert not await anyio.Path(socket_path).exists()
+    finally:
+        os.close(fd)
+    async with serving(server_at(socket_path, probe)):  # released: the next start works
+        assert await acall(socket_path, "echo", {"c": 3}, timeout=WAIT_S) == {"c": 3}
 
 
 async def test_regular_file_at_the_path_is_never_deleted(socket_path: Path, probe: Probe) -> None:

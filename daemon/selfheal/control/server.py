@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import logging
 import os
@@ -110,6 +111,21 @@ def clear_stale_socket(path: Path) -> None:
     raise DaemonAlreadyRunning(f"another selfheal daemon{who} is already listening on {path}")
 
 
+def _lock_socket_path(path: Path) -> int:
+    """Hold an exclusive lock beside the socket so two daemons starting at once cannot
+    both decide the socket is stale and bind it; returns the descriptor to keep open."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonAlreadyRunning(
+            f"another selfheal daemon holds {lock_path}: it is already serving {path}"
+        ) from None
+    return fd
+
+
 class ControlServer:
     """Serve newline-delimited JSON requests on a Unix socket until cancelled."""
 
@@ -148,8 +164,16 @@ class ControlServer:
     ) -> None:
         """Bind the socket, signal readiness, and serve connections until cancelled."""
         await anyio.to_thread.run_sync(prepare_socket_dir, self.path.parent)
+        # First check names the live daemon's pid; the lock then closes the race
+        # with a daemon starting at the same moment, and the second check runs under it.
         await anyio.to_thread.run_sync(clear_stale_socket, self.path)
-        listener = await anyio.create_unix_listener(self.path, mode=0o600)
+        lock_fd = _lock_socket_path(self.path)
+        try:
+            await anyio.to_thread.run_sync(clear_stale_socket, self.path)
+            listener = await anyio.create_unix_listener(self.path, mode=0o600)
+        except BaseException:
+            os.close(lock_fd)
+            raise
         try:
             # Explicit even though mode= did it: the 0600 guarantee must not hinge on anyio.
             os.chmod(self.path, 0o600)
@@ -173,6 +197,7 @@ class ControlServer:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
             self._unlink_if_ours()
+            os.close(lock_fd)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
