@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from selfheal.cli import cli
+from selfheal.telemetry import read_spans
 from tests.support.daemon import DaemonProcess
 from tests.support.servers import wait_until
 
@@ -80,6 +81,18 @@ def test_invalid_edit_keeps_last_good_config(running: DaemonProcess) -> None:
     assert status["state"] == "running"
     assert _value(running, "router.sleepMinMs")["value"] == 300000, "last good value kept"
     assert status["config"]["generation"] == 1
+
+    # The rejection is also a span in the daemon's telemetry file.
+    span_file = Path(status["telemetry"]["span_file"])
+
+    def rejected_span() -> bool:
+        return any(
+            s["name"] == "selfheal.config.reload" and s["attributes"].get("selfheal.ok") is False
+            and "sleepMinMs" in s["attributes"].get("selfheal.error", "")
+            for s in read_spans(span_file)
+        )
+
+    wait_until(rejected_span, RELOAD_WAIT_S, "a rejected-reload span")
 
     running.write_config(_config(6))  # the fix is picked up
     _wait_value(running, "router.maxRetries", 6)

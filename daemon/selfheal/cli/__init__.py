@@ -46,4 +46,6 @@ def main() -> None:
         level=os.environ.get("SELFHEAL_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # watchfiles logs every batch of changes at INFO; our watcher logs what matters.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     cli(prog_name="selfheal")

@@ -52,7 +52,7 @@ def show(state: CliState, effective: bool, as_json: bool) -> None:
     if not items:
         click.echo("every key is at its default; use --effective to list them")
         return
-    click.echo(table(["key", "value", "source"], [[i.key, i.value, i.source] for i in items]))
+    click.echo(table(["key", "source", "value"], [[i.key, i.source, i.value] for i in items]))
 
 
 @config_group.command("init")

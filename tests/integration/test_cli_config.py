@@ -1,0 +1,113 @@
+"""`selfheal nas config show|init` and client errors, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from selfheal.cli import cli
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    env.update({"HOME": str(home)}, **extra)
+    return env
+
+
+def _config_file(home: Path) -> Path:
+    return home / ".joelclaw" / "system-bus.config.json"
+
+
+def test_show_lists_values_with_sources(short_home: Path) -> None:
+    cfg = _config_file(short_home)
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(json.dumps({
+        "selfHealing": {"router": {"maxRetries": 3}},
+        "backupFailureRouter": {"sleepMinMs": 1000},
+        "selfheal": {"backups": {"typesense": {"apiKey": "ts-secret-value-123"}}},
+    }))
+    env = _env(short_home, BACKUP_ROUTER_SLEEP_STEP_MS="777")
+    result = CliRunner().invoke(cli, ["nas", "config", "show", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    by_key = {i["key"]: i for i in data["items"]}
+    assert by_key["router.maxRetries"] == {**by_key["router.maxRetries"], "value": 3,
+                                           "source": "file:selfHealing.router.maxRetries"}
+    assert by_key["router.sleepMinMs"]["source"] == "file:backupFailureRouter.sleepMinMs"
+    assert by_key["router.sleepStepMs"]["value"] == 777
+    assert by_key["router.sleepStepMs"]["source"] == "env:BACKUP_ROUTER_SLEEP_STEP_MS"
+    assert "router.sleepMaxMs" not in by_key, "defaults only with --effective"
+    assert "ts-secret-value-123" not in result.output
+
+    effective = CliRunner().invoke(cli, ["nas", "config", "show", "--effective"], env=env)
+    assert effective.exit_code == 0, effective.output
+    assert "router.sleepMaxMs" in effective.output
+    assert "ts-secret-value-123" not in effective.output
+
+
+def test_show_with_invalid_config_exits_2_naming_the_key(short_home: Path) -> None:
+    cfg = _config_file(short_home)
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(json.dumps({"backupTransport": {"nasMaxAttempt": 3}}))
+    result = CliRunner().invoke(cli, ["nas", "config", "show"], env=_env(short_home))
+    assert result.exit_code == 2
+    assert "backupTransport.nasMaxAttempt" in result.output
+    assert "nasMaxAttempts" in result.output  # the did-you-mean hint
+
+
+def test_init_writes_a_loadable_template_and_refuses_to_overwrite(short_home: Path) -> None:
+    env = _env(short_home)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["nas", "config", "init"], env=env)
+    assert result.exit_code == 0, result.output
+    cfg = _config_file(short_home)
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    written = json.loads(cfg.read_text())
+    assert {"selfHealing", "backupFailureRouter", "backupTransport", "selfheal"} <= set(written)
+
+    again = runner.invoke(cli, ["nas", "config", "init"], env=env)
+    assert again.exit_code == 2
+    assert "--force" in again.output
+
+    written["otherProgram"] = {"keep": [1, 2, 3]}
+    written["backupFailureRouter"]["maxRetries"] = 9
+    cfg.write_text(json.dumps(written))
+    forced = runner.invoke(cli, ["nas", "config", "init", "--force"], env=env)
+    assert forced.exit_code == 0, forced.output
+    after = json.loads(cfg.read_text())
+    assert after["otherProgram"] == {"keep": [1, 2, 3]}, "foreign sections kept"
+    assert after["backupFailureRouter"]["maxRetries"] == 5, "our sections rewritten"
+
+
+def test_config_option_and_env_choose_the_file(short_home: Path) -> None:
+    other = short_home / "elsewhere.json"
+    other.write_text(json.dumps({"backupFailureRouter": {"maxRetries": 2}}))
+    runner = CliRunner()
+    by_option = runner.invoke(cli, ["--config", str(other), "nas", "config", "show", "--json"],
+                              env=_env(short_home))
+    by_env = runner.invoke(cli, ["nas", "config", "show", "--json"],
+                           env=_env(short_home, SELFHEAL_CONFIG=str(other)))
+    for result in (by_option, by_env):
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        assert data["path"] == str(other)
+        assert {i["key"]: i["value"] for i in data["items"]}["router.maxRetries"] == 2
+
+
+def test_status_without_daemon_exits_3(short_home: Path) -> None:
+    result = CliRunner().invoke(cli, ["status"], env=_env(short_home))
+    assert result.exit_code == 3
+    assert "selfheal run" in result.output
+
+
+def test_bad_cli_arguments_are_usage_errors(short_home: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["nas", "config", "show", "--bogus"], env=_env(short_home))
+    assert result.exit_code == 2
+    assert "--bogus" in result.output
+    result = runner.invoke(cli, ["no-such-command"], env=_env(short_home))
+    assert result.exit_code == 2
