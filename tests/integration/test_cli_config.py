@@ -25,18 +25,25 @@ def _config_file(home: Path) -> Path:
 def test_show_lists_values_with_sources(short_home: Path) -> None:
     cfg = _config_file(short_home)
     cfg.parent.mkdir(parents=True)
-    cfg.write_text(json.dumps({
-        "selfHealing": {"router": {"maxRetries": 3}},
-        "backupFailureRouter": {"sleepMinMs": 1000},
-        "selfheal": {"backups": {"typesense": {"apiKey": "ts-secret-value-123"}}},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "selfHealing": {"router": {"maxRetries": 3}},
+                "backupFailureRouter": {"sleepMinMs": 1000},
+                "selfheal": {"backups": {"typesense": {"apiKey": "ts-secret-value-123"}}},
+            }
+        )
+    )
     env = _env(short_home, BACKUP_ROUTER_SLEEP_STEP_MS="777")
     result = CliRunner().invoke(cli, ["nas", "config", "show", "--json"], env=env)
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     by_key = {i["key"]: i for i in data["items"]}
-    assert by_key["router.maxRetries"] == {**by_key["router.maxRetries"], "value": 3,
-                                           "source": "file:selfHealing.router.maxRetries"}
+    assert by_key["router.maxRetries"] == {
+        **by_key["router.maxRetries"],
+        "value": 3,
+        "source": "file:selfHealing.router.maxRetries",
+    }
     assert by_key["router.sleepMinMs"]["source"] == "file:backupFailureRouter.sleepMinMs"
     assert by_key["router.sleepStepMs"]["value"] == 777
     assert by_key["router.sleepStepMs"]["source"] == "env:BACKUP_ROUTER_SLEEP_STEP_MS"
@@ -87,10 +94,12 @@ def test_config_option_and_env_choose_the_file(short_home: Path) -> None:
     other = short_home / "elsewhere.json"
     other.write_text(json.dumps({"backupFailureRouter": {"maxRetries": 2}}))
     runner = CliRunner()
-    by_option = runner.invoke(cli, ["--config", str(other), "nas", "config", "show", "--json"],
-                              env=_env(short_home))
-    by_env = runner.invoke(cli, ["nas", "config", "show", "--json"],
-                           env=_env(short_home, SELFHEAL_CONFIG=str(other)))
+    by_option = runner.invoke(
+        cli, ["--config", str(other), "nas", "config", "show", "--json"], env=_env(short_home)
+    )
+    by_env = runner.invoke(
+        cli, ["nas", "config", "show", "--json"], env=_env(short_home, SELFHEAL_CONFIG=str(other))
+    )
     for result in (by_option, by_env):
         assert result.exit_code == 0, result.output
         data = json.loads(result.output)

@@ -87,7 +87,8 @@ def test_invalid_edit_keeps_last_good_config(running: DaemonProcess) -> None:
 
     def rejected_span() -> bool:
         return any(
-            s["name"] == "selfheal.config.reload" and s["attributes"].get("selfheal.ok") is False
+            s["name"] == "selfheal.config.reload"
+            and s["attributes"].get("selfheal.ok") is False
             and "sleepMinMs" in s["attributes"].get("selfheal.error", "")
             for s in read_spans(span_file)
         )

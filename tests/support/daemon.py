@@ -116,7 +116,7 @@ class DaemonProcess:
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = proc.info.get("cmdline") or []
-            if any(marker in part for part in cmdline) and "redis-server" in " ".join(cmdline):
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
+            ours = any(marker in part for part in cmdline) and "redis-server" in " ".join(cmdline)
+            if ours and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
         return found

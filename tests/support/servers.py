@@ -57,7 +57,7 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
         try:
             if predicate():
                 return
-        except Exception as exc:  # noqa: BLE001 - reported if the wait times out
+        except Exception as exc:
             last_exc = exc
         time.sleep(interval)
     detail = f" (last error: {last_exc!r})" if last_exc else ""
@@ -80,25 +80,22 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
+    def arguments(self) -> list[str]:
+        """Loopback TCP only, no persistence: a throwaway server."""
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "dir": str(self.directory),
+            "save": "",
+            "appendonly": "no",
+            "daemonize": "no",
+            "logfile": str(self.directory / "redis.log"),
+        }
+        return [part for key, value in options.items() for part in (f"--{key}", value)]
+
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],  # fmt: skip
+            [redis_server_binary(), *self.arguments()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -64,10 +64,10 @@ def spec(service: Recorder, **kw: object) -> ServiceSpec:
     return ServiceSpec(name=service.name, factory=lambda: service, **kw)  # type: ignore[arg-type]
 
 
-async def wait_for(predicate: object, timeout: float = 5.0) -> None:
+async def wait_for(predicate: object, limit: float = 5.0) -> None:
     assert callable(predicate)
-    with anyio.fail_after(timeout):
-        while not predicate():
+    with anyio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 - a bounded poll of a test predicate
             await anyio.sleep(0.01)
 
 

@@ -52,7 +52,9 @@ def _sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
     """Split redis://[:pw@]h1:p1,h2:p2[/db] into sentinel nodes, password and db."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(f"selfheal.redis.url: Sentinel needs a redis:// URL, got {parts.scheme}://")
+        raise ConfigError(
+            f"selfheal.redis.url: Sentinel needs a redis:// URL, got {parts.scheme}://"
+        )
     netloc = parts.netloc
     password: str | None = None
     if "@" in netloc:
@@ -78,7 +80,7 @@ def make_client(settings: RedisSettings, embedded_socket: Path | None) -> RedisC
         return aioredis.Redis(unix_socket_path=str(embedded_socket), socket_connect_timeout=timeout)
     if settings.sentinel_master:
         nodes, password, db = _sentinel_nodes(settings.url)
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             nodes,
             socket_connect_timeout=timeout,
             sentinel_kwargs={"password": password, "socket_connect_timeout": timeout},

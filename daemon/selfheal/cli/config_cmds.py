@@ -64,6 +64,8 @@ def init(state: CliState, force: bool) -> None:
     try:
         init_config(path, force=force)
     except FileExistsError:
-        fail(f"{path} exists; use --force to rewrite selfheal's sections (others are kept)",
-             EXIT_CONFIG)
+        fail(
+            f"{path} exists; use --force to rewrite selfheal's sections (others are kept)",
+            EXIT_CONFIG,
+        )
     click.echo(f"wrote {path}")

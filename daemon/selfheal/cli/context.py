@@ -48,9 +48,11 @@ class CliState:
         try:
             return load_config(self.resolved_config_path(), self.env).settings.control_socket
         except ConfigError as exc:
-            fallback = self.env.get("SELFHEAL_SOCKET") or _raw_socket(
-                self.resolved_config_path()
-            ) or DEFAULT_SOCKET
+            fallback = (
+                self.env.get("SELFHEAL_SOCKET")
+                or _raw_socket(self.resolved_config_path())
+                or DEFAULT_SOCKET
+            )
             path = Path(fallback).expanduser()
             click.echo(
                 f"selfheal: warning: {exc}\nselfheal: warning: using control socket {path}",

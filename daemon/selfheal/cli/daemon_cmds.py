@@ -18,8 +18,8 @@ pass_state = click.make_pass_decorator(CliState)
 @pass_state
 def run(state: CliState) -> None:
     """Run the daemon in the foreground (what launchd/systemd start)."""
-    from selfheal.daemon import run_daemon  # noqa: PLC0415 - keep client commands light
-    from selfheal.errors import ConfigError  # noqa: PLC0415
+    from selfheal.daemon import run_daemon
+    from selfheal.errors import ConfigError
 
     try:
         code = run_daemon(state.resolved_config_path(), state.env)
@@ -57,8 +57,9 @@ def reload_cmd(state: CliState, as_json: bool) -> None:
         if result.get("restart_required"):
             click.echo(f"needs a daemon restart: {', '.join(result['restart_required'])}")
     else:
-        fail(f"config rejected, the last good config stays in force:\n{result['error']}",
-             EXIT_CONFIG)
+        fail(
+            f"config rejected, the last good config stays in force:\n{result['error']}", EXIT_CONFIG
+        )
 
 
 def _ago(ts: float | None) -> str:
@@ -85,8 +86,11 @@ def render_status(s: dict[str, Any]) -> str:
     lines.append(
         f"redis       {redis.get('mode')} {redis.get('target', '')} "
         f"{'connected' if redis.get('connected') else 'DISCONNECTED'}"
-        + (f" ({redis['last_error']})" if not redis.get("connected") and redis.get("last_error")
-           else "")
+        + (
+            f" ({redis['last_error']})"
+            if not redis.get("connected") and redis.get("last_error")
+            else ""
+        )
     )
     if embedded:
         lines.append(
