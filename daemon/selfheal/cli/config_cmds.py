@@ -7,6 +7,7 @@ import click
 from selfheal.cli.context import EXIT_CONFIG, CliState
 from selfheal.cli.output import emit_json, fail, table
 from selfheal.config import init_config
+from selfheal.errors import ConfigError
 
 pass_state = click.make_pass_decorator(CliState)
 
@@ -68,4 +69,6 @@ def init(state: CliState, force: bool) -> None:
             f"{path} exists; use --force to rewrite selfheal's sections (others are kept)",
             EXIT_CONFIG,
         )
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
     click.echo(f"wrote {path}")

@@ -1,0 +1,113 @@
+"""Settings of the backup targets and of the NAS they land on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from selfheal.config.base import (
+    SECRET,
+    SECRET_URL,
+    Compression,
+    ConfigModel,
+    Token,
+    env,
+    knob,
+)
+from selfheal.config.fields import (
+    ConfigPath,
+    HttpUrlText,
+    PosixAbsolute,
+    RedisSourceUrl,
+    Schedule,
+)
+
+
+class NasSettings(ConfigModel):
+    """Where backups land on the NAS and where they wait when it is unreachable."""
+
+    remote_root: PosixAbsolute = Field(
+        "/volume1/joelclaw/backups", description="NAS-side root for SSH copies (<root>/<target>/)."
+    )
+    prefer_remote: Annotated[bool, env("NAS_BACKUP_PREFER_REMOTE")] = Field(
+        False, description="Try SSH before the local mount."
+    )
+    spool_dir: Annotated[ConfigPath | None, env("NAS_BACKUP_QUEUE_ROOT")] = Field(
+        None, description="Spool for artifacts while the NAS is down; null = <stateDir>/spool."
+    )
+
+
+class RetentionSettings(ConfigModel):
+    """How many NAS copies to keep; a copy survives if any rule keeps it."""
+
+    keep_last: int = knob(7, "Newest copies always kept", ge=1, le=1000)
+    daily: int = knob(7, "Days with one kept copy each", ge=0, le=1000)
+    weekly: int = knob(4, "Weeks with one kept copy each", ge=0, le=1000)
+    monthly: int = knob(6, "Months with one kept copy each", ge=0, le=1000)
+
+
+class TypesenseBackupSettings(ConfigModel):
+    """Typesense snapshot backups."""
+
+    enabled: bool = Field(True, description="Run this backup on its schedule.")
+    schedule: Schedule = Field(
+        "TZ=America/Los_Angeles 0 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
+    )
+    url: Annotated[HttpUrlText, env("TYPESENSE_URL")] = Field(
+        "http://localhost:8108", description="Typesense base URL."
+    )
+    api_key: Annotated[Token | None, env("TYPESENSE_API_KEY"), SECRET] = Field(
+        None, description="Typesense admin API key."
+    )
+    snapshot_root: Annotated[ConfigPath | None, env("TYPESENSE_SNAPSHOT_ROOT")] = Field(
+        None,
+        description="Server-side snapshot directory; null = <stateDir>/typesense-snapshots.",
+    )
+    snapshot_fallback_root: ConfigPath | None = Field(
+        None, description="Second snapshot directory, tried when snapshotRoot fails; null = none."
+    )
+    snapshot_retention_count: Annotated[int, env("TYPESENSE_SNAPSHOT_RETENTION_COUNT")] = knob(
+        2, "Local snapshots kept after archiving", ge=1, le=100
+    )
+    compression: Compression = Field("gzip", description="Archive compression: none, gzip, zstd.")
+    mount_root: ConfigPath | None = Field(
+        None, description="NAS mount to copy into; null = transport.nasHddRoot."
+    )
+    require_mount_point: bool = Field(
+        True,
+        description="Require mountRoot to be a real mount point (marker file always required).",
+    )
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+
+class RedisBackupSettings(ConfigModel):
+    """Redis RDB backups."""
+
+    enabled: bool = Field(True, description="Run this backup on its schedule.")
+    schedule: Schedule = Field(
+        "TZ=America/Los_Angeles 30 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
+    )
+    source: Annotated[RedisSourceUrl, SECRET_URL] = Field(
+        "bus", description="'bus' (the daemon's own Redis) or a redis://, rediss://, unix:// URL."
+    )
+    rdb_path: ConfigPath | None = Field(
+        None, description="RDB file to copy; null = ask the server (CONFIG GET dir/dbfilename)."
+    )
+    compression: Compression = Field("none", description="Archive compression: none, gzip, zstd.")
+    mount_root: ConfigPath | None = Field(
+        None, description="NAS mount to copy into; null = transport.nasHddRoot."
+    )
+    require_mount_point: bool = Field(
+        True,
+        description="Require mountRoot to be a real mount point (marker file always required).",
+    )
+    bgsave_timeout_seconds: float = knob(120, "Wait for BGSAVE this long", ge=1, le=3600)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+
+class BackupsSettings(ConfigModel):
+    """The backup targets."""
+
+    typesense: TypesenseBackupSettings = Field(default_factory=TypesenseBackupSettings)
+    redis: RedisBackupSettings = Field(default_factory=RedisBackupSettings)

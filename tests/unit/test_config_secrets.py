@@ -1,0 +1,108 @@
+"""Secret values never reach config show, public_dict or error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selfheal.config import load_config
+from selfheal.errors import ConfigError
+
+SECRETS = {
+    "typesense": "ts-file-Zq81",
+    "typesense_env": "ts-env-Kp22",
+    "advisor": "sk-adv-Mx93",
+    "ntfy": "ntfy-tok-Lr47",
+    "telegram": "123456:tg-Bt55",
+    "header": "hdr-Vw66",
+    "webhook": "https://hooks.example/T000/B000/wh-path-Yy77",
+    "bus_password": "bus-pw-Qq11",
+    "source_password": "src-pw-Jj88",
+}
+
+
+def _config(tmp_path: Path) -> Path:
+    data = {
+        "selfheal": {
+            "redis": {"url": f"redis://user:{SECRETS['bus_password']}@redis.lan:6379/0"},
+            "backups": {
+                "typesense": {"apiKey": SECRETS["typesense"]},
+                "redis": {"source": f"redis://:{SECRETS['source_password']}@other:6379"},
+            },
+            "advisor": {"apiKey": SECRETS["advisor"]},
+            "notifiers": {
+                "ntfy": {"url": "https://ntfy.sh", "topic": "t", "token": SECRETS["ntfy"]},
+                "telegram": {"botToken": SECRETS["telegram"], "chatId": "42"},
+                "webhook": {"url": SECRETS["webhook"], "headers": {"X-Key": SECRETS["header"]}},
+            },
+        }
+    }
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _assert_hidden(text: str) -> None:
+    for name, secret in SECRETS.items():
+        assert secret not in text, name
+
+
+def test_public_dict_and_items_redact_file_and_env_secrets(tmp_path: Path) -> None:
+    env = {"HOME": "/h", "TYPESENSE_API_KEY": SECRETS["typesense_env"]}
+    loaded = load_config(_config(tmp_path), env)
+    # The settings themselves carry the real values for the daemon to use.
+    assert loaded.settings.backups.typesense.api_key == SECRETS["typesense_env"]
+    assert loaded.settings.advisor.api_key == SECRETS["advisor"]
+    items = [vars(item) for item in loaded.effective_items()]
+    _assert_hidden(json.dumps(items, default=str))
+    _assert_hidden(json.dumps(loaded.public_dict()))
+    public = loaded.public_dict()["selfheal"]
+    assert public["redis"]["url"] == "redis://user:***@redis.lan:6379/0"
+    assert public["notifiers"]["webhook"]["headers"] == {"X-Key": "***"}
+    assert public["advisor"]["apiKey"] == "***"
+    secret_keys = {item.key for item in loaded.effective_items() if item.secret}
+    assert "selfheal.backups.typesense.apiKey" in secret_keys
+    assert "selfheal.notifiers.telegram.botToken" in secret_keys
+
+
+def test_unset_secrets_show_as_null(tmp_path: Path) -> None:
+    loaded = load_config(tmp_path / "absent.json", {"HOME": "/h"})
+    assert loaded.public_dict()["selfheal"]["advisor"]["apiKey"] is None
+
+
+@pytest.mark.parametrize(
+    ("section", "env", "secret"),
+    [
+        ({"advisor": {"apiKey": 5}}, {}, None),
+        ({"advisor": {"apiKey": "x" * 5000 + SECRETS["advisor"]}}, {}, SECRETS["advisor"]),
+        (
+            {},
+            {"TYPESENSE_API_KEY": "k" * 5000 + SECRETS["typesense_env"]},
+            SECRETS["typesense_env"],
+        ),
+        ({"redis": {"url": f"redis://:{SECRETS['bus_password']}@"}}, {}, SECRETS["bus_password"]),
+        ({"redis": {"url": f"mysql://:{SECRETS['bus_password']}@h"}}, {}, SECRETS["bus_password"]),
+        (
+            {"redis": {"url": f"redis://:{SECRETS['bus_password']}@a:1,b:2"}},
+            {},
+            SECRETS["bus_password"],
+        ),
+        ({"notifiers": {"webhook": {"url": "ftp://" + SECRETS["header"]}}}, {}, SECRETS["header"]),
+        ({"notifiers": {"webhook": {"headers": {"X": ""}}}}, {}, None),
+        ({"notifiers": {"ntfy": {"token": SECRETS["ntfy"]}}}, {}, SECRETS["ntfy"]),
+    ],
+)
+def test_errors_about_secret_keys_do_not_echo_them(
+    tmp_path: Path, section: dict[str, Any], env: dict[str, str], secret: str | None
+) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"selfheal": section}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"HOME": "/h", **env})
+    text = str(caught.value)
+    assert "selfheal." in text or "TYPESENSE_API_KEY" in text
+    if secret is not None:
+        assert secret not in text
