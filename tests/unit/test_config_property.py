@@ -73,24 +73,25 @@ ENVS = st.dictionaries(
 )
 
 
-def _load(document: Any, env: dict[str, str]) -> LoadedConfig | ConfigError:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "c.json"
-        path.write_text(json.dumps(document))
-        try:
-            return load_config(path, {"HOME": "/home/u", **env})
-        except ConfigError as exc:
-            return exc
+def _load(document: Any, env: dict[str, str], folder: str) -> LoadedConfig | ConfigError:
+    path = Path(folder) / "c.json"
+    path.write_text(json.dumps(document))
+    try:
+        return load_config(path, {"HOME": "/home/u", **env})
+    except ConfigError as exc:
+        return exc
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=DOCUMENTS, env=ENVS)
 def test_any_json_gives_settings_or_config_error(document: Any, env: dict[str, str]) -> None:
-    outcome = _load(document, env)
-    if isinstance(outcome, ConfigError):
-        assert outcome.problems and all(isinstance(p, str) and p for p in outcome.problems)
-    else:
-        assert isinstance(outcome, LoadedConfig)
-        # Anything that loaded must be stable: same input, same digest.
-        again = _load(document, env)
-        assert isinstance(again, LoadedConfig) and again.digest == outcome.digest
+    # One folder for both loads: `./` paths resolve against the config file's folder.
+    with tempfile.TemporaryDirectory() as folder:
+        outcome = _load(document, env, folder)
+        if isinstance(outcome, ConfigError):
+            assert outcome.problems and all(isinstance(p, str) and p for p in outcome.problems)
+        else:
+            assert isinstance(outcome, LoadedConfig)
+            # Anything that loaded must be stable: same input, same digest.
+            again = _load(document, env, folder)
+            assert isinstance(again, LoadedConfig) and again.digest == outcome.digest
