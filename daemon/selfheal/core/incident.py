@@ -1,0 +1,202 @@
+"""The incident record: one budget per incident, changed only by pure transitions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+from annotated_types import Ge
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from pydantic.alias_generators import to_camel
+
+from selfheal.core.contracts import SelfHealingRequest, plain_message
+
+if TYPE_CHECKING:
+    from selfheal.core.policy import Decision
+
+HISTORY_LIMIT: Final = 50
+_REASON_LIMIT: Final = 300
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Stored records use camelCase keys like the events, and are read back strictly.
+RECORD_CONFIG: Final = ConfigDict(
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    strict=True,
+    extra="forbid",
+)
+
+Count = Annotated[int, Ge(0)]
+
+
+class IncidentState(StrEnum):
+    """Where an incident stands; escalated and remediated are closed."""
+
+    OPEN = "open"
+    SCHEDULED = "scheduled"
+    PAUSED = "paused"
+    ESCALATED = "escalated"
+    REMEDIATED = "remediated"
+
+
+CLOSED_STATES: Final = frozenset({IncidentState.ESCALATED, IncidentState.REMEDIATED})
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Whole epoch milliseconds of an aware datetime, without float rounding."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def decode_record(adapter: TypeAdapter[Any], data: Any, what: str) -> Any:
+    """Strictly read a stored record; raise ValueError naming every bad field."""
+    try:
+        # Strict JSON mode: enums from their values, no bool-as-int, no str-as-int.
+        return adapter.validate_json(json.dumps(data, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, ValidationError):
+            problems = [
+                f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {plain_message(e['msg'])}"
+                for e in exc.errors()
+            ]
+            raise ValueError(f"invalid {what}: " + "; ".join(problems)) from None
+        raise ValueError(f"invalid {what}: not JSON data ({exc})") from None
+
+
+@with_config(RECORD_CONFIG)
+@dataclass(frozen=True)
+class Incident:
+    """One failing thing and its retry budget; the source of truth for `attempt`."""
+
+    incident_id: str
+    domain: str
+    target_component: str
+    source_function: str
+    first_seen_ms: int
+    deadline_ms: int | None
+    updated_ms: int
+    retries_used: Count = 0  # retries already scheduled: the budget counter
+    pauses: Count = 0
+    state: IncidentState = IncidentState.OPEN
+    last_class: str | None = None
+    last_reason: str | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    operator_resets: Count = 0
+
+    @classmethod
+    def new(cls, request: SelfHealingRequest, now_ms: int, recovery_window_ms: int) -> Incident:
+        """Open an incident for a first request; the deadline defaults to the window."""
+        if recovery_window_ms <= 0:
+            raise ValueError(f"recovery_window_ms must be > 0, got {recovery_window_ms}")
+        deadline = (
+            epoch_ms(request.deadline_at)
+            if request.deadline_at is not None
+            else now_ms + recovery_window_ms
+        )
+        return cls(
+            incident_id=request.resolved_incident_id,
+            domain=request.domain,
+            target_component=request.target_component,
+            source_function=request.source_function,
+            first_seen_ms=now_ms,
+            deadline_ms=deadline,
+            updated_ms=now_ms,
+            history=({"atMs": now_ms, "event": "opened", "requestAttempt": request.attempt},),
+        )
+
+    @property
+    def closed(self) -> bool:
+        """True once escalated or remediated."""
+        return self.state in CLOSED_STATES
+
+    @property
+    def decision_key(self) -> str:
+        """Key of the one decision due now; every transition moves it on."""
+        # retries_used alone repeats across pauses and operator resets, so all three count.
+        return f"{self.incident_id}/r{self.operator_resets}/a{self.retries_used}/p{self.pauses}"
+
+    def _record(self, now_ms: int, event: str, **details: Any) -> tuple[dict[str, Any], ...]:
+        entry = {"atMs": now_ms, "event": event, **details}
+        return (*self.history, entry)[-HISTORY_LIMIT:]
+
+    def after(self, decision: Decision, now_ms: int) -> Incident:
+        """Apply a decision made for this incident's current key."""
+        if decision.key != self.decision_key:
+            raise ValueError(
+                f"decision {decision.key} does not belong to incident state {self.decision_key}"
+                " (stale or already applied)"
+            )
+        if self.closed:
+            if decision.action == "escalate":
+                return self  # re-escalating a closed incident changes nothing
+            raise ValueError(
+                f"incident {self.incident_id} is {self.state}; cannot {decision.action}"
+            )
+        changes: dict[str, Any] = {}
+        if decision.action == "retry":
+            changes = {"retries_used": self.retries_used + 1, "state": IncidentState.SCHEDULED}
+        elif decision.action == "pause":
+            changes = {"pauses": self.pauses + 1, "state": IncidentState.PAUSED}
+        else:
+            changes = {"state": IncidentState.ESCALATED}
+        return replace(
+            self,
+            **changes,
+            last_class=str(decision.failure_class),
+            last_reason=decision.reason[:_REASON_LIMIT],
+            updated_ms=now_ms,
+            history=self._record(
+                now_ms,
+                str(decision.action),
+                attempt=decision.attempt,
+                delayMs=decision.delay_ms,
+                failureClass=str(decision.failure_class),
+                reason=decision.reason[:_REASON_LIMIT],
+            ),
+        )
+
+    def remediated(self, now_ms: int) -> Incident:
+        """Close the incident as fixed; idempotent."""
+        if self.state == IncidentState.REMEDIATED:
+            return self
+        return replace(
+            self,
+            state=IncidentState.REMEDIATED,
+            updated_ms=now_ms,
+            history=self._record(now_ms, "remediated"),
+        )
+
+    def reset_budget(self, now_ms: int, by: str, *, deadline_ms: int | None = None) -> Incident:
+        """Operator retry: a fresh budget (and deadline when given), state open."""
+        if self.state == IncidentState.REMEDIATED:
+            raise ValueError(f"incident {self.incident_id} is remediated; nothing to retry")
+        if not by.strip():
+            raise ValueError("by must name the operator")
+        return replace(
+            self,
+            retries_used=0,
+            state=IncidentState.OPEN,
+            operator_resets=self.operator_resets + 1,
+            deadline_ms=self.deadline_ms if deadline_ms is None else deadline_ms,
+            updated_ms=now_ms,
+            history=self._record(
+                now_ms, "budget_reset", by=by[:_REASON_LIMIT], retriesUsed=self.retries_used
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict with camelCase keys."""
+        result: dict[str, Any] = _INCIDENT.dump_python(self, mode="json", by_alias=True)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Incident:
+        """Read a stored incident; raise ValueError naming bad fields."""
+        result: Incident = decode_record(_INCIDENT, data, "incident record")
+        return result
+
+
+_INCIDENT: Final = TypeAdapter(Incident)

@@ -1,0 +1,378 @@
+"""The request contract, the completion payload and the event envelope."""
+
+from __future__ import annotations
+
+import copy
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from ulid import ULID
+
+from selfheal.core import events
+from selfheal.core.contracts import (
+    INCIDENT_ID_PATTERN,
+    CompletionStatus,
+    Evidence,
+    InvalidRequest,
+    derive_incident_id,
+    invalid_completion,
+    parse_request,
+)
+from selfheal.core.events import Event, EventDecodeError, new_event
+
+# The seed ADR's contract, filled in the way the backup failure adapter sends it.
+SEED_EXAMPLE: dict[str, Any] = {
+    "sourceFunction": "system/backup.redis",
+    "targetComponent": "redis",
+    "problemSummary": "Redis backup copy to NAS failed",
+    "attempt": 2,
+    "retryPolicy": {
+        "maxRetries": 5,
+        "sleepMinMs": 300_000,
+        "sleepMaxMs": 14_400_000,
+        "sleepStepMs": 30_000,
+    },
+    "evidence": [
+        "ssh: connect to host three-body port 22: Operation timed out",
+        {"kind": "redis-key", "key": "backup:redis:last", "eventId": "01J0000000000000000000000A"},
+        {"kind": "log", "path": "/tmp/backup.log", "snippet": "rsync error", "lines": 40},
+    ],
+    "playbook": {
+        "skills": ["nas-backup"],
+        "actions": ["restart", "defer", "notify"],
+        "links": ["https://example.invalid/runbook"],
+        "runbook": "docs/runbooks/nas.md",
+    },
+    "context": {"target": "redis", "transport": "ssh"},
+    "owner": "joel",
+    "deadlineAt": "2026-02-25T12:00:00Z",
+    "fallbackAction": "manual",
+    "incidentId": "backup:redis:2026-02-25",
+    "domain": "backup",
+    "routeTo": {"event": "system/backup.retry.requested", "data": {"target": "redis"}},
+}
+
+
+def _without(key: str) -> dict[str, Any]:
+    data = copy.deepcopy(SEED_EXAMPLE)
+    del data[key]
+    return data
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    return _with_in(SEED_EXAMPLE, path, value)
+
+
+def _with_in(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    target: Any = data
+    for part in parents:
+        target = target[int(part)] if part.isdigit() else target[part]
+    target[int(last) if last.isdigit() else last] = value
+    return data
+
+
+def test_seed_example_parses_and_round_trips() -> None:
+    request = parse_request(SEED_EXAMPLE)
+    assert request.retry_policy.sleep_min_ms == 300_000
+    assert request.deadline_at == datetime(2026, 2, 25, 12, tzinfo=UTC)
+    assert request.fallback_action == "manual"
+    assert request.evidence[0] == Evidence(message=SEED_EXAMPLE["evidence"][0])
+    assert request.evidence[1].event_id == "01J0000000000000000000000A"
+    assert request.evidence[2].model_extra == {"lines": 40}  # free-form keys are kept
+    assert parse_request(request.to_data()) == request
+
+
+def test_optional_fields_default() -> None:
+    minimal = {k: SEED_EXAMPLE[k] for k in ("sourceFunction", "targetComponent", "problemSummary")}
+    minimal |= {k: SEED_EXAMPLE[k] for k in ("attempt", "retryPolicy", "evidence", "playbook")}
+    request = parse_request(minimal | {"evidence": [], "playbook": {}})
+    assert (request.domain, request.incident_id, request.route_to) == ("backup", None, None)
+    assert request.evidence == []
+    assert request.resolved_incident_id == derive_incident_id(
+        "backup", "redis", "system/backup.redis"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (_without("sourceFunction"), "sourceFunction"),
+        (_without("playbook"), "playbook"),
+        (_without("retryPolicy"), "retryPolicy"),
+        (_with("targetComponent", ""), "targetComponent"),
+        (_with("problemSummary", "   "), "problemSummary"),
+        (_with("problemSummary", "x" * 2001), "problemSummary"),
+        (_with("attempt", -1), "attempt"),
+        (_with("attempt", True), "attempt"),
+        (_with("attempt", "1"), "attempt"),
+        (_with("attempt", 1.5), "attempt"),
+        (_with("retryPolicy.maxRetries", 101), "retryPolicy.maxRetries"),
+        (_with("retryPolicy.maxRetries", True), "retryPolicy.maxRetries"),
+        (_with("retryPolicy.sleepMinMs", 0), "retryPolicy.sleepMinMs"),
+        (_with("retryPolicy.sleepMinMs", "300000"), "retryPolicy.sleepMinMs"),
+        (_with("retryPolicy.sleepMaxMs", 604_800_001), "retryPolicy.sleepMaxMs"),
+        (_with("retryPolicy.sleepMaxMs", 299_999), "retryPolicy.sleepMaxMs"),
+        (_with("retryPolicy.sleepStepMs", -1), "retryPolicy.sleepStepMs"),
+        (_with("retryPolicy.extra", 1), "retryPolicy.extra"),
+        (_with("evidence", "not a list"), "evidence"),
+        (_with("evidence.1", 7), "evidence[1]"),
+        (_with("evidence.1.errno", 1.5), "evidence[1].errno"),
+        (_with("evidence.1.errno", False), "evidence[1].errno"),
+        (_with("playbook.skills", "nas"), "playbook.skills"),
+        (_with("deadlineAt", "2026-02-25T12:00:00"), "deadlineAt"),
+        (_with("deadlineAt", 1_772_020_800_000), "deadlineAt"),
+        (_with("deadlineAt", "tomorrow"), "deadlineAt"),
+        (_with("fallbackAction", "ignore"), "fallbackAction"),
+        (_with("incidentId", "has space"), "incidentId"),
+        (_with("incidentId", "x" * 129), "incidentId"),
+        (_with("domain", "Backup"), "domain"),
+        (_with("routeTo.event", "Any Event!"), "routeTo.event"),
+        (_with("routeTo.url", "http://x"), "routeTo.url"),
+        (_with("surprise", 1), "surprise"),
+        ([SEED_EXAMPLE], "request"),
+        (None, "request"),
+    ],
+)
+def test_invalid_request_names_the_field(data: Any, field: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(data)
+    assert caught.value.field == field
+    assert caught.value.problems[0].startswith(f"{field}: ")
+    assert isinstance(caught.value, ValueError)
+
+
+def test_invalid_request_lists_every_problem_in_order() -> None:
+    data = _with("attempt", -1)
+    data["retryPolicy"]["sleepStepMs"] = "5"
+    del data["playbook"]
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(data)
+    fields = [p.split(":")[0] for p in caught.value.problems]
+    assert fields == ["attempt", "retryPolicy.sleepStepMs", "playbook"]
+    assert "Value error" not in str(caught.value)
+
+
+def test_min_above_max_message_names_both_bounds() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(_with("retryPolicy.sleepMaxMs", 1000))
+    assert caught.value.problems == ["retryPolicy.sleepMaxMs: must be >= sleepMinMs (300000)"]
+
+
+def test_errno_accepts_numbers_and_names() -> None:
+    assert parse_request(_with("evidence.1.errno", 28)).evidence[1].errno == 28
+    assert parse_request(_with("evidence.1.errno", "ENOSPC")).evidence[1].errno == "ENOSPC"
+
+
+def test_invalid_completion_names_the_field() -> None:
+    data = _with("retryPolicy.sleepMinMs", 0)
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(data)
+    completion = invalid_completion(caught.value, data).to_data()
+    assert completion["status"] == "invalid"
+    assert CompletionStatus(completion["status"]) is CompletionStatus.INVALID
+    assert completion["field"] == "retryPolicy.sleepMinMs"
+    assert completion["incidentId"] == "backup:redis:2026-02-25"
+    assert completion["attempt"] == 2
+    assert completion["sourceFunction"] == "system/backup.redis"
+
+
+def test_invalid_completion_drops_an_invalid_incident_id() -> None:
+    data = _with("incidentId", "bad id")
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(data)
+    assert invalid_completion(caught.value, data).incident_id is None
+    assert invalid_completion(caught.value, "junk").source_function is None
+
+
+@pytest.mark.parametrize(
+    ("args", "other"),
+    [
+        (("backup", "a/b", "f"), ("backup", "a-b", "f")),
+        (("backup", "redis", "f"), ("worker", "redis", "f")),
+        (("backup", "x" * 300, "f"), ("backup", "x" * 301, "f")),
+    ],
+)
+def test_derived_incident_ids_stay_distinct(
+    args: tuple[str, str, str], other: tuple[str, str, str]
+) -> None:
+    assert derive_incident_id(*args) != derive_incident_id(*other)
+    assert derive_incident_id(*args) == derive_incident_id(*args)
+
+
+@given(st.text(), st.text(), st.text())
+def test_derived_incident_id_always_fits_the_pattern(a: str, b: str, c: str) -> None:
+    assert re.fullmatch(INCIDENT_ID_PATTERN, derive_incident_id(a, b, c))
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+PATHS = st.sampled_from(
+    [
+        *SEED_EXAMPLE,
+        "retryPolicy.sleepMinMs",
+        "retryPolicy.maxRetries",
+        "evidence.1.errno",
+        "evidence.0",
+        "playbook.runbook",
+        "routeTo.data",
+        "routeTo.event",
+    ]
+)
+
+
+@given(JSON)
+def test_arbitrary_json_is_a_request_or_invalid(data: Any) -> None:
+    try:
+        parse_request(data)
+    except InvalidRequest as exc:
+        assert exc.field and exc.problems
+
+
+@given(st.lists(st.tuples(PATHS, JSON), min_size=1, max_size=3))
+def test_mutated_seed_is_a_request_or_names_a_field(changes: list[tuple[str, Any]]) -> None:
+    data = copy.deepcopy(SEED_EXAMPLE)
+    for path, value in changes:
+        try:
+            data = _with_in(data, path, value)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier change replaced the parent with a non-container
+    try:
+        request = parse_request(data)
+    except InvalidRequest as exc:
+        assert exc.field.split(".")[0].split("[")[0] in {*SEED_EXAMPLE, "request"}
+    else:
+        assert parse_request(request.to_data()) == request
+
+
+@pytest.mark.parametrize(
+    ("constant", "wire"),
+    [
+        (events.BACKUP_REQUESTED, "system/backup.requested"),
+        (events.BACKUP_RETRY_REQUESTED, "system/backup.retry.requested"),
+        (events.BACKUP_COMPLETED, "system/backup.completed"),
+        (events.BACKUP_FAILED, "system/backup.failed"),
+        (events.SELF_HEALING_REQUESTED, "system/self.healing.requested"),
+        (events.SELF_HEALING_COMPLETED, "system/self.healing.completed"),
+        (events.WORKER_RESTART_REQUESTED, "system/worker.restart.requested"),
+        (events.BACKUP_FAILURE_ROUTER, "system/backup.failure.router"),
+    ],
+)
+def test_wire_names(constant: str, wire: str) -> None:
+    assert constant == wire
+    assert new_event(constant, {}, now_ms=0).name == wire
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_new_event_carries_time_in_its_ulid() -> None:
+    event = new_event(events.BACKUP_FAILED, {"target": "redis"}, now_ms=1_772_020_800_123)
+    assert ULID.from_str(event.id).milliseconds == 1_772_020_800_123 == event.ts
+    assert event.idempotency_key == event.id
+    keyed = new_event(events.BACKUP_REQUESTED, {}, now_ms=5, idempotency_key="redis:tick-9")
+    assert keyed.idempotency_key == "redis:tick-9"
+
+
+@pytest.mark.parametrize("now_ms", [-1, 1.5, True, 2**48])
+def test_new_event_refuses_bad_time(now_ms: Any) -> None:
+    with pytest.raises(ValueError):
+        new_event(events.BACKUP_FAILED, {}, now_ms=now_ms)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"name": "NoSlash"}, "name"),
+        ({"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}, "traceparent"),
+        ({"traceparent": "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, "traceparent"),
+        ({"idempotency_key": "k" * 257}, "idempotency_key"),
+        ({"data": {"x": float("nan")}}, "data"),
+        ({"data": {"x": object()}}, "data"),
+    ],
+)
+def test_event_validation(changes: dict[str, Any], field: str) -> None:
+    fields = {"name": "system/backup.failed", "data": {}, "traceparent": TRACE} | changes
+    with pytest.raises(ValueError, match=field):
+        new_event(
+            fields["name"],
+            fields["data"],
+            now_ms=1,
+            traceparent=fields["traceparent"],
+            idempotency_key=fields.get("idempotency_key"),
+        )
+
+
+DATA = st.dictionaries(st.text(max_size=8), JSON, max_size=4)
+
+
+@given(DATA, st.integers(0, 2**48 - 1), st.booleans(), st.booleans())
+def test_wire_round_trip(data: dict[str, Any], now_ms: int, as_bytes: bool, traced: bool) -> None:
+    event = new_event(
+        events.BACKUP_FAILED, data, now_ms=now_ms, traceparent=TRACE if traced else None
+    )
+    wire = event.to_wire()
+    assert all(isinstance(v, str) for v in wire.values())
+    assert wire["traceparent"] == (TRACE if traced else "")
+    entry = {k.encode(): v.encode() for k, v in wire.items()} if as_bytes else wire
+    assert Event.from_wire(entry) == event
+
+
+def _wire(**changes: str | bytes | None) -> dict[str, Any]:
+    wire: dict[str, Any] = new_event(events.BACKUP_FAILED, {"a": 1}, now_ms=9).to_wire()
+    for key, value in changes.items():
+        if value is None:
+            del wire[key]
+        else:
+            wire[key] = value
+    return wire
+
+
+@pytest.mark.parametrize(
+    ("wire", "field"),
+    [
+        (_wire(name=None), "name"),
+        (_wire(idempotencyKey=None), "idempotencyKey"),
+        (_wire(data="{not json"), "data"),
+        (_wire(data="[1, 2]"), "data"),
+        (_wire(data='{"x": NaN}'), "data"),
+        (_wire(ts="-5"), "ts"),
+        (_wire(ts="12.5"), "ts"),
+        (_wire(id="01ARZ3NDEKTSV4RRFFQ69G5FAU"), "id"),  # U is not Crockford base32
+        (_wire(id="8ZZZZZZZZZZZZZZZZZZZZZZZZZ"), "id"),  # beyond 48-bit time
+        (_wire(id="not-a-ulid"), "id"),
+        (_wire(name=b"\xff\xfe"), "name"),
+        (_wire(traceparent="garbage"), "traceparent"),
+        (_wire(idempotencyKey=""), "idempotencyKey"),
+    ],
+)
+def test_from_wire_names_the_bad_field(wire: dict[str, Any], field: str) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        Event.from_wire(wire)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_from_wire_ignores_unknown_fields_and_empty_trace() -> None:
+    event = Event.from_wire(_wire(extra="later version", traceparent=""))
+    assert event.traceparent is None
+    assert event.data == {"a": 1}
+
+
+def test_seed_example_survives_the_bus() -> None:
+    request = parse_request(SEED_EXAMPLE)
+    event = new_event(events.SELF_HEALING_REQUESTED, request.to_data(), now_ms=1_772_000_000_000)
+    decoded = Event.from_wire({k.encode(): v.encode() for k, v in event.to_wire().items()})
+    assert parse_request(decoded.data) == request
