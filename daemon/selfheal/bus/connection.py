@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -31,7 +31,9 @@ PROBE_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_MAX_S = 30.0
 
-RedisClient = aioredis.Redis | RedisCluster
+# The bus keeps every key in one hash slot, so the commands it uses behave the same
+# on a Cluster client; both are typed as the standalone client.
+RedisClient = aioredis.Redis
 
 
 @dataclass
@@ -90,7 +92,9 @@ def make_client(settings: RedisSettings, embedded_socket: Path | None) -> RedisC
         client: aioredis.Redis = sentinel.master_for(settings.sentinel_master)
         return client
     if settings.cluster:
-        return RedisCluster.from_url(settings.url, socket_connect_timeout=timeout)
+        return cast(
+            aioredis.Redis, RedisCluster.from_url(settings.url, socket_connect_timeout=timeout)
+        )
     return aioredis.Redis.from_url(settings.url, socket_connect_timeout=timeout)
 
 

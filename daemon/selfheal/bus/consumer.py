@@ -1,0 +1,202 @@
+"""A consumer group member: at-least-once delivery with idempotent, acked-after-effect handling.
+
+Each entry is handled, then marked done and acked in one step. A handler that
+raises leaves the entry pending; after `reclaim_idle_ms` any member of the group
+(this daemon or another) claims it with XAUTOCLAIM and tries again, and after
+`max_deliveries` it goes to the dead-letter stream with the last error. Entries
+that cannot be decoded, and events the handler rejects as `PoisonEvent`, go
+there at once. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+
+from selfheal.bus.streams import Bus, cast_entries
+from selfheal.core.events import Event, EventDecodeError
+from selfheal.redact import redact_text
+
+log = logging.getLogger("selfheal.bus")
+
+Handler = Callable[[Event], Awaitable[None]]
+
+
+class PoisonEvent(Exception):
+    """The handler rejects this event for good (e.g. its payload fails validation)."""
+
+
+@dataclass
+class ConsumerStats:
+    """Counters shown in status."""
+
+    handled: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    reclaimed: int = 0
+    dead_lettered: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    """Delivery knobs for one consumer."""
+
+    batch: int = 100
+    block_ms: int = 2000
+    reclaim_idle_ms: int = 60_000
+    reclaim_every_s: float = 5.0
+    max_deliveries: int = 5
+
+
+class StreamConsumer:
+    """Service: consumes one event stream as one member of one group."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        event_name: str,
+        group: str,
+        consumer: str,
+        handler: Handler,
+        *,
+        options: ConsumerOptions | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.bus = bus
+        self.event_name = event_name
+        self.group = group
+        self.consumer = consumer
+        self.name = f"consumer:{group}"
+        self._handler = handler
+        self.options = options or ConsumerOptions()
+        self._stopping = stopping
+        self.stats = ConsumerStats()
+        self._stream = bus.keys.stream(event_name)
+        self._next_reclaim = 0.0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Join the group, signal readiness, then consume until stopped."""
+        await self.bus.ensure_group(self.event_name, self.group)
+        task_status.started()
+        while not self._stopping():
+            await self.poll_once()
+
+    async def poll_once(self) -> int:
+        """Reclaim stale entries when due, then read and handle one batch."""
+        handled = 0
+        if time.monotonic() >= self._next_reclaim:
+            self._next_reclaim = time.monotonic() + self.options.reclaim_every_s
+            handled += await self._reclaim()
+        raw = await self.bus.client.xreadgroup(
+            self.group,
+            self.consumer,
+            {self._stream: ">"},
+            count=self.options.batch,
+            block=self.options.block_ms,
+        )
+        streams = cast(list[tuple[Any, Any]], raw or [])
+        for _stream, entries in streams:
+            for entry_id, fields in cast_entries(entries):
+                await self._handle(entry_id, fields, deliveries=1)
+                handled += 1
+        return handled
+
+    async def _reclaim(self) -> int:
+        client = self.bus.client
+        start = "0-0"
+        count = 0
+        while True:
+            reply = await client.xautoclaim(
+                self._stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.options.reclaim_idle_ms,
+                start_id=start,
+                count=self.options.batch,
+            )
+            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            entries = cast_entries(reply[1])
+            if entries:
+                deliveries = await self._delivery_counts([e for e, _ in entries])
+                for entry_id, fields in entries:
+                    self.stats.reclaimed += 1
+                    await self._handle(entry_id, fields, deliveries=deliveries.get(entry_id, 1))
+                    count += 1
+            if start == "0-0" or not entries:
+                return count
+
+    async def _delivery_counts(self, entry_ids: list[str]) -> dict[str, int]:
+        pending = await self.bus.client.xpending_range(
+            self._stream, self.group, min=entry_ids[0], max=entry_ids[-1], count=len(entry_ids) * 2
+        )
+        counts: dict[str, int] = {}
+        for item in pending:
+            message_id = item["message_id"]
+            key = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+            counts[key] = int(item["times_delivered"])
+        return counts
+
+    async def _handle(self, entry_id: str, fields: dict[str, str], *, deliveries: int) -> None:
+        if not fields:
+            await self._bury(entry_id, fields, "entry was trimmed from the stream", deliveries)
+            return
+        try:
+            event = Event.from_wire(fields)
+        except EventDecodeError as exc:
+            await self._bury(entry_id, fields, f"undecodable event: {exc}", deliveries)
+            return
+        if deliveries > self.options.max_deliveries:
+            last = await self.bus.last_failure(self.group, entry_id) or "not recorded"
+            reason = f"gave up after {deliveries - 1} deliveries; last error: {last}"
+            await self._bury(entry_id, fields, reason, deliveries)
+            return
+        if await self.bus.already_done(self.group, event.id):
+            # Handled before, but the ack was lost: ack again, do nothing else.
+            self.stats.duplicates += 1
+            await self.bus.complete(self.event_name, self.group, entry_id, event.id)
+            return
+        try:
+            await self._handler(event)
+        except PoisonEvent as exc:
+            await self._bury(entry_id, fields, f"rejected: {exc}", deliveries)
+            return
+        except (aioredis.ConnectionError, aioredis.TimeoutError):
+            raise  # the bus itself is down: let the supervisor restart us with backoff
+        except Exception as exc:  # stays pending; reclaimed and retried later
+            message = redact_text(f"{type(exc).__name__}: {exc}")
+            self.stats.failed += 1
+            self.stats.last_error = message
+            await self.bus.record_failure(self.group, entry_id, message)
+            log.warning(
+                "%s failed on %s (%s, delivery %d): %s",
+                self.group,
+                self.event_name,
+                event.id,
+                deliveries,
+                message,
+            )
+            return
+        await self.bus.complete(self.event_name, self.group, entry_id, event.id)
+        self.stats.handled += 1
+
+    async def _bury(
+        self, entry_id: str, fields: dict[str, str], reason: str, deliveries: int
+    ) -> None:
+        self.stats.dead_lettered += 1
+        log.error("%s dead-lettered %s entry %s: %s", self.group, self.event_name, entry_id, reason)
+        await self.bus.dead_letter(
+            self.event_name,
+            self.group,
+            entry_id,
+            fields,
+            reason=redact_text(reason),
+            deliveries=deliveries,
+        )

@@ -1,0 +1,63 @@
+"""Every Redis key the bus uses, in one place.
+
+All keys carry one hash tag, `{<namespace>}`, so they live in one Cluster slot and
+the Lua scripts that touch several of them stay valid on Redis Cluster; the
+namespace lets several installations share one Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# How long a consumer group remembers that it handled an event (idempotent effects).
+DONE_TTL_S = 7 * 24 * 3600
+# How long a publish idempotency key blocks a second publish of the same key.
+PUBLISHED_TTL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one namespace."""
+
+    namespace: str
+
+    @property
+    def tag(self) -> str:
+        """The hash tag shared by every key."""
+        return "{" + self.namespace + "}"
+
+    def stream(self, event_name: str) -> str:
+        """One stream per event name."""
+        return f"{self.tag}:stream:{event_name}"
+
+    @property
+    def dead_letters(self) -> str:
+        """Entries that could not be handled, with the reason (a stream)."""
+        return f"{self.tag}:dead"
+
+    @property
+    def timers(self) -> str:
+        """Delayed events: sorted set of event id scored by due time (ms)."""
+        return f"{self.tag}:timers"
+
+    @property
+    def timer_payloads(self) -> str:
+        """Delayed events' bodies: hash of event id -> JSON {stream, fields}."""
+        return f"{self.tag}:timers:payload"
+
+    def done(self, group: str, event_id: str) -> str:
+        """Marker: `group` has durably handled event `event_id`."""
+        return f"{self.tag}:done:{group}:{event_id}"
+
+    def last_failure(self, group: str, entry_id: str) -> str:
+        """The last handler error for a pending entry (read when it is dead-lettered)."""
+        return f"{self.tag}:failure:{group}:{entry_id}"
+
+    def published(self, event_name: str, idempotency_key: str) -> str:
+        """Marker: an event with this idempotency key was already published."""
+        return f"{self.tag}:published:{event_name}:{idempotency_key}"
+
+    @property
+    def streams_index(self) -> str:
+        """Set of every stream key the bus has written to (for stats)."""
+        return f"{self.tag}:streams"

@@ -1,0 +1,302 @@
+"""The durable event bus on Redis Streams: publish, delayed delivery, dead letters, stats.
+
+One stream per event name and one consumer group per consuming function (see
+`bus/consumer.py`). Writes that must happen together run as one Lua script, so
+a crash between two commands can never lose or double an event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
+from selfheal.core.events import Event
+
+# Publish one event; with dedupe, only if its idempotency key was never published.
+# KEYS: stream, streams index, published marker. ARGV: maxlen, ttl, dedupe, fields...
+_PUBLISH = """
+if ARGV[3] == '1' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return false end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
+redis.call('SADD', KEYS[2], KEYS[1])
+return id
+"""
+
+# Schedule an event for later; idempotent on the event id while it is pending.
+# KEYS: timers, payloads. ARGV: event id, due ms, payload JSON.
+_SCHEDULE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Move every due timer into its stream, atomically, so one daemon fires it once.
+# The target stream is read from the payload; it shares the hash tag with KEYS.
+# KEYS: timers, payloads, streams index. ARGV: limit, maxlen.
+_MOVE_DUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(due) do
+  local payload = redis.call('HGET', KEYS[2], id)
+  if payload then
+    local p = cjson.decode(payload)
+    local args = {}
+    for k, v in pairs(p.fields) do
+      args[#args + 1] = k
+      args[#args + 1] = v
+    end
+    redis.call('XADD', p.stream, 'MAXLEN', '~', ARGV[2], '*', unpack(args))
+    redis.call('SADD', KEYS[3], p.stream)
+  end
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, now, nxt[2] or false}
+"""
+
+# Move an entry to the dead-letter stream and ack it, in one step.
+# KEYS: dead stream, source stream, last-failure key. ARGV: group, entry id, maxlen, fields...
+_DEAD_LETTER = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('DEL', KEYS[3])
+return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+"""
+
+# Record that a group handled an event, and ack it, in one step.
+# KEYS: stream, done marker, last-failure key. ARGV: group, entry id, ttl.
+_COMPLETE = """
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+redis.call('DEL', KEYS[3])
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+
+@dataclass(frozen=True)
+class TimerSweep:
+    """What one pass of the timer mover did."""
+
+    moved: int
+    now_ms: int
+    next_due_ms: int | None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Bus:
+    """Publish, schedule and inspect events in one namespace."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, maxlen: int = 100_000) -> None:
+        self.client = client
+        self.keys = keys
+        self.maxlen = maxlen
+        self._publish: AsyncScript = client.register_script(_PUBLISH)
+        self._schedule: AsyncScript = client.register_script(_SCHEDULE)
+        self._move_due: AsyncScript = client.register_script(_MOVE_DUE)
+        self._dead_letter: AsyncScript = client.register_script(_DEAD_LETTER)
+        self._complete: AsyncScript = client.register_script(_COMPLETE)
+
+    # -- publishing ------------------------------------------------------------------
+
+    def _publish_args(self, event: Event, dedupe: bool) -> tuple[list[str], list[Any]]:
+        fields = event.to_wire()
+        keys = [
+            self.keys.stream(event.name),
+            self.keys.streams_index,
+            self.keys.published(event.name, event.idempotency_key),
+        ]
+        args: list[Any] = [self.maxlen, PUBLISHED_TTL_S, "1" if dedupe else "0"]
+        for name, value in fields.items():
+            args.extend((name, value))
+        return keys, args
+
+    async def publish(self, event: Event, *, dedupe: bool = False) -> str | None:
+        """Append the event to its stream; returns the entry id, or None if deduplicated."""
+        keys, args = self._publish_args(event, dedupe)
+        entry = await self._publish(keys=keys, args=args)
+        return None if entry is None else _text(entry)
+
+    async def publish_many(self, events: Iterable[Event], *, dedupe: bool = False) -> int:
+        """Publish several events in one round trip; returns how many were appended."""
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for event in events:
+            keys, args = self._publish_args(event, dedupe)
+            await self._publish(keys=keys, args=args, client=pipe)
+            count += 1
+        if not count:
+            return 0
+        results = await pipe.execute()
+        return sum(1 for r in results if r is not None)
+
+    # -- delayed delivery -----------------------------------------------------------------
+
+    def _schedule_args(self, event: Event, due_ms: int) -> tuple[list[str], list[Any]]:
+        payload = json.dumps(
+            {"stream": self.keys.stream(event.name), "fields": event.to_wire()},
+            separators=(",", ":"),
+        )
+        return [self.keys.timers, self.keys.timer_payloads], [event.id, due_ms, payload]
+
+    async def send_at(self, event: Event, due_ms: int) -> bool:
+        """Deliver `event` at epoch-ms `due_ms` (survives restarts; fires once)."""
+        keys, args = self._schedule_args(event, due_ms)
+        return bool(await self._schedule(keys=keys, args=args))
+
+    async def send_after(self, event: Event, delay_ms: int, *, now_ms: int | None = None) -> bool:
+        """Deliver `event` after `delay_ms` milliseconds."""
+        base = int(time.time() * 1000) if now_ms is None else now_ms
+        return await self.send_at(event, base + max(0, delay_ms))
+
+    async def move_due_timers(self, limit: int = 500) -> TimerSweep:
+        """Move due timers into their streams (atomic; safe from many daemons)."""
+        keys = [self.keys.timers, self.keys.timer_payloads, self.keys.streams_index]
+        moved, now_ms, next_due = await self._move_due(keys=keys, args=[limit, self.maxlen])
+        return TimerSweep(
+            moved=int(moved),
+            now_ms=int(now_ms),
+            next_due_ms=None if next_due is None else int(float(_text(next_due))),
+        )
+
+    # -- consumer-side bookkeeping ------------------------------------------------------------
+
+    async def ensure_group(self, event_name: str, group: str) -> None:
+        """Create the consumer group (and stream) if missing; start at the beginning."""
+        stream = self.keys.stream(event_name)
+        try:
+            await self.client.xgroup_create(stream, group, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await self.client.sadd(self.keys.streams_index, stream)
+
+    async def complete(self, event_name: str, group: str, entry_id: str, event_id: str) -> None:
+        """Mark the event handled by `group` and ack it (after its effect is durable)."""
+        await self._complete(
+            keys=[
+                self.keys.stream(event_name),
+                self.keys.done(group, event_id),
+                self.keys.last_failure(group, entry_id),
+            ],
+            args=[group, entry_id, DONE_TTL_S],
+        )
+
+    async def record_failure(self, group: str, entry_id: str, message: str) -> None:
+        """Remember why handling failed, for whichever daemon dead-letters it later."""
+        await self.client.set(self.keys.last_failure(group, entry_id), message, ex=DONE_TTL_S)
+
+    async def last_failure(self, group: str, entry_id: str) -> str | None:
+        """The last recorded handler error for a pending entry."""
+        value = await self.client.get(self.keys.last_failure(group, entry_id))
+        return None if value is None else _text(value)
+
+    async def already_done(self, group: str, event_id: str) -> bool:
+        """True when `group` has handled this event before (a redelivery)."""
+        return bool(await self.client.exists(self.keys.done(group, event_id)))
+
+    async def dead_letter(
+        self,
+        event_name: str,
+        group: str,
+        entry_id: str,
+        fields: Mapping[str, str],
+        *,
+        reason: str,
+        deliveries: int,
+    ) -> None:
+        """Move an entry to the dead-letter stream with the reason, and ack it."""
+        record = {
+            "stream": self.keys.stream(event_name),
+            "event": event_name,
+            "group": group,
+            "entryId": entry_id,
+            "reason": reason,
+            "deliveries": str(deliveries),
+            "at": str(int(time.time() * 1000)),
+            "fields": json.dumps(dict(fields), separators=(",", ":")),
+        }
+        args: list[Any] = [group, entry_id, self.maxlen]
+        for name, value in record.items():
+            args.extend((name, value))
+        await self._dead_letter(
+            keys=[
+                self.keys.dead_letters,
+                self.keys.stream(event_name),
+                self.keys.last_failure(group, entry_id),
+            ],
+            args=args,
+        )
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest dead letters, newest first."""
+        raw = await self.client.xrevrange(self.keys.dead_letters, count=count)
+        return [{"id": entry_id, **fields} for entry_id, fields in cast_entries(raw)]
+
+    # -- stats -------------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        """Lengths, pending, lag, dead letters and timers (for `selfheal queue stats`)."""
+        prefix = self.keys.stream("")
+        members = sorted(_text(m) for m in await self.client.smembers(self.keys.streams_index))
+        streams: list[dict[str, Any]] = []
+        for stream in members:
+            length = await self.client.xlen(stream)
+            groups: list[dict[str, Any]] = []
+            try:
+                infos = await self.client.xinfo_groups(stream)
+            except aioredis.ResponseError:
+                infos = []
+            for info in infos:
+                lag = info.get("lag")
+                groups.append(
+                    {
+                        "group": _text(info["name"]),
+                        "consumers": int(info["consumers"]),
+                        "pending": int(info["pending"]),
+                        "lastDeliveredId": _text(info["last-delivered-id"]),
+                        # Redis < 7 does not report lag.
+                        "lag": None if lag is None else int(lag),
+                    }
+                )
+            streams.append(
+                {"event": stream.removeprefix(prefix), "length": int(length), "groups": groups}
+            )
+        now_ms = int(time.time() * 1000)
+        return {
+            "namespace": self.keys.namespace,
+            "streams": streams,
+            "deadLetters": int(await self.client.xlen(self.keys.dead_letters)),
+            "timers": {
+                "scheduled": int(await self.client.zcard(self.keys.timers)),
+                "due": int(await self.client.zcount(self.keys.timers, "-inf", now_ms)),
+            },
+        }
+
+
+def decode_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A stream entry's fields as text."""
+    return {_text(k): _text(v) for k, v in fields.items()}
+
+
+def cast_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    """Normalise XREADGROUP/XAUTOCLAIM entry lists (skipping deleted entries)."""
+    entries: list[tuple[str, dict[str, str]]] = []
+    for entry_id, fields in cast(list[tuple[Any, Any]], raw):
+        if fields is None:  # the entry was trimmed away while pending
+            entries.append((_text(entry_id), {}))
+            continue
+        entries.append((_text(entry_id), decode_fields(fields)))
+    return entries

@@ -1,0 +1,241 @@
+"""The Redis Streams bus against a real redis-server: delivery, reclaim, timers, dead letters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis.asyncio as aioredis
+
+from selfheal.bus.consumer import ConsumerOptions, PoisonEvent, StreamConsumer
+from selfheal.bus.keys import Keys
+from selfheal.bus.streams import Bus
+from selfheal.bus.timers import TimerPump
+from selfheal.core.events import Event, new_event
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+NAME = "test/thing.happened"
+GROUP = "test-handler"
+WAIT_S = 15.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+@pytest.fixture
+def bus(client: aioredis.Redis) -> Bus:
+    return Bus(client, Keys("t1"), maxlen=10_000)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def event(n: int, **kw: Any) -> Event:
+    return new_event(NAME, {"n": n}, now_ms=now_ms(), **kw)
+
+
+FAST = ConsumerOptions(
+    batch=50, block_ms=100, reclaim_idle_ms=200, reclaim_every_s=0.1, max_deliveries=3
+)
+
+
+async def drain(consumer: StreamConsumer, until: Any, limit: float = WAIT_S) -> None:
+    with anyio.fail_after(limit):
+        while not until():
+            await consumer.poll_once()
+
+
+async def test_published_event_is_handled_once_and_acked(bus: Bus) -> None:
+    seen: list[Event] = []
+
+    async def handle(e: Event) -> None:
+        seen.append(e)
+
+    consumer = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST)
+    await bus.ensure_group(NAME, GROUP)
+    sent = event(1, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    assert await bus.publish(sent)
+    await drain(consumer, lambda: len(seen) == 1)
+    assert seen[0] == sent
+    pending = await bus.client.xpending(bus.keys.stream(NAME), GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_dedupe_publishes_an_idempotency_key_once(bus: Bus) -> None:
+    first = await bus.publish(event(1, idempotency_key="typesense@2026-11-27T03:00"), dedupe=True)
+    second = await bus.publish(event(2, idempotency_key="typesense@2026-11-27T03:00"), dedupe=True)
+    third = await bus.publish(event(3, idempotency_key="typesense@2026-11-28T03:00"), dedupe=True)
+    assert first is not None and second is None and third is not None
+    assert await bus.client.xlen(bus.keys.stream(NAME)) == 2
+
+
+async def test_entry_of_a_dead_consumer_is_reclaimed_and_handled_once(bus: Bus) -> None:
+    await bus.ensure_group(NAME, GROUP)
+    await bus.publish(event(7))
+    # A consumer reads the entry and dies before acking it.
+    taken = await bus.client.xreadgroup(GROUP, "dead", {bus.keys.stream(NAME): ">"}, count=10)
+    assert len(taken[0][1]) == 1
+
+    seen: list[int] = []
+
+    async def handle(e: Event) -> None:
+        seen.append(e.data["n"])
+
+    survivor = StreamConsumer(bus, NAME, GROUP, "alive", handle, options=FAST)
+    await drain(survivor, lambda: seen == [7])
+    assert survivor.stats.reclaimed == 1
+    await survivor.poll_once()
+    assert seen == [7], "handled once"
+    assert (await bus.client.xpending(bus.keys.stream(NAME), GROUP))["pending"] == 0
+
+
+async def test_two_daemons_share_a_group_and_handle_each_event_once(
+    bus: Bus, client: aioredis.Redis
+) -> None:
+    total = 300
+    await bus.ensure_group(NAME, GROUP)
+    handled_by: dict[int, list[str]] = {}
+
+    def make(name: str) -> StreamConsumer:
+        async def handle(e: Event) -> None:
+            handled_by.setdefault(e.data["n"], []).append(name)
+            await anyio.lowlevel.checkpoint()  # let the other member run
+
+        return StreamConsumer(Bus(client, bus.keys), NAME, GROUP, name, handle, options=FAST)
+
+    a, b = make("daemon-a"), make("daemon-b")
+    await bus.publish_many(event(n) for n in range(total))
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            for member in (a, b):
+                tg.start_soon(drain, member, lambda: len(handled_by) == total)
+    assert sorted(handled_by) == list(range(total))
+    assert all(len(who) == 1 for who in handled_by.values()), "no event handled twice"
+    assert {w for who in handled_by.values() for w in who} == {"daemon-a", "daemon-b"}
+
+
+async def test_redelivered_event_already_done_is_acked_without_rerunning(bus: Bus) -> None:
+    runs: list[str] = []
+
+    async def handle(e: Event) -> None:
+        runs.append(e.id)
+
+    consumer = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST)
+    await bus.ensure_group(NAME, GROUP)
+    e = event(1)
+    await bus.publish(e)
+    await drain(consumer, lambda: len(runs) == 1)
+    await bus.publish(e)  # the same event id arrives again (a producer retry)
+    await drain(consumer, lambda: consumer.stats.duplicates == 1)
+    assert runs == [e.id]
+
+
+async def test_timers_survive_a_restart_and_fire_once_across_daemons(
+    bus: Bus, client: aioredis.Redis
+) -> None:
+    due = now_ms() + 400
+    e = event(42)
+    assert await bus.send_at(e, due) is True
+    assert await bus.send_at(e, due) is False, "idempotent while pending"
+
+    # "Restart": fresh Bus objects, two daemons pumping at once.
+    pumps = [TimerPump(Bus(client, Keys("t1")), max_sleep_s=0.05) for _ in range(2)]
+    stream = bus.keys.stream(NAME)
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            for pump in pumps:
+                tg.start_soon(pump.run)
+            while await client.xlen(stream) == 0:  # noqa: ASYNC110 - bounded poll of Redis
+                await anyio.sleep(0.02)
+            assert now_ms() >= due, "not before it is due"
+            await anyio.sleep(0.3)  # give a second firing every chance to happen
+            tg.cancel_scope.cancel()
+    entries = await client.xrange(stream)
+    assert len(entries) == 1, "fired exactly once"
+    assert sum(p.fired for p in pumps) == 1
+    assert await client.zcard(bus.keys.timers) == 0
+    assert await client.hlen(bus.keys.timer_payloads) == 0
+
+
+async def test_undecodable_entry_goes_to_dead_letters(bus: Bus) -> None:
+    async def handle(e: Event) -> None:
+        raise AssertionError("must not be called")
+
+    consumer = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST)
+    await bus.ensure_group(NAME, GROUP)
+    await bus.client.xadd(bus.keys.stream(NAME), {"garbage": "yes"})
+    await drain(consumer, lambda: consumer.stats.dead_lettered == 1)
+    [dead] = await bus.dead_letters()
+    assert dead["group"] == GROUP and "undecodable" in dead["reason"]
+    assert "garbage" in dead["fields"]
+    assert (await bus.client.xpending(bus.keys.stream(NAME), GROUP))["pending"] == 0
+
+
+async def test_poison_event_is_dead_lettered_with_the_reason(bus: Bus) -> None:
+    async def handle(e: Event) -> None:
+        raise PoisonEvent("retryPolicy.sleepMinMs: must be >= 1")
+
+    consumer = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST)
+    await bus.ensure_group(NAME, GROUP)
+    await bus.publish(event(1))
+    await drain(consumer, lambda: consumer.stats.dead_lettered == 1)
+    [dead] = await bus.dead_letters()
+    assert "retryPolicy.sleepMinMs" in dead["reason"]
+
+
+async def test_failing_handler_is_retried_then_dead_lettered_with_last_error(bus: Bus) -> None:
+    attempts: list[int] = []
+
+    async def handle(e: Event) -> None:
+        attempts.append(1)
+        raise OSError(f"disk on fire #{len(attempts)}")
+
+    consumer = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST)
+    await bus.ensure_group(NAME, GROUP)
+    await bus.publish(event(1))
+    await drain(consumer, lambda: consumer.stats.dead_lettered == 1)
+    assert len(attempts) == FAST.max_deliveries
+    [dead] = await bus.dead_letters()
+    assert f"disk on fire #{FAST.max_deliveries}" in dead["reason"]
+    assert int(dead["deliveries"]) == FAST.max_deliveries + 1
+    assert (await bus.client.xpending(bus.keys.stream(NAME), GROUP))["pending"] == 0
+
+
+async def test_streams_are_trimmed(client: aioredis.Redis) -> None:
+    small = Bus(client, Keys("trim"), maxlen=100)
+    await small.publish_many(event(n) for n in range(2000))
+    length = await client.xlen(small.keys.stream(NAME))
+    assert 100 <= length < 2000 // 2
+
+
+async def test_stats_report_lengths_pending_dead_letters_and_timers(bus: Bus) -> None:
+    await bus.ensure_group(NAME, GROUP)
+    await bus.publish_many(event(n) for n in range(5))
+    await bus.client.xreadgroup(GROUP, "c", {bus.keys.stream(NAME): ">"}, count=2)
+    await bus.send_after(event(99), 60_000)
+    await bus.client.xadd(bus.keys.dead_letters, {"reason": "x"})
+    stats = await bus.stats()
+    [row] = [s for s in stats["streams"] if s["event"] == NAME]
+    assert row["length"] == 5
+    [group] = row["groups"]
+    assert group["group"] == GROUP and group["pending"] == 2
+    assert stats["deadLetters"] == 1
+    assert stats["timers"] == {"scheduled": 1, "due": 0}
