@@ -61,3 +61,29 @@ class Keys:
     def streams_index(self) -> str:
         """Set of every stream key the bus has written to (for stats)."""
         return f"{self.tag}:streams"
+
+    def incident(self, incident_id: str) -> str:
+        """Incident hash: record JSON, version, pendingUntil, last request and decision."""
+        return f"{self.tag}:incident:{incident_id}"
+
+    def decision(self, decision_key: str) -> str:
+        """One stored decision per incident step (reused on redelivery)."""
+        return f"{self.tag}:decision:{decision_key}"
+
+    @property
+    def incidents(self) -> str:
+        """Sorted set of incident ids by last update (ms)."""
+        return f"{self.tag}:incidents"
+
+    @property
+    def manual_queue(self) -> str:
+        """The manual-intervention queue: a stream of escalations."""
+        return f"{self.tag}:manual"
+
+    def notified(self, incident_id: str) -> str:
+        """Latch: this incident has been announced to the notifiers."""
+        return f"{self.tag}:notified:{incident_id}"
+
+    def delivered(self, event_id: str, notifier: str) -> str:
+        """Marker: one notifier has delivered one notification event."""
+        return f"{self.tag}:delivered:{event_id}:{notifier}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
@@ -129,6 +130,11 @@ class Bus:
         entry = await self._publish(keys=keys, args=args)
         return None if entry is None else _text(entry)
 
+    async def publish_in(self, pipe: Pipeline, event: Event, *, dedupe: bool = False) -> None:
+        """Queue a publish into `pipe` (a MULTI transaction commits it with other writes)."""
+        keys, args = self._publish_args(event, dedupe)
+        await self._publish(keys=keys, args=args, client=pipe)
+
     async def publish_many(self, events: Iterable[Event], *, dedupe: bool = False) -> int:
         """Publish several events in one round trip; returns how many were appended."""
         pipe = self.client.pipeline(transaction=False)
@@ -155,6 +161,11 @@ class Bus:
         """Deliver `event` at epoch-ms `due_ms` (survives restarts; fires once)."""
         keys, args = self._schedule_args(event, due_ms)
         return bool(await self._schedule(keys=keys, args=args))
+
+    async def send_at_in(self, pipe: Pipeline, event: Event, due_ms: int) -> None:
+        """Queue a delayed delivery into `pipe`."""
+        keys, args = self._schedule_args(event, due_ms)
+        await self._schedule(keys=keys, args=args, client=pipe)
 
     async def send_after(self, event: Event, delay_ms: int, *, now_ms: int | None = None) -> bool:
         """Deliver `event` after `delay_ms` milliseconds."""

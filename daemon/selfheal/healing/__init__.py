@@ -1,1 +1,1 @@
-
+"""Self-healing services: router, escalation, notifiers, advisor."""

@@ -1,0 +1,313 @@
+"""The self-healing router: one consumer group, one budget per incident.
+
+For each `system/self.healing.requested` it validates the contract, loads the
+incident (the only source of truth for the attempt count), takes the decision
+already stored for the incident's current step or computes and stores one, and
+then applies it in one transaction: the incident update, the retry event or
+re-check timer, the completion, the escalation entry and the (latched)
+notification. A report that arrives while a retry is still pending joins the
+incident without spending budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from selfheal.bus.consumer import PoisonEvent
+from selfheal.bus.streams import Bus
+from selfheal.core.classify import Classification, FailureClass
+from selfheal.core.contracts import (
+    Completion,
+    CompletionStatus,
+    InvalidRequest,
+    SelfHealingRequest,
+    invalid_completion,
+    parse_request,
+)
+from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event, new_event
+from selfheal.core.incident import Incident, IncidentState
+from selfheal.core.policy import Action, Decision, Knobs, clamp_advice, completion_for, decide
+from selfheal.healing.store import Commit, IncidentSnapshot, IncidentStore, manual_entry
+from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
+
+log = logging.getLogger("selfheal.router")
+
+ROUTER_GROUP = "system/self.healing.router"
+# Internal event: an escalation to announce (consumed by the notification sink).
+NOTIFY_REQUESTED = "system/self.healing.notify"
+# Optimistic-lock retries when two daemons update the same incident at once.
+COMMIT_ATTEMPTS = 8
+
+Probe = Callable[[SelfHealingRequest], Awaitable[bool]]
+
+
+@dataclass
+class RouterStats:
+    """Counters for status."""
+
+    decisions: int = 0
+    reused: int = 0
+    joined: int = 0
+    invalid: int = 0
+    escalations: int = 0
+
+
+class Adviser:
+    """What the router needs from the optional LLM advisor (see healing/advisor.py)."""
+
+    async def advise_decision(
+        self, request: SelfHealingRequest, decision: Decision, incident: Incident, knobs: Knobs
+    ) -> Decision:
+        """Return the decision, possibly adjusted within the policy's clamps."""
+        return decision
+
+
+class Router:
+    """Handles self-healing requests; plug `handle` into a StreamConsumer."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        telemetry: Telemetry,
+        *,
+        knobs: Callable[[], Knobs],
+        probes: Mapping[str, Probe] | None = None,
+        adviser: Adviser | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.bus = bus
+        self.store = IncidentStore(bus)
+        self.telemetry = telemetry
+        self._knobs = knobs
+        self.probes = dict(probes or {})
+        self.adviser = adviser or Adviser()
+        self._clock_ms = clock_ms
+        self._jitter = jitter
+        self.stats = RouterStats()
+
+    def knobs(self) -> Knobs:
+        """Current knobs, with the domains that have a registered probe."""
+        base = self._knobs()
+        return Knobs(
+            recovery_window_ms=base.recovery_window_ms,
+            max_pause_ms=base.max_pause_ms,
+            pause_classes=base.pause_classes,
+            domains_with_probe=frozenset(self.probes) | base.domains_with_probe,
+            allowed_routes=base.allowed_routes,
+        )
+
+    async def handle(self, event: Event) -> None:
+        """Route one request event (raises PoisonEvent for an invalid contract)."""
+        parent = context_from_traceparent(event.traceparent)
+        with self.telemetry.decision_span(
+            "selfheal.route.decide", {"event_id": event.id}, context=parent
+        ) as span:
+            try:
+                request = parse_request(event.data)
+            except InvalidRequest as exc:
+                self.stats.invalid += 1
+                span.set_attribute("selfheal.action", "invalid")
+                span.set_attribute("selfheal.field", exc.field)
+                await self._complete(invalid_completion(exc, event.data), event, dedupe=True)
+                raise PoisonEvent(f"invalid request: {exc}") from None
+            span.set_attribute("selfheal.incident_id", request.resolved_incident_id)
+            decision, status = await self._route(request, event)
+            span.set_attribute("selfheal.status", str(status))
+            if decision is not None:
+                span.set_attributes(_span_attributes(decision))
+
+    async def _route(
+        self, request: SelfHealingRequest, event: Event
+    ) -> tuple[Decision | None, CompletionStatus]:
+        for _ in range(COMMIT_ATTEMPTS):
+            now = self._clock_ms()
+            snapshot = await self.store.load(request.resolved_incident_id)
+            incident = snapshot.incident
+            if incident is not None and incident.state == IncidentState.ESCALATED:
+                return await self._join_closed(request, snapshot, event)
+            if (
+                incident is not None
+                and not incident.closed
+                and snapshot.last_decision is not None
+                and now < snapshot.pending_until_ms
+            ):
+                return await self._join_pending(request, snapshot, event)
+            if incident is None or incident.state == IncidentState.REMEDIATED:
+                incident = Incident.new(request, now, self.knobs().recovery_window_ms)
+            decision = await self._decision_for(request, incident, now)
+            applied = await self.store.commit(
+                snapshot, self._commit(request, incident, decision, event, now)
+            )
+            if applied:
+                self.stats.decisions += 1
+                if decision.action == Action.ESCALATE:
+                    self.stats.escalations += 1
+                return decision, decision.completion_status
+        raise RuntimeError(f"incident {request.resolved_incident_id}: too much contention")
+
+    async def _decision_for(
+        self, request: SelfHealingRequest, incident: Incident, now: int
+    ) -> Decision:
+        stored = await self.store.stored_decision(incident.decision_key)
+        if stored is not None:
+            self.stats.reused += 1
+            return stored
+        knobs = self.knobs()
+        classification = await self._probe_classification(request, incident)
+        decision = decide(
+            request, incident, now, knobs, self._jitter(), classification=classification
+        )
+        decision = await self.adviser.advise_decision(request, decision, incident, knobs)
+        return await self.store.reserve_decision(decision)
+
+    async def _probe_classification(
+        self, request: SelfHealingRequest, incident: Incident
+    ) -> Classification | None:
+        """A paused incident's re-check: a healthy probe turns the hold into a retry."""
+        probe = self.probes.get(incident.domain)
+        if probe is None or incident.state != IncidentState.PAUSED:
+            return None
+        try:
+            healthy = await probe(request)
+        except Exception as exc:  # a broken probe counts as "still down"
+            log.warning("probe for %s failed: %s", incident.domain, exc)
+            healthy = False
+        if healthy:
+            return Classification(FailureClass.TRANSIENT_TRANSPORT, "re-check: target healthy")
+        return None
+
+    def _commit(
+        self,
+        request: SelfHealingRequest,
+        incident: Incident,
+        decision: Decision,
+        event: Event,
+        now: int,
+    ) -> Commit:
+        traceparent = current_traceparent()
+        change = Commit(
+            incident=incident.after(decision, now),
+            decision=decision,
+            request=request.to_data(),
+        )
+        change.publish.append(
+            self._completion_event(completion_for(decision, request), event, now, traceparent)
+        )
+        if decision.action == Action.RETRY and decision.route_event is not None:
+            retry = new_event(
+                decision.route_event,
+                decision.route_data,
+                now_ms=now,
+                idempotency_key=f"{decision.key}/retry",
+                traceparent=traceparent,
+            )
+            change.schedule.append((retry, decision.fire_at_ms))
+            change.pending_until_ms = decision.fire_at_ms
+        elif decision.action == Action.PAUSE:
+            # The re-check is the same request, delivered to the router after the hold.
+            recheck = new_event(
+                SELF_HEALING_REQUESTED,
+                request.to_data(),
+                now_ms=now,
+                idempotency_key=f"{decision.key}/recheck",
+                traceparent=traceparent,
+            )
+            change.schedule.append((recheck, decision.fire_at_ms))
+            change.pending_until_ms = decision.fire_at_ms
+        elif decision.action == Action.ESCALATE:
+            change.manual_entry = manual_entry(incident, decision, request.problem_summary)
+            if decision.notify:
+                change.publish_once.append(
+                    new_event(
+                        NOTIFY_REQUESTED,
+                        {
+                            "kind": "escalated",
+                            "incident": change.incident.to_dict(),
+                            "decision": decision.to_dict(),
+                            "problemSummary": request.problem_summary,
+                        },
+                        now_ms=now,
+                        # The latch: one announcement per incident and operator reset.
+                        idempotency_key=(
+                            f"{incident.incident_id}/r{incident.operator_resets}/escalated"
+                        ),
+                        traceparent=traceparent,
+                    )
+                )
+        return change
+
+    def _completion_event(
+        self, completion: Completion, cause: Event, now: int, traceparent: str | None
+    ) -> Event:
+        return new_event(
+            SELF_HEALING_COMPLETED,
+            completion.to_data(),
+            now_ms=now,
+            idempotency_key=f"{cause.id}/completed",
+            traceparent=traceparent or cause.traceparent,
+        )
+
+    async def _complete(self, completion: Completion, cause: Event, *, dedupe: bool) -> None:
+        now = self._clock_ms()
+        event = self._completion_event(completion, cause, now, current_traceparent())
+        await self.bus.publish(event, dedupe=dedupe)
+
+    async def _join_pending(
+        self, request: SelfHealingRequest, snapshot: IncidentSnapshot, event: Event
+    ) -> tuple[Decision | None, CompletionStatus]:
+        """Another report while a retry is pending: same loop, no budget spent."""
+        self.stats.joined += 1
+        decision = snapshot.last_decision
+        assert decision is not None
+        completion = completion_for(decision, request)
+        await self._complete(
+            completion.model_copy(update={"reason": f"joined pending step: {decision.reason}"}),
+            event,
+            dedupe=True,
+        )
+        return decision, completion.status
+
+    async def _join_closed(
+        self, request: SelfHealingRequest, snapshot: IncidentSnapshot, event: Event
+    ) -> tuple[Decision | None, CompletionStatus]:
+        """A report for an escalated incident waits with it for the operator (no new alert)."""
+        self.stats.joined += 1
+        await self._complete(
+            Completion(
+                incident_id=snapshot.incident_id,
+                status=CompletionStatus.ESCALATED,
+                reason="incident already escalated; waiting for an operator",
+                source_function=request.source_function,
+                target_component=request.target_component,
+            ),
+            event,
+            dedupe=True,
+        )
+        return None, CompletionStatus.ESCALATED
+
+
+def _span_attributes(decision: Decision) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "selfheal.incident_id": decision.incident_id,
+        "selfheal.attempt": decision.attempt,
+        "selfheal.action": str(decision.action),
+        "selfheal.delay_ms": decision.delay_ms,
+        "selfheal.failure_class": str(decision.failure_class),
+        "selfheal.reason": decision.reason,
+        "selfheal.rule": str(decision.rule),
+    }
+    if decision.route_event:
+        attributes["selfheal.route_event"] = decision.route_event
+    for key, value in (decision.advisor or {}).items():
+        if isinstance(value, str | int | float | bool):
+            attributes[f"selfheal.advisor.{key}"] = value
+    return attributes
+
+
+__all__ = ["NOTIFY_REQUESTED", "ROUTER_GROUP", "Adviser", "Router", "clamp_advice"]

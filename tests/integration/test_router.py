@@ -1,0 +1,227 @@
+"""The router through the real bus and a real redis-server: budgets, escalation, replays."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.bus.keys import Keys
+from selfheal.bus.streams import Bus
+from selfheal.bus.timers import TimerPump
+from selfheal.core.events import (
+    BACKUP_RETRY_REQUESTED,
+    SELF_HEALING_COMPLETED,
+    SELF_HEALING_REQUESTED,
+    Event,
+    new_event,
+)
+from selfheal.core.policy import Knobs
+from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
+from selfheal.telemetry import Telemetry, read_spans, setup_telemetry
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+FAST = ConsumerOptions(batch=50, block_ms=50, reclaim_idle_ms=200, reclaim_every_s=0.1)
+WAIT_S = 20.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def bus(redis_server: RedisServer) -> AsyncIterator[Bus]:
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        yield Bus(client, Keys("rt"))
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def telemetry(tmp_path: Path) -> Telemetry:
+    return setup_telemetry(
+        service_name="selfheal-test",
+        service_version="0",
+        span_file=tmp_path / "spans.jsonl",
+        max_bytes=10_000_000,
+        backups=1,
+        env={},
+    )
+
+
+def request(incident: str = "backup:redis:nightly", **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "sourceFunction": "system/backup.redis",
+        "targetComponent": "redis",
+        "problemSummary": "copy to NAS failed",
+        "attempt": 0,
+        "retryPolicy": {"maxRetries": 3, "sleepMinMs": 50, "sleepMaxMs": 1000, "sleepStepMs": 10},
+        "evidence": [{"message": "ssh: connect to host nas: Connection timed out"}],
+        "playbook": {"actions": ["retry"], "runbook": "docs/runbook.md#nas"},
+        "incidentId": incident,
+        "domain": "backup",
+    }
+    data.update(overrides)
+    return data
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def stream_events(bus: Bus, name: str) -> list[Event]:
+    raw = await bus.client.xrange(bus.keys.stream(name))
+    return [Event.from_wire(fields) for _id, fields in raw]
+
+
+async def run_until(check: Callable[[], Any], *workers: Any, limit: float = WAIT_S) -> None:
+    """Run service loops until `await check()` is truthy."""
+    with anyio.fail_after(limit):
+        async with anyio.create_task_group() as tg:
+            for worker in workers:
+                tg.start_soon(worker.run)
+            while not await check():  # noqa: ASYNC110 - bounded poll of Redis state
+                await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+
+
+def router_consumer(bus: Bus, router: Router, name: str = "d1") -> StreamConsumer:
+    return StreamConsumer(
+        bus, SELF_HEALING_REQUESTED, ROUTER_GROUP, name, router.handle, options=FAST
+    )
+
+
+async def test_budget_of_three_retries_then_one_escalation(bus: Bus, telemetry: Telemetry) -> None:
+    router = Router(bus, telemetry, knobs=Knobs)
+    failures: list[Event] = []
+
+    async def failing_backup(event: Event) -> None:
+        # The retried backup fails again and reports it, as the backup domain does.
+        failures.append(event)
+        data = request(attempt=event.data["attempt"])
+        await bus.publish(
+            new_event(SELF_HEALING_REQUESTED, data, now_ms=now_ms(), traceparent=event.traceparent)
+        )
+
+    backup = StreamConsumer(
+        bus, BACKUP_RETRY_REQUESTED, "system/backup.redis", "d1", failing_backup, options=FAST
+    )
+    await bus.publish(new_event(SELF_HEALING_REQUESTED, request(), now_ms=now_ms()))
+
+    async def escalated() -> bool:
+        return await bus.client.xlen(bus.keys.manual_queue) > 0
+
+    await run_until(
+        escalated, router_consumer(bus, router), backup, TimerPump(bus, max_sleep_s=0.05)
+    )
+
+    assert len(failures) == 3, "exactly maxRetries retries were scheduled and delivered"
+    assert [e.data["attempt"] for e in failures] == [1, 2, 3]
+    completions = [e.data for e in await stream_events(bus, SELF_HEALING_COMPLETED)]
+    statuses = [c["status"] for c in completions]
+    assert statuses == ["scheduled", "scheduled", "scheduled", "exhausted"]
+    delays = [c["delayMs"] for c in completions[:3]]
+    assert delays == sorted(delays) and delays[0] < delays[2], f"growing delays: {delays}"
+    assert all(50 <= d <= 1000 for d in delays)
+
+    snapshot = await router.store.load("backup:redis:nightly")
+    assert snapshot.incident is not None
+    assert snapshot.incident.state == "escalated" and snapshot.incident.retries_used == 3
+    [entry] = await router.store.manual_queue()
+    assert entry["incidentId"] == "backup:redis:nightly" and "exhausted" in entry["reason"]
+    [notify] = await stream_events(bus, NOTIFY_REQUESTED)
+    assert notify.data["kind"] == "escalated"
+
+    # Every decision is a span, and the whole incident is one trace.
+    telemetry.force_flush()
+    spans = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
+    actions = [s["attributes"].get("selfheal.action") for s in spans]
+    assert actions.count("retry") == 3 and actions.count("escalate") == 1
+    assert len({s["trace_id"] for s in spans}) == 1, "one trace across retries"
+
+
+async def test_replayed_and_duplicate_reports_do_not_spend_budget(
+    bus: Bus, telemetry: Telemetry
+) -> None:
+    router = Router(bus, telemetry, knobs=Knobs)
+    slow = request(
+        retryPolicy={"maxRetries": 3, "sleepMinMs": 60_000, "sleepMaxMs": 120_000, "sleepStepMs": 0}
+    )
+    first = new_event(SELF_HEALING_REQUESTED, slow, now_ms=now_ms())
+    await bus.publish(first)
+    consumer = router_consumer(bus, router)
+
+    async def decided() -> bool:
+        return router.stats.decisions == 1
+
+    await run_until(decided, consumer)
+    # The same event replayed, and a fresh report with attempt=0 while the retry is pending.
+    await bus.publish(first)
+    await bus.publish(new_event(SELF_HEALING_REQUESTED, slow, now_ms=now_ms()))
+
+    async def joined() -> bool:
+        return consumer.stats.duplicates == 1 and router.stats.joined == 1
+
+    await run_until(joined, consumer)
+    snapshot = await router.store.load("backup:redis:nightly")
+    assert snapshot.incident is not None and snapshot.incident.retries_used == 1
+    assert await bus.client.zcard(bus.keys.timers) == 1, "still one retry pending"
+
+
+async def test_hard_failure_escalates_at_once(bus: Bus, telemetry: Telemetry) -> None:
+    router = Router(bus, telemetry, knobs=Knobs)
+    data = request(incident="backup:typesense:disk", evidence=[{"errno": "ENOSPC"}])
+    await bus.publish(new_event(SELF_HEALING_REQUESTED, data, now_ms=now_ms()))
+
+    async def escalated() -> bool:
+        return await bus.client.xlen(bus.keys.manual_queue) == 1
+
+    await run_until(escalated, router_consumer(bus, router))
+    [done] = await stream_events(bus, SELF_HEALING_COMPLETED)
+    assert done.data["status"] == "escalated" and done.data["failureClass"] == "resource_exhausted"
+    assert await bus.client.zcard(bus.keys.timers) == 0, "nothing retried"
+
+
+async def test_invalid_request_answered_and_dead_lettered(bus: Bus, telemetry: Telemetry) -> None:
+    router = Router(bus, telemetry, knobs=Knobs)
+    bad = request()
+    bad["retryPolicy"]["sleepMinMs"] = -5
+    await bus.publish(new_event(SELF_HEALING_REQUESTED, bad, now_ms=now_ms()))
+
+    async def buried() -> bool:
+        return await bus.client.xlen(bus.keys.dead_letters) == 1
+
+    await run_until(buried, router_consumer(bus, router))
+    [done] = await stream_events(bus, SELF_HEALING_COMPLETED)
+    assert done.data["status"] == "invalid"
+    assert done.data["field"] == "retryPolicy.sleepMinMs"
+    [dead] = await bus.dead_letters()
+    assert "retryPolicy.sleepMinMs" in dead["reason"]
+    assert json.loads(dead["fields"])["name"] == SELF_HEALING_REQUESTED
+
+
+async def test_free_form_route_is_refused(bus: Bus, telemetry: Telemetry) -> None:
+    router = Router(bus, telemetry, knobs=Knobs)
+    data = request(
+        incident="backup:x:route", routeTo={"event": "system/anything.goes", "data": {"rm": "-rf"}}
+    )
+    await bus.publish(new_event(SELF_HEALING_REQUESTED, data, now_ms=now_ms()))
+
+    async def escalated() -> bool:
+        return await bus.client.xlen(bus.keys.manual_queue) == 1
+
+    await run_until(escalated, router_consumer(bus, router))
+    assert await stream_events(bus, "system/anything.goes") == []
+    [done] = await stream_events(bus, SELF_HEALING_COMPLETED)
+    assert "system/anything.goes" in done.data["reason"]
