@@ -14,12 +14,13 @@ from typing import Any
 import anyio
 
 from selfheal import __version__
-from selfheal.bus.connection import RedisLink
+from selfheal.bus.connection import RedisClient, RedisLink
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.watcher import ConfigWatcher
 from selfheal.control.server import ControlServer, Handler
 from selfheal.embedded import EmbeddedRedis
 from selfheal.errors import ConfigError, ControlError
+from selfheal.healing.plane import HealingPlane
 from selfheal.redact import redact_text
 from selfheal.supervisor import Service, ServiceSpec, Supervisor
 from selfheal.telemetry import Telemetry, setup_telemetry
@@ -83,6 +84,13 @@ class Daemon:
         self.embedded: EmbeddedRedis | None = None
         self._reload_lock: anyio.Lock | None = None
         self._supervisor: Supervisor | None = None
+        self.plane = HealingPlane(
+            settings=lambda: self.settings,
+            client=self._redis_client,
+            telemetry=self.telemetry,
+            consumer_name=f"{socket.gethostname()}:{os.getpid()}",
+            stopping=lambda: self.supervisor.stopping,
+        )
 
     @property
     def supervisor(self) -> Supervisor:
@@ -119,9 +127,20 @@ class Daemon:
             ServiceSpec(
                 name="redis",
                 factory=self._make_redis_link,
-                depends_on=lambda: (self.settings.redis, self.settings.state_dir),
+                depends_on=self._redis_dependency,
             ),
+            # The bus services are rebuilt whenever the link they ride on is.
+            *self.plane.specs(depends_on=self._redis_dependency),
         ]
+
+    def _redis_dependency(self) -> object:
+        return (self.settings.redis, self.settings.state_dir)
+
+    def _redis_client(self) -> RedisClient:
+        link = self.redis_link
+        if link is None:
+            raise ControlError("unavailable", "Redis is not connected yet")
+        return link.client
 
     def _make_control(self) -> Service:
         return ControlServer(self.settings.control_socket, self.handlers())
@@ -230,6 +249,7 @@ class Daemon:
             "status": self._status,
             "config.show": self._config_show,
             "config.reload": self._config_reload,
+            **self.plane.handlers(),
         }
 
     async def _ping(self, params: dict[str, Any]) -> Any:
@@ -284,6 +304,11 @@ class Daemon:
                 "span_file": str(self.telemetry.span_file) if self.telemetry.span_file else None,
             },
             "control_socket": str(self.settings.control_socket),
+            "healing": {
+                "router": vars(self.plane.router.stats) if self.plane.router else None,
+                "consumers": {name: vars(c.stats) for name, c in self.plane.consumers.items()},
+                "timers_fired": self.plane.pump.fired if self.plane.pump else 0,
+            },
         }
 
 

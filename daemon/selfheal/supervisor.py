@@ -200,13 +200,14 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self._startup_scope.cancel()
-        deadline = anyio.current_time() + self._drain_timeout()
+        if not self.forced:
+            # Draining services finish their current work together, within one deadline.
+            with anyio.move_on_after(self._drain_timeout()):
+                for rec in self.records:
+                    if rec.spec.drains and (rec.started or rec.instance is not None):
+                        await rec.done.wait()
         for rec in reversed(self.records):
-            if rec.spec.drains and not self.forced:
-                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                    await rec.done.wait()
             rec.scope.cancel()
-        for rec in reversed(self.records):
             # Runners that never started have nothing to wait for.
             if rec.started or rec.instance is not None:
                 await rec.done.wait()

@@ -50,7 +50,7 @@ class ConsumerOptions:
     """Delivery knobs for one consumer."""
 
     batch: int = 100
-    block_ms: int = 2000
+    block_ms: int = 1000  # also bounds how long a drain waits for an idle consumer
     reclaim_idle_ms: int = 60_000
     reclaim_every_s: float = 5.0
     max_deliveries: int = 5
