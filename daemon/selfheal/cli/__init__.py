@@ -12,6 +12,7 @@ from selfheal import __version__
 from selfheal.cli.config_cmds import nas
 from selfheal.cli.context import CliState
 from selfheal.cli.daemon_cmds import reload_cmd, run, status
+from selfheal.cli.healing_cmds import events, incidents, queue
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +39,9 @@ cli.add_command(run)
 cli.add_command(status)
 cli.add_command(reload_cmd)
 cli.add_command(nas)
+cli.add_command(events)
+cli.add_command(queue)
+cli.add_command(incidents)
 
 
 def main() -> None:

@@ -1,0 +1,200 @@
+"""`selfheal events`, `queue` and `incidents`: the self-healing plane through the socket."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from typing import Any
+
+import click
+
+from selfheal.cli.context import EXIT_CONFIG, CliState
+from selfheal.cli.output import emit_json, fail, table
+
+pass_state = click.make_pass_decorator(CliState)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+@click.group()
+def events() -> None:
+    """Publish events on the bus."""
+
+
+@events.command("send")
+@click.argument("name")
+@click.option("--data", "data_text", default="{}", help="Event data as a JSON object.")
+@click.option("--idempotency-key", help="Publish at most once per key.")
+@click.option("--delay-ms", type=click.IntRange(min=0), default=0, help="Deliver later.")
+@json_option
+@pass_state
+def send(
+    state: CliState,
+    name: str,
+    data_text: str,
+    idempotency_key: str | None,
+    delay_ms: int,
+    as_json: bool,
+) -> None:
+    """Publish event NAME (e.g. system/self.healing.requested)."""
+    try:
+        data = json.loads(data_text)
+    except json.JSONDecodeError as exc:
+        fail(f"--data is not JSON: {exc}", EXIT_CONFIG)
+    if not isinstance(data, dict):
+        fail("--data must be a JSON object", EXIT_CONFIG)
+    params: dict[str, Any] = {"name": name, "data": data, "delayMs": delay_ms}
+    if idempotency_key:
+        params["idempotencyKey"] = idempotency_key
+    result = state.call("events.send", params)
+    if as_json:
+        emit_json(result)
+    elif result.get("deduplicated"):
+        click.echo(f"not sent: idempotency key {idempotency_key!r} was already published")
+    elif "scheduledInMs" in result:
+        click.echo(f"scheduled {result['name']} {result['id']} in {result['scheduledInMs']} ms")
+    else:
+        click.echo(f"published {result['name']} {result['id']} ({result['entryId']})")
+
+
+@click.group()
+def queue() -> None:
+    """Inspect the durable queue."""
+
+
+@queue.command("stats")
+@json_option
+@pass_state
+def stats(state: CliState, as_json: bool) -> None:
+    """Stream lengths, pending entries, lag, dead letters and timers."""
+    result = state.call("queue.stats")
+    if as_json:
+        emit_json(result)
+        return
+    rows = []
+    for stream in result["streams"]:
+        groups = stream["groups"] or [{"group": "-", "pending": 0, "lag": None, "consumers": 0}]
+        for g in groups:
+            lag = "-" if g["lag"] is None else g["lag"]
+            rows.append([stream["event"], stream["length"], g["group"], g["pending"], lag])
+    click.echo(table(["event", "length", "group", "pending", "lag"], rows))
+    timers = result["timers"]
+    click.echo(
+        f"\ndead letters {result['deadLetters']}  timers scheduled {timers['scheduled']}"
+        f" (due {timers['due']})  namespace {result['namespace']}"
+    )
+
+
+@queue.command("dead")
+@click.option("--count", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+@pass_state
+def dead(state: CliState, count: int, as_json: bool) -> None:
+    """The newest dead letters, with the reason each was set aside."""
+    result = state.call("queue.dead", {"count": count})
+    if as_json:
+        emit_json(result)
+        return
+    rows = [
+        [d["id"], d.get("event", "?"), d.get("group", "?"), d.get("deliveries", "?"), d["reason"]]
+        for d in result["deadLetters"]
+    ]
+    click.echo(table(["id", "event", "group", "deliveries", "reason"], rows))
+
+
+@click.group()
+def incidents() -> None:
+    """The incidents behind every retry budget, and the manual-intervention queue."""
+
+
+@incidents.command("list")
+@click.option(
+    "--state",
+    "incident_state",
+    type=click.Choice(["open", "scheduled", "paused", "escalated", "remediated"]),
+    help="Only incidents in this state.",
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@pass_state
+def list_cmd(state: CliState, incident_state: str | None, limit: int, as_json: bool) -> None:
+    """Incidents, most recently updated first."""
+    params: dict[str, Any] = {"limit": limit}
+    if incident_state:
+        params["state"] = incident_state
+    result = state.call("incidents.list", params)
+    if as_json:
+        emit_json(result)
+        return
+    rows = [
+        [
+            i["incidentId"],
+            i["state"] + (" (acked)" if i.get("acked") else ""),
+            i["retriesUsed"],
+            i["lastClass"] or "-",
+            _when(i["updatedMs"]),
+            i["lastReason"] or "",
+        ]
+        for i in result["incidents"]
+    ]
+    click.echo(table(["incident", "state", "retries", "class", "updated", "reason"], rows))
+
+
+@incidents.command("show")
+@click.argument("incident_id")
+@json_option
+@pass_state
+def show(state: CliState, incident_id: str, as_json: bool) -> None:
+    """One incident: budget, history, last decision, manual-queue entries."""
+    result = state.call("incidents.show", {"id": incident_id})
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"{result['incidentId']}  {result['state']}  domain {result['domain']}  "
+        f"target {result['targetComponent']}\n"
+        f"retries used {result['retriesUsed']}  pauses {result['pauses']}  "
+        f"operator resets {result['operatorResets']}  deadline {_when(result['deadlineMs'])}"
+    )
+    if result.get("acked"):
+        click.echo(f"acknowledged by {result['acked']['by']} at {_when(result['acked']['atMs'])}")
+    history = result["record"].get("history", [])
+    rows = [
+        [_when(h.get("atMs")), h.get("event"), h.get("reason", h.get("by", ""))] for h in history
+    ]
+    click.echo("\n" + table(["at", "event", "detail"], rows))
+
+
+@incidents.command("ack")
+@click.argument("incident_id")
+@click.option("--by", default=getpass.getuser, show_default="current user")
+@click.option("--note", default="", help="Why, for the record.")
+@json_option
+@pass_state
+def ack(state: CliState, incident_id: str, by: str, note: str, as_json: bool) -> None:
+    """Acknowledge an escalated incident (it stays escalated)."""
+    result = state.call("incidents.ack", {"id": incident_id, "by": by, "note": note})
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"acknowledged {incident_id} as {by}")
+
+
+@incidents.command("retry")
+@click.argument("incident_id")
+@click.option("--by", default=getpass.getuser, show_default="current user")
+@json_option
+@pass_state
+def retry(state: CliState, incident_id: str, by: str, as_json: bool) -> None:
+    """Give the incident a fresh retry budget and route its last request again."""
+    result = state.call("incidents.retry", {"id": incident_id, "by": by})
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"budget reset by {by}; request re-queued as {result['requeued']}")

@@ -1,0 +1,159 @@
+"""End to end through the real daemon: retries, escalation, one webhook call, the CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from selfheal.cli import cli
+from tests.support.daemon import DaemonProcess
+from tests.support.servers import wait_until
+
+pytestmark = pytest.mark.slow
+
+RETRY_STREAM = "{selfheal}:stream:system/backup.retry.requested"
+COMPLETED_STREAM = "{selfheal}:stream:system/self.healing.completed"
+
+
+class Receiver(ThreadingHTTPServer):
+    """A local HTTP server playing the webhook endpoint."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.posts.append(
+            {"path": self.path, "body": json.loads(body), "auth": self.headers.get("X-Token")}
+        )
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def failure(attempt: int) -> dict[str, Any]:
+    return {
+        "sourceFunction": "system/backup.redis",
+        "targetComponent": "redis",
+        "problemSummary": "copy to NAS failed",
+        "attempt": attempt,
+        "retryPolicy": {"maxRetries": 3, "sleepMinMs": 100, "sleepMaxMs": 3000, "sleepStepMs": 50},
+        "evidence": [{"errno": "ETIMEDOUT", "message": "ssh: connect to host nas: timed out"}],
+        "playbook": {"actions": ["retry"]},
+        "incidentId": "backup:redis:e2e",
+        "domain": "backup",
+    }
+
+
+def test_three_retries_then_escalation_with_one_notification(
+    short_home: Path, daemon_factory: list[DaemonProcess], receiver: Receiver
+) -> None:
+    port = receiver.server_address[1]
+    config = {
+        "selfheal": {
+            "notifiers": {
+                "webhook": {
+                    "url": f"http://127.0.0.1:{port}/hook",
+                    "headers": {"X-Token": "hook-secret-123"},
+                }
+            }
+        }
+    }
+    daemon = DaemonProcess(short_home, config=config)
+    daemon_factory.append(daemon)
+    daemon.start()
+    env = daemon.env()
+    runner = CliRunner()
+
+    def send(attempt: int) -> None:
+        result = runner.invoke(
+            cli,
+            [
+                "events",
+                "send",
+                "system/self.healing.requested",
+                "--data",
+                json.dumps(failure(attempt)),
+                "--json",
+            ],
+            env=env,
+        )
+        assert result.exit_code == 0, result.output
+
+    bus = redis.Redis(unix_socket_path=str(daemon.state_dir / "redis" / "redis.sock"))
+    send(0)
+    # Play the backup domain: every retry that fires fails again and is reported.
+    seen = 0
+    last_id = "0-0"
+    while seen < 3:
+        reply = bus.xread({RETRY_STREAM: last_id}, count=10, block=15_000)
+        assert reply, f"retry {seen + 1} never fired:\n{daemon.log()[-3000:]}"
+        for entry_id, fields in reply[0][1]:
+            last_id = entry_id
+            seen += 1
+            data = json.loads(fields[b"data"])
+            assert data["attempt"] == seen and data["incidentId"] == "backup:redis:e2e"
+            send(data["attempt"])
+
+    def escalated() -> bool:
+        result = runner.invoke(cli, ["incidents", "list", "--json"], env=env)
+        rows = json.loads(result.output)["incidents"]
+        return bool(rows) and rows[0]["state"] == "escalated"
+
+    wait_until(escalated, 20, "the incident to escalate")
+    wait_until(lambda: len(receiver.posts) >= 1, 20, "the webhook notification")
+
+    completions = [json.loads(f[b"data"]) for _id, f in bus.xrange(COMPLETED_STREAM)]
+    assert [c["status"] for c in completions] == ["scheduled"] * 3 + ["exhausted"]
+    delays = [c["delayMs"] for c in completions[:3]]
+    assert delays[0] < delays[1] < delays[2], delays
+    assert bus.xlen(RETRY_STREAM) == 3, "no fourth retry"
+
+    [post] = receiver.posts
+    assert post["path"] == "/hook" and post["auth"] == "hook-secret-123"
+    assert post["body"]["incidentId"] == "backup:redis:e2e"
+    assert post["body"]["kind"] == "escalated"
+
+    listing = runner.invoke(cli, ["incidents", "list"], env=env)
+    assert listing.exit_code == 0 and "backup:redis:e2e" in listing.output
+    shown = runner.invoke(cli, ["incidents", "show", "backup:redis:e2e", "--json"], env=env)
+    detail = json.loads(shown.output)
+    assert detail["retriesUsed"] == 3 and len(detail["manualQueue"]) == 1
+
+    stats = json.loads(runner.invoke(cli, ["queue", "stats", "--json"], env=env).output)
+    assert stats["deadLetters"] == 0
+    assert "hook-secret-123" not in json.dumps(daemon.status())
+
+    # An operator gives it a fresh budget: it is routed again and recorded.
+    retried = runner.invoke(cli, ["incidents", "retry", "backup:redis:e2e", "--by", "ops"], env=env)
+    assert retried.exit_code == 0, retried.output
+    wait_until(lambda: bus.xlen(RETRY_STREAM) == 4, 15, "the operator's retry to be scheduled")
+    assert len(receiver.posts) == 1, "still one notification for this incident"
+    assert daemon.stop() == 0
