@@ -1,1 +1,1 @@
-
+"""Backups: sources make artifacts, transports carry them to the NAS."""

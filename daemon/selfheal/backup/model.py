@@ -1,0 +1,150 @@
+"""The contracts between backup sources, transports and the backup service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from selfheal.core.artifacts import manifest_name
+from selfheal.errors import SelfhealError
+
+# Called as bytes move: (bytes done, bytes total).
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One verified local backup file plus its manifest, ready to ship."""
+
+    target: str
+    name: str  # <target>-<UTC stamp>.<ext>
+    path: Path  # the local file
+    manifest: dict[str, Any]  # sha256, size, source facts, created_at, ...
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the file, from the manifest."""
+        return str(self.manifest["sha256"])
+
+    @property
+    def size(self) -> int:
+        """Size in bytes, from the manifest."""
+        return int(self.manifest["size"])
+
+    @property
+    def manifest_name(self) -> str:
+        """File name of the manifest beside the artifact."""
+        return manifest_name(self.name)
+
+    @property
+    def remote_path(self) -> PurePosixPath:
+        """Where it goes, relative to the NAS root: <target>/<name>."""
+        return PurePosixPath(self.target) / self.name
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Whether a transport can be used right now, and why (not)."""
+
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A file that reached the NAS under its final name and was verified there."""
+
+    mode: str  # "mount" | "ssh"
+    remote_path: str  # full path on the NAS side
+    bytes: int
+    seconds: float
+    verified: bool
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """A file in a target's folder on the NAS."""
+
+    name: str
+    size: int
+    mtime: float
+
+
+class TransportError(SelfhealError):
+    """A transfer failed; `evidence` feeds the router's classification."""
+
+    def __init__(
+        self,
+        mode: str,
+        message: str,
+        *,
+        errno_name: str | None = None,
+        exception: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        self.mode = mode
+        self.errno_name = errno_name
+        self.exception = exception
+        self.kind = kind
+        super().__init__(f"{mode}: {message}")
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        """An evidence item for a self-healing request."""
+        item: dict[str, Any] = {"kind": self.kind or f"transport.{self.mode}", "message": str(self)}
+        if self.errno_name:
+            item["errno"] = self.errno_name
+        if self.exception:
+            item["exception"] = self.exception
+        return item
+
+
+class Transport(Protocol):
+    """Carries files to the NAS root; every write lands under its final name verified."""
+
+    mode: str
+
+    async def probe(self) -> ProbeResult:
+        """Is the NAS reachable this way right now (cheap, bounded)?"""
+        ...
+
+    async def put(
+        self,
+        local: Path,
+        remote: PurePosixPath,
+        *,
+        sha256: str,
+        size: int,
+        progress: ProgressFn | None = None,
+    ) -> Delivery:
+        """Copy to `<remote>.partial`, flush, rename to `remote`, verify size and sha256."""
+        ...
+
+    async def list_dir(self, remote_dir: PurePosixPath) -> list[RemoteEntry]:
+        """Files in a folder relative to the NAS root ([] if it does not exist)."""
+        ...
+
+    async def remove(self, remote: PurePosixPath) -> None:
+        """Delete one file relative to the NAS root."""
+        ...
+
+    async def sha256(self, remote: PurePosixPath) -> str:
+        """Hex sha256 of a file on the NAS."""
+        ...
+
+    async def read_small(self, remote: PurePosixPath, limit: int = 1 << 20) -> bytes:
+        """Read a small file (a manifest) from the NAS."""
+        ...
+
+
+@dataclass
+class TransferStats:
+    """Live progress of one transfer, for telemetry and `--follow`."""
+
+    total: int = 0
+    done: int = 0
+    started: float = 0.0
+    mode: str | None = None
+    history: list[tuple[float, int]] = field(default_factory=list)
