@@ -308,6 +308,7 @@ class Daemon:
                 "router": vars(self.plane.router.stats) if self.plane.router else None,
                 "consumers": {name: vars(c.stats) for name, c in self.plane.consumers.items()},
                 "timers_fired": self.plane.pump.fired if self.plane.pump else 0,
+                "advisor": vars(self.plane.advisor.status) if self.plane.advisor else None,
             },
         }
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 
 from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
@@ -23,6 +24,8 @@ from selfheal.control.server import Handler
 from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.core.policy import Knobs
 from selfheal.errors import ControlError
+from selfheal.healing.advice import LlmAdviser
+from selfheal.healing.advisor import Advisor
 from selfheal.healing.notify_sink import NotificationSink
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.healing.store import IncidentSnapshot, latest
@@ -58,6 +61,8 @@ class HealingPlane:
         self.router: Router | None = None
         self.consumers: dict[str, StreamConsumer] = {}
         self.pump: TimerPump | None = None
+        self.advisor: Advisor | None = None
+        self._http: httpx.AsyncClient | None = None
 
     def bus(self) -> Bus:
         """A bus over the current Redis client (rebuilt when the link reconnects anew)."""
@@ -92,7 +97,7 @@ class HealingPlane:
 
     def _make_router(self) -> Service:
         bus = self.bus()
-        self.router = Router(bus, self.telemetry, knobs=self.knobs)
+        self.router = Router(bus, self.telemetry, knobs=self.knobs, adviser=self._adviser())
         consumer = StreamConsumer(
             bus,
             SELF_HEALING_REQUESTED,
@@ -105,6 +110,18 @@ class HealingPlane:
         consumer.name = "router"
         self.consumers["router"] = consumer
         return consumer
+
+    def _adviser(self) -> LlmAdviser | None:
+        settings = self._settings()
+        if not settings.advisor.enabled:
+            return None
+        model, fallback = settings.advisor_models
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        self.advisor = Advisor(
+            settings.advisor, model=model, fallback_model=fallback, client=self._http
+        )
+        return LlmAdviser(self.advisor)
 
     def _make_notifier(self) -> Service:
         bus = self.bus()
