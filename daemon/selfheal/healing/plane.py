@@ -21,11 +21,19 @@ from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
 from selfheal.config import Settings
 from selfheal.control.server import Handler
-from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
+from selfheal.core.events import (
+    BACKUP_COMPLETED,
+    BACKUP_FAILED,
+    BACKUP_FAILURE_ROUTER,
+    SELF_HEALING_REQUESTED,
+    Event,
+    new_event,
+)
 from selfheal.core.policy import Knobs
 from selfheal.errors import ControlError
 from selfheal.healing.advice import LlmAdviser
 from selfheal.healing.advisor import Advisor
+from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.notify_sink import NotificationSink
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.healing.store import IncidentSnapshot, latest
@@ -89,7 +97,36 @@ class HealingPlane:
             ServiceSpec(
                 name="notifier", factory=self._make_notifier, depends_on=depends_on, drains=True
             ),
+            ServiceSpec(
+                name="backup-failures",
+                factory=lambda: self._make_adapter(BACKUP_FAILED),
+                depends_on=depends_on,
+                drains=True,
+            ),
+            ServiceSpec(
+                name="backup-completions",
+                factory=lambda: self._make_adapter(BACKUP_COMPLETED),
+                depends_on=depends_on,
+                drains=True,
+            ),
         ]
+
+    def _make_adapter(self, event_name: str) -> Service:
+        assert self.router is not None, "the router starts before the adapter"
+        bus = self.bus()
+        adapter = BackupFailureAdapter(bus, self.router, lambda: self._settings().router)
+        handler = adapter.on_failed if event_name == BACKUP_FAILED else adapter.on_completed
+        consumer = StreamConsumer(
+            bus,
+            event_name,
+            BACKUP_FAILURE_ROUTER,
+            self.consumer_name,
+            handler,
+            stopping=self._stopping,
+        )
+        consumer.name = f"adapter:{event_name}"
+        self.consumers[consumer.name] = consumer
+        return consumer
 
     def _make_pump(self) -> Service:
         self.pump = TimerPump(self.bus())

@@ -154,7 +154,7 @@ class Router:
     async def _decision_for(
         self, request: SelfHealingRequest, incident: Incident, now: int
     ) -> Decision:
-        stored = await self.store.stored_decision(incident.decision_key)
+        stored = await self.store.stored_decision(incident)
         if stored is not None:
             self.stats.reused += 1
             return stored
@@ -164,7 +164,7 @@ class Router:
             request, incident, now, knobs, self._jitter(), classification=classification
         )
         decision = await self.adviser.advise_decision(request, decision, incident, knobs)
-        return await self.store.reserve_decision(decision)
+        return await self.store.reserve_decision(incident, decision)
 
     async def _probe_classification(
         self, request: SelfHealingRequest, incident: Incident
@@ -257,6 +257,44 @@ class Router:
         now = self._clock_ms()
         event = self._completion_event(completion, cause, now, current_traceparent())
         await self.bus.publish(event, dedupe=dedupe)
+
+    async def remediate(self, incident_id: str, *, cause: Event) -> bool:
+        """Close an incident as fixed (its target succeeded); announce the all-clear."""
+        for _ in range(COMMIT_ATTEMPTS):
+            snapshot = await self.store.load(incident_id)
+            incident = snapshot.incident
+            if incident is None or incident.state == IncidentState.REMEDIATED:
+                return False
+            now = self._clock_ms()
+            fixed = incident.remediated(now)
+            if not await self.store.update_record(snapshot, fixed):
+                continue
+            await self._complete(
+                Completion(
+                    incident_id=incident_id,
+                    status=CompletionStatus.REMEDIATED,
+                    reason=f"{cause.name} after {incident.retries_used} retries",
+                    source_function=incident.source_function,
+                    target_component=incident.target_component,
+                ),
+                cause,
+                dedupe=True,
+            )
+            latch = f"{incident_id}/r{incident.operator_resets}"
+            announced = self.bus.keys.published(NOTIFY_REQUESTED, f"{latch}/escalated")
+            if await self.bus.client.exists(announced):
+                await self.bus.publish(
+                    new_event(
+                        NOTIFY_REQUESTED,
+                        {"kind": "all_clear", "incident": fixed.to_dict(), "decision": {}},
+                        now_ms=now,
+                        idempotency_key=f"{latch}/all_clear",
+                        traceparent=cause.traceparent,
+                    ),
+                    dedupe=True,
+                )
+            return True
+        raise RuntimeError(f"incident {incident_id}: too much contention")
 
     async def _join_pending(
         self, request: SelfHealingRequest, snapshot: IncidentSnapshot, event: Event

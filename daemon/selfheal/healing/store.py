@@ -95,20 +95,27 @@ class IncidentStore:
             acked=json.loads(fields["acked"]) if fields.get("acked") else None,
         )
 
-    async def reserve_decision(self, decision: Decision) -> Decision:
+    def _decision_key(self, incident: Incident) -> str:
+        # Derived incident ids repeat once an incident is remediated and a new one opens
+        # under the same id: the opening time tells the two apart.
+        return self.keys.decision(f"{incident.decision_key}@{incident.first_seen_ms}")
+
+    async def reserve_decision(self, incident: Incident, decision: Decision) -> Decision:
         """Store the decision for its step unless one exists; return the one that counts."""
-        key = self.keys.decision(decision.key)
+        if decision.key != incident.decision_key:
+            raise ValueError(f"decision {decision.key} is not for step {incident.decision_key}")
+        key = self._decision_key(incident)
         stored = await self.client.set(
             key, _compact(decision.to_dict()), nx=True, ex=DECISION_TTL_S
         )
         if stored:
             return decision
-        existing = await self.stored_decision(decision.key)
+        existing = await self.stored_decision(incident)
         return existing if existing is not None else decision
 
-    async def stored_decision(self, decision_key: str) -> Decision | None:
-        """The decision already made for this step, if any."""
-        raw = await self.client.get(self.keys.decision(decision_key))
+    async def stored_decision(self, incident: Incident) -> Decision | None:
+        """The decision already made for the incident's current step, if any."""
+        raw = await self.client.get(self._decision_key(incident))
         return None if raw is None else Decision.from_dict(json.loads(_text(raw) or "{}"))
 
     async def commit(self, snapshot: IncidentSnapshot, change: Commit) -> bool:
