@@ -54,6 +54,9 @@ class ConsumerOptions:
     reclaim_idle_ms: int = 60_000
     reclaim_every_s: float = 5.0
     max_deliveries: int = 5
+    # Entries of one batch handled at once; their Redis round trips overlap. Handlers
+    # must tolerate it (the router's per-incident updates are optimistic-locked).
+    concurrency: int = 1
 
 
 class StreamConsumer:
@@ -103,11 +106,21 @@ class StreamConsumer:
             block=self.options.block_ms,
         )
         streams = cast(list[tuple[Any, Any]], raw or [])
-        for _stream, entries in streams:
-            for entry_id, fields in cast_entries(entries):
+        batch = [entry for _stream, entries in streams for entry in cast_entries(entries)]
+        if self.options.concurrency > 1 and len(batch) > 1:
+            limiter = anyio.CapacityLimiter(self.options.concurrency)
+
+            async def limited(entry_id: str, fields: dict[str, str]) -> None:
+                async with limiter:
+                    await self._handle(entry_id, fields, deliveries=1)
+
+            async with anyio.create_task_group() as tg:
+                for entry_id, fields in batch:
+                    tg.start_soon(limited, entry_id, fields)
+        else:
+            for entry_id, fields in batch:
                 await self._handle(entry_id, fields, deliveries=1)
-                handled += 1
-        return handled
+        return handled + len(batch)
 
     async def _reclaim(self) -> int:
         client = self.bus.client

