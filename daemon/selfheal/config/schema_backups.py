@@ -51,6 +51,9 @@ class TypesenseBackupSettings(ConfigModel):
     """Typesense snapshot backups."""
 
     enabled: bool = Field(True, description="Run this backup on its schedule.")
+    run_at_start: bool = Field(
+        False, description="Also run once as soon as the daemon is ready (the quickstart does)."
+    )
     schedule: Schedule = Field(
         "TZ=America/Los_Angeles 0 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
     )
@@ -85,6 +88,9 @@ class RedisBackupSettings(ConfigModel):
     """Redis RDB backups."""
 
     enabled: bool = Field(True, description="Run this backup on its schedule.")
+    run_at_start: bool = Field(
+        False, description="Also run once as soon as the daemon is ready (the quickstart does)."
+    )
     schedule: Schedule = Field(
         "TZ=America/Los_Angeles 30 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
     )
