@@ -54,6 +54,9 @@ class TypesenseBackupSettings(ConfigModel):
     run_at_start: bool = Field(
         False, description="Also run once as soon as the daemon is ready (the quickstart does)."
     )
+    catch_up: bool = Field(
+        True, description="Run once on wake for ticks missed while the machine slept."
+    )
     schedule: Schedule = Field(
         "TZ=America/Los_Angeles 0 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
     )
@@ -90,6 +93,9 @@ class RedisBackupSettings(ConfigModel):
     enabled: bool = Field(True, description="Run this backup on its schedule.")
     run_at_start: bool = Field(
         False, description="Also run once as soon as the daemon is ready (the quickstart does)."
+    )
+    catch_up: bool = Field(
+        True, description="Run once on wake for ticks missed while the machine slept."
     )
     schedule: Schedule = Field(
         "TZ=America/Los_Angeles 30 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
