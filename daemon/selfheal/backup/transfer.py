@@ -1,0 +1,266 @@
+"""Transport selection: mount or SSH with in-copy retries, the spool when neither answers."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+import anyio
+from pydantic import ValidationError
+
+from selfheal.backup.model import Artifact, Delivery, ProgressFn, Transport, TransportError
+from selfheal.backup.spool import Spool, SpoolEntry, SpoolEntryCorrupt
+from selfheal.core.classify import FailureClass, classify_item
+from selfheal.core.contracts import Evidence
+
+log = logging.getLogger(__name__)
+
+# Retrying cannot fix these; the router escalates them at once.
+HARD_ERRNOS: Final = frozenset({"ENOSPC", "EDQUOT", "EACCES", "EPERM"})
+HARD_CLASSES: Final = frozenset(
+    {FailureClass.AUTH, FailureClass.RESOURCE_EXHAUSTED, FailureClass.INTEGRITY}
+)
+# The original's "small jitter": up to a tenth of the base delay on top.
+JITTER_FRACTION: Final = 0.1
+# Probes promise to be cheap and bounded; this only guards against one that is not.
+PROBE_GUARD_S: Final = 30.0
+
+
+def in_copy_retry_delay_s(attempt: int, base_ms: int, max_ms: int, jitter: float) -> float:
+    """Delay after failed attempt n (1-based): min(base·2^(n-1), max) + jitter·base/10, in s."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    if not 0 <= jitter < 1:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+    # Capping the exponent keeps a huge attempt number from building a huge integer.
+    backoff = min(base_ms << min(attempt - 1, max_ms.bit_length()), max_ms)
+    return (backoff + math.floor(jitter * base_ms * JITTER_FRACTION)) / 1000
+
+
+def is_hard_failure(error: TransportError) -> bool:
+    """Auth, integrity and full-disk failures: no retry and no spool, escalate."""
+    kind = error.kind or ""
+    if kind.startswith("auth") or kind == "integrity" or error.errno_name in HARD_ERRNOS:
+        return True
+    # The shared classifier also knows the SSH library's auth exceptions and messages.
+    try:
+        found = classify_item(Evidence.model_validate(error.evidence))
+    except ValidationError:
+        return False
+    return found is not None and found.failure_class in HARD_CLASSES
+
+
+def as_transport_error(mode: str, exc: TransportError | OSError) -> TransportError:
+    """A transport's stray OSError, in the shape the classification expects."""
+    if isinstance(exc, TransportError):
+        return exc
+    name = errno.errorcode.get(exc.errno) if exc.errno else None
+    return TransportError(mode, str(exc), errno_name=name, exception=type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class ShipResult:
+    """How a ship ended: delivered (verified on the NAS) or spooled (not a success)."""
+
+    status: Literal["delivered", "spooled"]
+    delivery: Delivery | None
+    attempts: int
+    errors: list[str] = field(default_factory=list)
+    spool_entry: SpoolEntry | None = None
+
+
+def manifest_bytes(artifact: Artifact) -> bytes:
+    """The manifest file's content, as it lands beside the artifact."""
+    return (json.dumps(artifact.manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+class TransferManager:
+    """Ships artifacts over the first transport that answers, retrying and switching."""
+
+    def __init__(
+        self,
+        transports: Sequence[Transport],
+        spool: Spool,
+        *,
+        max_attempts: int,
+        retry_base_ms: int,
+        retry_max_ms: int,
+        recovery_window_s: float,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        if not transports:
+            raise ValueError("at least one transport is required")
+        if max_attempts < 1 or retry_base_ms < 1 or retry_max_ms < retry_base_ms:
+            raise ValueError("need max_attempts >= 1 and 1 <= retry_base_ms <= retry_max_ms")
+        if recovery_window_s <= 0:
+            raise ValueError("recovery_window_s must be positive")
+        self.transports = list(transports)  # preference order, decided by the caller
+        self.spool = spool
+        self.max_attempts = max_attempts
+        self.retry_base_ms = retry_base_ms
+        self.retry_max_ms = retry_max_ms
+        self.recovery_window_s = recovery_window_s
+        self._sleep = sleep
+        self._jitter = jitter
+        self._clock = clock
+
+    async def ship(
+        self,
+        artifact: Artifact,
+        *,
+        progress: ProgressFn | None = None,
+        incident_id: str | None = None,
+    ) -> ShipResult:
+        """Deliver artifact + manifest verified, or spool them; hard failures raise."""
+        errors: list[str] = []
+        attempts = 0
+        started = self._clock()
+        last: Transport | None = None
+        while True:
+            transport = await self._pick(errors, after_failure_of=last)
+            if transport is None:
+                break  # nothing answers: the spool takes it and the drainer carries on
+            attempts += 1
+            remaining = self.recovery_window_s - (self._clock() - started)
+            with anyio.move_on_after(max(remaining, 0.0)) as window:
+                try:
+                    delivery = await self._deliver(transport, artifact, progress)
+                    return ShipResult("delivered", delivery, attempts, errors)
+                except (TransportError, OSError) as exc:
+                    error = as_transport_error(transport.mode, exc)
+                    if is_hard_failure(error):
+                        raise error from (None if error is exc else exc)
+                    errors.append(f"attempt {attempts} via {transport.mode}: {error}")
+                    log.warning("transfer of %s: %s", artifact.name, errors[-1])
+            if window.cancelled_caught:
+                errors.append(f"attempt {attempts} via {transport.mode}: recovery window ended")
+                break
+            last = transport
+            if attempts >= self.max_attempts:
+                errors.append(f"gave up after {attempts} attempts")
+                break
+            delay = in_copy_retry_delay_s(
+                attempts, self.retry_base_ms, self.retry_max_ms, self._jitter()
+            )
+            if self._clock() - started + delay > self.recovery_window_s:
+                errors.append("the recovery window ends before the next attempt")
+                break
+            await self._sleep(delay)
+        entry = await self.spool.add(artifact, incident_id=incident_id)
+        log.warning("spooled %s after %d attempts (entry %s)", artifact.name, attempts, entry.id)
+        return ShipResult("spooled", None, attempts, errors, entry)
+
+    async def ship_manifest(self, artifact: Artifact, transport: Transport) -> Delivery:
+        """Upload `<name>.manifest.json` beside a verified artifact, via the same transport."""
+        body = manifest_bytes(artifact)
+        digest = hashlib.sha256(body).hexdigest()
+        local = await anyio.to_thread.run_sync(_write_temp, body)
+        try:
+            remote = artifact.remote_path.with_name(artifact.manifest_name)
+            return await transport.put(local, remote, sha256=digest, size=len(body))
+        finally:
+            local.unlink(missing_ok=True)
+
+    async def _deliver(
+        self, transport: Transport, artifact: Artifact, progress: ProgressFn | None
+    ) -> Delivery:
+        delivery = await transport.put(
+            artifact.path,
+            artifact.remote_path,
+            sha256=artifact.sha256,
+            size=artifact.size,
+            progress=progress,
+        )
+        if not delivery.verified:
+            raise TransportError(
+                transport.mode,
+                f"{delivery.remote_path} was not verified by the transport",
+                exception="IntegrityError",
+                kind="integrity",
+            )
+        # The manifest goes second, so a manifest on the NAS always means a verified artifact.
+        await self.ship_manifest(artifact, transport)
+        return delivery
+
+    async def _pick(
+        self, errors: list[str], *, after_failure_of: Transport | None = None
+    ) -> Transport | None:
+        """The first transport whose probe passes; after a failure, the others come first."""
+        order = [t for t in self.transports if t is not after_failure_of]
+        if after_failure_of is not None:
+            order.append(after_failure_of)
+        for transport in order:
+            with anyio.move_on_after(PROBE_GUARD_S):
+                try:
+                    probe = await transport.probe()
+                except Exception as exc:  # a broken probe only means "not this way"
+                    errors.append(f"probe {transport.mode}: {exc!r}")
+                    continue
+                if probe.ok:
+                    return transport
+                errors.append(f"probe {transport.mode}: {probe.reason}")
+                continue
+            errors.append(f"probe {transport.mode}: no answer within {PROBE_GUARD_S:g}s")
+        return None
+
+    async def drain(
+        self,
+        on_delivered: Callable[[SpoolEntry, Delivery], Awaitable[None]],
+        *,
+        target: str | None = None,
+    ) -> int:
+        """Try each spooled entry (of `target`, if given) once over the first transport that
+        answers; count deliveries."""
+        entries = [e for e in await self.spool.entries() if target is None or e.target == target]
+        if not entries:
+            return 0
+        errors: list[str] = []
+        transport = await self._pick(errors)
+        if transport is None:
+            log.info("spool drain: no transport answers (%s)", "; ".join(errors))
+            return 0
+        delivered = 0
+        for entry in entries:
+            try:
+                artifact = await self.spool.artifact(entry)
+            except SpoolEntryCorrupt as exc:
+                log.error("spool drain: %s", exc)
+                continue
+            try:
+                delivery = await self._deliver(transport, artifact, None)
+            except (TransportError, OSError) as exc:
+                error = as_transport_error(transport.mode, exc)
+                if is_hard_failure(error):
+                    # The next entries would hit the same wall; the router escalates it.
+                    raise error from (None if error is exc else exc)
+                log.warning("spool drain: %s stays spooled: %s", entry.name, error)
+                continue
+            # Callback before removal: if it fails the entry stays and is delivered again
+            # (idempotently) next time, instead of its completion being lost.
+            await on_delivered(entry, delivery)
+            await self.spool.remove(entry)
+            delivered += 1
+        return delivered
+
+
+def _write_temp(body: bytes) -> Path:
+    fd, name = tempfile.mkstemp(prefix="selfheal-manifest-", suffix=".json")
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    return Path(name)

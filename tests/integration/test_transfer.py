@@ -1,0 +1,409 @@
+"""Transport selection, in-copy retries, the spool and its drain, on real mounts and folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from selfheal.backup.model import Artifact, Delivery, TransportError
+from selfheal.backup.spool import CORRUPT_DIR, Spool, SpoolEntry, SpoolEntryCorrupt
+from selfheal.backup.transfer import ShipResult, TransferManager, in_copy_retry_delay_s
+from selfheal.backup.transports.mount import MARKER_NAME, MountTransport, mark_nas
+from selfheal.core.artifacts import artifact_name
+from tests.support.mounts import Mounts
+
+pytestmark = pytest.mark.anyio
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    made = Mounts(tmp_path / "mnt")
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+class FakeTime:
+    """Injected time: sleeps are recorded and advance a clock instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def make_artifact(folder: Path, size: int = 200_000, *, second: int = 0) -> Artifact:
+    """A real artifact file with its manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = artifact_name("redis", datetime(2025, 1, 1, 3, 30, second, tzinfo=UTC), "rdb")
+    data = os.urandom(size)
+    (folder / name).write_bytes(data)
+    manifest = {"sha256": hashlib.sha256(data).hexdigest(), "size": size, "source": "redis"}
+    return Artifact("redis", name, folder / name, manifest)
+
+
+def manager(
+    transports: list[MountTransport], spool: Spool, time: FakeTime, **overrides: float
+) -> TransferManager:
+    options: dict[str, float] = {
+        "max_attempts": 4,
+        "retry_base_ms": 100,
+        "retry_max_ms": 250,
+        "recovery_window_s": 3600.0,
+    }
+    options.update(overrides)
+    return TransferManager(
+        transports,
+        spool,
+        max_attempts=int(options["max_attempts"]),
+        retry_base_ms=int(options["retry_base_ms"]),
+        retry_max_ms=int(options["retry_max_ms"]),
+        recovery_window_s=options["recovery_window_s"],
+        sleep=time.sleep,
+        jitter=lambda: 0.5,
+        clock=time.clock,
+    )
+
+
+def marked_tmpfs(mounts: Mounts, name: str, size: str = "64m") -> Path:
+    root = mounts.tmpfs(name, size)
+    mark_nas(root, name)
+    return root
+
+
+def down_mount(tmp_path: Path) -> MountTransport:
+    """Where the share should be mounted there is only a local folder (marked, even)."""
+    root = tmp_path / "Volumes" / "three-body"
+    root.mkdir(parents=True, exist_ok=True)
+    mark_nas(root, "three-body")
+    return MountTransport(root)
+
+
+def obstruct(root: Path, artifact: Artifact) -> Path:
+    """A folder squatting on the .partial name: every put there fails (EISDIR), transiently."""
+    blocker = root / "redis" / (artifact.name + ".partial")
+    blocker.mkdir(parents=True)
+    return blocker
+
+
+def assert_on_nas(root: Path, artifact: Artifact, original: bytes) -> None:
+    folder = root / "redis"
+    assert (folder / artifact.name).read_bytes() == original
+    manifest = json.loads((folder / artifact.manifest_name).read_text())
+    assert manifest == artifact.manifest
+
+
+async def test_mount_down_ships_through_the_other_transport(mounts: Mounts, tmp_path: Path) -> None:
+    other = marked_tmpfs(mounts, "nas-b")
+    artifact = make_artifact(tmp_path / "out")
+    original = artifact.path.read_bytes()
+    time = FakeTime()
+    spool = Spool(tmp_path / "spool")
+    transfer = manager([down_mount(tmp_path), MountTransport(other)], spool, time)
+
+    result = await transfer.ship(artifact)
+
+    assert result.status == "delivered" and result.attempts == 1 and time.sleeps == []
+    assert result.delivery is not None and result.delivery.remote_path.startswith(str(other))
+    assert any("not a mount point" in e for e in result.errors)
+    assert_on_nas(other, artifact, original)
+    assert [p.name for p in (tmp_path / "Volumes" / "three-body").iterdir()] == [MARKER_NAME]
+    assert await spool.entries() == []
+
+
+async def test_both_down_spools_then_drain_delivers(mounts: Mounts, tmp_path: Path) -> None:
+    artifact = make_artifact(tmp_path / "out")
+    original = artifact.path.read_bytes()
+    primary = down_mount(tmp_path)
+    spool = Spool(tmp_path / "spool")
+    transfer = manager([primary, down_mount(tmp_path / "b")], spool, FakeTime())
+
+    result = await transfer.ship(artifact, incident_id="backup:redis:1")
+
+    assert result.status == "spooled" and result.delivery is None and result.attempts == 0
+    assert result.spool_entry is not None and result.spool_entry.incident_id == "backup:redis:1"
+    assert not artifact.path.exists()  # moved into the spool, not copied
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+    delivered: list[tuple[SpoolEntry, Delivery]] = []
+
+    async def on_delivered(entry: SpoolEntry, delivery: Delivery) -> None:
+        delivered.append((entry, delivery))
+
+    assert await transfer.drain(on_delivered) == 0  # still down: nothing happens
+    assert len(await spool.entries()) == 1
+
+    mounts.mount_at(primary.root)  # the share comes back where it belongs
+    mark_nas(primary.root, "three-body")
+    assert await transfer.drain(on_delivered) == 1
+
+    assert_on_nas(primary.root, artifact, original)
+    assert [(e.name, d.verified) for e, d in delivered] == [(artifact.name, True)]
+    assert await spool.entries() == []
+    assert not result.spool_entry.directory.exists()
+
+
+async def test_retries_follow_the_formula_switch_and_stop_at_max_attempts(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    nas_a, nas_b = marked_tmpfs(mounts, "nas-a"), marked_tmpfs(mounts, "nas-b")
+    artifact = make_artifact(tmp_path / "out")
+    obstruct(nas_a, artifact)
+    obstruct(nas_b, artifact)
+    time = FakeTime()
+    spool = Spool(tmp_path / "spool")
+    a, b = MountTransport(nas_a), MountTransport(nas_b)
+    transfer = manager([a, b], spool, time, max_attempts=4)
+
+    result = await transfer.ship(artifact)
+
+    # min(100·2^(n-1), 250) ms + 0.5·10 ms of jitter, after attempts 1..3; none after the 4th.
+    assert time.sleeps == pytest.approx([0.105, 0.205, 0.255])
+    assert result.status == "spooled" and result.attempts == 4
+    assert [str(nas_a) in e for e in result.errors if e.startswith("attempt")] == [
+        True,
+        False,
+        True,
+        False,
+    ]  # it switched to the other share after each failure
+    assert len(await spool.entries()) == 1
+
+
+async def test_a_transient_failure_then_the_other_transport_delivers(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    nas_a, nas_b = marked_tmpfs(mounts, "nas-a"), marked_tmpfs(mounts, "nas-b")
+    artifact = make_artifact(tmp_path / "out")
+    original = artifact.path.read_bytes()
+    obstruct(nas_a, artifact)
+    time = FakeTime()
+    transfer = manager([MountTransport(nas_a), MountTransport(nas_b)], Spool(tmp_path / "s"), time)
+
+    result = await transfer.ship(artifact)
+
+    assert result.status == "delivered" and result.attempts == 2
+    assert time.sleeps == pytest.approx([0.105])
+    assert result.delivery is not None and result.delivery.remote_path.startswith(str(nas_b))
+    assert_on_nas(nas_b, artifact, original)
+
+
+async def test_the_recovery_window_ends_the_retries(mounts: Mounts, tmp_path: Path) -> None:
+    nas = marked_tmpfs(mounts, "nas-a")
+    artifact = make_artifact(tmp_path / "out")
+    obstruct(nas, artifact)
+    time = FakeTime()
+    transfer = manager(
+        [MountTransport(nas)],
+        Spool(tmp_path / "spool"),
+        time,
+        max_attempts=50,
+        retry_base_ms=200,
+        retry_max_ms=10_000,
+        recovery_window_s=0.5,
+    )
+
+    result = await transfer.ship(artifact)
+
+    # 0.21 s fits the 0.5 s window; 0.21 + 0.41 does not.
+    assert time.sleeps == pytest.approx([0.21]) and result.attempts == 2
+    assert result.status == "spooled" and "recovery window" in result.errors[-1]
+
+
+async def test_a_full_disk_raises_at_once_and_spools_nothing(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    tiny, spare = marked_tmpfs(mounts, "tiny", size="1m"), marked_tmpfs(mounts, "spare")
+    artifact = make_artifact(tmp_path / "out", size=4 * MIB)
+    time = FakeTime()
+    spool = Spool(tmp_path / "spool")
+    transfer = manager([MountTransport(tiny), MountTransport(spare)], spool, time)
+
+    with pytest.raises(TransportError) as caught:
+        await transfer.ship(artifact)
+
+    assert caught.value.errno_name == "ENOSPC" and time.sleeps == []
+    assert artifact.path.exists() and await spool.entries() == []
+    assert not (spare / "redis").exists()  # no retry elsewhere: the router escalates
+    assert {p.name for p in tiny.rglob("*")} == {MARKER_NAME, "redis"}
+
+
+async def test_a_checksum_mismatch_raises_at_once(mounts: Mounts, tmp_path: Path) -> None:
+    nas = marked_tmpfs(mounts, "nas-a")
+    good = make_artifact(tmp_path / "out")
+    bad = Artifact(good.target, good.name, good.path, {**good.manifest, "sha256": "f" * 64})
+    spool = Spool(tmp_path / "spool")
+
+    with pytest.raises(TransportError) as caught:
+        await manager([MountTransport(nas)], spool, FakeTime()).ship(bad)
+
+    assert caught.value.kind == "integrity"
+    assert not (nas / "redis" / good.name).exists() and await spool.entries() == []
+
+
+async def test_the_spool_survives_a_restart_and_checks_its_files(tmp_path: Path) -> None:
+    artifact = make_artifact(tmp_path / "out")
+    entry = await Spool(tmp_path / "spool").add(artifact, incident_id="inc-1")
+    later = make_artifact(tmp_path / "out", second=1)
+    await Spool(tmp_path / "spool").add(later)
+
+    reopened = Spool(tmp_path / "spool")
+    listed = await reopened.entries()
+    assert [e.name for e in listed] == [artifact.name, later.name]  # oldest first
+    assert listed[0] == entry and listed[0].incident_id == "inc-1"
+    restored = await reopened.artifact(listed[0])
+    assert restored.manifest == artifact.manifest and restored.sha256 == artifact.sha256
+
+    with listed[1].file.open("r+b") as fh:  # one flipped byte on the local disk
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 0xFF]))
+    with pytest.raises(SpoolEntryCorrupt) as caught:
+        await reopened.artifact(listed[1])
+    assert caught.value.moved_to == tmp_path / "spool" / CORRUPT_DIR / listed[1].id
+    assert [e.name for e in await reopened.entries()] == [artifact.name]
+
+
+async def test_broken_entries_are_reported_not_listed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    await spool.add(make_artifact(tmp_path / "out"))
+    half = tmp_path / "spool" / "20250101T000000000000Z-half"
+    half.mkdir()
+    (half / "redis-20250101T000000Z.rdb").write_bytes(b"x")  # a crash before entry.json
+    garbled = tmp_path / "spool" / "20250101T000001000000Z-garbled"
+    garbled.mkdir()
+    (garbled / "entry.json").write_text("{not json")
+
+    scan = await spool.scan()
+
+    assert len(scan.entries) == 1
+    assert sorted(p.split(":")[0] for p in scan.problems) == [half.name, garbled.name]
+
+
+async def test_spooling_across_filesystems_copies_then_removes(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    staging = mounts.tmpfs("staging")
+    artifact = make_artifact(staging)
+    original = artifact.path.read_bytes()
+
+    entry = await Spool(tmp_path / "spool").add(artifact)
+
+    assert entry.file.read_bytes() == original and not artifact.path.exists()
+
+
+async def test_drain_skips_a_corrupt_entry_and_delivers_the_rest(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    nas = marked_tmpfs(mounts, "nas-a")
+    spool = Spool(tmp_path / "spool")
+    bad = await spool.add(make_artifact(tmp_path / "out"))
+    good_artifact = make_artifact(tmp_path / "out", second=5)
+    good_bytes = good_artifact.path.read_bytes()
+    await spool.add(good_artifact)
+    bad.file.write_bytes(b"truncated")
+    names: list[str] = []
+
+    async def on_delivered(entry: SpoolEntry, delivery: Delivery) -> None:
+        names.append(entry.name)
+
+    count = await manager([MountTransport(nas)], spool, FakeTime()).drain(on_delivered)
+
+    assert count == 1 and names == [good_artifact.name]
+    assert (nas / "redis" / good_artifact.name).read_bytes() == good_bytes
+    assert not (nas / "redis" / bad.name).exists()
+    assert await spool.entries() == []
+    assert (tmp_path / "spool" / CORRUPT_DIR / bad.id).is_dir()
+
+
+async def test_drain_raises_a_hard_error_and_keeps_the_entry(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    tiny = marked_tmpfs(mounts, "tiny", size="1m")
+    spool = Spool(tmp_path / "spool")
+    entry = await spool.add(make_artifact(tmp_path / "out", size=4 * MIB))
+
+    async def on_delivered(entry: SpoolEntry, delivery: Delivery) -> None:
+        raise AssertionError("nothing was delivered")
+
+    with pytest.raises(TransportError) as caught:
+        await manager([MountTransport(tiny)], spool, FakeTime()).drain(on_delivered)
+
+    assert caught.value.errno_name == "ENOSPC"
+    assert await spool.entries() == [entry]
+
+
+async def test_a_failing_callback_keeps_the_entry_for_the_next_drain(
+    mounts: Mounts, tmp_path: Path
+) -> None:
+    nas = marked_tmpfs(mounts, "nas-a")
+    spool = Spool(tmp_path / "spool")
+    entry = await spool.add(make_artifact(tmp_path / "out"))
+    transfer = manager([MountTransport(nas)], spool, FakeTime())
+    calls: list[str] = []
+
+    async def flaky(entry: SpoolEntry, delivery: Delivery) -> None:
+        calls.append(entry.id)
+        if len(calls) == 1:
+            raise ConnectionError("the bus is away")
+
+    with pytest.raises(ConnectionError):
+        await transfer.drain(flaky)
+    assert await spool.entries() == [entry]  # its completion is not lost
+
+    assert await transfer.drain(flaky) == 1
+    assert calls == [entry.id, entry.id] and await spool.entries() == []
+
+
+def test_retry_delay_formula() -> None:
+    assert in_copy_retry_delay_s(1, 10_000, 120_000, 0.0) == 10.0
+    assert in_copy_retry_delay_s(4, 10_000, 120_000, 0.0) == 80.0
+    assert in_copy_retry_delay_s(5, 10_000, 120_000, 0.0) == 120.0
+    assert in_copy_retry_delay_s(10_000, 10_000, 120_000, 0.999) == 120.999
+    assert in_copy_retry_delay_s(2, 10_000, 120_000, 0.5) == 20.5
+    with pytest.raises(ValueError):
+        in_copy_retry_delay_s(0, 10, 20, 0.0)
+    with pytest.raises(ValueError):
+        in_copy_retry_delay_s(1, 10, 20, 1.0)
+
+
+@given(
+    attempt=st.integers(1, 10_000),
+    base=st.integers(1, 3_600_000),
+    extra=st.integers(0, 86_400_000),
+    jitter=st.floats(0, 1, exclude_max=True),
+)
+def test_retry_delay_is_bounded_and_never_shrinks(
+    attempt: int, base: int, extra: int, jitter: float
+) -> None:
+    cap = base + extra
+    delay = in_copy_retry_delay_s(attempt, base, cap, jitter)
+    assert base / 1000 <= delay <= (cap + base // 10) / 1000
+    assert in_copy_retry_delay_s(attempt + 1, base, cap, jitter) >= delay
+
+
+def test_ship_result_is_frozen() -> None:
+    result = ShipResult("spooled", None, 0, [], None)
+    with pytest.raises(AttributeError):
+        result.status = "delivered"  # type: ignore[misc]
