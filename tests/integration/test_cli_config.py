@@ -120,3 +120,21 @@ def test_bad_cli_arguments_are_usage_errors(short_home: Path) -> None:
     assert "--bogus" in result.output
     result = runner.invoke(cli, ["no-such-command"], env=_env(short_home))
     assert result.exit_code == 2
+
+
+def test_nas_mark_writes_the_marker_the_mount_transport_reads(short_home: Path) -> None:
+    from selfheal.backup.transports.mount import read_marker
+
+    folder = short_home / "nas"
+    folder.mkdir()
+    result = CliRunner().invoke(
+        cli, ["nas", "mark", str(folder), "--id", "three-body", "--json"], env=_env(short_home)
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["nasId"] == "three-body" and data["mountPoint"] is False
+    assert read_marker(folder) == "three-body"
+    missing = CliRunner().invoke(
+        cli, ["nas", "mark", str(short_home / "nope")], env=_env(short_home)
+    )
+    assert missing.exit_code == 2 and "not a folder" in missing.output

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
+from selfheal.backup.transports.mount import mark_nas
 from selfheal.cli.context import EXIT_CONFIG, CliState
 from selfheal.cli.output import emit_json, fail, table
 from selfheal.config import init_config
@@ -72,3 +76,36 @@ def init(state: CliState, force: bool) -> None:
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     click.echo(f"wrote {path}")
+
+
+@nas.command("mark")
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--id", "nas_id", default="nas", show_default=True, help="Name of this NAS.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def mark(path: Path, nas_id: str, as_json: bool) -> None:
+    """Mark PATH (the NAS mount, or a folder standing in for it) as the backup NAS.
+
+    The mount transport writes only where this marker is, so a missing mount can
+    never send backups to the local disk underneath it.
+    """
+    if not path.is_dir():
+        fail(f"{path} is not a folder (mount the NAS first)", EXIT_CONFIG)
+    try:
+        marker = mark_nas(path, nas_id)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot mark {path}: {exc}", EXIT_CONFIG)
+    result = {
+        "path": str(path),
+        "nasId": nas_id,
+        "marker": str(marker),
+        "mountPoint": os.path.ismount(path),
+    }
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"marked {path} as NAS {nas_id!r} ({marker})")
+    if not result["mountPoint"]:
+        click.echo(
+            "note: not a mount point; backups go here only for a target with "
+            "requireMountPoint set to false",
+        )
