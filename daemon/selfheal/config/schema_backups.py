@@ -50,7 +50,9 @@ class RetentionSettings(ConfigModel):
 class TypesenseBackupSettings(ConfigModel):
     """Typesense snapshot backups."""
 
-    enabled: bool = Field(True, description="Run this backup on its schedule.")
+    enabled: Annotated[bool, env("SELFHEAL_TYPESENSE_ENABLED")] = Field(
+        True, description="Run this backup on its schedule."
+    )
     run_at_start: bool = Field(
         False, description="Also run once as soon as the daemon is ready (the quickstart does)."
     )
