@@ -1,0 +1,171 @@
+"""SFTP upload speed: our SshTransport.put against OpenSSH scp (same cipher) to one local sshd."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+from tests.support.sshd import SshServer, install_sshd_if_missing
+
+from selfheal.backup.transports.ssh import SshTransport
+from selfheal.core.ssh_flags import parse_ssh_flags
+
+CIPHER = "aes128-gcm@openssh.com"  # ours prefers it too; NOTES.md: the fair anchor
+RESULTS = Path(__file__).parent / "results" / "sftp.json"
+TARGET_RATIO = 0.9
+
+
+@dataclass
+class Run:
+    """One timed upload."""
+
+    method: str
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def make_file(path: Path, size: int) -> str:
+    """Random bytes (incompressible, like a compressed archive); returns their sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        left = size
+        while left:
+            block = os.urandom(min(left, 8 << 20))
+            digest.update(block)
+            out.write(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def run_scp(server: SshServer, source: Path, dest: Path) -> Run:
+    """One OpenSSH scp upload, connection setup included, as a user would run it."""
+    command = [
+        "scp",
+        "-q",
+        "-c",
+        CIPHER,
+        "-P",
+        str(server.port),
+        "-i",
+        str(server.user_key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={server.known_hosts}",
+        str(source),
+        f"{server.host}:{dest}",
+    ]
+    started = time.monotonic()
+    subprocess.run(command, check=True, timeout=900, stdin=subprocess.DEVNULL)
+    return Run("scp", time.monotonic() - started)
+
+
+def run_ours(transport: SshTransport, source: Path, sha256: str, size: int) -> Run:
+    """One SshTransport.put: connect, upload, fsync + verify (overlapped), rename."""
+
+    async def upload() -> float:
+        delivery = await transport.put(
+            source, PurePosixPath("bench/ours.bin"), sha256=sha256, size=size
+        )
+        assert delivery.verified and delivery.bytes == size
+        return delivery.seconds
+
+    seconds = anyio.run(upload)
+    return Run("ours", seconds, dict(transport.last_phases))
+
+
+def summarize(runs: list[Run], size: int, hash_method: str | None) -> dict[str, Any]:
+    """Best-of figures in MB/s (10^6 bytes) and the ratios against scp."""
+
+    def best(values: list[float]) -> float:
+        return size / min(values) / 1e6
+
+    scp = best([r.seconds for r in runs if r.method == "scp"])
+    ours = [r for r in runs if r.method == "ours"]
+    total = best([r.seconds for r in ours])
+    # Without verification: no fsync + hash phase, i.e. what scp itself does.
+    transfer = best([r.seconds - r.phases.get("sync_verify", 0.0) for r in ours])
+    return {
+        "scp_mb_s": round(scp, 1),
+        "ours_transfer_mb_s": round(transfer, 1),
+        "ours_verified_mb_s": round(total, 1),
+        "ratio_transfer": round(transfer / scp, 3),
+        "ratio_verified": round(total / scp, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": transfer / scp >= TARGET_RATIO,
+        "hash_method": hash_method,
+    }
+
+
+def main() -> None:
+    """Run the benchmark and print (or --json) the results."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if not install_sshd_if_missing():
+        raise SystemExit("sshd is not installed (run scripts/lib/install-sshd.sh as root)")
+    size = args.size_mib << 20
+    # Same disk as the server's files, so both sides pay the same storage costs.
+    work = Path(tempfile.mkdtemp(prefix="bench-sftp-", dir=tempfile.gettempdir()))
+    server = SshServer(work / "sshd")
+    try:
+        source = work / "payload.bin"
+        sha256 = make_file(source, size)
+        server.start()
+        options = parse_ssh_flags(server.flags())
+        transport = SshTransport(server.host, options, str(server.remote_root))
+        (server.remote_root / "bench").mkdir()
+        runs: list[Run] = []
+        for _ in range(args.repeats):
+            # Interleaved, so background noise hits both methods alike.
+            runs.append(run_scp(server, source, server.remote_root / "bench" / "scp.bin"))
+            (server.remote_root / "bench" / "scp.bin").unlink()
+            runs.append(run_ours(transport, source, sha256, size))
+            (server.remote_root / "bench" / "ours.bin").unlink()
+        summary = summarize(runs, size, transport.hash_method)
+    finally:
+        server.stop(kill=True)
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "benchmark": "sftp",
+        "size_mib": args.size_mib,
+        "repeats": args.repeats,
+        "cipher": CIPHER,
+        "block_size": transport.block_size,
+        "max_requests": transport.max_requests,
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "summary": summary,
+        "runs": [asdict(r) for r in runs],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{args.size_mib} MiB, best of {args.repeats}, cipher {CIPHER}")
+    print(f"{'method':<40} {'MB/s':>8}")
+    print(f"{'OpenSSH scp':<40} {summary['scp_mb_s']:>8}")
+    print(f"{'ours: transfer (no fsync/verify)':<40} {summary['ours_transfer_mb_s']:>8}")
+    print(f"{'ours: put incl. fsync + sha256 verify':<40} {summary['ours_verified_mb_s']:>8}")
+    ratios = f"transfer {summary['ratio_transfer']}, verified {summary['ratio_verified']}"
+    print(f"ratio ours/scp: {ratios}")
+    print(f"(target >= {TARGET_RATIO} for the transfer; results in {RESULTS})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""SshTransport against a real OpenSSH sshd: verified uploads, refusals, cleanup, fallbacks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import anyio
+import psutil
+import pytest
+
+from selfheal.backup.model import TransportError
+from selfheal.backup.transports.ssh import SshTransport
+from selfheal.core.classify import FailureClass, classify
+from selfheal.core.contracts import Evidence
+from selfheal.core.ssh_flags import parse_ssh_flags
+from tests.support.servers import free_port, missing
+from tests.support.sshd import SshServer, install_sshd_if_missing
+
+pytestmark = pytest.mark.anyio
+
+WAIT_S = 60.0
+ORIGINAL_FLAGS = (
+    "-o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=2"
+)
+RDB = PurePosixPath("redis/redis-20261127T033000Z.rdb")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _server(directory: Path, **kwargs: bool) -> Iterator[SshServer]:
+    if not install_sshd_if_missing():
+        missing("OpenSSH sshd (/usr/sbin/sshd; scripts/lib/install-sshd.sh installs it)")
+    if os.geteuid() != 0:  # sshd needs root for /run/sshd and its privilege separation
+        missing("root, to run a test sshd")
+    server = SshServer(directory, **kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    """A real sshd on a loopback port, killed afterwards."""
+    yield from _server(tmp_path / "sshd")
+
+
+@pytest.fixture
+def sftp_only_sshd(tmp_path: Path) -> Iterator[SshServer]:
+    """An sshd whose account runs internal-sftp only (no exec), as on many NAS boxes."""
+    yield from _server(tmp_path / "sshd", force_internal_sftp=True)
+
+
+def make_transport(server: SshServer, **overrides: object) -> SshTransport:
+    """A transport for `server` with its known_hosts and user key given explicitly."""
+    options = parse_ssh_flags(f"{ORIGINAL_FLAGS} -p {server.port}")
+    kwargs: dict[str, object] = {
+        "known_hosts": server.known_hosts,
+        "client_keys": [server.user_key],
+        **overrides,
+    }
+    return SshTransport(server.host, options, str(server.remote_root), **kwargs)  # type: ignore[arg-type]
+
+
+def random_file(path: Path, size: int) -> str:
+    """Write `size` random bytes; return their sha256."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def files_under(root: Path) -> list[str]:
+    """Every file below `root`, relative, sorted."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def classified(exc: TransportError) -> FailureClass:
+    """How the router would classify this failure."""
+    return classify([Evidence.model_validate(exc.evidence)]).failure_class
+
+
+async def test_put_uploads_verifies_and_reports(sshd: SshServer, tmp_path: Path) -> None:
+    size = 8 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    seen: list[tuple[int, int]] = []
+    transport = make_transport(sshd)
+    with anyio.fail_after(WAIT_S):
+        delivery = await transport.put(
+            local, RDB, sha256=digest, size=size, progress=lambda d, t: seen.append((d, t))
+        )
+    final = sshd.remote_root / str(RDB)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == digest
+    assert files_under(sshd.remote_root) == [str(RDB)]  # no .partial left behind
+    assert delivery.mode == "ssh" and transport.mode == "ssh"
+    assert delivery.remote_path == str(final)
+    assert delivery.bytes == size and delivery.verified and delivery.seconds > 0
+    assert transport.hash_method == "exec"  # sha256sum ran on the server
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and len(set(done)) == len(done) and len(done) > 1
+    assert done[-1] == size and {t for _, t in seen} == {size}
+    assert set(transport.last_phases) == {"connect", "upload", "sync_verify", "rename"}
+
+
+async def test_put_replaces_an_existing_copy(sshd: SshServer, tmp_path: Path) -> None:
+    transport = make_transport(sshd)
+    for size in (3 << 20, 1 << 20):  # the second, shorter copy must not keep old bytes
+        local = tmp_path / f"dump-{size}.rdb"
+        digest = random_file(local, size)
+        with anyio.fail_after(WAIT_S):
+            await transport.put(local, RDB, sha256=digest, size=size)
+        final = sshd.remote_root / str(RDB)
+        assert hashlib.sha256(final.read_bytes()).hexdigest() == digest
+
+
+async def test_original_flag_string_works_end_to_end(sshd: SshServer, tmp_path: Path) -> None:
+    """Defect 8: the flags were one argv item, so the SSH fallback never worked."""
+    options = parse_ssh_flags(sshd.flags())
+    transport = SshTransport(sshd.host, options, str(sshd.remote_root))
+    assert (transport.port, transport.connect_timeout) == (sshd.port, 10.0)
+    assert (transport.keepalive_interval, transport.keepalive_count_max) == (5.0, 2)
+    assert transport.known_hosts == [sshd.known_hosts]
+    assert transport.client_keys == [sshd.user_key]
+    local = tmp_path / "snap.tar"
+    digest = random_file(local, 1 << 20)
+    with anyio.fail_after(WAIT_S):
+        probe = await transport.probe()
+        delivery = await transport.put(
+            local, PurePosixPath("typesense/snap.tar"), sha256=digest, size=1 << 20
+        )
+    assert probe.ok, probe.reason
+    assert delivery.verified
+    assert (sshd.remote_root / "typesense" / "snap.tar").read_bytes() == local.read_bytes()
+
+
+async def test_host_key_mismatch_is_refused_and_writes_nothing(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, 1 << 20)
+    transport = make_transport(sshd, known_hosts=sshd.mismatched_known_hosts)
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await transport.put(local, RDB, sha256=digest, size=1 << 20)
+    assert caught.value.kind == "auth.host_key"
+    assert caught.value.exception == "HostKeyNotVerifiable"
+    assert classified(caught.value) is FailureClass.AUTH
+    assert files_under(sshd.remote_root) == []
+    assert "Accepted publickey" not in sshd.log()  # we never even authenticated
+    with anyio.fail_after(WAIT_S):
+        probe = await transport.probe()
+    assert not probe.ok and "host key" in probe.reason.lower()
+
+
+async def test_missing_known_hosts_is_refused_before_connecting(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, 1024)
+    transport = make_transport(sshd, known_hosts=tmp_path / "no-such-known_hosts")
+    seen_before = len(sshd.log())  # the fixture's readiness check connected once already
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await transport.put(local, RDB, sha256=digest, size=1024)
+    assert caught.value.kind == "auth.host_key"
+    assert classified(caught.value) is FailureClass.AUTH
+    assert files_under(sshd.remote_root) == []
+    assert "Connection from" not in sshd.log()[seen_before:]
+
+
+async def test_wrong_user_key_is_an_auth_failure(sshd: SshServer, tmp_path: Path) -> None:
+    transport = make_transport(sshd, client_keys=[sshd.other_user_key])
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await transport.list_dir(PurePosixPath("redis"))
+    assert caught.value.kind == "auth"
+    assert caught.value.exception == "PermissionDenied"
+    assert classified(caught.value) is FailureClass.AUTH
+
+
+async def test_nothing_listening_is_transient(sshd: SshServer) -> None:
+    transport = make_transport(sshd)
+    transport.port = free_port()  # nothing listens there
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await transport.list_dir(PurePosixPath("redis"))
+    assert caught.value.evidence["errno"] == "ECONNREFUSED"
+    assert classified(caught.value) is FailureClass.TRANSIENT_TRANSPORT
+    with anyio.fail_after(WAIT_S):
+        probe = await transport.probe()
+    assert not probe.ok
+    assert "ECONNREFUSED" in probe.reason
+
+
+async def test_silent_server_times_out_as_transient(sshd: SshServer) -> None:
+    with socket.socket() as silent:  # accepts TCP (kernel backlog) but never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        transport = make_transport(sshd, connect_timeout=1.0)
+        transport.port = silent.getsockname()[1]
+        with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+            await transport.read_small(PurePosixPath("redis/x.manifest.json"))
+        with anyio.fail_after(WAIT_S):
+            probe = await transport.probe()
+    assert caught.value.evidence["errno"] == "ETIMEDOUT"
+    assert classified(caught.value) is FailureClass.TRANSIENT_TRANSPORT
+    assert not probe.ok and "ETIMEDOUT" in probe.reason
+
+
+async def test_probe_reports_a_missing_root(sshd: SshServer) -> None:
+    with anyio.fail_after(WAIT_S):
+        good = await make_transport(sshd).probe()
+        sshd.remote_root.rename(sshd.remote_root.with_name("elsewhere"))
+        bad = await make_transport(sshd).probe()
+        sshd.remote_root.write_text("a file, not the NAS folder")
+        not_a_folder = await make_transport(sshd).probe()
+    assert good.ok, good.reason
+    assert not bad.ok and str(sshd.remote_root) in bad.reason
+    assert not not_a_folder.ok and "no folder" in not_a_folder.reason
+
+
+async def test_checksum_mismatch_leaves_nothing(sshd: SshServer, tmp_path: Path) -> None:
+    local = tmp_path / "dump.rdb"
+    random_file(local, 2 << 20)
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await make_transport(sshd).put(local, RDB, sha256="0" * 64, size=2 << 20)
+    assert caught.value.kind == "integrity"
+    assert caught.value.exception == "ChecksumMismatch"
+    assert classified(caught.value) is FailureClass.INTEGRITY
+    assert files_under(sshd.remote_root) == []
+
+
+async def test_cancelled_put_leaves_no_final_file(sshd: SshServer, tmp_path: Path) -> None:
+    size = 48 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    transport = make_transport(sshd)
+    progressed: list[int] = []
+    with anyio.fail_after(WAIT_S):
+        with anyio.CancelScope() as scope:
+
+            def cancel_midway(done: int, total: int) -> None:
+                progressed.append(done)
+                if done >= 4 << 20:
+                    scope.cancel()
+
+            await transport.put(local, RDB, sha256=digest, size=size, progress=cancel_midway)
+        assert scope.cancelled_caught and 0 < progressed[-1] < size
+        assert not (sshd.remote_root / str(RDB)).exists()
+        assert files_under(sshd.remote_root) == []  # the .partial was removed on the way out
+        await transport.put(local, RDB, sha256=digest, size=size)
+    assert files_under(sshd.remote_root) == [str(RDB)]
+
+
+async def test_server_killed_midway_then_next_put_recovers(sshd: SshServer, tmp_path: Path) -> None:
+    size = 48 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    transport = make_transport(sshd)
+    assert sshd.process is not None
+    listener = psutil.Process(sshd.process.pid)
+
+    def kill_sessions(done: int, total: int) -> None:
+        if done >= 4 << 20:
+            for child in listener.children(recursive=True):  # our sshd's own sessions, by pid
+                child.kill()
+
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await transport.put(local, RDB, sha256=digest, size=size, progress=kill_sessions)
+    assert classified(caught.value) is FailureClass.TRANSIENT_TRANSPORT
+    assert not (sshd.remote_root / str(RDB)).exists()
+    leftovers = files_under(sshd.remote_root)
+    assert leftovers in ([], [f"{RDB}.partial"])  # the session died before it could clean up
+    with anyio.fail_after(WAIT_S):
+        await transport.put(local, RDB, sha256=digest, size=size)
+    assert files_under(sshd.remote_root) == [str(RDB)]
+    final = sshd.remote_root / str(RDB)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == digest
+
+
+async def test_sftp_only_account_verifies_by_reading_back(
+    sftp_only_sshd: SshServer, tmp_path: Path
+) -> None:
+    size = 5 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    transport = make_transport(sftp_only_sshd)
+    with anyio.fail_after(WAIT_S):
+        delivery = await transport.put(local, RDB, sha256=digest, size=size)
+        assert transport.hash_method == "readback"
+        assert await transport.sha256(RDB) == digest
+    assert delivery.verified
+    assert files_under(sftp_only_sshd.remote_root) == [str(RDB)]
+    assert "forced-command" in sftp_only_sshd.log()  # the exec attempt really was refused
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await transport.put(local, RDB, sha256="f" * 64, size=size)
+    assert caught.value.exception == "ChecksumMismatch"  # read-back still catches a mismatch
+    assert not (sftp_only_sshd.remote_root / f"{RDB}.partial").exists()
+
+
+async def test_list_remove_sha256_read_small(sshd: SshServer, tmp_path: Path) -> None:
+    transport = make_transport(sshd)
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, 300_000)
+    manifest = tmp_path / "dump.manifest.json"
+    manifest.write_bytes(b'{"sha256": "%s"}\n' % digest.encode())
+    manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    side = PurePosixPath("redis/redis-20261127T033000Z.manifest.json")
+    with anyio.fail_after(WAIT_S):
+        await transport.put(local, RDB, sha256=digest, size=300_000)
+        await transport.put(manifest, side, sha256=manifest_digest, size=manifest.stat().st_size)
+        (sshd.remote_root / "redis" / "subdir").mkdir()
+        entries = await transport.list_dir(PurePosixPath("redis"))
+        assert await transport.list_dir(PurePosixPath("typesense")) == []
+        assert await transport.sha256(RDB) == digest
+        assert await transport.read_small(side) == manifest.read_bytes()
+        with pytest.raises(TransportError) as too_big:
+            await transport.read_small(RDB, limit=1000)
+        await transport.remove(RDB)
+        await transport.remove(RDB)  # already gone: fine
+        after = await transport.list_dir(PurePosixPath("redis"))
+        with pytest.raises(TransportError) as gone:
+            await transport.sha256(RDB)
+    assert [(e.name, e.size) for e in entries] == [
+        (side.name, manifest.stat().st_size),
+        (RDB.name, 300_000),
+    ]
+    assert all(e.mtime > 0 for e in entries)
+    assert too_big.value.errno_name == "EFBIG"
+    assert [e.name for e in after] == [side.name]
+    assert gone.value.errno_name == "ENOENT"
+
+
+async def test_paths_outside_the_root_are_refused(sshd: SshServer, tmp_path: Path) -> None:
+    transport = make_transport(sshd)
+    seen_before = len(sshd.log())
+    local = tmp_path / "x"
+    local.write_bytes(b"x")
+    for bad in ("/etc/passwd", "../escape", "redis/../../escape", ""):
+        with pytest.raises(ValueError):
+            await transport.put(local, PurePosixPath(bad), sha256="0" * 64, size=1)
+    with pytest.raises(ValueError):
+        await transport.remove(PurePosixPath("../x"))
+    with pytest.raises(ValueError):
+        SshTransport(sshd.host, parse_ssh_flags(""), "relative/root")
+    assert "Connection from" not in sshd.log()[seen_before:]
+
+
+async def test_full_remote_disk_is_enospc(sshd: SshServer, tmp_path: Path) -> None:
+    small = sshd.remote_root / "small"
+    small.mkdir()
+    with anyio.fail_after(WAIT_S):
+        mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)]
+        mounted = await anyio.run_process(mount, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        local = tmp_path / "dump.rdb"
+        digest = random_file(local, 12 << 20)
+        with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+            await make_transport(sshd).put(
+                local, PurePosixPath("small/dump.rdb"), sha256=digest, size=12 << 20
+            )
+        assert caught.value.errno_name == "ENOSPC"
+        assert classified(caught.value) is FailureClass.RESOURCE_EXHAUSTED
+        assert files_under(small) == []
+    finally:
+        with anyio.fail_after(WAIT_S):
+            await anyio.run_process(["umount", str(small)], check=False)
