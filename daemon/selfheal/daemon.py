@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from selfheal import __version__
+from selfheal.backup.plane import BackupPlane
 from selfheal.bus.connection import RedisClient, RedisLink
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.watcher import ConfigWatcher
@@ -91,6 +92,13 @@ class Daemon:
             consumer_name=f"{socket.gethostname()}:{os.getpid()}",
             stopping=lambda: self.supervisor.stopping,
         )
+        self.backups = BackupPlane(
+            settings=lambda: self.settings,
+            bus=self.plane.bus,
+            telemetry=self.telemetry,
+            consumer_name=f"{socket.gethostname()}:{os.getpid()}",
+            stopping=lambda: self.supervisor.stopping,
+        )
 
     @property
     def supervisor(self) -> Supervisor:
@@ -131,6 +139,7 @@ class Daemon:
             ),
             # The bus services are rebuilt whenever the link they ride on is.
             *self.plane.specs(depends_on=self._redis_dependency),
+            *self.backups.specs(depends_on=self._redis_dependency),
         ]
 
     def _redis_dependency(self) -> object:
@@ -250,6 +259,7 @@ class Daemon:
             "config.show": self._config_show,
             "config.reload": self._config_reload,
             **self.plane.handlers(),
+            **self.backups.handlers(),
         }
 
     async def _ping(self, params: dict[str, Any]) -> Any:
@@ -309,6 +319,14 @@ class Daemon:
                 "consumers": {name: vars(c.stats) for name, c in self.plane.consumers.items()},
                 "timers_fired": self.plane.pump.fired if self.plane.pump else 0,
                 "advisor": vars(self.plane.advisor.status) if self.plane.advisor else None,
+            },
+            "backups": {
+                "drainer": {
+                    "delivered": self.backups.drainer.delivered,
+                    "last_error": self.backups.drainer.last_error,
+                },
+                "consumers": {n: vars(c.stats) for n, c in self.backups.consumers.items()},
+                "last_runs": {t: vars(o) for t, o in self.backups.last_runs.items()},
             },
         }
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import traceback
@@ -21,10 +23,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from selfheal.redact import redact, redact_text
+from selfheal.redact import is_secret_key, redact, redact_text
 
 log = logging.getLogger("selfheal.telemetry")
 
@@ -34,19 +36,56 @@ BATCH_SCHEDULE_DELAY_MS = 500
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 ExporterKind = Literal["otlp", "jsonl"]
+# The canonical W3C form; anything else goes through the propagator.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# redact_text runs six patterns, one of which backtracks at every position (tens of
+# microseconds per short string). Each pattern needs one of these literals to match at
+# all, so text holding none of them comes back unchanged and skips the patterns.
+_MAY_HOLD_SECRET = re.compile(
+    r"://|/bot|\d:|bearer|authorization|key|token|secret|passw|credential|cookie", re.IGNORECASE
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_second(seconds: int) -> str:
+    # Spans of one batch share their second, so the date formatting is done once.
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _iso_utc(ns: int | None) -> str | None:
     if ns is None:
         return None
     seconds, rest = divmod(ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{_iso_second(seconds)}.{rest // 1000:06d}Z"
 
 
 def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     # OTEL stores sequences as tuples; JSON wants lists.
     return {k: list(v) if isinstance(v, tuple) else v for k, v in (attributes or {}).items()}
+
+
+def quick_redact_text(text: str) -> str:
+    """redact_text, skipped for text none of its patterns can match."""
+    return redact_text(text) if _MAY_HOLD_SECRET.search(text) else text
+
+
+_secret_name = functools.lru_cache(maxsize=1024)(is_secret_key)
+
+
+def _redacted_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Same result as redact(_plain(attributes)), without its cost for plain values."""
+    out: dict[str, Any] = {}
+    for key, value in (attributes or {}).items():
+        plain = list(value) if isinstance(value, tuple) else value
+        if _secret_name(key):
+            out[key] = redact({key: plain})[key]
+        elif isinstance(plain, str):
+            out[key] = quick_redact_text(plain)
+        elif plain is None or isinstance(plain, int | float):
+            out[key] = plain
+        else:
+            out[key] = redact(plain)
+    return out
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
@@ -65,12 +104,12 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
         "duration_ms": duration_ms,
         "status": {"code": span.status.status_code.name, "description": span.status.description},
         "kind": span.kind.name,
-        "attributes": redact(_plain(span.attributes)),
+        "attributes": _redacted_attributes(span.attributes),
         "events": [
             {
                 "name": event.name,
                 "time": _iso_utc(event.timestamp),
-                "attributes": redact(_plain(event.attributes)),
+                "attributes": _redacted_attributes(event.attributes),
             }
             for event in span.events
         ],
@@ -242,6 +281,17 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, message))
                 raise
 
+    def start_span_at(self, name: str, *, traceparent: str | None, start_ns: int) -> Span:
+        """Start a span that is never made current; the caller ends it with its own time."""
+        # No context attach/detach and no per-call propagator: a batch opens hundreds.
+        return self.tracer.start_span(
+            name,
+            context=_parent_context(traceparent),
+            start_time=start_ns,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
     def force_flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now; False if the deadline passed first."""
         return self.provider.force_flush(timeout_ms)
@@ -294,6 +344,28 @@ def current_traceparent(span: Span | None = None) -> str | None:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get("traceparent")
+
+
+def traceparent_of(span: Span) -> str | None:
+    """The W3C traceparent of `span` (what current_traceparent gives while it is current)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+
+
+def _parent_context(tp: str | None) -> Context | None:
+    """context_from_traceparent, with the canonical form parsed directly."""
+    match = _TRACEPARENT.fullmatch(tp) if tp else None
+    if match is None:
+        return context_from_traceparent(tp)
+    trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
+    if not trace_id or not span_id:
+        return None
+    parent = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match.group(3), 16))
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent), Context())
 
 
 def context_from_traceparent(tp: str | None) -> Context | None:

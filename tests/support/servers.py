@@ -67,8 +67,12 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
 class RedisServer:
     """One real redis-server on a loopback TCP port."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, dbfilename: str | None = None
+    ) -> None:
         self.directory = directory
+        # Set to load an existing RDB file from `directory` at start (a restore drill).
+        self.dbfilename = dbfilename
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -91,6 +95,8 @@ class RedisServer:
             "daemonize": "no",
             "logfile": str(self.directory / "redis.log"),
         }
+        if self.dbfilename is not None:
+            options["dbfilename"] = self.dbfilename
         return [part for key, value in options.items() for part in (f"--{key}", value)]
 
     def start(self) -> RedisServer:

@@ -50,6 +50,8 @@ class ProbeResult:
 
     ok: bool
     reason: str
+    # Set when the NAS answered but refused us (host key, login): not "down", but wrong.
+    error: TransportError | None = None
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,9 @@ class TransferManager:
                     continue
                 if probe.ok:
                     return transport
+                if probe.error is not None and is_hard_failure(probe.error):
+                    # Reachable but refusing us (host key, login): escalate, never spool.
+                    raise probe.error
                 errors.append(f"probe {transport.mode}: {probe.reason}")
                 continue
             errors.append(f"probe {transport.mode}: no answer within {PROBE_GUARD_S:g}s")

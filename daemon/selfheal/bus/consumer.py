@@ -6,6 +6,10 @@ raises leaves the entry pending; after `reclaim_idle_ms` any member of the group
 `max_deliveries` it goes to the dead-letter stream with the last error. Entries
 that cannot be decoded, and events the handler rejects as `PoisonEvent`, go
 there at once. Nothing is dropped silently.
+
+With a `batch_handler`, freshly read entries are offered to it as one batch; it
+reports per entry whether it made the effect durable and acked it itself, found
+it already done (and acked it), or leaves it to the ordinary per-entry path.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 
 import anyio
@@ -27,6 +32,17 @@ from selfheal.redact import redact_text
 log = logging.getLogger("selfheal.bus")
 
 Handler = Callable[[Event], Awaitable[None]]
+
+
+class Outcome(StrEnum):
+    """What a batch handler did with one entry."""
+
+    ACKED = "acked"  # effect, done marker and ack were written together
+    DUPLICATE = "duplicate"  # handled before (done marker set); acked again
+    SLOW = "slow"  # not handled: run it through the per-entry path
+
+
+BatchHandler = Callable[[list[tuple[str, Event]]], Awaitable[list[Outcome]]]
 
 
 class PoisonEvent(Exception):
@@ -72,6 +88,7 @@ class StreamConsumer:
         *,
         options: ConsumerOptions | None = None,
         stopping: Callable[[], bool] = lambda: False,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.bus = bus
         self.event_name = event_name
@@ -79,6 +96,7 @@ class StreamConsumer:
         self.consumer = consumer
         self.name = f"consumer:{group}"
         self._handler = handler
+        self._batch_handler = batch_handler
         self.options = options or ConsumerOptions()
         self._stopping = stopping
         self.stats = ConsumerStats()
@@ -107,20 +125,59 @@ class StreamConsumer:
         )
         streams = cast(list[tuple[Any, Any]], raw or [])
         batch = [entry for _stream, entries in streams for entry in cast_entries(entries)]
-        if self.options.concurrency > 1 and len(batch) > 1:
+        if self._batch_handler is not None and batch:
+            await self._handle_batch(self._batch_handler, batch)
+        else:
+            await self._handle_each([(entry_id, fields, None) for entry_id, fields in batch])
+        return handled + len(batch)
+
+    async def _handle_each(self, items: list[tuple[str, dict[str, str], Event | None]]) -> None:
+        """The per-entry path for fresh entries, `concurrency` at a time."""
+        if self.options.concurrency > 1 and len(items) > 1:
             limiter = anyio.CapacityLimiter(self.options.concurrency)
 
-            async def limited(entry_id: str, fields: dict[str, str]) -> None:
+            async def limited(entry_id: str, fields: dict[str, str], event: Event | None) -> None:
                 async with limiter:
-                    await self._handle(entry_id, fields, deliveries=1)
+                    await self._handle(entry_id, fields, deliveries=1, event=event)
 
             async with anyio.create_task_group() as tg:
-                for entry_id, fields in batch:
-                    tg.start_soon(limited, entry_id, fields)
+                for entry_id, fields, event in items:
+                    tg.start_soon(limited, entry_id, fields, event)
         else:
-            for entry_id, fields in batch:
-                await self._handle(entry_id, fields, deliveries=1)
-        return handled + len(batch)
+            for entry_id, fields, event in items:
+                await self._handle(entry_id, fields, deliveries=1, event=event)
+
+    async def _handle_batch(
+        self, handler: BatchHandler, batch: list[tuple[str, dict[str, str]]]
+    ) -> None:
+        decoded: list[tuple[str, Event]] = []
+        fields_of: dict[str, dict[str, str]] = {}
+        for entry_id, fields in batch:
+            event = await self._decode(entry_id, fields, deliveries=1)
+            if event is not None:
+                decoded.append((entry_id, event))
+                fields_of[entry_id] = fields
+        if not decoded:
+            return
+        try:
+            outcomes = await handler(decoded)
+            if len(outcomes) != len(decoded):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(decoded)} entries")
+        except (aioredis.ConnectionError, aioredis.TimeoutError):
+            raise  # the bus itself is down: let the supervisor restart us with backoff
+        except Exception as exc:
+            # Whatever the batch wrote is idempotent or marked done: the slow path redoes it.
+            log.warning("%s batch handler failed, handling one by one: %s", self.group, exc)
+            outcomes = [Outcome.SLOW] * len(decoded)
+        slow: list[tuple[str, dict[str, str], Event | None]] = []
+        for (entry_id, event), outcome in zip(decoded, outcomes, strict=True):
+            if outcome == Outcome.ACKED:
+                self.stats.handled += 1
+            elif outcome == Outcome.DUPLICATE:
+                self.stats.duplicates += 1
+            else:
+                slow.append((entry_id, fields_of[entry_id], event))
+        await self._handle_each(slow)
 
     async def _reclaim(self) -> int:
         client = self.bus.client
@@ -157,15 +214,31 @@ class StreamConsumer:
             counts[key] = int(item["times_delivered"])
         return counts
 
-    async def _handle(self, entry_id: str, fields: dict[str, str], *, deliveries: int) -> None:
+    async def _decode(
+        self, entry_id: str, fields: dict[str, str], *, deliveries: int
+    ) -> Event | None:
+        """The entry's event, or None once an undecodable entry is dead-lettered."""
         if not fields:
             await self._bury(entry_id, fields, "entry was trimmed from the stream", deliveries)
-            return
+            return None
         try:
-            event = Event.from_wire(fields)
+            return Event.from_wire(fields)
         except EventDecodeError as exc:
             await self._bury(entry_id, fields, f"undecodable event: {exc}", deliveries)
-            return
+            return None
+
+    async def _handle(
+        self,
+        entry_id: str,
+        fields: dict[str, str],
+        *,
+        deliveries: int,
+        event: Event | None = None,
+    ) -> None:
+        if event is None:
+            event = await self._decode(entry_id, fields, deliveries=deliveries)
+            if event is None:
+                return
         if deliveries > self.options.max_deliveries:
             last = await self.bus.last_failure(self.group, entry_id) or "not recorded"
             reason = f"gave up after {deliveries - 1} deliveries; last error: {last}"

@@ -13,9 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import ConnectionPool
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
 from selfheal.core.events import Event
@@ -255,6 +258,37 @@ class Bus:
         """The newest dead letters, newest first."""
         raw = await self.client.xrevrange(self.keys.dead_letters, count=count)
         return [{"id": entry_id, **fields} for entry_id, fields in cast_entries(raw)]
+
+    # -- large commands ------------------------------------------------------------------
+
+    async def execute_packed(self, *args: str | int | bytes) -> Any:
+        """Run one command packed by hiredis; the raw reply (bytes, lists, ints)."""
+        client = self.client
+        pool = client.connection_pool
+        if client.connection is not None or type(pool) is not ConnectionPool:
+            return await client.execute_command(*args)
+        # redis-py packs arguments in Python at ~1 µs each; a batch script has thousands.
+        packed = hiredis.pack_command(args)
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed)
+            return await conn.read_response()
+        except ResponseError:
+            raise  # the error reply was read whole: the connection is still in step
+        except BaseException:
+            # Cancelled or broken mid-reply: the next user must not read our answer.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    async def eval_packed(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script through execute_packed, loading it once if needed."""
+        try:
+            return await self.execute_packed("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            script.sha = await self.client.script_load(script.script)
+            return await self.execute_packed("EVALSHA", script.sha, len(keys), *keys, *args)
 
     # -- stats -------------------------------------------------------------------------------
 

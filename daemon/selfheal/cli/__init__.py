@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from selfheal import __version__
+from selfheal.cli.backup_cmds import backup
 from selfheal.cli.config_cmds import nas
 from selfheal.cli.context import CliState
 from selfheal.cli.daemon_cmds import reload_cmd, run, status
@@ -42,6 +43,7 @@ cli.add_command(nas)
 cli.add_command(events)
 cli.add_command(queue)
 cli.add_command(incidents)
+cli.add_command(backup)
 
 
 def main() -> None:

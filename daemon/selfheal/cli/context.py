@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ class CliState:
         except ControlError as exc:
             fail(f"daemon refused {method}: {exc}", EXIT_DAEMON_ERROR)
         raise AssertionError("unreachable")
+
+    def stream(self, method: str, params: dict[str, Any]) -> Iterator[Any]:
+        """Stream events from the running daemon; same exit codes as `call`."""
+        client = ControlClient(self.control_socket(), timeout=30)
+        try:
+            yield from client.stream(method, params, idle_timeout=120)
+        except DaemonNotRunning as exc:
+            fail(str(exc), EXIT_NOT_RUNNING)
+        except ControlError as exc:
+            fail(f"daemon refused {method}: {exc}", EXIT_DAEMON_ERROR)
 
 
 def _raw_socket(config_path: Path) -> str | None:

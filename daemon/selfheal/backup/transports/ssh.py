@@ -240,7 +240,8 @@ class SshTransport:
                     with _translated(f"stat {self.remote_root}"):
                         attrs = await sftp.stat(self.remote_root)
         except TransportError as exc:
-            return ProbeResult(False, f"{exc} [{exc.errno_name}]" if exc.errno_name else str(exc))
+            reason = f"{exc} [{exc.errno_name}]" if exc.errno_name else str(exc)
+            return ProbeResult(False, reason, error=exc)
         except TimeoutError:
             return ProbeResult(False, f"{MODE}: probe of {self.target} timed out")
         except Exception as exc:  # a probe reports, whatever went wrong

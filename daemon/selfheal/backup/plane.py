@@ -1,0 +1,262 @@
+"""The backup plane as the daemon runs it: scheduler, runners, spool drainer, control methods."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import PurePosixPath
+from typing import Any, Literal, cast
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+
+from selfheal.backup.progress import LIVE, progress_key
+from selfheal.backup.scheduler import Scheduler
+from selfheal.backup.service import TARGETS, BackupService, RunOutcome, now_ms
+from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.bus.streams import Bus, cast_entries
+from selfheal.config import Settings
+from selfheal.control.server import Handler
+from selfheal.core.artifacts import manifest_name, parse_artifact_name
+from selfheal.core.events import BACKUP_REQUESTED, BACKUP_RETRY_REQUESTED, new_event
+from selfheal.errors import ControlError
+from selfheal.supervisor import Service, ServiceSpec
+from selfheal.telemetry import Telemetry
+
+log = logging.getLogger("selfheal.backup")
+
+DRAIN_EVERY_S = 30.0
+FOLLOW_LIMIT_S = 6 * 3600.0
+
+
+class SpoolDrainer:
+    """Service: delivers spooled artifacts once a transport is back."""
+
+    name = "spool-drainer"
+
+    def __init__(self, service: Callable[[], BackupService], every_s: float = DRAIN_EVERY_S):
+        self._service = service
+        self.every_s = every_s
+        self.delivered = 0
+        self.last_error: str | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Drain periodically until cancelled."""
+        task_status.started()
+        while True:
+            service = self._service()
+            if await service.spool().entries():
+                try:
+                    self.delivered += await service.drain()
+                    self.last_error = None
+                except Exception as exc:  # keep trying; the spool is durable
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("spool drain failed: %s", self.last_error)
+            await anyio.sleep(self.every_s)
+
+
+class BackupPlane:
+    """Owns the backup services and their control methods."""
+
+    def __init__(
+        self,
+        *,
+        settings: Callable[[], Settings],
+        bus: Callable[[], Bus],
+        telemetry: Telemetry,
+        consumer_name: str,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._settings = settings
+        self._bus = bus
+        self.telemetry = telemetry
+        self.consumer_name = consumer_name
+        self._stopping = stopping
+        self.consumers: dict[str, StreamConsumer] = {}
+        self._external: aioredis.Redis | None = None
+        self._external_url: str | None = None
+        self.drainer = SpoolDrainer(self.service)
+        self.last_runs: dict[str, RunOutcome] = {}
+
+    def _source_client(self) -> aioredis.Redis:
+        url = self._settings().backups.redis.source
+        if url == "bus":
+            return self._bus().client
+        if self._external is None or self._external_url != url:
+            self._external = aioredis.Redis.from_url(url)
+            self._external_url = url
+        return self._external
+
+    def service(self) -> BackupService:
+        """A service over the current bus and config."""
+        return BackupService(
+            bus=self._bus(),
+            source_client=self._source_client,
+            telemetry=self.telemetry,
+            settings=self._settings,
+            last=self.last_runs,
+        )
+
+    def specs(self, depends_on: Callable[[], object]) -> list[ServiceSpec]:
+        """Scheduler, one runner group per target (both streams), the spool drainer."""
+        specs = [
+            ServiceSpec(
+                name="scheduler",
+                factory=lambda: Scheduler(self._bus(), self._settings),
+                depends_on=depends_on,
+            ),
+            ServiceSpec(name="spool-drainer", factory=lambda: self.drainer, depends_on=depends_on),
+        ]
+        for target in TARGETS:
+            for stream, short in (
+                (BACKUP_REQUESTED, "requested"),
+                (BACKUP_RETRY_REQUESTED, "retry"),
+            ):
+                specs.append(
+                    ServiceSpec(
+                        name=f"backup:{target}:{short}",
+                        factory=self._runner_factory(target, stream),
+                        depends_on=depends_on,
+                        drains=True,
+                    )
+                )
+        return specs
+
+    def _runner_factory(
+        self, target: Literal["typesense", "redis"], stream: str
+    ) -> Callable[[], Service]:
+        return lambda: self._runner(target, stream)
+
+    def _runner(self, target: Literal["typesense", "redis"], stream: str) -> Service:
+        service = self.service()
+
+        async def handle(event: Any) -> None:
+            if event.data.get("target") != target:
+                return  # the other target's group handles it
+            await service.handle(event)
+
+        consumer = StreamConsumer(
+            self._bus(),
+            stream,
+            f"system/backup.{target}",
+            self.consumer_name,
+            handle,
+            # A backup can take long: do not let another daemon reclaim it too soon.
+            options=ConsumerOptions(batch=10, reclaim_idle_ms=30 * 60_000, max_deliveries=3),
+            stopping=self._stopping,
+        )
+        consumer.name = f"backup:{target}:{stream}"
+        self.consumers[consumer.name] = consumer
+        return consumer
+
+    # -- control methods -------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Handler]:
+        """Control-socket methods of the backup plane."""
+        return {
+            "backup.run": self._run,
+            "backup.list": self._list,
+            "backup.verify": self._verify,
+            "backup.retention": self._retention,
+        }
+
+    def _target(self, params: dict[str, Any]) -> Literal["typesense", "redis"]:
+        target = params.get("target")
+        for known in TARGETS:
+            if target == known:
+                return known
+        raise ControlError("invalid_params", f"target must be one of {', '.join(TARGETS)}")
+
+    async def _run(self, params: dict[str, Any]) -> Any:
+        target = self._target(params)
+        bus = self._bus()
+        event = new_event(BACKUP_REQUESTED, {"target": target, "trigger": "cli"}, now_ms=now_ms())
+        event = event.model_copy(update={"data": {**event.data, "runId": event.id}})
+        await bus.publish(event)
+        if not params.get("follow"):
+            return {"target": target, "runId": event.id}
+        return self._follow(bus, event.id)
+
+    async def _follow(self, bus: Bus, run_id: str) -> AsyncIterator[dict[str, Any]]:
+        key = progress_key(bus, run_id)
+        last = "0-0"
+        with anyio.move_on_after(FOLLOW_LIMIT_S):
+            while True:
+                reply = await bus.client.xread({key: last}, count=20, block=250)
+                for _stream, entries in cast(list[tuple[Any, Any]], reply or []):
+                    for entry_id, fields in cast_entries(entries):
+                        last = entry_id
+                        yield {"runId": run_id, **fields}
+                        if fields.get("stage") == "done":
+                            return
+                live = LIVE.get(run_id)
+                if live is not None and live.stage == "ship":
+                    yield {
+                        "runId": run_id,
+                        "stage": "ship",
+                        "done": live.done,
+                        "total": live.total,
+                        "rateBps": int(live.rate()),
+                    }
+
+    async def _transport_for(self, target: Literal["typesense", "redis"]) -> Any:
+        for transport in self.service().transports(target):
+            if (await transport.probe()).ok:
+                return transport
+        raise ControlError("unavailable", "no transport reaches the NAS right now")
+
+    async def _list(self, params: dict[str, Any]) -> Any:
+        targets = [self._target(params)] if params.get("target") else list(TARGETS)
+        rows: list[dict[str, Any]] = []
+        for target in targets:
+            transport = await self._transport_for(target)
+            for entry in await transport.list_dir(PurePosixPath(target)):
+                parsed = parse_artifact_name(entry.name)
+                if parsed is None or parsed.target != target:
+                    continue
+                rows.append(
+                    {
+                        "target": target,
+                        "name": entry.name,
+                        "size": entry.size,
+                        "created": parsed.created.isoformat(),
+                        "where": transport.mode,
+                    }
+                )
+        spooled = [
+            {"target": e.target, "name": e.name, "size": e.size, "where": "spool"}
+            for e in await self.service().spool().entries()
+            if e.target in targets
+        ]
+        return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled}
+
+    async def _verify(self, params: dict[str, Any]) -> Any:
+        name = params.get("artifact")
+        parsed = parse_artifact_name(name) if isinstance(name, str) else None
+        if parsed is None or parsed.target not in TARGETS:
+            raise ControlError("invalid_params", f"not one of our artifact names: {name!r}")
+        assert isinstance(name, str)
+        target = self._target({"target": parsed.target})
+        transport = await self._transport_for(target)
+        folder = PurePosixPath(target)
+        raw = await transport.read_small(folder / manifest_name(name))
+        manifest = json.loads(raw)
+        actual = await transport.sha256(folder / name)
+        return {
+            "artifact": name,
+            "where": transport.mode,
+            "expected": manifest.get("sha256"),
+            "actual": actual,
+            "ok": actual == manifest.get("sha256"),
+            "manifestSha256": hashlib.sha256(raw).hexdigest(),
+        }
+
+    async def _retention(self, params: dict[str, Any]) -> Any:
+        target = self._target(params)
+        transport = await self._transport_for(target)
+        dry_run = bool(params.get("dryRun", True))
+        plan = await self.service().apply_retention(target, transport, dry_run=dry_run)
+        return {"target": target, "dryRun": dry_run, **plan}

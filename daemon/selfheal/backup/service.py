@@ -1,0 +1,383 @@
+"""The backup service: one run of one target, end to end, reported as events.
+
+A run holds the target's lock, makes the artifact (source), ships it (mount first,
+SSH fallback, spool when both are down), uploads the manifest beside it, applies
+retention on the NAS, prunes source snapshots that are safely on the NAS, and
+emits `system/backup.completed` — or `system/backup.failed` with classified
+evidence, which the failure adapter turns into a self-healing request. A spooled
+artifact is reported as failed-and-spooled (the incident stays open) until the
+drainer delivers it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+
+from selfheal.backup.model import Artifact, Delivery, Transport, TransportError
+from selfheal.backup.progress import ProgressReporter
+from selfheal.backup.sources.archive import SourceError
+from selfheal.backup.sources.redis_rdb import RedisSource
+from selfheal.backup.sources.typesense import TypesenseSource
+from selfheal.backup.spool import Spool, SpoolEntry
+from selfheal.backup.transfer import TransferManager
+from selfheal.backup.transports.mount import MountTransport
+from selfheal.backup.transports.ssh import SshTransport
+from selfheal.bus.consumer import PoisonEvent
+from selfheal.bus.lock import LockBusy, RedisLock
+from selfheal.bus.streams import Bus
+from selfheal.config import Settings
+from selfheal.core.artifacts import manifest_name, validate_target
+from selfheal.core.events import BACKUP_COMPLETED, BACKUP_FAILED, Event, new_event
+from selfheal.core.retention import RetentionPolicy, plan_retention
+from selfheal.redact import redact_text
+from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
+
+log = logging.getLogger("selfheal.backup")
+
+TARGETS: tuple[Literal["typesense", "redis"], ...] = ("typesense", "redis")
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one run did."""
+
+    target: str
+    status: Literal["delivered", "spooled", "failed", "skipped"]
+    artifact: str | None = None
+    detail: str | None = None
+
+
+class BackupService:
+    """Builds sources and transports from the live config and runs backups."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        source_client: Callable[[], aioredis.Redis],
+        telemetry: Telemetry,
+        settings: Callable[[], Settings],
+        last: dict[str, RunOutcome] | None = None,
+    ) -> None:
+        self.bus = bus
+        self._source_client = source_client
+        self.telemetry = telemetry
+        self._settings = settings
+        self.last: dict[str, RunOutcome] = {} if last is None else last
+
+    # -- construction from config -------------------------------------------------------
+
+    def staging_dir(self) -> Path:
+        """Where sources write artifacts before they ship."""
+        path = self._settings().state_dir / "staging"
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def spool(self) -> Spool:
+        """The spool for artifacts no transport could take."""
+        return Spool(self._settings().spool_path)
+
+    def transports(self, target: Literal["typesense", "redis"]) -> list[Transport]:
+        """Mount then SSH (or SSH first when preferRemote), for one target's settings."""
+        settings = self._settings()
+        target_settings = getattr(settings.backups, target)
+        mount = MountTransport(
+            settings.mount_root(target), require_mount_point=target_settings.require_mount_point
+        )
+        ssh = SshTransport(
+            settings.transport.ssh_host,
+            settings.transport.ssh_options,
+            settings.nas.remote_root,
+        )
+        ordered: list[Transport] = [ssh, mount] if settings.nas.prefer_remote else [mount, ssh]
+        return ordered
+
+    def transfer(self, target: Literal["typesense", "redis"]) -> TransferManager:
+        """The transfer manager with the in-copy retry knobs."""
+        transport = self._settings().transport
+        return TransferManager(
+            self.transports(target),
+            self.spool(),
+            max_attempts=transport.max_attempts,
+            retry_base_ms=transport.retry_base_ms,
+            retry_max_ms=transport.retry_max_ms,
+            recovery_window_s=transport.recovery_window_hours * 3600,
+        )
+
+    def source(self, target: Literal["typesense", "redis"]) -> TypesenseSource | RedisSource:
+        """The source for a target."""
+        settings = self._settings()
+        if target == "typesense":
+            return TypesenseSource(
+                settings.backups.typesense,
+                snapshot_root=settings.typesense_snapshot_root,
+                staging_dir=self.staging_dir(),
+            )
+        return RedisSource(
+            settings.backups.redis, client=self._source_client(), staging_dir=self.staging_dir()
+        )
+
+    # -- runs ----------------------------------------------------------------------------
+
+    async def handle(self, event: Event) -> None:
+        """Consume backup.requested / backup.retry.requested for any target."""
+        target = event.data.get("target")
+        if not isinstance(target, str) or target not in TARGETS:
+            raise PoisonEvent(f"{event.name}: data.target must be one of {', '.join(TARGETS)}")
+        settings = getattr(self._settings().backups, target)
+        if not settings.enabled:
+            log.info("backup %s requested but disabled in config; skipped", target)
+            self.last[target] = RunOutcome(target, "skipped", detail="disabled")
+            return
+        attempt = event.data.get("attempt", 0)
+        await self.run(target, event, attempt=attempt if isinstance(attempt, int) else 0)
+
+    async def run(
+        self, target: Literal["typesense", "redis"], cause: Event, *, attempt: int = 0
+    ) -> RunOutcome:
+        """One locked run of `target`."""
+        validate_target(target)
+        lock = RedisLock(self.bus.client, f"{self.bus.keys.tag}:lock:backup:{target}")
+        reporter = ProgressReporter(self.bus, run_id=str(cause.data.get("runId") or cause.id))
+        try:
+            async with lock.held():
+                outcome = await self._run_locked(target, cause, attempt, reporter)
+        except LockBusy:
+            outcome = RunOutcome(target, "skipped", detail="another run holds the lock")
+            await reporter.finish(outcome.status, outcome.detail)
+            log.info("backup %s skipped: already running", target)
+        self.last[target] = outcome
+        return outcome
+
+    async def _run_locked(
+        self,
+        target: Literal["typesense", "redis"],
+        cause: Event,
+        attempt: int,
+        reporter: ProgressReporter,
+    ) -> RunOutcome:
+        started = time.monotonic()
+        with self.telemetry.decision_span(
+            "selfheal.backup.run",
+            {"target": target, "attempt": attempt, "trigger": cause.name},
+            context=context_from_traceparent(cause.traceparent),
+        ) as span:
+            try:
+                await reporter.stage("snapshot")
+                artifact = await self.source(target).create()
+                await self._remember_unverified(target, artifact)
+                await reporter.stage("ship", total=artifact.size)
+                result = await self.transfer(target).ship(artifact, progress=reporter.bytes)
+            except (SourceError, TransportError) as exc:
+                span.set_attribute("selfheal.status", "failed")
+                return await self._failed(target, cause, attempt, exc, reporter)
+            if result.status == "spooled":
+                span.set_attribute("selfheal.status", "spooled")
+                return await self._spooled(
+                    target, cause, attempt, artifact, result.errors, reporter
+                )
+            assert result.delivery is not None
+            span.set_attributes(
+                {
+                    "selfheal.status": "delivered",
+                    "selfheal.transport_mode": result.delivery.mode,
+                    "selfheal.bytes": result.delivery.bytes,
+                    "selfheal.transfer_attempts": result.attempts,
+                }
+            )
+            await self._after_delivery(target, artifact, result.delivery)
+            artifact.path.unlink(missing_ok=True)
+            await self._publish(
+                BACKUP_COMPLETED,
+                {
+                    "target": target,
+                    "runId": reporter.run_id,
+                    "artifact": artifact.name,
+                    "remotePath": result.delivery.remote_path,
+                    "bytes": result.delivery.bytes,
+                    "sha256": artifact.sha256,
+                    "durationMs": int((time.monotonic() - started) * 1000),
+                    "transportMode": result.delivery.mode,
+                    "attempts": result.attempts,
+                    "attempt": attempt,
+                },
+                cause,
+            )
+            await reporter.finish("delivered", result.delivery.remote_path)
+            return RunOutcome(target, "delivered", artifact=artifact.name)
+
+    async def _after_delivery(
+        self, target: Literal["typesense", "redis"], artifact: Artifact, delivery: Delivery
+    ) -> None:
+        """Manifest beside the artifact, retention on the NAS, source snapshot pruning."""
+        transport = next(t for t in self.transports(target) if t.mode == delivery.mode)
+        manifest = self.staging_dir() / manifest_name(artifact.name)
+        manifest.write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True))
+        try:
+            await transport.put(
+                manifest,
+                artifact.remote_path.with_name(manifest.name),
+                sha256=_sha256_of(manifest),
+                size=manifest.stat().st_size,
+            )
+        finally:
+            manifest.unlink(missing_ok=True)
+        await self._forget_unverified(target, artifact)
+        await self.apply_retention(target, transport)
+        if target == "typesense":
+            source = self.source("typesense")
+            assert isinstance(source, TypesenseSource)
+            await source.prune_snapshots(await self._unverified_snapshots(target))
+
+    async def apply_retention(
+        self, target: Literal["typesense", "redis"], transport: Transport, *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Plan retention over our own files in the target folder, and apply it."""
+        policy_settings = getattr(self._settings().backups, target).retention
+        entries = await transport.list_dir(PurePosixPath(target))
+        plan = plan_retention(
+            [e.name for e in entries],
+            target,
+            RetentionPolicy(
+                keep_last=policy_settings.keep_last,
+                daily=policy_settings.daily,
+                weekly=policy_settings.weekly,
+                monthly=policy_settings.monthly,
+            ),
+            datetime.now(UTC),
+        )
+        if not dry_run:
+            for name in plan.delete:
+                await transport.remove(PurePosixPath(target) / name)
+        return {"keep": plan.keep, "delete": plan.delete, "reasons": plan.reasons}
+
+    async def _failed(
+        self,
+        target: str,
+        cause: Event,
+        attempt: int,
+        exc: SourceError | TransportError,
+        reporter: ProgressReporter,
+    ) -> RunOutcome:
+        message = redact_text(str(exc))
+        log.error("backup %s failed: %s", target, message)
+        await self._publish(
+            BACKUP_FAILED,
+            {
+                "target": target,
+                "runId": reporter.run_id,
+                "attempt": attempt,
+                "error": message,
+                "evidence": [exc.evidence],
+                "transportMode": getattr(exc, "mode", None),
+                "trigger": cause.name,
+            },
+            cause,
+        )
+        await reporter.finish("failed", message)
+        return RunOutcome(target, "failed", detail=message)
+
+    async def _spooled(
+        self,
+        target: str,
+        cause: Event,
+        attempt: int,
+        artifact: Artifact,
+        errors: list[str],
+        reporter: ProgressReporter,
+    ) -> RunOutcome:
+        detail = "; ".join(errors[-3:]) or "no transport reachable"
+        log.warning("backup %s spooled (%s): %s", target, artifact.name, detail)
+        await self._publish(
+            BACKUP_FAILED,
+            {
+                "target": target,
+                "runId": reporter.run_id,
+                "attempt": attempt,
+                "error": f"NAS unreachable; {artifact.name} spooled: {redact_text(detail)}",
+                # Transient infrastructure: the router holds and re-checks the NAS.
+                "evidence": [
+                    {
+                        "kind": "transport.unavailable",
+                        "errno": "EHOSTUNREACH",
+                        "message": redact_text(detail),
+                    }
+                ],
+                "spooled": artifact.name,
+                "trigger": cause.name,
+            },
+            cause,
+        )
+        await reporter.finish("spooled", artifact.name)
+        return RunOutcome(target, "spooled", artifact=artifact.name, detail=detail)
+
+    async def drain(self) -> int:
+        """Deliver spooled artifacts when a transport is back; each closes its incident."""
+        delivered = 0
+        for target in TARGETS:
+
+            async def done(entry: SpoolEntry, delivery: Delivery, t: str = target) -> None:
+                artifact = await self.spool().artifact(entry)
+                await self._after_delivery(t, artifact, delivery)  # type: ignore[arg-type]
+                synthetic = new_event(BACKUP_COMPLETED, {"target": t}, now_ms=now_ms())
+                await self._publish(
+                    BACKUP_COMPLETED,
+                    {
+                        "target": t,
+                        "artifact": entry.name,
+                        "remotePath": delivery.remote_path,
+                        "bytes": delivery.bytes,
+                        "transportMode": delivery.mode,
+                        "fromSpool": True,
+                    },
+                    synthetic,
+                )
+
+            delivered += await self.transfer(target).drain(done, target=target)
+        return delivered
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _publish(self, name: str, data: dict[str, Any], cause: Event) -> None:
+        event = new_event(
+            name,
+            data,
+            now_ms=now_ms(),
+            idempotency_key=f"{cause.id}/{name}",
+            traceparent=current_traceparent() or cause.traceparent,
+        )
+        await self.bus.publish(event, dedupe=True)
+
+    def _unverified_key(self, target: str) -> str:
+        return f"{self.bus.keys.tag}:unverified-snapshots:{target}"
+
+    async def _remember_unverified(self, target: str, artifact: Artifact) -> None:
+        snapshot = artifact.manifest.get("snapshot_path")
+        if snapshot:
+            await self.bus.client.hset(self._unverified_key(target), artifact.name, snapshot)
+
+    async def _forget_unverified(self, target: str, artifact: Artifact) -> None:
+        await self.bus.client.hdel(self._unverified_key(target), artifact.name)
+
+    async def _unverified_snapshots(self, target: str) -> list[Path]:
+        raw = await self.bus.client.hvals(self._unverified_key(target))
+        return [Path(v.decode() if isinstance(v, bytes) else str(v)) for v in raw]
+
+
+def _sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

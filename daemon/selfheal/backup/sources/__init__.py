@@ -1,0 +1,1 @@
+"""Backup sources: each turns a live server's state into one local artifact plus its manifest."""

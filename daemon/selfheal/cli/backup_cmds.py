@@ -1,0 +1,109 @@
+"""`selfheal backup run|list|verify|retention`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from selfheal.cli.context import EXIT_DAEMON_ERROR, CliState
+from selfheal.cli.output import emit_json, fail, table
+
+pass_state = click.make_pass_decorator(CliState)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+TARGET = click.Choice(["typesense", "redis"])
+
+
+@click.group()
+def backup() -> None:
+    """Run and inspect backups."""
+
+
+def _bar(done: int, total: int, rate: int, width: int = 30) -> str:
+    share = done / total if total else 0.0
+    filled = int(share * width)
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {share:6.1%} "
+        f"{done / 1e6:8.1f}/{total / 1e6:.1f} MB  {rate / 1e6:6.1f} MB/s"
+    )
+
+
+@backup.command("run")
+@click.argument("target", type=TARGET)
+@click.option("--follow", is_flag=True, help="Show progress until the run ends.")
+@json_option
+@pass_state
+def run(state: CliState, target: str, follow: bool, as_json: bool) -> None:
+    """Request a backup of TARGET now (the daemon runs it; one per target at a time)."""
+    if not follow:
+        result = state.call("backup.run", {"target": target})
+        if as_json:
+            emit_json(result)
+        else:
+            click.echo(f"backup of {target} requested (run {result['runId']})")
+        return
+    final: dict[str, Any] = {}
+    for item in state.stream("backup.run", {"target": target, "follow": True}):
+        if as_json:
+            emit_json(item)
+        elif item.get("stage") == "ship" and "done" in item:
+            click.echo(
+                "\r" + _bar(int(item["done"]), int(item["total"]), int(item["rateBps"])), nl=False
+            )
+        elif item.get("stage") != "done":
+            click.echo(
+                f"\n{item['stage']}..." if item.get("stage") == "ship" else f"{item['stage']}..."
+            )
+        final = item
+    if not as_json:
+        click.echo(f"\n{target}: {final.get('status', '?')} {final.get('detail', '')}".rstrip())
+    if final.get("status") not in ("delivered", None):
+        raise SystemExit(EXIT_DAEMON_ERROR if final.get("status") == "failed" else 0)
+
+
+@backup.command("list")
+@click.argument("target", type=TARGET, required=False)
+@json_option
+@pass_state
+def list_cmd(state: CliState, target: str | None, as_json: bool) -> None:
+    """Artifacts on the NAS (and any waiting in the spool)."""
+    result = state.call("backup.list", {"target": target} if target else {})
+    if as_json:
+        emit_json(result)
+        return
+    rows = [[a["target"], a["name"], a["size"], a["where"]] for a in result["artifacts"]]
+    click.echo(table(["target", "artifact", "bytes", "where"], rows))
+
+
+@backup.command("verify")
+@click.argument("artifact")
+@json_option
+@pass_state
+def verify(state: CliState, artifact: str, as_json: bool) -> None:
+    """Recompute ARTIFACT's sha256 on the NAS and compare it with its manifest."""
+    result = state.call("backup.verify", {"artifact": artifact}, timeout=3600)
+    if as_json:
+        emit_json(result)
+    else:
+        verdict = "OK" if result["ok"] else "MISMATCH"
+        click.echo(f"{artifact}: {verdict} (sha256 {result['actual']}, via {result['where']})")
+    if not result["ok"]:
+        fail(f"{artifact} does not match its manifest", EXIT_DAEMON_ERROR)
+
+
+@backup.command("retention")
+@click.argument("target", type=TARGET)
+@click.option("--apply", "apply_plan", is_flag=True, help="Delete now (default: dry run).")
+@json_option
+@pass_state
+def retention(state: CliState, target: str, apply_plan: bool, as_json: bool) -> None:
+    """Show (or apply) the retention plan for TARGET's folder on the NAS."""
+    result = state.call("backup.retention", {"target": target, "dryRun": not apply_plan})
+    if as_json:
+        emit_json(result)
+        return
+    rows = [[name, "keep", result["reasons"].get(name, "")] for name in result["keep"]]
+    rows += [[name, "DELETE", result["reasons"].get(name, "")] for name in result["delete"]]
+    click.echo(table(["file", "action", "why"], rows))
+    if not apply_plan:
+        click.echo("(dry run; --apply deletes the files marked DELETE)")

@@ -1,0 +1,78 @@
+"""Backups through the real daemon and CLI: run at start, --follow, list, verify, retention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from selfheal.backup.transports.mount import mark_nas
+from selfheal.cli import cli
+from tests.support.daemon import DaemonProcess
+from tests.support.servers import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_style_backup_is_delivered_listed_and_verified(
+    short_home: Path, daemon_factory: list[DaemonProcess]
+) -> None:
+    nas = short_home / "nas"
+    nas.mkdir()
+    mark_nas(nas, "test-nas")
+    known_hosts = short_home / "known_hosts"
+    known_hosts.touch()
+    config = {
+        "backupTransport": {
+            "nasSshHost": "nobody@127.0.0.1",
+            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
+        },
+        "selfheal": {
+            "backups": {
+                "redis": {
+                    "source": "bus",
+                    "runAtStart": True,
+                    "mountRoot": str(nas),
+                    "requireMountPoint": False,
+                },
+                "typesense": {"enabled": False},
+            }
+        },
+    }
+    daemon = DaemonProcess(short_home, config=config)
+    daemon_factory.append(daemon)
+    daemon.start()
+
+    def delivered() -> bool:
+        runs = daemon.status()["backups"]["last_runs"]
+        return runs.get("redis", {}).get("status") == "delivered"
+
+    wait_until(delivered, 60, "the run-at-start backup of the embedded Redis")
+    env = daemon.env()
+    runner = CliRunner()
+
+    listed = json.loads(runner.invoke(cli, ["backup", "list", "redis", "--json"], env=env).output)
+    [artifact] = [a for a in listed["artifacts"] if a["where"] == "mount"]
+    assert (nas / "redis" / artifact["name"]).is_file()
+
+    verified = runner.invoke(cli, ["backup", "verify", artifact["name"], "--json"], env=env)
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.output)["ok"] is True
+
+    followed = runner.invoke(cli, ["backup", "run", "redis", "--follow"], env=env)
+    assert followed.exit_code == 0, followed.output
+    assert "redis: delivered" in followed.output
+    assert len(list((nas / "redis").glob("redis-*.rdb"))) >= 1
+
+    plan = runner.invoke(cli, ["backup", "retention", "redis", "--json"], env=env)
+    assert plan.exit_code == 0, plan.output
+    assert json.loads(plan.output)["dryRun"] is True
+
+    # A corrupted copy on the NAS is caught by verify.
+    target = nas / "redis" / artifact["name"]
+    target.write_bytes(b"not an rdb")
+    bad = runner.invoke(cli, ["backup", "verify", artifact["name"]], env=env)
+    assert bad.exit_code == 4 and "MISMATCH" in bad.output
+    assert daemon.stop() == 0
