@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from selfheal.bus.keys import Keys
+from selfheal.bus.streams import Bus
+from selfheal.telemetry import Telemetry, setup_telemetry
 from tests.support.daemon import DaemonProcess
+from tests.support.mounts import Mounts
 from tests.support.servers import RedisServer
 
 
@@ -42,3 +47,52 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop(kill=True)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, like the daemon."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of the test's redis-server."""
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def bus(redis_client: aioredis.Redis) -> Bus:
+    """The bus on the test's redis-server, in namespace `test`."""
+    return Bus(redis_client, Keys("test"), maxlen=10_000)
+
+
+@pytest.fixture
+def telemetry(tmp_path: Path) -> Iterator[Telemetry]:
+    """Telemetry writing spans to a JSONL file in the test's folder."""
+    made = setup_telemetry(
+        service_name="selfheal-test",
+        service_version="0",
+        span_file=tmp_path / "spans.jsonl",
+        max_bytes=10_000_000,
+        backups=1,
+        env={},
+    )
+    try:
+        yield made
+    finally:
+        made.shutdown()
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    """Real tmpfs mounts for the test, all unmounted afterwards."""
+    made = Mounts(tmp_path / "mnt")
+    try:
+        yield made
+    finally:
+        made.cleanup()

@@ -27,11 +27,6 @@ ROUTE = "system/backup.retry.requested"
 VALID = {"action": "pause", "delayMs": 60000, "reason": "nas rebooting", "confidence": 0.8}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass(frozen=True)
 class Reply:
     """One scripted answer; delay_s holds it back (for timeouts)."""

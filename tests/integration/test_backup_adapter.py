@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
-import redis.asyncio as aioredis
 
 from selfheal.bus.consumer import StreamConsumer
-from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.config.schema import RouterSettings
 from selfheal.core.events import (
@@ -24,39 +19,12 @@ from selfheal.core.events import (
 from selfheal.core.policy import Knobs
 from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
-from selfheal.telemetry import Telemetry, setup_telemetry
+from selfheal.telemetry import Telemetry
 from tests.integration.test_router import FAST, now_ms, run_until, stream_events
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 KNOBS = RouterSettings(max_retries=2, sleep_min_ms=30, sleep_max_ms=200, sleep_step_ms=5)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def bus(redis_server: RedisServer) -> AsyncIterator[Bus]:
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield Bus(client, Keys("ad"))
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def telemetry(tmp_path: Path) -> Telemetry:
-    return setup_telemetry(
-        service_name="t",
-        service_version="0",
-        span_file=tmp_path / "s.jsonl",
-        max_bytes=10**7,
-        backups=1,
-        env={},
-    )
 
 
 def workers(bus: Bus, router: Router) -> list[StreamConsumer]:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +17,18 @@ import redis.asyncio as aioredis
 
 from selfheal.backup.service import BackupService
 from selfheal.backup.transports.mount import mark_nas
-from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.config import Settings, load_config
 from selfheal.core.classify import HARD_CLASSES, classify
 from selfheal.core.contracts import Evidence
 from selfheal.core.events import BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_REQUESTED, Event, new_event
-from selfheal.telemetry import Telemetry, setup_telemetry
+from selfheal.telemetry import Telemetry
 from tests.support.mounts import Mounts
 from tests.support.servers import RedisServer, missing
 from tests.support.sshd import SshServer, install_sshd_if_missing
 from tests.support.typesense import TypesenseServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[Mounts]:
-    made = Mounts(tmp_path / "mnt")
-    try:
-        yield made
-    finally:
-        made.cleanup()
 
 
 @pytest.fixture
@@ -55,27 +40,6 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
         yield server
     finally:
         server.stop(kill=True)
-
-
-@pytest.fixture
-async def bus(redis_server: RedisServer) -> AsyncIterator[Bus]:
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield Bus(client, Keys("bk"))
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def telemetry(tmp_path: Path) -> Telemetry:
-    return setup_telemetry(
-        service_name="t",
-        service_version="0",
-        span_file=tmp_path / "spans.jsonl",
-        max_bytes=10**7,
-        backups=1,
-        env={},
-    )
 
 
 def fill(server: RedisServer, keys: int = 50, size: int = 100) -> None:

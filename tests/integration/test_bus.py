@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -16,32 +15,12 @@ from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
 from selfheal.core.events import Event, new_event
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 NAME = "test/thing.happened"
 GROUP = "test-handler"
 WAIT_S = 15.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield c
-    finally:
-        await c.aclose()
-
-
-@pytest.fixture
-def bus(client: aioredis.Redis) -> Bus:
-    return Bus(client, Keys("t1"), maxlen=10_000)
 
 
 def now_ms() -> int:
@@ -108,7 +87,7 @@ async def test_entry_of_a_dead_consumer_is_reclaimed_and_handled_once(bus: Bus) 
 
 
 async def test_two_daemons_share_a_group_and_handle_each_event_once(
-    bus: Bus, client: aioredis.Redis
+    bus: Bus, redis_client: aioredis.Redis
 ) -> None:
     total = 300
     await bus.ensure_group(NAME, GROUP)
@@ -119,7 +98,7 @@ async def test_two_daemons_share_a_group_and_handle_each_event_once(
             handled_by.setdefault(e.data["n"], []).append(name)
             await anyio.lowlevel.checkpoint()  # let the other member run
 
-        return StreamConsumer(Bus(client, bus.keys), NAME, GROUP, name, handle, options=FAST)
+        return StreamConsumer(Bus(redis_client, bus.keys), NAME, GROUP, name, handle, options=FAST)
 
     a, b = make("daemon-a"), make("daemon-b")
     await bus.publish_many(event(n) for n in range(total))
@@ -149,7 +128,7 @@ async def test_redelivered_event_already_done_is_acked_without_rerunning(bus: Bu
 
 
 async def test_timers_survive_a_restart_and_fire_once_across_daemons(
-    bus: Bus, client: aioredis.Redis
+    bus: Bus, redis_client: aioredis.Redis
 ) -> None:
     due = now_ms() + 400
     e = event(42)
@@ -157,22 +136,22 @@ async def test_timers_survive_a_restart_and_fire_once_across_daemons(
     assert await bus.send_at(e, due) is False, "idempotent while pending"
 
     # "Restart": fresh Bus objects, two daemons pumping at once.
-    pumps = [TimerPump(Bus(client, Keys("t1")), max_sleep_s=0.05) for _ in range(2)]
+    pumps = [TimerPump(Bus(redis_client, bus.keys), max_sleep_s=0.05) for _ in range(2)]
     stream = bus.keys.stream(NAME)
     with anyio.fail_after(WAIT_S):
         async with anyio.create_task_group() as tg:
             for pump in pumps:
                 tg.start_soon(pump.run)
-            while await client.xlen(stream) == 0:  # noqa: ASYNC110 - bounded poll of Redis
+            while await redis_client.xlen(stream) == 0:  # noqa: ASYNC110 - bounded poll of Redis
                 await anyio.sleep(0.02)
             assert now_ms() >= due, "not before it is due"
             await anyio.sleep(0.3)  # give a second firing every chance to happen
             tg.cancel_scope.cancel()
-    entries = await client.xrange(stream)
+    entries = await redis_client.xrange(stream)
     assert len(entries) == 1, "fired exactly once"
     assert sum(p.fired for p in pumps) == 1
-    assert await client.zcard(bus.keys.timers) == 0
-    assert await client.hlen(bus.keys.timer_payloads) == 0
+    assert await redis_client.zcard(bus.keys.timers) == 0
+    assert await redis_client.hlen(bus.keys.timer_payloads) == 0
 
 
 async def test_undecodable_entry_goes_to_dead_letters(bus: Bus) -> None:
@@ -219,10 +198,10 @@ async def test_failing_handler_is_retried_then_dead_lettered_with_last_error(bus
     assert (await bus.client.xpending(bus.keys.stream(NAME), GROUP))["pending"] == 0
 
 
-async def test_streams_are_trimmed(client: aioredis.Redis) -> None:
-    small = Bus(client, Keys("trim"), maxlen=100)
+async def test_streams_are_trimmed(redis_client: aioredis.Redis) -> None:
+    small = Bus(redis_client, Keys("trim"), maxlen=100)
     await small.publish_many(event(n) for n in range(2000))
-    length = await client.xlen(small.keys.stream(NAME))
+    length = await redis_client.xlen(small.keys.stream(NAME))
     assert 100 <= length < 2000 // 2
 
 

@@ -30,11 +30,6 @@ WAIT_S = 10
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def socket_path() -> Iterator[Path]:
     """A socket path short enough for AF_UNIX, in a directory that does not exist yet."""
     base = Path(tempfile.mkdtemp(prefix="sh-", dir="/tmp"))

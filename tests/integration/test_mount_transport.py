@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import anyio
@@ -18,20 +17,6 @@ pytestmark = pytest.mark.anyio
 
 MIB = 1 << 20
 REMOTE = PurePosixPath("redis/redis-20250101T033000Z.rdb")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[Mounts]:
-    made = Mounts(tmp_path / "mnt")
-    try:
-        yield made
-    finally:
-        made.cleanup()
 
 
 def random_file(path: Path, size: int) -> str:

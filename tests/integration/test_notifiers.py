@@ -36,11 +36,6 @@ WAIT_S = 10.0
 FAST: dict[str, Any] = {"base_delay_s": 0.01, "max_delay_s": 0.05}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass(frozen=True)
 class Seen:
     """One request the server received."""

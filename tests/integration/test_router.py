@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
-from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
 from selfheal.core.events import (
@@ -25,39 +22,12 @@ from selfheal.core.events import (
 )
 from selfheal.core.policy import Knobs
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
-from selfheal.telemetry import Telemetry, read_spans, setup_telemetry
-from tests.support.servers import RedisServer
+from selfheal.telemetry import Telemetry, read_spans
 
 pytestmark = pytest.mark.anyio
 
 FAST = ConsumerOptions(batch=50, block_ms=50, reclaim_idle_ms=200, reclaim_every_s=0.1)
 WAIT_S = 20.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def bus(redis_server: RedisServer) -> AsyncIterator[Bus]:
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield Bus(client, Keys("rt"))
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def telemetry(tmp_path: Path) -> Telemetry:
-    return setup_telemetry(
-        service_name="selfheal-test",
-        service_version="0",
-        span_file=tmp_path / "spans.jsonl",
-        max_bytes=10_000_000,
-        backups=1,
-        env={},
-    )
 
 
 def request(incident: str = "backup:redis:nightly", **overrides: Any) -> dict[str, Any]:

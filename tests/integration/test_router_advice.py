@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.config.schema_healing import AdvisorSettings
 from selfheal.core.events import SELF_HEALING_REQUESTED, new_event
@@ -23,8 +20,7 @@ from selfheal.core.policy import Knobs
 from selfheal.healing.advice import LlmAdviser
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import Router
-from selfheal.telemetry import Telemetry, read_spans, setup_telemetry
-from tests.support.servers import RedisServer
+from selfheal.telemetry import Telemetry, read_spans
 
 pytestmark = pytest.mark.anyio
 
@@ -58,11 +54,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def model() -> Iterator[ModelServer]:
     server = ModelServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -72,27 +63,6 @@ def model() -> Iterator[ModelServer]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-async def bus(redis_server: RedisServer) -> AsyncIterator[Bus]:
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield Bus(client, Keys("adv"))
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def telemetry(tmp_path: Path) -> Telemetry:
-    return setup_telemetry(
-        service_name="t",
-        service_version="0",
-        span_file=tmp_path / "spans.jsonl",
-        max_bytes=10**7,
-        backups=1,
-        env={},
-    )
 
 
 def request_data(incident: str) -> dict[str, Any]:

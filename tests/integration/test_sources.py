@@ -39,11 +39,6 @@ STAMP = datetime(2026, 11, 27, 11, 0, 0, tzinfo=UTC)
 COUNTS = {"books": 50, "films": 7}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def fixed_clock() -> datetime:
     return STAMP
 

@@ -29,11 +29,6 @@ ORIGINAL_FLAGS = (
 RDB = PurePosixPath("redis/redis-20261127T033000Z.rdb")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _server(directory: Path, **kwargs: bool) -> Iterator[SshServer]:
     if not install_sshd_if_missing():
         missing("OpenSSH sshd (/usr/sbin/sshd; scripts/lib/install-sshd.sh installs it)")

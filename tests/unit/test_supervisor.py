@@ -19,11 +19,6 @@ from selfheal.supervisor import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Recorder:
     """A service that logs its life into a shared list and can be told to misbehave."""
 
