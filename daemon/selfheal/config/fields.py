@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cronsim import CronSim, CronSimError
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from selfheal.core.schedule import parse_schedule
 from selfheal.core.ssh_flags import parse_ssh_flags
 
 # macOS limits sun_path to 104 bytes including the NUL; keep a little margin.
@@ -86,24 +84,11 @@ def _posix_absolute(value: str) -> str:
 
 
 def _schedule(value: str) -> str:
-    expr = value.strip()
-    tz = ZoneInfo("UTC")
-    if expr.startswith("TZ="):
-        zone, _, expr = expr[3:].partition(" ")
-        try:
-            tz = ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise rule(
-                f"unknown time zone {zone!r} (use an IANA name like Europe/Berlin)"
-            ) from None
-    fields = expr.split()
-    if len(fields) != 5:
-        raise rule(f"needs 5 cron fields after the optional 'TZ=Zone ' prefix, got {len(fields)}")
+    # One parser for config validation and the scheduler: what validates, runs.
     try:
-        # A fixed start instant keeps validation independent of the clock.
-        CronSim(" ".join(fields), datetime(2000, 1, 1, tzinfo=tz))
-    except (CronSimError, ValueError, IndexError) as exc:
-        raise rule(f"invalid cron expression {expr!r}: {exc}") from None
+        parse_schedule(value)
+    except ValueError as exc:
+        raise rule(str(exc)) from None
     return value
 
 
