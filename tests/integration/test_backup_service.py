@@ -259,3 +259,24 @@ async def test_typesense_backup_to_a_mount_and_restore_drill(
         assert {c["name"]: c["num_documents"] for c in meta["collections"]} == {"books": 30}
     finally:
         server.stop(kill=True)
+
+
+async def test_both_down_spools_then_drains_when_ssh_returns(
+    tmp_path: Path, bus: Bus, telemetry: Telemetry, redis_server: RedisServer, sshd: SshServer
+) -> None:
+    fill(redis_server)
+    cfg = settings(tmp_path, redis_server.url, mount_root=tmp_path / "absent", ssh=sshd)
+    svc = service(bus, telemetry, cfg)
+    sshd.stop()  # the NAS is unreachable both ways (its known_hosts stays valid)
+    outcome = await svc.run("redis", cause("redis"))
+    assert outcome.status == "spooled", outcome
+    assert [e["spooled"] for e in await events(bus, BACKUP_FAILED)] == [outcome.artifact]
+
+    sshd.start()  # SSH comes back
+    assert await svc.drain() == 1
+    assert await svc.spool().entries() == []
+    [artifact, manifest] = ours(sshd.remote_root / "redis")
+    assert artifact.name == outcome.artifact
+    assert json.loads(manifest.read_text())["sha256"] == sha256(artifact)
+    [done] = await events(bus, BACKUP_COMPLETED)
+    assert done["fromSpool"] is True and done["transportMode"] == "ssh"

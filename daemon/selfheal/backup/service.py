@@ -198,6 +198,8 @@ class BackupService:
                     "selfheal.transport_mode": result.delivery.mode,
                     "selfheal.bytes": result.delivery.bytes,
                     "selfheal.transfer_attempts": result.attempts,
+                    "selfheal.rate_bps": int(reporter.live.rate()),
+                    "selfheal.artifact": artifact.name,
                 }
             )
             await self._after_delivery(target, artifact, result.delivery)
