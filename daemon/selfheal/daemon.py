@@ -143,7 +143,7 @@ class Daemon:
         ]
 
     def _redis_dependency(self) -> object:
-        return (self.settings.redis, self.settings.state_dir)
+        return (self.settings.redis, self.settings.bus, self.settings.state_dir)
 
     def _redis_client(self) -> RedisClient:
         link = self.redis_link

@@ -159,6 +159,20 @@ class RedisSettings(ConfigModel):
     connect_timeout_seconds: float = knob(5, "Connect timeout in seconds", ge=0.1, le=120)
 
 
+class BusSettings(ConfigModel):
+    """Delivery knobs of the event bus on Redis Streams."""
+
+    stream_max_len: int = knob(
+        100_000, "Approximate entries kept per stream (MAXLEN ~)", ge=1_000, le=100_000_000
+    )
+    reclaim_idle_seconds: float = knob(
+        60, "A pending entry idle this long is reclaimed from its consumer", ge=1, le=86_400
+    )
+    max_deliveries: int = knob(
+        5, "Deliveries before an entry goes to the dead-letter stream", ge=1, le=1000
+    )
+
+
 class TelemetrySettings(ConfigModel):
     """OTEL spans: exported over OTLP when configured, else appended to a local JSONL file."""
 
@@ -186,6 +200,7 @@ class Settings(ConfigModel):
     )
     drain_timeout_seconds: float = knob(10, "Shutdown drain before cancelling work", ge=0.1, le=600)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     nas: NasSettings = Field(default_factory=NasSettings)
     backups: BackupsSettings = Field(default_factory=BackupsSettings)

@@ -75,10 +75,26 @@ class HealingPlane:
     def bus(self) -> Bus:
         """A bus over the current Redis client (rebuilt when the link reconnects anew)."""
         client = self._client()
-        if self._bus is None or self._bus.client is not client:
-            namespace = self._settings().redis.namespace
-            self._bus = Bus(client, Keys(namespace))
+        settings = self._settings()
+        keys = Keys(settings.redis.namespace)
+        maxlen = settings.bus.stream_max_len
+        if (
+            self._bus is None
+            or self._bus.client is not client
+            or self._bus.keys != keys
+            or self._bus.maxlen != maxlen
+        ):
+            self._bus = Bus(client, keys, maxlen=maxlen)
         return self._bus
+
+    def consumer_options(self, **overrides: Any) -> ConsumerOptions:
+        """Delivery options from the config's bus section, with per-consumer overrides."""
+        bus = self._settings().bus
+        base: dict[str, Any] = {
+            "reclaim_idle_ms": int(bus.reclaim_idle_seconds * 1000),
+            "max_deliveries": bus.max_deliveries,
+        }
+        return ConsumerOptions(**{**base, **overrides})
 
     def knobs(self) -> Knobs:
         """Router knobs from the live config."""
@@ -122,6 +138,7 @@ class HealingPlane:
             BACKUP_FAILURE_ROUTER,
             self.consumer_name,
             handler,
+            options=self.consumer_options(),
             stopping=self._stopping,
         )
         consumer.name = f"adapter:{event_name}"
@@ -141,7 +158,7 @@ class HealingPlane:
             ROUTER_GROUP,
             self.consumer_name,
             self.router.handle,
-            options=ConsumerOptions(concurrency=16),
+            options=self.consumer_options(concurrency=16),
             stopping=self._stopping,
         )
         consumer.name = "router"
@@ -169,7 +186,7 @@ class HealingPlane:
             NOTIFIER_GROUP,
             self.consumer_name,
             sink.handle,
-            options=ConsumerOptions(max_deliveries=10),
+            options=self.consumer_options(),
             stopping=self._stopping,
         )
         consumer.name = "notifier"
