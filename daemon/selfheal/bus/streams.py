@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import anyio
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -266,21 +267,23 @@ class Bus:
         client = self.client
         pool = client.connection_pool
         if client.connection is not None or type(pool) is not ConnectionPool:
-            return await client.execute_command(*args)
+            return await client.execute_command(*args)  # type: ignore[no-untyped-call]
         # redis-py packs arguments in Python at ~1 µs each; a batch script has thousands.
-        packed = hiredis.pack_command(args)
-        conn = await pool.get_connection()
+        packed = hiredis.pack_command(cast(Any, args))  # the stub types a 1-tuple
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(packed)
-            return await conn.read_response()
+            reply = await conn.read_response()
         except ResponseError:
+            await _shielded(pool.release(conn))
             raise  # the error reply was read whole: the connection is still in step
         except BaseException:
             # Cancelled or broken mid-reply: the next user must not read our answer.
-            await conn.disconnect()
+            await _shielded(conn.disconnect())
+            await _shielded(pool.release(conn))
             raise
-        finally:
-            await pool.release(conn)
+        await _shielded(pool.release(conn))
+        return reply
 
     async def eval_packed(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """Run a registered script through execute_packed, loading it once if needed."""
@@ -329,6 +332,12 @@ class Bus:
                 "due": int(await self.client.zcount(self.keys.timers, "-inf", now_ms)),
             },
         }
+
+
+async def _shielded(step: Awaitable[None]) -> None:
+    """Finish a connection clean-up even while our task is being cancelled."""
+    with anyio.CancelScope(shield=True):
+        await step
 
 
 def decode_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

@@ -160,6 +160,9 @@ class HealingPlane:
             self.router.handle,
             options=self.consumer_options(concurrency=16),
             stopping=self._stopping,
+            # Fresh entries are decided and committed a batch at a time; anything the
+            # batch cannot settle goes through `handle` one by one.
+            batch_handler=self.router.handle_batch,
         )
         consumer.name = "router"
         self.consumers["router"] = consumer

@@ -7,6 +7,9 @@ then applies it in one transaction: the incident update, the retry event or
 re-check timer, the completion, the escalation entry and the (latched)
 notification. A report that arrives while a retry is still pending joins the
 incident without spending budget.
+
+`handle_batch` does the same for a whole consumer batch in two round trips (see
+healing/batch.py); whatever it cannot settle there comes back through `handle`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from selfheal.bus.consumer import PoisonEvent
+from selfheal.bus.consumer import Outcome, PoisonEvent
 from selfheal.bus.streams import Bus
 from selfheal.core.classify import Classification, FailureClass
 from selfheal.core.contracts import (
@@ -33,7 +36,11 @@ from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED,
 from selfheal.core.incident import Incident, IncidentState
 from selfheal.core.policy import Action, Decision, Knobs, clamp_advice, completion_for, decide
 from selfheal.healing.store import Commit, IncidentSnapshot, IncidentStore, manual_entry
+from selfheal.healing.wire import span_attributes
 from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
+
+if TYPE_CHECKING:
+    from selfheal.healing.batch import BatchRouter
 
 log = logging.getLogger("selfheal.router")
 
@@ -80,6 +87,7 @@ class Router:
         adviser: Adviser | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         jitter: Callable[[], float] = random.random,
+        group: str = ROUTER_GROUP,
     ) -> None:
         self.bus = bus
         self.store = IncidentStore(bus)
@@ -90,6 +98,20 @@ class Router:
         self._clock_ms = clock_ms
         self._jitter = jitter
         self.stats = RouterStats()
+        self.group = group  # the consumer group whose entries handle_batch acks
+        self._batch: BatchRouter | None = None
+
+    def now_ms(self) -> int:
+        """The router's clock (epoch milliseconds)."""
+        return self._clock_ms()
+
+    async def handle_batch(self, entries: list[tuple[str, Event]]) -> list[Outcome]:
+        """Route a batch of fresh entries; plug into StreamConsumer(batch_handler=...)."""
+        if self._batch is None:
+            from selfheal.healing.batch import BatchRouter  # batch.py builds on this module
+
+            self._batch = BatchRouter(self, NOTIFY_REQUESTED)
+        return await self._batch.handle(entries)
 
     def knobs(self) -> Knobs:
         """Current knobs, with the domains that have a registered probe."""
@@ -120,7 +142,7 @@ class Router:
             decision, status = await self._route(request, event)
             span.set_attribute("selfheal.status", str(status))
             if decision is not None:
-                span.set_attributes(_span_attributes(decision))
+                span.set_attributes(span_attributes(decision))
 
     async def _route(
         self, request: SelfHealingRequest, event: Event
@@ -158,13 +180,18 @@ class Router:
         if stored is not None:
             self.stats.reused += 1
             return stored
-        knobs = self.knobs()
+        decision = await self.fresh_decision(request, incident, now, self.knobs())
+        return await self.store.reserve_decision(incident, decision)
+
+    async def fresh_decision(
+        self, request: SelfHealingRequest, incident: Incident, now: int, knobs: Knobs
+    ) -> Decision:
+        """Probe, policy and advice for the incident's current step (not stored yet)."""
         classification = await self._probe_classification(request, incident)
         decision = decide(
             request, incident, now, knobs, self._jitter(), classification=classification
         )
-        decision = await self.adviser.advise_decision(request, decision, incident, knobs)
-        return await self.store.reserve_decision(incident, decision)
+        return await self.adviser.advise_decision(request, decision, incident, knobs)
 
     async def _probe_classification(
         self, request: SelfHealingRequest, incident: Incident
@@ -328,24 +355,6 @@ class Router:
             dedupe=True,
         )
         return None, CompletionStatus.ESCALATED
-
-
-def _span_attributes(decision: Decision) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "selfheal.incident_id": decision.incident_id,
-        "selfheal.attempt": decision.attempt,
-        "selfheal.action": str(decision.action),
-        "selfheal.delay_ms": decision.delay_ms,
-        "selfheal.failure_class": str(decision.failure_class),
-        "selfheal.reason": decision.reason,
-        "selfheal.rule": str(decision.rule),
-    }
-    if decision.route_event:
-        attributes["selfheal.route_event"] = decision.route_event
-    for key, value in (decision.advisor or {}).items():
-        if isinstance(value, str | int | float | bool):
-            attributes[f"selfheal.advisor.{key}"] = value
-    return attributes
 
 
 __all__ = ["NOTIFY_REQUESTED", "ROUTER_GROUP", "Adviser", "Router", "clamp_advice"]

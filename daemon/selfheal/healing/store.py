@@ -12,7 +12,7 @@ notification — is one MULTI/EXEC guarded by WATCH: all of it happens, or none.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -76,26 +76,10 @@ class IncidentStore:
     async def load(self, incident_id: str) -> IncidentSnapshot:
         """The incident's current state (an empty snapshot when unknown)."""
         raw = await self.client.hgetall(self.keys.incident(incident_id))
-        fields: dict[str, str] = {
-            _text(k) or "": _text(v) or "" for k, v in cast(dict[Any, Any], raw).items()
-        }
-        if not fields.get("record"):
-            return IncidentSnapshot(incident_id=incident_id, incident=None)
-        return IncidentSnapshot(
-            incident_id=incident_id,
-            incident=Incident.from_dict(json.loads(fields["record"])),
-            version=int(fields.get("version") or 0),
-            pending_until_ms=int(fields.get("pendingUntil") or 0),
-            request=json.loads(fields["request"]) if fields.get("request") else None,
-            last_decision=(
-                Decision.from_dict(json.loads(fields["lastDecision"]))
-                if fields.get("lastDecision")
-                else None
-            ),
-            acked=json.loads(fields["acked"]) if fields.get("acked") else None,
-        )
+        return snapshot_from(incident_id, cast(dict[Any, Any], raw).items())
 
-    def _decision_key(self, incident: Incident) -> str:
+    def decision_key(self, incident: Incident) -> str:
+        """The key of the decision stored for the incident's current step."""
         # Derived incident ids repeat once an incident is remediated and a new one opens
         # under the same id: the opening time tells the two apart.
         return self.keys.decision(f"{incident.decision_key}@{incident.first_seen_ms}")
@@ -104,7 +88,7 @@ class IncidentStore:
         """Store the decision for its step unless one exists; return the one that counts."""
         if decision.key != incident.decision_key:
             raise ValueError(f"decision {decision.key} is not for step {incident.decision_key}")
-        key = self._decision_key(incident)
+        key = self.decision_key(incident)
         stored = await self.client.set(
             key, _compact(decision.to_dict()), nx=True, ex=DECISION_TTL_S
         )
@@ -115,7 +99,7 @@ class IncidentStore:
 
     async def stored_decision(self, incident: Incident) -> Decision | None:
         """The decision already made for the incident's current step, if any."""
-        raw = await self.client.get(self._decision_key(incident))
+        raw = await self.client.get(self.decision_key(incident))
         return None if raw is None else Decision.from_dict(json.loads(_text(raw) or "{}"))
 
     async def commit(self, snapshot: IncidentSnapshot, change: Commit) -> bool:
@@ -191,6 +175,28 @@ class IncidentStore:
         """Escalations waiting for an operator, newest first."""
         raw = await self.client.xrevrange(self.keys.manual_queue, count=count)
         return [{"entryId": entry_id, **fields} for entry_id, fields in cast_entries(raw)]
+
+
+def snapshot_from(
+    incident_id: str, pairs: Iterable[tuple[bytes | str, bytes | str]]
+) -> IncidentSnapshot:
+    """Read an incident hash's fields (an empty snapshot when it has no record)."""
+    fields: dict[str, str] = {_text(k) or "": _text(v) or "" for k, v in pairs}
+    if not fields.get("record"):
+        return IncidentSnapshot(incident_id=incident_id, incident=None)
+    return IncidentSnapshot(
+        incident_id=incident_id,
+        incident=Incident.from_dict(json.loads(fields["record"])),
+        version=int(fields.get("version") or 0),
+        pending_until_ms=int(fields.get("pendingUntil") or 0),
+        request=json.loads(fields["request"]) if fields.get("request") else None,
+        last_decision=(
+            Decision.from_dict(json.loads(fields["lastDecision"]))
+            if fields.get("lastDecision")
+            else None
+        ),
+        acked=json.loads(fields["acked"]) if fields.get("acked") else None,
+    )
 
 
 def manual_entry(incident: Incident, decision: Decision, summary: str) -> dict[str, str]:

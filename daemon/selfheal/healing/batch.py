@@ -1,0 +1,169 @@
+"""The router's batch path: a whole consumer batch in one load and one commit round trip.
+
+Same semantics as `Router.handle`, entry by entry: (1) one LOAD call reads every
+event's done marker and every incident hash (plus one MGET for the decisions
+already stored for open incidents); (2) plain Python routes the events in
+order, each incident's events against its updated in-memory state
+(healing/plan.py); (3) one COMMIT call applies each incident's steps as a
+guarded group (healing/commit.py) and acks their entries. Invalid requests,
+replays inside the batch, steps that raise and groups whose guard failed go
+back to the consumer's per-entry path, which is `Router.handle`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from selfheal.bus.consumer import Outcome
+from selfheal.core.contracts import InvalidRequest, parse_request
+from selfheal.core.events import Event
+from selfheal.core.policy import Action, Decision
+from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
+from selfheal.healing.plan import Chain, Entry, Planner, Step
+from selfheal.healing.store import snapshot_from
+
+if TYPE_CHECKING:
+    from selfheal.healing.router import Router
+
+log = logging.getLogger("selfheal.router")
+
+# Incidents per COMMIT call: small enough that Redis applies one while Python plans
+# the next, large enough that the round trips stay few.
+FLUSH_EVERY: Final = 48
+
+
+class BatchRouter:
+    """Routes consumer batches for one Router (see the module docstring)."""
+
+    def __init__(self, router: Router, notify_event: str) -> None:
+        self.router = router
+        self.bus = router.bus
+        self.keys = router.bus.keys
+        self._notify = notify_event
+        self._load = self.bus.client.register_script(LOAD)
+        self._commit = self.bus.client.register_script(COMMIT)
+        self.flush_every = FLUSH_EVERY
+
+    async def handle(self, entries: list[tuple[str, Event]]) -> list[Outcome]:
+        """One outcome per entry, in order."""
+        outcomes = [Outcome.SLOW] * len(entries)
+        valid = _valid(entries)
+        if not valid:
+            return outcomes
+        planner = Planner(self.router, self._notify)
+        done, chains = await self._load_state(planner, valid)
+        # An incident's group can be committed once its last event of the batch is
+        # planned; committing such groups early lets Redis apply them while Python
+        # plans the rest (the groups touch disjoint incidents, so order does not matter).
+        last = {entry.request.resolved_incident_id: pos for pos, entry in enumerate(valid)}
+        acks = Group()
+        steps: list[Step] = []
+        ready: list[Chain] = []
+        knobs = self.router.knobs()
+        async with anyio.create_task_group() as tg:
+            for pos, entry in enumerate(valid):
+                incident_id = entry.request.resolved_incident_id
+                chain = chains[incident_id]
+                if done[entry.index]:
+                    planner.ack(acks, entry)  # handled before; only the ack was lost
+                    outcomes[entry.index] = Outcome.DUPLICATE
+                elif not chain.broken:
+                    try:
+                        steps.append(await planner.route(chain, entry, knobs))
+                    except Exception as exc:  # the slow path retries it and reports the error
+                        log.info("batch left %s to the slow path: %s", entry.event.id, exc)
+                        chain.broken = True
+                if last[incident_id] == pos and chain.group is not None:
+                    ready.append(chain)
+                    if len(ready) >= self.flush_every:
+                        tg.start_soon(self._commit_groups, ready, None)
+                        ready = []
+            await self._commit_groups(ready, acks)
+        self._finish(steps, outcomes)
+        return outcomes
+
+    async def _commit_groups(self, chains: list[Chain], acks: Group | None) -> None:
+        """One COMMIT call for the chains' groups (and the acks of duplicates)."""
+        commit = CommitBatch(self.bus.maxlen)
+        for chain in chains:
+            assert chain.group is not None
+            commit.add(chain.group)
+        if acks is not None and not acks.empty:
+            commit.add(acks)
+        if not commit.groups:
+            return
+        reply = statuses(await self.bus.eval_packed(self._commit, commit.keys, commit.args))
+        for chain, status in zip(chains, reply, strict=False):
+            chain.applied = status == 1
+
+    async def _load_state(
+        self, planner: Planner, valid: list[Entry]
+    ) -> tuple[dict[int, bool], dict[str, Chain]]:
+        ids = list(dict.fromkeys(entry.request.resolved_incident_id for entry in valid))
+        keys = [planner.done_key(entry.event) for entry in valid]
+        keys += [self.keys.incident(incident_id) for incident_id in ids]
+        flags, hashes = await self.bus.eval_packed(self._load, keys, [len(valid)])
+        done = {entry.index: bool(flag) for entry, flag in zip(valid, flags, strict=True)}
+        chains: dict[str, Chain] = {}
+        for incident_id, flat in zip(ids, hashes, strict=True):
+            snapshot = snapshot_from(incident_id, zip(flat[::2], flat[1::2], strict=True))
+            chains[incident_id] = Chain.of(snapshot, self.keys.incident(incident_id))
+        await self._load_stored(chains)
+        return done, chains
+
+    async def _load_stored(self, chains: dict[str, Chain]) -> None:
+        """Decisions already stored for open incidents' current steps (a crash mid-way)."""
+        store = self.router.store
+        open_chains: list[tuple[Chain, str]] = [
+            (chain, store.decision_key(chain.incident))
+            for chain in chains.values()
+            if chain.incident is not None and not chain.incident.closed
+        ]
+        if not open_chains:
+            return
+        raw = await self.bus.execute_packed("MGET", *[key for _, key in open_chains])
+        for (chain, _), value in zip(open_chains, raw, strict=True):
+            if value is not None:
+                chain.stored = Decision.from_dict(json.loads(value))
+
+    def _finish(self, steps: list[Step], outcomes: list[Outcome]) -> None:
+        """Count and close the steps whose group applied; the rest go the slow way."""
+        end_ns = time.time_ns()
+        stats = self.router.stats
+        conflicts = 0
+        for step in steps:
+            if not step.chain.applied:
+                conflicts += 1
+                continue  # its span is dropped unended: the slow path opens its own
+            outcomes[step.index] = Outcome.ACKED
+            if step.joined:
+                stats.joined += 1
+            elif step.decision is not None:
+                stats.decisions += 1
+                stats.reused += int(step.reused)
+                stats.escalations += int(step.decision.action == Action.ESCALATE)
+            step.span.set_attributes(step.attributes)
+            step.span.end(end_time=end_ns)
+        if conflicts:
+            log.debug("batch: %d step(s) lost a race and go one by one", conflicts)
+
+
+def _valid(entries: list[tuple[str, Event]]) -> list[Entry]:
+    """The entries the batch can route: valid requests, each event once."""
+    valid: list[Entry] = []
+    seen: set[str] = set()
+    for index, (entry_id, event) in enumerate(entries):
+        if event.id in seen:
+            continue  # a replay of an event of this batch: after it, one by one
+        seen.add(event.id)
+        try:
+            request = parse_request(event.data)
+        except InvalidRequest:
+            continue  # the slow path answers completed{invalid} and dead-letters it
+        valid.append(Entry(index, entry_id, event, request))
+    return valid

@@ -1,0 +1,59 @@
+"""The batch path's helpers: ULIDs as python-ulid makes them, span redaction as redact_text."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+from ulid import ULID
+
+from selfheal.core.events import ULID_PATTERN
+from selfheal.healing.wire import new_ulid
+from selfheal.redact import redact_text
+from selfheal.telemetry import quick_redact_text
+
+# Pieces that make each of redact_text's patterns fire, mixed with plain text.
+PIECES = [
+    "https://user:pw@host/x",
+    "/bot123456:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "1234567:ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef_-12",
+    "Bearer abc.def",
+    "authorization: Basic Zm9v",
+    "api_key=s3cr3t",
+    "TOKEN: x",
+    "password=hunter2",
+    "passwd:x",
+    "credentials=a",
+    "cookie: a=b",
+    "secret=1",
+    "retry 1 of 5 in 60500 ms: transient_transport (timed out)",
+    "backup:redis:nightly",
+    "01J0000000000000000000000",
+    " ",
+    ":",
+    "=",
+    "api_\u212aey=1",  # the Kelvin sign matches "k" when case is ignored
+    "\u017fecret=1",  # and the long s matches "s"
+]
+
+
+def test_new_ulid_is_a_ulid_of_that_millisecond() -> None:
+    for now_ms in (0, 1, 1_900_000_000_000, (1 << 48) - 1):
+        text = new_ulid(now_ms)
+        assert re.fullmatch(ULID_PATTERN, text)
+        parsed = ULID.from_str(text)
+        assert parsed.milliseconds == now_ms
+        assert str(parsed) == text
+    assert len({new_ulid(5) for _ in range(1000)}) == 1000
+
+
+@given(st.lists(st.sampled_from(PIECES) | st.text(max_size=12), max_size=6))
+def test_quick_redact_text_is_redact_text(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert quick_redact_text(text) == redact_text(text)
+
+
+def test_quick_redact_text_masks_the_known_secrets() -> None:
+    for piece in [*PIECES[:12], *PIECES[-2:]]:
+        assert quick_redact_text(piece) == redact_text(piece) != piece

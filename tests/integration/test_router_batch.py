@@ -1,0 +1,384 @@
+"""The router's batch path on a real redis-server: the effects of one by one, races, replays."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from selfheal.bus.consumer import ConsumerOptions, Outcome, StreamConsumer
+from selfheal.bus.keys import Keys
+from selfheal.bus.streams import Bus
+from selfheal.core.events import (
+    SELF_HEALING_COMPLETED,
+    SELF_HEALING_REQUESTED,
+    Event,
+    new_event,
+)
+from selfheal.core.policy import Knobs
+from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
+from selfheal.telemetry import Telemetry, read_spans, setup_telemetry
+from tests.integration.test_router import request, stream_events
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+START_MS = 1_900_000_000_000
+OPTIONS = ConsumerOptions(batch=100, block_ms=20, reclaim_idle_ms=60_000)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+@pytest.fixture
+def telemetry(tmp_path: Path) -> Iterator[Telemetry]:
+    made = setup_telemetry(
+        service_name="t",
+        service_version="0",
+        span_file=tmp_path / "spans.jsonl",
+        max_bytes=10**8,
+        backups=1,
+        env={},
+    )
+    yield made
+    made.shutdown()
+
+
+def stepping_clock(step_ms: int) -> Callable[[], int]:
+    """A clock that moves `step_ms` on every read (deterministic across both paths)."""
+    now = [START_MS]
+
+    def read() -> int:
+        now[0] += step_ms
+        return now[0]
+
+    return read
+
+
+def make(client: aioredis.Redis, telemetry: Telemetry, namespace: str, **kw: Any) -> Router:
+    kw.setdefault("jitter", lambda: 0.5)
+    return Router(Bus(client, Keys(namespace)), telemetry, knobs=Knobs, **kw)
+
+
+SLOW_CALLS: dict[str, int] = {}
+
+
+def consumer(router: Router, *, batched: bool) -> StreamConsumer:
+    """A router consumer; SLOW_CALLS counts what took the per-entry path, per namespace."""
+    namespace = router.bus.keys.namespace
+    SLOW_CALLS[namespace] = 0
+
+    async def slow(event: Event) -> None:
+        SLOW_CALLS[namespace] += 1
+        await router.handle(event)
+
+    return StreamConsumer(
+        router.bus,
+        SELF_HEALING_REQUESTED,
+        ROUTER_GROUP,
+        "c",
+        slow,
+        options=OPTIONS,
+        batch_handler=router.handle_batch if batched else None,
+    )
+
+
+async def publish(router: Router, payloads: list[dict[str, Any]]) -> list[Event]:
+    await router.bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
+    events = [new_event(SELF_HEALING_REQUESTED, p, now_ms=START_MS) for p in payloads]
+    await router.bus.publish_many(events)
+    return events
+
+
+async def completions(router: Router) -> list[dict[str, Any]]:
+    return [e.data for e in await stream_events(router.bus, SELF_HEALING_COMPLETED)]
+
+
+async def pending(router: Router) -> int:
+    info = await router.bus.client.xpending(
+        router.bus.keys.stream(SELF_HEALING_REQUESTED), ROUTER_GROUP
+    )
+    return int(info["pending"])
+
+
+async def state(router: Router, incident_id: str) -> dict[str, Any]:
+    """What one incident looks like in Redis, without the event ids."""
+    snap = await router.store.load(incident_id)
+    assert snap.incident is not None and snap.last_decision is not None
+    return {
+        "incident": snap.incident.to_dict(),
+        "version": snap.version,
+        "pendingUntil": snap.pending_until_ms,
+        "request": snap.request,
+        "decision": snap.last_decision.to_dict(),
+        "stored": await router.store.stored_decision(snap.incident),
+    }
+
+
+async def timers(router: Router) -> list[dict[str, Any]]:
+    """Scheduled events (name, data, idempotency key, due), ids and trace left out."""
+    bus = router.bus
+    due = dict(await bus.client.zrange(bus.keys.timers, 0, -1, withscores=True))
+    out = []
+    for event_id, payload in (await bus.client.hgetall(bus.keys.timer_payloads)).items():
+        fields = json.loads(payload)["fields"]
+        out.append(
+            {
+                "name": fields["name"],
+                "data": json.loads(fields["data"]),
+                "key": fields["idempotencyKey"],
+                "ts": fields["ts"],
+                "due": int(due[event_id]),
+            }
+        )
+    return sorted(out, key=lambda t: t["key"])
+
+
+async def test_batch_writes_what_the_one_by_one_path_writes(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    payloads = [request(incident=f"inc:{i}") for i in range(6)]
+    payloads.append(request(incident="inc:hard", evidence=[{"errno": "ENOSPC"}]))
+    payloads.append(
+        request(incident="inc:manual", evidence=[{"errno": "EACCES"}], fallbackAction="manual")
+    )
+    routers = {}
+    for name, batched in (("one", False), ("many", True)):
+        router = routers[name] = make(client, telemetry, name, clock_ms=lambda: START_MS)
+        await publish(router, payloads)
+        await consumer(router, batched=batched).poll_once()
+        assert router.stats.decisions == len(payloads) and await pending(router) == 0
+    one, many = routers["one"], routers["many"]
+    assert (SLOW_CALLS["one"], SLOW_CALLS["many"]) == (len(payloads), 0)
+    for incident_id in [p["incidentId"] for p in payloads]:
+        assert await state(many, incident_id) == await state(one, incident_id)
+    assert await completions(many) == await completions(one)
+    assert await timers(many) == await timers(one)
+    assert await many.store.manual_queue() != []
+    strip = [{k: v for k, v in e.items() if k != "entryId"} for e in await one.store.manual_queue()]
+    assert [
+        {k: v for k, v in e.items() if k != "entryId"} for e in await many.store.manual_queue()
+    ] == strip
+    notified = [e.data for e in await stream_events(many.bus, NOTIFY_REQUESTED)]
+    assert notified == [e.data for e in await stream_events(one.bus, NOTIFY_REQUESTED)]
+    assert [n["incident"]["incidentId"] for n in notified] == ["inc:hard"], "manual does not notify"
+    assert many.stats.escalations == one.stats.escalations == 2
+
+
+async def test_events_of_one_incident_in_a_batch_spend_the_budget_as_one_by_one(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    # Each report comes after the previous retry was due: every one is a decision, so
+    # one batch holds retries 1-3, the escalation and a report joining the escalation.
+    payloads = [request(incident="inc:chain") for _ in range(5)]
+    routers = {}
+    for name, batched in (("one", False), ("many", True)):
+        router = make(client, telemetry, name, clock_ms=stepping_clock(10_000))
+        routers[name] = router
+        await publish(router, payloads)
+        await consumer(router, batched=batched).poll_once()
+        assert await pending(router) == 0
+    one, many = routers["one"], routers["many"]
+    assert SLOW_CALLS["many"] == 0, "the whole chain went through the batch"
+    assert await state(many, "inc:chain") == await state(one, "inc:chain")
+    statuses = [c["status"] for c in await completions(many)]
+    assert statuses == ["scheduled", "scheduled", "scheduled", "exhausted", "escalated"]
+    assert await completions(many) == await completions(one)
+    assert await timers(many) == await timers(one)
+    snap = await many.store.load("inc:chain")
+    assert snap.incident is not None and snap.incident.retries_used == 3 and snap.version == 4
+    assert len(await many.store.manual_queue()) == 1
+    assert len(await stream_events(many.bus, NOTIFY_REQUESTED)) == 1, "latched"
+    assert (many.stats.decisions, many.stats.joined) == (4, 1)
+
+
+async def test_reports_while_a_retry_is_pending_join_it(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(client, telemetry, "join", clock_ms=lambda: START_MS)
+    await publish(router, [request(incident="inc:join") for _ in range(3)])
+    await consumer(router, batched=True).poll_once()
+    assert SLOW_CALLS["join"] == 0
+    snap = await router.store.load("inc:join")
+    assert snap.incident is not None and snap.incident.retries_used == 1
+    done = await completions(router)
+    assert [c["status"] for c in done] == ["scheduled"] * 3
+    assert [c["reason"].startswith("joined pending step") for c in done] == [False, True, True]
+    assert len(await timers(router)) == 1
+    assert (router.stats.decisions, router.stats.joined) == (1, 2)
+
+
+async def test_version_moved_between_load_and_commit_falls_back(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(client, telemetry, "cas", clock_ms=stepping_clock(10_000))
+    await publish(router, [request(incident="inc:cas")])
+    await consumer(router, batched=True).poll_once()  # the incident exists, version 1
+    [event] = await publish(router, [request(incident="inc:cas")])
+    key = router.bus.keys.incident("inc:cas")
+    fresh = router.fresh_decision
+    calls = []
+
+    async def racing(*args: Any) -> Any:
+        calls.append(1)
+        await client.hincrby(key, "version", 1)  # another daemon commits meanwhile
+        return await fresh(*args)
+
+    router.fresh_decision = racing  # type: ignore[method-assign]
+    entries = await read(router)
+    assert await router.handle_batch(entries) == [Outcome.SLOW]
+    assert len(await completions(router)) == 1, "the losing group wrote nothing"
+    assert len(await timers(router)) == 1 and await pending(router) == 1
+    assert int(await client.hget(key, "version")) == 2
+    router.fresh_decision = fresh  # type: ignore[method-assign]
+    await router.handle(entries[0][1])  # the slow path: reloads and decides again
+    snap = await router.store.load("inc:cas")
+    assert snap.version == 3 and snap.incident is not None and snap.incident.retries_used == 2
+    assert [c["status"] for c in await completions(router)] == ["scheduled", "scheduled"]
+    assert calls == [1] and event.id == entries[0][1].id
+
+
+async def test_decision_stored_by_another_daemon_is_reused(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(client, telemetry, "nx", clock_ms=stepping_clock(10_000))
+    await publish(router, [request(incident="inc:nx")])
+    await consumer(router, batched=True).poll_once()
+    await publish(router, [request(incident="inc:nx")])
+    fresh = router.fresh_decision
+    theirs: list[Any] = []
+
+    async def racing(request: Any, incident: Any, now: int, knobs: Knobs) -> Any:
+        # Another daemon reserves its own decision for this step (slow path) meanwhile.
+        decision = await fresh(request, incident, now - 5, knobs)
+        theirs.append(await router.store.reserve_decision(incident, decision))
+        return await fresh(request, incident, now, knobs)
+
+    router.fresh_decision = racing  # type: ignore[method-assign]
+    entries = await read(router)
+    assert await router.handle_batch(entries) == [Outcome.SLOW]
+    router.fresh_decision = fresh  # type: ignore[method-assign]
+    await router.handle(entries[0][1])
+    snap = await router.store.load("inc:nx")
+    assert snap.last_decision == theirs[0], "the stored decision counts, not ours"
+    assert router.stats.reused == 1
+
+
+async def test_redelivered_entries_are_acked_without_deciding_again(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(client, telemetry, "dup", clock_ms=lambda: START_MS)
+    [first, second] = await publish(router, [request(incident="a"), request(incident="b")])
+    # `first` was handled before but its ack was lost; `second` is published twice.
+    await router.bus.client.set(router.bus.keys.done(ROUTER_GROUP, first.id), "1")
+    await router.bus.publish(second)
+    member = consumer(router, batched=True)
+    await member.poll_once()
+    assert await pending(router) == 0
+    assert member.stats.duplicates == 2 and member.stats.handled == 1
+    assert SLOW_CALLS["dup"] == 0, "the replay in the batch was acked as done, not routed"
+    assert router.stats.decisions == 1
+    assert [c["incidentId"] for c in await completions(router)] == ["b"]
+    assert (await router.store.load("a")).incident is None, "nothing decided for a"
+
+
+async def test_invalid_request_in_a_batch_is_answered_and_dead_lettered(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(client, telemetry, "bad")
+    bad = request(incident="inc:bad")
+    bad["retryPolicy"]["sleepMinMs"] = -5
+    await publish(router, [request(incident="inc:ok"), bad])
+    member = consumer(router, batched=True)
+    await member.poll_once()
+    statuses = sorted(c["status"] for c in await completions(router))
+    assert statuses == ["invalid", "scheduled"]
+    [dead] = await router.bus.dead_letters()
+    assert "retryPolicy.sleepMinMs" in dead["reason"]
+    assert await pending(router) == 0 and router.stats.invalid == 1
+
+
+async def test_batch_spans_match_the_one_by_one_spans(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    payloads = [request(incident="inc:span"), request(incident="inc:span")]
+    for name, batched in (("s1", False), ("s2", True)):
+        router = make(client, telemetry, name, clock_ms=lambda: START_MS)
+        await publish(router, payloads)
+        await consumer(router, batched=batched).poll_once()
+    telemetry.force_flush()
+    spans = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
+    assert len(spans) == 4
+
+    def shape(span: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in span["attributes"].items() if k != "selfheal.event_id"}
+
+    assert [shape(s) for s in spans[2:]] == [shape(s) for s in spans[:2]]
+    assert [list(s["attributes"]) for s in spans[2:]] == [list(s["attributes"]) for s in spans[:2]]
+    # The retry carries the decision span's context: the incident stays one trace.
+    s2 = Bus(client, Keys("s2"))
+    [payload] = (await s2.client.hgetall(s2.keys.timer_payloads)).values()
+    traceparent = json.loads(payload)["fields"]["traceparent"]
+    assert traceparent.split("-")[2] == spans[2]["span_id"]
+    assert traceparent.split("-")[1] == spans[2]["trace_id"]
+
+
+async def read(router: Router) -> list[tuple[str, Event]]:
+    """Read fresh entries as the consumer would hand them to the batch handler."""
+    raw = await router.bus.client.xreadgroup(
+        ROUTER_GROUP, "c", {router.bus.keys.stream(SELF_HEALING_REQUESTED): ">"}, count=100
+    )
+    return [(eid.decode(), Event.from_wire(fields)) for eid, fields in raw[0][1]]
+
+
+async def test_a_failing_batch_handler_leaves_every_entry_to_the_slow_path(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(client, telemetry, "boom", clock_ms=lambda: START_MS)
+    await publish(router, [request(incident="x"), request(incident="y")])
+
+    async def broken(entries: list[tuple[str, Event]]) -> list[Outcome]:
+        raise RuntimeError("bug in the batch path")
+
+    member = StreamConsumer(
+        router.bus,
+        SELF_HEALING_REQUESTED,
+        ROUTER_GROUP,
+        "c",
+        router.handle,
+        options=OPTIONS,
+        batch_handler=broken,
+    )
+    await member.poll_once()
+    assert member.stats.handled == 2 and router.stats.decisions == 2
+    assert await pending(router) == 0
+
+
+async def test_packed_commands_survive_errors_and_a_script_flush(
+    client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(client, telemetry, "pk", clock_ms=lambda: START_MS)
+    with pytest.raises(aioredis.ResponseError):
+        await router.bus.execute_packed("NOSUCHCOMMAND", 1)
+    assert await router.bus.execute_packed("PING") == b"PONG", "the connection is still in step"
+    await publish(router, [request(incident="a")])
+    await consumer(router, batched=True).poll_once()
+    await client.script_flush()  # e.g. a Redis restart: the scripts are loaded again
+    await publish(router, [request(incident="b")])
+    assert await router.handle_batch(await read(router)) == [Outcome.ACKED]
+    assert router.stats.decisions == 2 and await pending(router) == 0
