@@ -204,6 +204,14 @@ class BackupService:
             )
             await self._after_delivery(target, artifact, result.delivery)
             artifact.path.unlink(missing_ok=True)
+            log.info(
+                "backup %s delivered: %s via %s (%d bytes, %d transfer attempts)",
+                target,
+                result.delivery.remote_path,
+                result.delivery.mode,
+                result.delivery.bytes,
+                result.attempts,
+            )
             await self._publish(
                 BACKUP_COMPLETED,
                 {

@@ -97,6 +97,11 @@ def render_status(s: dict[str, Any]) -> str:
             f"embedded    pid {format_value(embedded.get('pid'))}  "
             f"restarts {embedded.get('restarts')}  {embedded.get('binary')}"
         )
+    for target, run in sorted((s.get("backups") or {}).get("last_runs", {}).items()):
+        lines.append(
+            f"backup      {target}: {run['status']} {run.get('artifact') or ''} "
+            f"{run.get('detail') or ''}".rstrip()
+        )
     tel = s.get("telemetry", {})
     lines.append(f"telemetry   {tel.get('exporter')} {tel.get('span_file') or ''}".rstrip())
     lines.append("")
