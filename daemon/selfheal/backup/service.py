@@ -17,8 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -32,13 +31,13 @@ from selfheal.backup.spool import Spool, SpoolEntry
 from selfheal.backup.transfer import TransferManager
 from selfheal.backup.transports.mount import MountTransport
 from selfheal.backup.transports.ssh import SshTransport
+from selfheal.backup.upkeep import UnverifiedSnapshots, apply_retention
 from selfheal.bus.consumer import PoisonEvent
 from selfheal.bus.lock import LockBusy, RedisLock
 from selfheal.bus.streams import Bus
 from selfheal.config import Settings
 from selfheal.core.artifacts import manifest_name, validate_target
 from selfheal.core.events import BACKUP_COMPLETED, BACKUP_FAILED, Event, new_event
-from selfheal.core.retention import RetentionPolicy, plan_retention
 from selfheal.redact import redact_text
 from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
 
@@ -180,7 +179,7 @@ class BackupService:
             try:
                 await reporter.stage("snapshot")
                 artifact = await self.source(target).create()
-                await self._remember_unverified(target, artifact)
+                await UnverifiedSnapshots(self.bus, target).remember(artifact)
                 await reporter.stage("ship", total=artifact.size)
                 result = await self.transfer(target).ship(artifact, progress=reporter.bytes)
             except (SourceError, TransportError) as exc:
@@ -247,34 +246,19 @@ class BackupService:
             )
         finally:
             manifest.unlink(missing_ok=True)
-        await self._forget_unverified(target, artifact)
+        await UnverifiedSnapshots(self.bus, target).forget(artifact)
         await self.apply_retention(target, transport)
         if target == "typesense":
             source = self.source("typesense")
             assert isinstance(source, TypesenseSource)
-            await source.prune_snapshots(await self._unverified_snapshots(target))
+            await source.prune_snapshots(await UnverifiedSnapshots(self.bus, target).paths())
 
     async def apply_retention(
         self, target: Literal["typesense", "redis"], transport: Transport, *, dry_run: bool = False
     ) -> dict[str, Any]:
         """Plan retention over our own files in the target folder, and apply it."""
-        policy_settings = getattr(self._settings().backups, target).retention
-        entries = await transport.list_dir(PurePosixPath(target))
-        plan = plan_retention(
-            [e.name for e in entries],
-            target,
-            RetentionPolicy(
-                keep_last=policy_settings.keep_last,
-                daily=policy_settings.daily,
-                weekly=policy_settings.weekly,
-                monthly=policy_settings.monthly,
-            ),
-            datetime.now(UTC),
-        )
-        if not dry_run:
-            for name in plan.delete:
-                await transport.remove(PurePosixPath(target) / name)
-        return {"keep": plan.keep, "delete": plan.delete, "reasons": plan.reasons}
+        retention = getattr(self._settings().backups, target).retention
+        return await apply_retention(transport, target, retention, dry_run=dry_run)
 
     async def _failed(
         self,
@@ -372,21 +356,6 @@ class BackupService:
             traceparent=current_traceparent() or cause.traceparent,
         )
         await self.bus.publish(event, dedupe=True)
-
-    def _unverified_key(self, target: str) -> str:
-        return f"{self.bus.keys.tag}:unverified-snapshots:{target}"
-
-    async def _remember_unverified(self, target: str, artifact: Artifact) -> None:
-        snapshot = artifact.manifest.get("snapshot_path")
-        if snapshot:
-            await self.bus.client.hset(self._unverified_key(target), artifact.name, snapshot)
-
-    async def _forget_unverified(self, target: str, artifact: Artifact) -> None:
-        await self.bus.client.hdel(self._unverified_key(target), artifact.name)
-
-    async def _unverified_snapshots(self, target: str) -> list[Path]:
-        raw = await self.bus.client.hvals(self._unverified_key(target))
-        return [Path(v.decode() if isinstance(v, bytes) else str(v)) for v in raw]
 
 
 def _sha256_of(path: Path) -> str:
