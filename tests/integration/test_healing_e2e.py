@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from click.testing import CliRunner
 
 from selfheal.cli import cli
 from tests.support.daemon import DaemonProcess
+from tests.support.http import PlayedService, played_service
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -23,39 +22,11 @@ RETRY_STREAM = "{selfheal}:stream:system/backup.retry.requested"
 COMPLETED_STREAM = "{selfheal}:stream:system/self.healing.completed"
 
 
-class Receiver(ThreadingHTTPServer):
-    """A local HTTP server playing the webhook endpoint."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.posts.append(
-            {"path": self.path, "body": json.loads(body), "auth": self.headers.get("X-Token")}
-        )
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
-        pass
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def receiver() -> Iterator[PlayedService]:
+    """The webhook endpoint."""
+    with played_service() as service:
+        yield service
 
 
 def failure(attempt: int) -> dict[str, Any]:
@@ -73,14 +44,13 @@ def failure(attempt: int) -> dict[str, Any]:
 
 
 def test_three_retries_then_escalation_with_one_notification(
-    short_home: Path, daemon_factory: list[DaemonProcess], receiver: Receiver
+    short_home: Path, daemon_factory: list[DaemonProcess], receiver: PlayedService
 ) -> None:
-    port = receiver.server_address[1]
     config = {
         "selfheal": {
             "notifiers": {
                 "webhook": {
-                    "url": f"http://127.0.0.1:{port}/hook",
+                    "url": f"{receiver.base}/hook",
                     "headers": {"X-Token": "hook-secret-123"},
                 }
             }
@@ -137,9 +107,9 @@ def test_three_retries_then_escalation_with_one_notification(
     assert bus.xlen(RETRY_STREAM) == 3, "no fourth retry"
 
     [post] = receiver.posts
-    assert post["path"] == "/hook" and post["auth"] == "hook-secret-123"
-    assert post["body"]["incidentId"] == "backup:redis:e2e"
-    assert post["body"]["kind"] == "escalated"
+    assert post.path == "/hook" and post.headers.get("X-Token") == "hook-secret-123"
+    assert post.body["incidentId"] == "backup:redis:e2e"
+    assert post.body["kind"] == "escalated"
 
     listing = runner.invoke(cli, ["incidents", "list"], env=env)
     assert listing.exit_code == 0 and "backup:redis:e2e" in listing.output

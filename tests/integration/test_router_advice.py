@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -21,48 +20,37 @@ from selfheal.healing.advice import LlmAdviser
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import Router
 from selfheal.telemetry import Telemetry, read_spans
+from tests.support.http import PlayedService, Posted, Reply, played_service
 
 pytestmark = pytest.mark.anyio
 
 
-class ModelServer(ThreadingHTTPServer):
-    """Answers chat completions with whatever `reply` holds; records the requests."""
+@dataclass
+class Model:
+    """The played model endpoint: what it answers, and what it was asked."""
 
-    def __init__(self) -> None:
-        self.reply: dict[str, Any] | str = {}
-        self.status = 200
-        self.requests: list[dict[str, Any]] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
+    service: PlayedService
+    reply: dict[str, Any] | str = field(default_factory=dict)
 
+    @property
+    def requests(self) -> list[Any]:
+        return [p.body for p in self.service.posts]
 
-class _Handler(BaseHTTPRequestHandler):
-    server: ModelServer
+    @property
+    def endpoint(self) -> str:
+        return f"{self.service.base}/v1"
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        self.server.requests.append(body)
-        reply = self.server.reply
-        content = reply if isinstance(reply, str) else json.dumps(reply)
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
-        self.send_response(self.server.status)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload.encode())
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def answer(self, _posted: Posted) -> Reply:
+        content = self.reply if isinstance(self.reply, str) else json.dumps(self.reply)
+        return Reply(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
 
 @pytest.fixture
-def model() -> Iterator[ModelServer]:
-    server = ModelServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def model() -> Iterator[Model]:
+    holder: list[Model] = []
+    with played_service(lambda posted: holder[0].answer(posted)) as service:
+        holder.append(Model(service))
+        yield holder[0]
 
 
 def request_data(incident: str) -> dict[str, Any]:
@@ -88,7 +76,7 @@ async def route_one(bus: Bus, router: Router, incident: str) -> None:
 
 
 async def test_advice_is_used_within_the_policy_clamps(
-    bus: Bus, telemetry: Telemetry, model: ModelServer
+    bus: Bus, telemetry: Telemetry, model: Model
 ) -> None:
     model.reply = {
         "action": "retry",
@@ -97,9 +85,7 @@ async def test_advice_is_used_within_the_policy_clamps(
         "confidence": 0.8,
         "routeTo": None,
     }
-    settings = AdvisorSettings.model_validate(
-        {"enabled": True, "endpoint": f"http://127.0.0.1:{model.server_address[1]}/v1"}
-    )
+    settings = AdvisorSettings.model_validate({"enabled": True, "endpoint": model.endpoint})
     async with httpx.AsyncClient() as http:
         advisor = Advisor(settings, model="gpt-5.4", fallback_model="gpt-5.4", client=http)
         router = Router(bus, telemetry, knobs=Knobs, adviser=LlmAdviser(advisor))
@@ -117,13 +103,13 @@ async def test_advice_is_used_within_the_policy_clamps(
 
 
 async def test_garbage_from_both_models_falls_back_to_the_policy(
-    bus: Bus, telemetry: Telemetry, model: ModelServer
+    bus: Bus, telemetry: Telemetry, model: Model
 ) -> None:
     model.reply = "I think you should reboot everything"
     settings = AdvisorSettings.model_validate(
         {
             "enabled": True,
-            "endpoint": f"http://127.0.0.1:{model.server_address[1]}/v1",
+            "endpoint": model.endpoint,
             "fallbackModel": "gpt-5.4-mini",
             "allowlist": ["gpt-5.4", "gpt-5.4-mini"],
         }

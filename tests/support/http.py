@@ -1,0 +1,78 @@
+"""A real local HTTP server that plays an internet service (webhook, model endpoint).
+
+It records every POST (path, headers, JSON body) and answers with whatever the
+test's `respond` function returns.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Posted:
+    """One request the server received."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Reply:
+    """What to answer: status and a JSON body (None = empty)."""
+
+    status: int = 204
+    body: Any = None
+
+
+@dataclass
+class PlayedService:
+    """The running server: its URL base, what it received, how it answers."""
+
+    port: int
+    respond: Callable[[Posted], Reply]
+    posts: list[Posted] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def played_service(respond: Callable[[Posted], Reply] | None = None) -> Iterator[PlayedService]:
+    """Serve on 127.0.0.1 on a free port until the block ends."""
+    service = PlayedService(port=0, respond=respond or (lambda _posted: Reply()))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posted = Posted(self.path, dict(self.headers.items()), json.loads(raw or b"null"))
+            service.posts.append(posted)
+            reply = service.respond(posted)
+            self.send_response(reply.status)
+            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            if payload:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    service.port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        server.shutdown()
+        server.server_close()
