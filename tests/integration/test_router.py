@@ -195,3 +195,25 @@ async def test_free_form_route_is_refused(bus: Bus, telemetry: Telemetry) -> Non
     assert await stream_events(bus, "system/anything.goes") == []
     [done] = await stream_events(bus, SELF_HEALING_COMPLETED)
     assert "system/anything.goes" in done.data["reason"]
+
+
+async def test_redelivery_after_a_crash_before_the_ack_adds_no_second_completion(
+    bus: Bus, telemetry: Telemetry
+) -> None:
+    router = Router(bus, telemetry, knobs=Knobs)
+    event = new_event(SELF_HEALING_REQUESTED, request(incident="backup:crash"), now_ms=now_ms())
+    await bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
+    await bus.publish(event)
+    # The effect is committed but the daemon dies before acking: the entry stays in the stream.
+    await router.handle(event)
+    consumer = router_consumer(bus, router)
+
+    async def acked() -> bool:
+        pending = await bus.client.xpending(bus.keys.stream(SELF_HEALING_REQUESTED), ROUTER_GROUP)
+        return consumer.stats.handled == 1 and pending["pending"] == 0
+
+    await run_until(acked, consumer)
+    completions = await stream_events(bus, SELF_HEALING_COMPLETED)
+    assert [c.data["status"] for c in completions] == ["scheduled"]
+    snapshot = await router.store.load("backup:crash")
+    assert snapshot.incident is not None and snapshot.incident.retries_used == 1

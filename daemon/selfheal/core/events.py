@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from ulid import ULID
 
 # The scheduler tick (key = target + tick) or the CLI asks for one backup.
@@ -36,6 +44,15 @@ _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a
 _DIGITS = re.compile(r"[0-9]{1,16}")
 # Fields a stream entry must carry; `traceparent` may be absent or empty.
 _WIRE_REQUIRED: Final = ("id", "name", "data", "ts", "idempotencyKey")
+
+# Validation context from_wire passes when `data` came out of its own strict parse
+# (see _parse_plain): the data is JSON by construction, so the re-serialisation check is
+# skipped. Every other check runs as usual.
+_DATA_IS_JSON: Final = "selfheal.events.data_is_json"
+_TRUSTED_DATA: Final = {_DATA_IS_JSON: True}
+# Up to this many '{' / '[' (so at most this nesting) compact_json cannot hit the
+# recursion limit where json.loads did not; deeper text takes the full check.
+_PLAIN_MAX_OPENERS: Final = 100
 
 # Mappings are invariant in their key type, so redis-py's dict[bytes, bytes] needs its own arm.
 WireFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
@@ -71,8 +88,11 @@ class Event(BaseModel):
 
     @field_validator("data")
     @classmethod
-    def _data_is_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _data_is_json(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         # to_wire must never fail later, so non-JSON data is refused at construction.
+        context = info.context
+        if context is _TRUSTED_DATA:
+            return value  # from_wire parsed it strictly: JSON by construction
         try:
             compact_json(value)
         except (TypeError, ValueError, RecursionError):
@@ -107,8 +127,15 @@ class Event(BaseModel):
         for key in _WIRE_REQUIRED:
             if key not in text:
                 raise EventDecodeError(key, "missing")
+        raw_data = text["data"]
+        context: dict[str, bool] | None = _TRUSTED_DATA
         try:
-            data = json.loads(text["data"])
+            try:
+                data = _parse_plain(raw_data)
+            except _NotPlainJson:
+                # NaN, an infinity or deep nesting: the plain parse and the full check
+                # on the data decide, exactly as without the fast path.
+                data, context = json.loads(raw_data), None
         except (ValueError, RecursionError):
             raise EventDecodeError("data", "not valid JSON") from None
         if not isinstance(data, dict):
@@ -125,12 +152,45 @@ class Event(BaseModel):
                     "idempotencyKey": text["idempotencyKey"],
                     # Redis stream fields cannot be null, so "" stands for "no trace".
                     "traceparent": text.get("traceparent") or None,
-                }
+                },
+                context=context,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
             where = str(first["loc"][0]) if first["loc"] else "(entry)"
             raise EventDecodeError(where, first["msg"]) from None
+
+
+class _NotPlainJson(Exception):
+    """The text holds something compact_json would refuse or might not re-serialise."""
+
+
+def _refuse_constant(_name: str) -> Any:
+    raise _NotPlainJson
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf, which compact_json refuses
+        raise _NotPlainJson
+    return value
+
+
+def _parse_plain(text: str) -> Any:
+    """json.loads for text whose result compact_json is sure to accept, else _NotPlainJson.
+
+    json.loads yields only dicts with str keys, lists, str, int, float, bool and None;
+    of those compact_json refuses only NaN and the infinities (parsed from the NaN /
+    Infinity constants or an overflowing float), and it can hit the recursion limit
+    only on nesting deeper than _PLAIN_MAX_OPENERS.
+    """
+    if text.startswith("\ufeff") or text.count("{") + text.count("[") > _PLAIN_MAX_OPENERS:
+        raise _NotPlainJson  # json.loads refuses the BOM; the fallback says so
+    return _PLAIN_DECODER.decode(text)
+
+
+# One decoder for every entry (json.loads with hooks would build one per call).
+_PLAIN_DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
 def _decode(value: bytes | str, field: str) -> str:

@@ -260,7 +260,11 @@ class Planner:
             },
         )
         group.zadd(self.keys.incidents, after.updated_ms, chain.snapshot.incident_id)
-        group.xadd(self._completed, completion, self.keys.streams_index)
+        # Marked published: a redelivery after a crash before the ack joins it, not repeats it.
+        completed_marker = self.keys.published(SELF_HEALING_COMPLETED, completion["idempotencyKey"])
+        group.xadd_once(
+            completed_marker, PUBLISHED_TTL_S, self._completed, completion, self.keys.streams_index
+        )
         if notify is not None:
             marker = self.keys.published(self._notify, notify["idempotencyKey"])
             stream = self.keys.stream(self._notify)

@@ -223,7 +223,8 @@ class Router:
             decision=decision,
             request=request.to_data(),
         )
-        change.publish.append(
+        # Marked published: a redelivery after a crash before the ack joins it, not repeats it.
+        change.publish_once.append(
             self._completion_event(completion_for(decision, request), event, now, traceparent)
         )
         if decision.action == Action.RETRY and decision.route_event is not None:
