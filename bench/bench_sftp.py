@@ -48,6 +48,18 @@ def make_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+def settle(source: Path) -> None:
+    """Same starting state before every timed run: no dirty pages, the source file cached.
+
+    Without it the first run pays for writing the freshly made payload to disk, and each
+    run for the previous run's file: whichever method comes next is penalized.
+    """
+    os.sync()
+    with source.open("rb", buffering=0) as data:
+        while data.read(8 << 20):
+            pass
+
+
 def run_scp(server: SshServer, source: Path, dest: Path) -> Run:
     """One OpenSSH scp upload, connection setup included, as a user would run it."""
     command = [
@@ -133,8 +145,10 @@ def main() -> None:
         runs: list[Run] = []
         for _ in range(args.repeats):
             # Interleaved, so background noise hits both methods alike.
+            settle(source)
             runs.append(run_scp(server, source, server.remote_root / "bench" / "scp.bin"))
             (server.remote_root / "bench" / "scp.bin").unlink()
+            settle(source)
             runs.append(run_ours(transport, source, sha256, size))
             (server.remote_root / "bench" / "ours.bin").unlink()
         summary = summarize(runs, size, transport.hash_method)

@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import anyio
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from selfheal.backup.model import TransportError
+from selfheal.backup.transports.sftp_writer import Batch, feed_blocks
 from selfheal.backup.transports.ssh import SshTransport
 from selfheal.core.classify import FailureClass, classify
 from selfheal.core.contracts import Evidence
@@ -365,3 +367,22 @@ async def test_full_remote_disk_is_enospc(sshd: SshServer, tmp_path: Path) -> No
     finally:
         with anyio.fail_after(WAIT_S):
             await anyio.run_process(["umount", str(small)], check=False)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 4096 * 3, 4096 * 3 + 17, 4096 * 7 - 1])
+async def test_read_ahead_yields_every_byte_once_in_order(tmp_path: Path, size: int) -> None:
+    """The upload's read-ahead: whole blocks at their offsets, batches split anywhere, no gap."""
+    payload = os.urandom(size)
+    source = tmp_path / "payload.bin"
+    source.write_bytes(payload)
+    received: Batch = []
+    sender, batches = anyio.create_memory_object_stream[Batch](1)
+    with source.open("rb", buffering=0) as handle:
+        async with anyio.create_task_group() as tg, batches:
+            tg.start_soon(partial(feed_blocks, handle.fileno(), 4096, sender, batch_blocks=3))
+            async for batch in batches:
+                assert 0 < len(batch) <= 3
+                received.extend(batch)
+    assert [offset for offset, _ in received] == list(range(0, size, 4096))
+    assert all(len(data) == 4096 for _, data in received[:-1])
+    assert b"".join(data for _, data in received) == payload

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Final, NamedTuple, cast
 
@@ -18,6 +19,7 @@ import anyio
 import asyncssh
 
 from selfheal.backup.model import Delivery, ProbeResult, ProgressFn, RemoteEntry, TransportError
+from selfheal.backup.transports.sftp_writer import Batch, feed_blocks
 from selfheal.core.artifacts import PARTIAL_SUFFIX
 from selfheal.core.ssh_flags import SshOptions
 
@@ -36,7 +38,6 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 # Without ServerAlive* in the flags a dead NAS would hang a transfer: keep a bound anyway.
 DEFAULT_KEEPALIVE_INTERVAL: Final = 15.0
 DEFAULT_KEEPALIVE_COUNT_MAX: Final = 3
-_LOCAL_READ_BLOCKS: Final = 16  # local reads of 16 SFTP blocks (~4 MiB), one thread hop each
 _READBACK_CHUNK: Final = 16 << 20
 _SHA256SUM_LINE: Final = re.compile(r"^\\?([0-9a-fA-F]{64}) ")
 _ERRNO_IN_TEXT: Final = re.compile(r"\[Errno (\d+)\]")
@@ -309,8 +310,8 @@ class SshTransport:
         progress: ProgressFn | None,
     ) -> None:
         # Our own pipeline instead of sftp.put(): max_requests writes stay in flight without
-        # per-completion rescans, the local file is read off the event loop, and the handle
-        # stays open for fsync.
+        # per-completion rescans, the local file is read ahead off the event loop, and the
+        # handle stays open for fsync.
         block = min(self.block_size, sftp.limits.max_write_len or self.block_size)
         slots = anyio.Semaphore(self.max_requests)
         done = 0
@@ -326,19 +327,19 @@ class SshTransport:
                 progress(done, size)
 
         try:
-            async with (
-                await anyio.open_file(local, "rb") as source,
-                anyio.create_task_group() as tg,
-            ):
-                offset = 0
-                while chunk := await source.read(block * _LOCAL_READ_BLOCKS):
-                    for start in range(0, len(chunk), block):
-                        await slots.acquire()
-                        tg.start_soon(send, chunk[start : start + block], offset + start)
-                    offset += len(chunk)
+            source = await anyio.to_thread.run_sync(partial(local.open, "rb", buffering=0))
+            with source:
+                # One batch queued while the next is read: the reads run ahead of the sends.
+                batches_in, batches = anyio.create_memory_object_stream[Batch](1)
+                async with anyio.create_task_group() as tg, batches:
+                    tg.start_soon(feed_blocks, source.fileno(), block, batches_in)
+                    async for batch in batches:
+                        for offset, data in batch:
+                            await slots.acquire()
+                            tg.start_soon(send, data, offset)
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
-        if progress is not None and offset == 0:
+        if progress is not None and done == 0:
             progress(0, size)
 
     async def _sync_and_verify(
