@@ -150,7 +150,11 @@ class EmbeddedRedis:
                 self.status.pid = None
                 log.error("embedded redis-server exited (%s); restarting", self.status.last_exit)
                 # A server that ran a while gets a quick restart; a crash loop backs off.
-                backoff = 0.25 if time.monotonic() - began > 30 else min(backoff * 2, 10.0)
+                backoff = (
+                    0.25
+                    if time.monotonic() - began > 30
+                    else min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                )
                 await anyio.sleep(backoff)
         finally:
             with anyio.CancelScope(shield=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -139,14 +139,3 @@ class Transport(Protocol):
     async def read_small(self, remote: PurePosixPath, limit: int = 1 << 20) -> bytes:
         """Read a small file (a manifest) from the NAS."""
         ...
-
-
-@dataclass
-class TransferStats:
-    """Live progress of one transfer, for telemetry and `--follow`."""
-
-    total: int = 0
-    done: int = 0
-    started: float = 0.0
-    mode: str | None = None
-    history: list[tuple[float, int]] = field(default_factory=list)

@@ -34,7 +34,7 @@ from selfheal.core.contracts import (
 )
 from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.core.incident import Incident, IncidentState
-from selfheal.core.policy import Action, Decision, Knobs, clamp_advice, completion_for, decide
+from selfheal.core.policy import Action, Decision, Knobs, completion_for, decide
 from selfheal.healing.store import Commit, IncidentSnapshot, IncidentStore, manual_entry
 from selfheal.healing.wire import span_attributes
 from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
@@ -358,4 +358,4 @@ class Router:
         return None, CompletionStatus.ESCALATED
 
 
-__all__ = ["NOTIFY_REQUESTED", "ROUTER_GROUP", "Adviser", "Router", "clamp_advice"]
+__all__ = ["NOTIFY_REQUESTED", "ROUTER_GROUP", "Adviser", "Router"]
