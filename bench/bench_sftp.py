@@ -130,7 +130,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if not install_sshd_if_missing():
-        raise SystemExit("sshd is not installed (run scripts/lib/install-sshd.sh as root)")
+        raise SystemExit(
+            "sshd is not installed (run scripts/lib/install-system-packages.sh as root)"
+        )
     size = args.size_mib << 20
     # Same disk as the server's files, so both sides pay the same storage costs.
     work = Path(tempfile.mkdtemp(prefix="bench-sftp-", dir=tempfile.gettempdir()))

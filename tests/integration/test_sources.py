@@ -32,7 +32,7 @@ from selfheal.config.base import Compression
 from selfheal.config.schema_backups import RedisBackupSettings, TypesenseBackupSettings
 from selfheal.core.classify import FailureClass, classify
 from selfheal.core.contracts import Evidence
-from tests.support.servers import RedisServer, free_port
+from tests.support.servers import RedisServer, free_port, missing
 from tests.support.typesense import TypesenseServer
 
 STAMP = datetime(2026, 11, 27, 11, 0, 0, tzinfo=UTC)
@@ -69,7 +69,7 @@ def unpack(artifact: Path, into: Path) -> None:
 
 def zstd_or_skip(compression: Compression) -> None:
     if compression == "zstd" and shutil.which("zstd") is None:
-        pytest.skip("zstd binary not installed (needed to unpack .zst in the drill)")
+        missing("the zstd tool (needed to unpack .zst in the drill)")
 
 
 # --------------------------------------------------------------------------- Typesense

@@ -33,7 +33,7 @@ RDB = PurePosixPath("redis/redis-20261127T033000Z.rdb")
 
 def _server(directory: Path, **kwargs: bool) -> Iterator[SshServer]:
     if not install_sshd_if_missing():
-        missing("OpenSSH sshd (/usr/sbin/sshd; scripts/lib/install-sshd.sh installs it)")
+        missing("OpenSSH sshd (/usr/sbin/sshd; scripts/lib/install-system-packages.sh installs it)")
     if os.geteuid() != 0:  # sshd needs root for /run/sshd and its privilege separation
         missing("root, to run a test sshd")
     server = SshServer(directory, **kwargs).start()
