@@ -92,6 +92,8 @@ class Daemon:
             telemetry=self.telemetry,
             consumer_name=f"{socket.gethostname()}:{os.getpid()}",
             stopping=lambda: self.supervisor.stopping,
+            # A paused backup incident is re-checked by asking whether the NAS is back.
+            probes=lambda: {"backup": self.backups.nas_probe},
         )
         self.backups = BackupPlane(
             settings=lambda: self.settings,

@@ -217,3 +217,41 @@ async def test_redelivery_after_a_crash_before_the_ack_adds_no_second_completion
     assert [c.data["status"] for c in completions] == ["scheduled"]
     snapshot = await router.store.load("backup:crash")
     assert snapshot.incident is not None and snapshot.incident.retries_used == 1
+
+
+async def test_pause_rechecks_the_probe_and_retries_once_the_target_is_back(
+    bus: Bus, telemetry: Telemetry
+) -> None:
+    healthy = [False]
+    checks: list[bool] = []
+
+    async def nas_probe(req: object) -> bool:
+        checks.append(healthy[0])
+        return healthy[0]
+
+    router = Router(bus, telemetry, knobs=Knobs, probes={"backup": nas_probe})
+    away = request(
+        incident="backup:redis:nas-away",
+        evidence=[{"kind": "transport.unavailable", "errno": "ENOTCONN"}],
+    )
+    await bus.publish(new_event(SELF_HEALING_REQUESTED, away, now_ms=now_ms()))
+    pump = TimerPump(bus, max_sleep_s=0.05)
+
+    async def paused_twice() -> bool:
+        snap = await router.store.load("backup:redis:nas-away")
+        return snap.incident is not None and snap.incident.pauses >= 2
+
+    await run_until(paused_twice, router_consumer(bus, router), pump)
+    assert await stream_events(bus, BACKUP_RETRY_REQUESTED) == [], "no retry while it is away"
+    healthy[0] = True
+
+    async def retried() -> bool:
+        return bool(await stream_events(bus, BACKUP_RETRY_REQUESTED))
+
+    await run_until(retried, router_consumer(bus, router), pump)
+    snapshot = await router.store.load("backup:redis:nas-away")
+    assert snapshot.incident is not None
+    assert snapshot.incident.retries_used == 1, "pauses did not spend the retry budget"
+    statuses = [e.data["status"] for e in await stream_events(bus, SELF_HEALING_COMPLETED)]
+    assert statuses[:2] == ["paused", "paused"] and statuses[-1] == "scheduled"
+    assert checks[0] is False and checks[-1] is True

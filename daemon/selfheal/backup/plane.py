@@ -21,6 +21,7 @@ from selfheal.bus.streams import Bus, cast_entries
 from selfheal.config import Settings
 from selfheal.control.server import Handler
 from selfheal.core.artifacts import manifest_name, parse_artifact_name
+from selfheal.core.contracts import SelfHealingRequest
 from selfheal.core.events import BACKUP_REQUESTED, BACKUP_RETRY_REQUESTED, new_event
 from selfheal.errors import ControlError
 from selfheal.supervisor import Service, ServiceSpec
@@ -151,6 +152,16 @@ class BackupPlane:
         consumer.name = f"backup:{target}:{stream}"
         self.consumers[consumer.name] = consumer
         return consumer
+
+    async def nas_probe(self, request: SelfHealingRequest) -> bool:
+        """Is the NAS reachable again for this request's target (any transport)?"""
+        target = request.target_component
+        for known in TARGETS:
+            if target == known:
+                for transport in self.service().transports(known):
+                    if (await transport.probe()).ok:
+                        return True
+        return False
 
     # -- control methods -------------------------------------------------------------------
 

@@ -304,11 +304,12 @@ class BackupService:
                 "runId": reporter.run_id,
                 "attempt": attempt,
                 "error": f"NAS unreachable; {artifact.name} spooled: {redact_text(detail)}",
-                # Transient infrastructure: the router holds and re-checks the NAS.
+                # The NAS is away, not broken (transient infrastructure): the router
+                # holds and re-checks it with the backup probe instead of re-running.
                 "evidence": [
                     {
                         "kind": "transport.unavailable",
-                        "errno": "EHOSTUNREACH",
+                        "errno": "ENOTCONN",
                         "message": redact_text(detail),
                     }
                 ],

@@ -8,7 +8,7 @@ of the daemon's Redis link, and answers `events.send`, `queue.stats` and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -32,7 +32,7 @@ from selfheal.healing.advisor import Advisor
 from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.control import HealingControl
 from selfheal.healing.notify_sink import NotificationSink
-from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
+from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Probe, Router
 from selfheal.supervisor import Service, ServiceSpec
 from selfheal.telemetry import Telemetry
 
@@ -55,8 +55,10 @@ class HealingPlane:
         telemetry: Telemetry,
         consumer_name: str,
         stopping: Callable[[], bool],
+        probes: Callable[[], Mapping[str, Probe]] = dict,
     ) -> None:
         self._settings = settings
+        self._probes = probes
         self._client = client
         self.telemetry = telemetry
         self.consumer_name = consumer_name
@@ -147,7 +149,9 @@ class HealingPlane:
 
     def _make_router(self) -> Service:
         bus = self.bus()
-        self.router = Router(bus, self.telemetry, knobs=self.knobs, adviser=self._adviser())
+        self.router = Router(
+            bus, self.telemetry, knobs=self.knobs, probes=self._probes(), adviser=self._adviser()
+        )
         consumer = StreamConsumer(
             bus,
             SELF_HEALING_REQUESTED,
