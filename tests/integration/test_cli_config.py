@@ -83,8 +83,9 @@ def test_init_writes_a_loadable_template_and_refuses_to_overwrite(short_home: Pa
     written["otherProgram"] = {"keep": [1, 2, 3]}
     written["backupFailureRouter"]["maxRetries"] = 9
     cfg.write_text(json.dumps(written))
-    forced = runner.invoke(cli, ["nas", "config", "init", "--force"], env=env)
+    forced = runner.invoke(cli, ["nas", "config", "init", "--force", "--json"], env=env)
     assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.output)["replacedOurSections"] is True
     after = json.loads(cfg.read_text())
     assert after["otherProgram"] == {"keep": [1, 2, 3]}, "foreign sections kept"
     assert after["backupFailureRouter"]["maxRetries"] == 5, "our sections rewritten"

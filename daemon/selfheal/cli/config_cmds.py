@@ -62,10 +62,12 @@ def show(state: CliState, effective: bool, as_json: bool) -> None:
 
 @config_group.command("init")
 @click.option("--force", is_flag=True, help="Rewrite our sections of an existing file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def init(state: CliState, force: bool) -> None:
+def init(state: CliState, force: bool, as_json: bool) -> None:
     """Write a complete config template (other programs' sections are kept)."""
     path = state.resolved_config_path()
+    existed = path.exists()
     try:
         init_config(path, force=force)
     except FileExistsError:
@@ -75,7 +77,10 @@ def init(state: CliState, force: bool) -> None:
         )
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
-    click.echo(f"wrote {path}")
+    if as_json:
+        emit_json({"path": str(path), "written": True, "replacedOurSections": existed})
+    else:
+        click.echo(f"wrote {path}")
 
 
 @nas.command("mark")
