@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,42 +20,13 @@ from selfheal.core.events import (
 )
 from selfheal.core.policy import Knobs
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
-from selfheal.telemetry import Telemetry, read_spans, setup_telemetry
+from selfheal.telemetry import Telemetry, read_spans
 from tests.integration.test_router import request, stream_events
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 START_MS = 1_900_000_000_000
 OPTIONS = ConsumerOptions(batch=100, block_ms=20, reclaim_idle_ms=60_000)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield c
-    finally:
-        await c.aclose()
-
-
-@pytest.fixture
-def telemetry(tmp_path: Path) -> Iterator[Telemetry]:
-    made = setup_telemetry(
-        service_name="t",
-        service_version="0",
-        span_file=tmp_path / "spans.jsonl",
-        max_bytes=10**8,
-        backups=1,
-        env={},
-    )
-    yield made
-    made.shutdown()
 
 
 def stepping_clock(step_ms: int) -> Callable[[], int]:
@@ -70,9 +40,9 @@ def stepping_clock(step_ms: int) -> Callable[[], int]:
     return read
 
 
-def make(client: aioredis.Redis, telemetry: Telemetry, namespace: str, **kw: Any) -> Router:
+def make(redis_client: aioredis.Redis, telemetry: Telemetry, namespace: str, **kw: Any) -> Router:
     kw.setdefault("jitter", lambda: 0.5)
-    return Router(Bus(client, Keys(namespace)), telemetry, knobs=Knobs, **kw)
+    return Router(Bus(redis_client, Keys(namespace)), telemetry, knobs=Knobs, **kw)
 
 
 SLOW_CALLS: dict[str, int] = {}
@@ -150,7 +120,7 @@ async def timers(router: Router) -> list[dict[str, Any]]:
 
 
 async def test_batch_writes_what_the_one_by_one_path_writes(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
     payloads = [request(incident=f"inc:{i}") for i in range(6)]
     payloads.append(request(incident="inc:hard", evidence=[{"errno": "ENOSPC"}]))
@@ -159,7 +129,7 @@ async def test_batch_writes_what_the_one_by_one_path_writes(
     )
     routers = {}
     for name, batched in (("one", False), ("many", True)):
-        router = routers[name] = make(client, telemetry, name, clock_ms=lambda: START_MS)
+        router = routers[name] = make(redis_client, telemetry, name, clock_ms=lambda: START_MS)
         await publish(router, payloads)
         await consumer(router, batched=batched).poll_once()
         assert router.stats.decisions == len(payloads) and await pending(router) == 0
@@ -181,14 +151,14 @@ async def test_batch_writes_what_the_one_by_one_path_writes(
 
 
 async def test_events_of_one_incident_in_a_batch_spend_the_budget_as_one_by_one(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
     # Each report comes after the previous retry was due: every one is a decision, so
     # one batch holds retries 1-3, the escalation and a report joining the escalation.
     payloads = [request(incident="inc:chain") for _ in range(5)]
     routers = {}
     for name, batched in (("one", False), ("many", True)):
-        router = make(client, telemetry, name, clock_ms=stepping_clock(10_000))
+        router = make(redis_client, telemetry, name, clock_ms=stepping_clock(10_000))
         routers[name] = router
         await publish(router, payloads)
         await consumer(router, batched=batched).poll_once()
@@ -208,9 +178,9 @@ async def test_events_of_one_incident_in_a_batch_spend_the_budget_as_one_by_one(
 
 
 async def test_reports_while_a_retry_is_pending_join_it(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    router = make(client, telemetry, "join", clock_ms=lambda: START_MS)
+    router = make(redis_client, telemetry, "join", clock_ms=lambda: START_MS)
     await publish(router, [request(incident="inc:join") for _ in range(3)])
     await consumer(router, batched=True).poll_once()
     assert SLOW_CALLS["join"] == 0
@@ -224,9 +194,9 @@ async def test_reports_while_a_retry_is_pending_join_it(
 
 
 async def test_version_moved_between_load_and_commit_falls_back(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    router = make(client, telemetry, "cas", clock_ms=stepping_clock(10_000))
+    router = make(redis_client, telemetry, "cas", clock_ms=stepping_clock(10_000))
     await publish(router, [request(incident="inc:cas")])
     await consumer(router, batched=True).poll_once()  # the incident exists, version 1
     [event] = await publish(router, [request(incident="inc:cas")])
@@ -236,7 +206,7 @@ async def test_version_moved_between_load_and_commit_falls_back(
 
     async def racing(*args: Any) -> Any:
         calls.append(1)
-        await client.hincrby(key, "version", 1)  # another daemon commits meanwhile
+        await redis_client.hincrby(key, "version", 1)  # another daemon commits meanwhile
         return await fresh(*args)
 
     router.fresh_decision = racing  # type: ignore[method-assign]
@@ -244,7 +214,7 @@ async def test_version_moved_between_load_and_commit_falls_back(
     assert await router.handle_batch(entries) == [Outcome.SLOW]
     assert len(await completions(router)) == 1, "the losing group wrote nothing"
     assert len(await timers(router)) == 1 and await pending(router) == 1
-    assert int(await client.hget(key, "version")) == 2
+    assert int(await redis_client.hget(key, "version")) == 2
     router.fresh_decision = fresh  # type: ignore[method-assign]
     await router.handle(entries[0][1])  # the slow path: reloads and decides again
     snap = await router.store.load("inc:cas")
@@ -254,9 +224,9 @@ async def test_version_moved_between_load_and_commit_falls_back(
 
 
 async def test_decision_stored_by_another_daemon_is_reused(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    router = make(client, telemetry, "nx", clock_ms=stepping_clock(10_000))
+    router = make(redis_client, telemetry, "nx", clock_ms=stepping_clock(10_000))
     await publish(router, [request(incident="inc:nx")])
     await consumer(router, batched=True).poll_once()
     await publish(router, [request(incident="inc:nx")])
@@ -280,9 +250,9 @@ async def test_decision_stored_by_another_daemon_is_reused(
 
 
 async def test_redelivered_entries_are_acked_without_deciding_again(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    router = make(client, telemetry, "dup", clock_ms=lambda: START_MS)
+    router = make(redis_client, telemetry, "dup", clock_ms=lambda: START_MS)
     [first, second] = await publish(router, [request(incident="a"), request(incident="b")])
     # `first` was handled before but its ack was lost; `second` is published twice.
     await router.bus.client.set(router.bus.keys.done(ROUTER_GROUP, first.id), "1")
@@ -298,9 +268,9 @@ async def test_redelivered_entries_are_acked_without_deciding_again(
 
 
 async def test_invalid_request_in_a_batch_is_answered_and_dead_lettered(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    router = make(client, telemetry, "bad")
+    router = make(redis_client, telemetry, "bad")
     bad = request(incident="inc:bad")
     bad["retryPolicy"]["sleepMinMs"] = -5
     await publish(router, [request(incident="inc:ok"), bad])
@@ -314,11 +284,11 @@ async def test_invalid_request_in_a_batch_is_answered_and_dead_lettered(
 
 
 async def test_batch_spans_match_the_one_by_one_spans(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
     payloads = [request(incident="inc:span"), request(incident="inc:span")]
     for name, batched in (("s1", False), ("s2", True)):
-        router = make(client, telemetry, name, clock_ms=lambda: START_MS)
+        router = make(redis_client, telemetry, name, clock_ms=lambda: START_MS)
         await publish(router, payloads)
         await consumer(router, batched=batched).poll_once()
     telemetry.force_flush()
@@ -331,7 +301,7 @@ async def test_batch_spans_match_the_one_by_one_spans(
     assert [shape(s) for s in spans[2:]] == [shape(s) for s in spans[:2]]
     assert [list(s["attributes"]) for s in spans[2:]] == [list(s["attributes"]) for s in spans[:2]]
     # The retry carries the decision span's context: the incident stays one trace.
-    s2 = Bus(client, Keys("s2"))
+    s2 = Bus(redis_client, Keys("s2"))
     [payload] = (await s2.client.hgetall(s2.keys.timer_payloads)).values()
     traceparent = json.loads(payload)["fields"]["traceparent"]
     assert traceparent.split("-")[2] == spans[2]["span_id"]
@@ -347,9 +317,9 @@ async def read(router: Router) -> list[tuple[str, Event]]:
 
 
 async def test_a_failing_batch_handler_leaves_every_entry_to_the_slow_path(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    router = make(client, telemetry, "boom", clock_ms=lambda: START_MS)
+    router = make(redis_client, telemetry, "boom", clock_ms=lambda: START_MS)
     await publish(router, [request(incident="x"), request(incident="y")])
 
     async def broken(entries: list[tuple[str, Event]]) -> list[Outcome]:
@@ -370,15 +340,15 @@ async def test_a_failing_batch_handler_leaves_every_entry_to_the_slow_path(
 
 
 async def test_packed_commands_survive_errors_and_a_script_flush(
-    client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    router = make(client, telemetry, "pk", clock_ms=lambda: START_MS)
+    router = make(redis_client, telemetry, "pk", clock_ms=lambda: START_MS)
     with pytest.raises(aioredis.ResponseError):
         await router.bus.execute_packed("NOSUCHCOMMAND", 1)
     assert await router.bus.execute_packed("PING") == b"PONG", "the connection is still in step"
     await publish(router, [request(incident="a")])
     await consumer(router, batched=True).poll_once()
-    await client.script_flush()  # e.g. a Redis restart: the scripts are loaded again
+    await redis_client.script_flush()  # e.g. a Redis restart: the scripts are loaded again
     await publish(router, [request(incident="b")])
     assert await router.handle_batch(await read(router)) == [Outcome.ACKED]
     assert router.stats.decisions == 2 and await pending(router) == 0
