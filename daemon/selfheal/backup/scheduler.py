@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from selfheal.backup.service import TARGETS
-from selfheal.bus.streams import Bus
+from selfheal.bus.streams import Bus, as_text
 from selfheal.config import Settings
 from selfheal.core.events import BACKUP_REQUESTED, new_event
 from selfheal.core.schedule import parse_schedule, tick_key, ticks_between
@@ -89,7 +89,7 @@ class Scheduler:
                 await self.bus.client.set(self._last_key(target), now.isoformat(), nx=True)
                 last = now
             else:
-                last = datetime.fromisoformat(raw.decode() if isinstance(raw, bytes) else raw)
+                last = datetime.fromisoformat(as_text(raw))
             due = ticks_between(schedule, last, now)
             if due:
                 missed = len(due) - 1

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from selfheal.backup.model import Artifact, Transport
-from selfheal.bus.streams import Bus
+from selfheal.bus.streams import Bus, as_text
 from selfheal.config.schema_backups import RetentionSettings
 from selfheal.core.retention import RetentionPolicy, plan_retention
 
@@ -56,4 +56,4 @@ class UnverifiedSnapshots:
     async def paths(self) -> list[Path]:
         """Snapshot folders still waiting for a verified NAS copy."""
         raw = await self.bus.client.hvals(self.key)
-        return [Path(v.decode() if isinstance(v, bytes) else str(v)) for v in raw]
+        return [Path(as_text(v)) for v in raw]

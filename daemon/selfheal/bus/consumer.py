@@ -25,7 +25,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from selfheal.bus.streams import Bus, cast_entries
+from selfheal.bus.streams import Bus, as_text, cast_entries
 from selfheal.core.events import Event, EventDecodeError
 from selfheal.redact import redact_text
 
@@ -192,7 +192,7 @@ class StreamConsumer:
                 start_id=start,
                 count=self.options.batch,
             )
-            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            start = as_text(reply[0])
             entries = cast_entries(reply[1])
             if entries:
                 deliveries = await self._delivery_counts([e for e, _ in entries])

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 import redis.asyncio as aioredis
 
+from selfheal.bus.streams import as_text
 from selfheal.errors import SelfhealError
 
 _RENEW = """
@@ -66,7 +67,7 @@ class RedisLock:
         value = await self.client.get(self.key)
         if value is None:
             return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return as_text(value)
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[None]:

@@ -97,7 +97,8 @@ class TimerSweep:
     next_due_ms: int | None
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply value as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -132,7 +133,7 @@ class Bus:
         """Append the event to its stream; returns the entry id, or None if deduplicated."""
         keys, args = self._publish_args(event, dedupe)
         entry = await self._publish(keys=keys, args=args)
-        return None if entry is None else _text(entry)
+        return None if entry is None else as_text(entry)
 
     async def publish_in(self, pipe: Pipeline, event: Event, *, dedupe: bool = False) -> None:
         """Queue a publish into `pipe` (a MULTI transaction commits it with other writes)."""
@@ -183,7 +184,7 @@ class Bus:
         return TimerSweep(
             moved=int(moved),
             now_ms=int(now_ms),
-            next_due_ms=None if next_due is None else int(float(_text(next_due))),
+            next_due_ms=None if next_due is None else int(float(as_text(next_due))),
         )
 
     # -- consumer-side bookkeeping ------------------------------------------------------------
@@ -216,7 +217,7 @@ class Bus:
     async def last_failure(self, group: str, entry_id: str) -> str | None:
         """The last recorded handler error for a pending entry."""
         value = await self.client.get(self.keys.last_failure(group, entry_id))
-        return None if value is None else _text(value)
+        return None if value is None else as_text(value)
 
     async def already_done(self, group: str, event_id: str) -> bool:
         """True when `group` has handled this event before (a redelivery)."""
@@ -298,7 +299,7 @@ class Bus:
     async def stats(self) -> dict[str, Any]:
         """Lengths, pending, lag, dead letters and timers (for `selfheal queue stats`)."""
         prefix = self.keys.stream("")
-        members = sorted(_text(m) for m in await self.client.smembers(self.keys.streams_index))
+        members = sorted(as_text(m) for m in await self.client.smembers(self.keys.streams_index))
         streams: list[dict[str, Any]] = []
         for stream in members:
             length = await self.client.xlen(stream)
@@ -311,10 +312,10 @@ class Bus:
                 lag = info.get("lag")
                 groups.append(
                     {
-                        "group": _text(info["name"]),
+                        "group": as_text(info["name"]),
                         "consumers": int(info["consumers"]),
                         "pending": int(info["pending"]),
-                        "lastDeliveredId": _text(info["last-delivered-id"]),
+                        "lastDeliveredId": as_text(info["last-delivered-id"]),
                         # Redis < 7 does not report lag.
                         "lag": None if lag is None else int(lag),
                     }
@@ -342,7 +343,7 @@ async def _shielded(step: Awaitable[None]) -> None:
 
 def decode_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     """A stream entry's fields as text."""
-    return {_text(k): _text(v) for k, v in fields.items()}
+    return {as_text(k): as_text(v) for k, v in fields.items()}
 
 
 def cast_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
@@ -350,7 +351,7 @@ def cast_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
     entries: list[tuple[str, dict[str, str]]] = []
     for entry_id, fields in cast(list[tuple[Any, Any]], raw):
         if fields is None:  # the entry was trimmed away while pending
-            entries.append((_text(entry_id), {}))
+            entries.append((as_text(entry_id), {}))
             continue
-        entries.append((_text(entry_id), decode_fields(fields)))
+        entries.append((as_text(entry_id), decode_fields(fields)))
     return entries

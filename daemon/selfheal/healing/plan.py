@@ -17,12 +17,12 @@ from pydantic import TypeAdapter
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
 from selfheal.core.contracts import Completion, CompletionStatus, SelfHealingRequest
-from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event
+from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event, compact_json
 from selfheal.core.incident import Incident, IncidentState
 from selfheal.core.policy import Action, Decision, Knobs, completion_for
 from selfheal.healing.commit import Group
 from selfheal.healing.store import DECISION_TTL_S, IncidentSnapshot, manual_entry
-from selfheal.healing.wire import compact, event_fields, span_attributes, timer_payload
+from selfheal.healing.wire import event_fields, span_attributes, timer_payload
 from selfheal.telemetry import quick_redact_text, traceparent_of
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class Planner:
         if decision.action == Action.RETRY and decision.route_event is not None:
             timer = event_fields(
                 decision.route_event,
-                compact(decision.route_data),
+                compact_json(decision.route_data),
                 now_ms=now,
                 idempotency_key=f"{decision.key}/retry",
                 traceparent=traceparent,
@@ -236,7 +236,7 @@ class Planner:
             }
             notify = event_fields(
                 self._notify,
-                compact(data),
+                compact_json(data),
                 now_ms=now,
                 # The latch: one announcement per incident and operator reset.
                 idempotency_key=f"{incident.incident_id}/r{incident.operator_resets}/escalated",

@@ -7,7 +7,6 @@ of the daemon's Redis link, and answers `events.send`, `queue.stats` and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,10 +37,6 @@ from selfheal.telemetry import Telemetry
 
 NOTIFIER_GROUP = "system/self.healing.notifier"
 HOUR_MS = 3_600_000
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class HealingPlane:

@@ -19,8 +19,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from selfheal.bus.streams import Bus, cast_entries
-from selfheal.core.events import Event
+from selfheal.bus.streams import Bus, as_text, cast_entries
+from selfheal.core.events import Event, compact_json
 from selfheal.core.incident import Incident
 from selfheal.core.policy import Decision
 
@@ -29,13 +29,7 @@ DECISION_TTL_S = 30 * 24 * 3600
 
 
 def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return None if value is None else as_text(value)
 
 
 @dataclass(frozen=True)
@@ -90,7 +84,7 @@ class IncidentStore:
             raise ValueError(f"decision {decision.key} is not for step {incident.decision_key}")
         key = self.decision_key(incident)
         stored = await self.client.set(
-            key, _compact(decision.to_dict()), nx=True, ex=DECISION_TTL_S
+            key, compact_json(decision.to_dict()), nx=True, ex=DECISION_TTL_S
         )
         if stored:
             return decision
@@ -115,11 +109,11 @@ class IncidentStore:
                 pipe.hset(
                     key,
                     mapping={
-                        "record": _compact(change.incident.to_dict()),
+                        "record": compact_json(change.incident.to_dict()),
                         "version": snapshot.version + 1,
                         "pendingUntil": change.pending_until_ms,
-                        "request": _compact(change.request),
-                        "lastDecision": _compact(change.decision.to_dict()),
+                        "request": compact_json(change.request),
+                        "lastDecision": compact_json(change.decision.to_dict()),
                     },
                 )
                 pipe.zadd(self.keys.incidents, {snapshot.incident_id: change.incident.updated_ms})
@@ -153,7 +147,7 @@ class IncidentStore:
                     return False
                 pipe.multi()  # type: ignore[no-untyped-call]
                 mapping: dict[Any, Any] = {
-                    "record": _compact(incident.to_dict()),
+                    "record": compact_json(incident.to_dict()),
                     "version": snapshot.version + 1,
                     "pendingUntil": 0,
                     **(extra or {}),

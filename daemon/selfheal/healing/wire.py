@@ -52,11 +52,6 @@ def new_ulid(now_ms: int) -> str:
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
-def compact(value: Any) -> str:
-    """Compact JSON, refusing NaN (what Event.to_wire writes for data)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
 def event_fields(
     name: str,
     data_json: str,
