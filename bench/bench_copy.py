@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from bench.payload import make_file
 from selfheal.backup.transports.mount import MountTransport, mark_nas
 
 RESULTS = Path(__file__).parent / "results" / "copy.json"
@@ -39,19 +39,6 @@ class Method:
     def mb_per_s(self, size: int) -> float:
         """Throughput of the best run in MB/s (10^6 bytes)."""
         return size / 1e6 / self.best()
-
-
-def make_file(path: Path, size: int) -> str:
-    """Random bytes (incompressible, like a compressed archive); returns their sha256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = os.urandom(min(left, 8 << 20))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
 
 
 def run_anchor(source: Path, dest: Path, sha256: str) -> float:

@@ -37,7 +37,7 @@ from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.core.policy import Knobs
 from selfheal.embedded import find_redis_server
 from selfheal.healing.router import ROUTER_GROUP, Router
-from selfheal.telemetry import setup_telemetry
+from selfheal.telemetry import Telemetry, setup_telemetry
 
 PAYLOAD = "x" * 200
 CONCURRENCY = 32
@@ -79,12 +79,9 @@ async def raw_limit(client: aioredis.Redis, count: int, batch: int = 100) -> flo
     return (count // batch) * batch / (time.perf_counter() - started)
 
 
-async def routed(
-    client: aioredis.Redis, count: int, span_file: Path, batched: bool
-) -> tuple[float, Router]:
-    """Decisions/s of the real consumer + router over `count` fresh incidents."""
-    bus = Bus(client, Keys("bench"))
-    telemetry = setup_telemetry(
+def bench_telemetry(span_file: Path) -> Telemetry:
+    """Spans to a local file, as the daemon writes them without OTLP."""
+    return setup_telemetry(
         service_name="bench",
         service_version="0",
         span_file=span_file,
@@ -92,6 +89,14 @@ async def routed(
         backups=0,
         env={},
     )
+
+
+async def routed(
+    client: aioredis.Redis, count: int, span_file: Path, batched: bool
+) -> tuple[float, Router]:
+    """Decisions/s of the real consumer + router over `count` fresh incidents."""
+    bus = Bus(client, Keys("bench"))
+    telemetry = bench_telemetry(span_file)
     router = Router(bus, telemetry, knobs=Knobs)
     consumer = StreamConsumer(
         bus,
@@ -120,14 +125,7 @@ async def latency(
 ) -> list[float]:
     """Publish at `rate`/s; milliseconds from publish to decision committed."""
     bus = Bus(client, Keys("lat"))
-    telemetry = setup_telemetry(
-        service_name="bench",
-        service_version="0",
-        span_file=span_file,
-        max_bytes=1 << 30,
-        backups=0,
-        env={},
-    )
+    telemetry = bench_telemetry(span_file)
     router = Router(bus, telemetry, knobs=Knobs)
     samples: list[float] = []
     sent_at: dict[str, float] = {}

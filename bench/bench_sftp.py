@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ from typing import Any
 import anyio
 from tests.support.sshd import SshServer, install_sshd_if_missing
 
+from bench.payload import make_file
 from selfheal.backup.transports.ssh import SshTransport
 from selfheal.core.ssh_flags import parse_ssh_flags
 
@@ -33,19 +33,6 @@ class Run:
     method: str
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
-
-
-def make_file(path: Path, size: int) -> str:
-    """Random bytes (incompressible, like a compressed archive); returns their sha256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = os.urandom(min(left, 8 << 20))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
 
 
 def settle(source: Path) -> None:
