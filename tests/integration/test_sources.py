@@ -32,6 +32,7 @@ from selfheal.config.base import Compression
 from selfheal.config.schema_backups import RedisBackupSettings, TypesenseBackupSettings
 from selfheal.core.classify import FailureClass, classify
 from selfheal.core.contracts import Evidence
+from tests.support.mounts import Mounts
 from tests.support.servers import RedisServer, free_port, missing
 from tests.support.typesense import TypesenseServer
 
@@ -297,17 +298,9 @@ def test_archive_refuses_untrusted_entries(tmp_path: Path, entry: str, make: Any
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+def tiny_disk(tmp_path: Path, mounts: Mounts) -> Path:
     """A real 1 MiB tmpfs: a full disk without pretending."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    return mounts.mount_at(tmp_path / "tiny", "1m")
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])

@@ -19,6 +19,7 @@ from selfheal.backup.transports.ssh import SshTransport
 from selfheal.core.classify import FailureClass, classify
 from selfheal.core.contracts import Evidence
 from selfheal.core.ssh_flags import parse_ssh_flags
+from tests.support.mounts import Mounts
 from tests.support.servers import free_port, missing
 from tests.support.sshd import SshServer, install_sshd_if_missing
 
@@ -346,27 +347,17 @@ async def test_paths_outside_the_root_are_refused(sshd: SshServer, tmp_path: Pat
     assert "Connection from" not in sshd.log()[seen_before:]
 
 
-async def test_full_remote_disk_is_enospc(sshd: SshServer, tmp_path: Path) -> None:
-    small = sshd.remote_root / "small"
-    small.mkdir()
-    with anyio.fail_after(WAIT_S):
-        mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)]
-        mounted = await anyio.run_process(mount, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        local = tmp_path / "dump.rdb"
-        digest = random_file(local, 12 << 20)
-        with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
-            await make_transport(sshd).put(
-                local, PurePosixPath("small/dump.rdb"), sha256=digest, size=12 << 20
-            )
-        assert caught.value.errno_name == "ENOSPC"
-        assert classified(caught.value) is FailureClass.RESOURCE_EXHAUSTED
-        assert files_under(small) == []
-    finally:
-        with anyio.fail_after(WAIT_S):
-            await anyio.run_process(["umount", str(small)], check=False)
+async def test_full_remote_disk_is_enospc(sshd: SshServer, tmp_path: Path, mounts: Mounts) -> None:
+    small = mounts.mount_at(sshd.remote_root / "small", "8m")
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, 12 << 20)
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await make_transport(sshd).put(
+            local, PurePosixPath("small/dump.rdb"), sha256=digest, size=12 << 20
+        )
+    assert caught.value.errno_name == "ENOSPC"
+    assert classified(caught.value) is FailureClass.RESOURCE_EXHAUSTED
+    assert files_under(small) == []
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, 4096 * 3, 4096 * 3 + 17, 4096 * 7 - 1])
