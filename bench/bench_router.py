@@ -17,7 +17,6 @@ start-up objects before measuring, as `Daemon.run` does.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import shutil
 import statistics
@@ -35,6 +34,7 @@ from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.core.policy import Knobs
+from selfheal.daemon import settle_heap
 from selfheal.embedded import find_redis_server
 from selfheal.healing.router import ROUTER_GROUP, Router
 from selfheal.telemetry import Telemetry, setup_telemetry
@@ -212,8 +212,7 @@ async def measure(folder: Path, count: int, batched: bool, gc_freeze: bool) -> d
             except (OSError, aioredis.ConnectionError):
                 await anyio.sleep(0.05)
     if gc_freeze:  # what Daemon.run does before its services start
-        gc.collect()
-        gc.freeze()
+        settle_heap()
     raw = await raw_limit(client, count)
     ours, _router = await routed(client, count, folder / "spans.jsonl", batched)
     samples = await latency(client, ours / 2, 5.0, folder / "lat.jsonl", batched)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
@@ -191,11 +191,7 @@ class Daemon:
             drain_timeout=lambda: self.settings.drain_timeout_seconds,
             on_reload_request=self.reload,
         )
-        # Start-up objects (modules, config, telemetry) live as long as the process:
-        # frozen, full collections stop re-scanning them (measured: each full collection
-        # under load went from ~60 ms to ~12 ms).
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         try:
             code = await self.supervisor.run()
         finally:
@@ -355,3 +351,23 @@ def run_daemon(config_path: Path, env: Mapping[str, str] | None = None) -> int:
     loaded = load_config(config_path, env)
     daemon = Daemon(loaded, env)
     return anyio.run(daemon.run, backend="asyncio")
+
+
+# Collections of the youngest generation start after this many net allocations (the
+# interpreter's default is 700). Routing one event allocates a few hundred short-lived
+# objects, so the default collects every few events; each young collection stays
+# small (the objects it scans are the ones allocated since the last one).
+GC_YOUNG_THRESHOLD: Final = 20_000
+
+
+def settle_heap() -> None:
+    """Freeze the start-up objects and space out young collections.
+
+    Start-up objects (modules, config, telemetry) live as long as the process: frozen,
+    full collections stop re-scanning them (measured: each full collection under load
+    went from ~60 ms to ~12 ms).
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)

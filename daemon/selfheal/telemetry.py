@@ -6,12 +6,14 @@ import functools
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +22,13 @@ from urllib.parse import unquote
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic_core import to_json
 
 from selfheal.redact import is_secret_key, redact, redact_text
 
@@ -34,6 +38,12 @@ ATTRIBUTE_PREFIX = "selfheal."
 # Short enough that `selfheal spans --follow` sees a decision almost as it happens.
 BATCH_SCHEDULE_DELAY_MS = 500
 _PROPAGATOR = TraceContextTextMapPropagator()
+_SCOPE = InstrumentationScope("selfheal")  # what provider.get_tracer("selfheal") reports
+# As the SDK's tracer sets them: sampled, and "random trace id" where the SDK knows it.
+_RANDOM_ID = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+_ROOT_FLAGS = TraceFlags(TraceFlags.SAMPLED | _RANDOM_ID)
+_INHERITED_FLAGS = TraceFlags.SAMPLED | _RANDOM_ID
+_PRIMITIVES = (str, bool, int, float)  # attribute values a span carries as they are
 
 ExporterKind = Literal["otlp", "jsonl"]
 # The canonical W3C form; anything else goes through the propagator.
@@ -95,6 +105,13 @@ def _redacted_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
     """Render a finished span as the JSON object written to the span file."""
+    rendered = _span_body(span)
+    rendered["resource"] = _plain(span.resource.attributes)
+    return rendered
+
+
+def _span_body(span: ReadableSpan) -> dict[str, Any]:
+    """span_to_dict without the resource (which every span of a provider shares)."""
     ctx = span.get_span_context()
     duration_ms = None
     if span.start_time is not None and span.end_time is not None:
@@ -118,22 +135,28 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
             }
             for event in span.events
         ],
-        "resource": _resource_dict(span.resource),
     }
 
 
-_RESOURCE_SEEN: list[tuple[Resource, dict[str, Any]]] = []
+def span_line(span: ReadableSpan) -> bytes:
+    """One line of the span file: span_to_dict(span) as compact JSON and a newline."""
+    body = to_json(_span_body(span), fallback=str)
+    # The body ends with '}': the shared resource is spliced in as the last member.
+    return body[:-1] + b',"resource":' + _resource_json(span.resource) + b"}\n"
 
 
-def _resource_dict(resource: Resource) -> dict[str, Any]:
+_RESOURCE_SEEN: list[tuple[Resource, bytes]] = []
+
+
+def _resource_json(resource: Resource) -> bytes:
     # Every span of a provider shares one resource object: render it once, by identity
-    # (Resource.__hash__ serialises all its attributes), and hand out copies.
+    # (Resource.__hash__ serialises all its attributes).
     for seen, rendered in _RESOURCE_SEEN:
         if seen is resource:
-            return dict(rendered)
-    rendered = _plain(resource.attributes)
+            return rendered
+    rendered = to_json(_plain(resource.attributes), fallback=str)
     _RESOURCE_SEEN[:] = [(resource, rendered), *_RESOURCE_SEEN[:3]]
-    return dict(rendered)
+    return rendered
 
 
 class JsonlSpanExporter(SpanExporter):
@@ -148,10 +171,7 @@ class JsonlSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the batch; never raises (the SDK worker thread must survive disk trouble)."""
         try:
-            lines = [
-                (json.dumps(span_to_dict(s), default=str, separators=(",", ":")) + "\n").encode()
-                for s in spans
-            ]
+            lines = [span_line(s) for s in spans]
             with self._lock:
                 self._write(lines)
         except Exception:
@@ -260,9 +280,14 @@ class Telemetry:
     """The daemon's tracer, its exporter and the one helper that opens decision spans."""
 
     def __init__(
-        self, provider: TracerProvider, exporter_kind: ExporterKind, span_file: Path | None
+        self,
+        provider: TracerProvider,
+        processor: SpanProcessor,
+        exporter_kind: ExporterKind,
+        span_file: Path | None,
     ) -> None:
         self.provider = provider
+        self.processor = processor  # the provider's one processor (close_spans feeds it)
         self.exporter_kind: ExporterKind = exporter_kind
         self.span_file = span_file
         self.tracer = provider.get_tracer("selfheal")
@@ -300,16 +325,41 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, message))
                 raise
 
-    def start_span_at(self, name: str, *, traceparent: str | None, start_ns: int) -> Span:
-        """Start a span that is never made current; the caller ends it with its own time."""
-        # No context attach/detach and no per-call propagator: a batch opens hundreds.
-        return self.tracer.start_span(
-            name,
-            context=_parent_context(traceparent),
-            start_time=start_ns,
-            record_exception=False,
-            set_status_on_exception=False,
+    def open_span(self, name: str, *, traceparent: str | None, start_ns: int) -> OpenSpan:
+        """Start a decision span whose ids are fixed now; `close_spans` records it.
+
+        The batch router opens hundreds of spans per batch. These skip the SDK's live
+        span (its lock, attribute cleaning and processor start hook) and are handed to
+        the same span processor as finished spans, under the provider's sampling rule
+        (ParentBased(ALWAYS_ON): a span follows its parent's sampled flag).
+        """
+        parent = _parent_span_context(traceparent)
+        trace_id = parent.trace_id if parent is not None else _nonzero_bits(128)
+        flags = (
+            TraceFlags(parent.trace_flags & _INHERITED_FLAGS) if parent is not None else _ROOT_FLAGS
         )
+        context = SpanContext(trace_id, _nonzero_bits(64), is_remote=False, trace_flags=flags)
+        return OpenSpan(name, context, parent, start_ns)
+
+    def close_spans(self, spans: Iterable[tuple[OpenSpan, Mapping[str, Any]]], end_ns: int) -> None:
+        """End the spans at `end_ns` with their attributes and hand them to the exporter."""
+        resource = self.provider.resource
+        on_end = self.processor.on_end
+        for span, attributes in spans:
+            if not span.context.trace_flags.sampled:
+                continue
+            on_end(
+                ReadableSpan(
+                    span.name,
+                    span.context,
+                    span.parent,
+                    resource,
+                    {k: v for k, v in attributes.items() if isinstance(v, _PRIMITIVES)},
+                    start_time=span.start_ns,
+                    end_time=end_ns,
+                    instrumentation_scope=_SCOPE,
+                )
+            )
 
     def force_flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now; False if the deadline passed first."""
@@ -349,10 +399,9 @@ def setup_telemetry(
         kind, file = "jsonl", span_file
     # Every decision is kept: sampling would break "one incident is one trace".
     provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
-    provider.add_span_processor(
-        BatchSpanProcessor(exporter, schedule_delay_millis=BATCH_SCHEDULE_DELAY_MS)
-    )
-    return Telemetry(provider, kind, file)
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=BATCH_SCHEDULE_DELAY_MS)
+    provider.add_span_processor(processor)
+    return Telemetry(provider, processor, kind, file)
 
 
 def current_traceparent(span: Span | None = None) -> str | None:
@@ -365,26 +414,41 @@ def current_traceparent(span: Span | None = None) -> str | None:
     return carrier.get("traceparent")
 
 
-def traceparent_of(span: Span) -> str | None:
-    """The W3C traceparent of `span` (what current_traceparent gives while it is current)."""
-    ctx = span.get_span_context()
-    if not ctx.is_valid:
-        return None
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+@dataclass(frozen=True, slots=True)
+class OpenSpan:
+    """A decision span opened by Telemetry.open_span and not recorded yet."""
+
+    name: str
+    context: SpanContext
+    parent: SpanContext | None
+    start_ns: int
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C traceparent naming this span (what events sent inside it carry)."""
+        ctx = self.context
+        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
-def _parent_context(tp: str | None) -> Context | None:
-    """context_from_traceparent, with the canonical form parsed directly."""
+def _nonzero_bits(bits: int) -> int:
+    # As the SDK's RandomIdGenerator: random ids, never the invalid all-zero one.
+    while not (value := random.getrandbits(bits)):
+        pass
+    return value
+
+
+def _parent_span_context(tp: str | None) -> SpanContext | None:
+    """The remote parent span named by `tp`; None if missing or invalid."""
     match = _TRACEPARENT.fullmatch(tp) if tp else None
     if match is None:
-        return context_from_traceparent(tp)
+        context = context_from_traceparent(tp)
+        return None if context is None else trace.get_current_span(context).get_span_context()
     trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
     if not trace_id or not span_id:
         return None
-    parent = SpanContext(
+    return SpanContext(
         trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match.group(3), 16))
     )
-    return trace.set_span_in_context(NonRecordingSpan(parent), Context())
 
 
 def context_from_traceparent(tp: str | None) -> Context | None:

@@ -21,6 +21,7 @@ from selfheal.core.policy import (
     Rule,
     clamp_advice,
     completion_for,
+    completion_json,
     decide,
 )
 
@@ -215,6 +216,26 @@ def test_completion_status(inc: Incident, status: CompletionStatus) -> None:
     assert completion.to_data()["incidentId"] == "inc-1"
     paused = decide(request(), incident(), NOW, PROBED, 0.0, classification=INFRA)
     assert completion_for(paused, request()).status == CompletionStatus.PAUSED
+
+
+@pytest.mark.parametrize(
+    ("inc", "knobs", "found"),
+    [
+        (incident(), Knobs(), TRANSPORT),
+        (incident(retries_used=5), Knobs(), TRANSPORT),
+        (incident(deadline_ms=NOW - 1), Knobs(), TRANSPORT),
+        (incident(), PROBED, INFRA),
+        (incident(), Knobs(), Classification(FailureClass.AUTH, 'ünïcode "quoted" reason')),
+    ],
+)
+def test_completion_json_is_the_completion_model_dumped(
+    inc: Incident, knobs: Knobs, found: Classification
+) -> None:
+    req = request(sourceFunction="système/backup", targetComponent='redis "main"')
+    decision = decide(req, inc, NOW, knobs, 0.3, classification=found)
+    assert completion_json(decision, req) == completion_for(decision, req).model_dump_json(
+        by_alias=True
+    )
 
 
 def test_incident_new_takes_deadline_from_request_or_window() -> None:

@@ -170,6 +170,55 @@ def test_traceparent_round_trip_links_child_to_parent_trace(
     assert spans["incident.retry"]["parent_span_id"] == spans["incident.open"]["span_id"]
 
 
+def test_opened_spans_continue_the_parent_trace_and_carry_their_attributes(
+    make_telemetry: MakeTelemetry,
+) -> None:
+    telemetry = make_telemetry()
+    with telemetry.decision_span("incident.open"):
+        carried = current_traceparent()
+    assert carried is not None
+    child = telemetry.open_span("selfheal.route.decide", traceparent=carried, start_ns=1_000)
+    root = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=2_000)
+    # Events sent inside a span carry its context before the span is recorded.
+    assert child.traceparent.split("-")[1] == carried.split("-")[1]
+    assert child.traceparent.split("-")[2] != carried.split("-")[2]
+    assert child.traceparent.split("-")[3] == carried.split("-")[3]  # sampled, as the parent
+    telemetry.close_spans(
+        [(child, {"selfheal.action": "retry", "selfheal.attempt": 2, "bad": object()}),
+         (root, {"selfheal.action": "escalate"})],
+        end_ns=5_000_000,
+    )  # fmt: skip
+
+    spans = [s for s in flushed_spans(telemetry) if s["name"] == "selfheal.route.decide"]
+    by_action = {s["attributes"]["selfheal.action"]: s for s in spans}
+    assert set(by_action) == {"retry", "escalate"}
+    retry = by_action["retry"]
+    assert retry["trace_id"] == carried.split("-")[1]
+    assert retry["parent_span_id"] == carried.split("-")[2]
+    assert retry["span_id"] == child.traceparent.split("-")[2]
+    assert retry["attributes"] == {"selfheal.action": "retry", "selfheal.attempt": 2}
+    assert retry["duration_ms"] == round((5_000_000 - 1_000) / 1e6, 3)
+    assert retry["resource"]["service.name"] == "selfheal-test"
+    escalate = by_action["escalate"]
+    assert escalate["parent_span_id"] is None
+    assert escalate["trace_id"] != retry["trace_id"]
+
+
+def test_opened_span_under_an_unsampled_parent_is_not_recorded(
+    make_telemetry: MakeTelemetry,
+) -> None:
+    telemetry = make_telemetry()
+    unsampled = "00-" + "a" * 32 + "-" + "b" * 16 + "-00"
+    span = telemetry.open_span("selfheal.route.decide", traceparent=unsampled, start_ns=1)
+    assert span.traceparent.startswith("00-" + "a" * 32 + "-")
+    assert span.traceparent.endswith("-00")  # the parent's choice travels on
+    telemetry.close_spans([(span, {"selfheal.action": "retry"})], end_ns=2)
+    recorded = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=3)
+    telemetry.close_spans([(recorded, {"selfheal.action": "pause"})], end_ns=4)
+    actions = [s["attributes"].get("selfheal.action") for s in flushed_spans(telemetry)]
+    assert actions == ["pause"]
+
+
 @pytest.mark.parametrize("value", [None, "", "garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])
 def test_invalid_traceparent_gives_no_context(value: str | None) -> None:
     assert context_from_traceparent(value) is None

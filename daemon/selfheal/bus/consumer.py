@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
 
 import anyio
 import redis.asyncio as aioredis
@@ -116,15 +115,13 @@ class StreamConsumer:
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.options.reclaim_every_s
             handled += await self._reclaim()
-        raw = await self.bus.client.xreadgroup(
+        batch = await self.bus.read_group(
+            self._stream,
             self.group,
             self.consumer,
-            {self._stream: ">"},
             count=self.options.batch,
-            block=self.options.block_ms,
+            block_ms=self.options.block_ms,
         )
-        streams = cast(list[tuple[Any, Any]], raw or [])
-        batch = [entry for _stream, entries in streams for entry in cast_entries(entries)]
         if self._batch_handler is not None and batch:
             await self._handle_batch(self._batch_handler, batch)
         else:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import anyio
 import hiredis
 import redis.asyncio as aioredis
+from pydantic_core import to_json
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import ConnectionPool
 from redis.commands.core import AsyncScript
@@ -97,6 +98,11 @@ class TimerSweep:
     next_due_ms: int | None
 
 
+def timer_payload(stream: str, fields: dict[str, str]) -> str:
+    """What a delayed event waits as: its stream and wire fields (the mover script reads it)."""
+    return to_json({"stream": stream, "fields": fields}).decode()
+
+
 def as_text(value: bytes | str) -> str:
     """A Redis reply value as text."""
     return value.decode() if isinstance(value, bytes) else value
@@ -156,10 +162,7 @@ class Bus:
     # -- delayed delivery -----------------------------------------------------------------
 
     def _schedule_args(self, event: Event, due_ms: int) -> tuple[list[str], list[Any]]:
-        payload = json.dumps(
-            {"stream": self.keys.stream(event.name), "fields": event.to_wire()},
-            separators=(",", ":"),
-        )
+        payload = timer_payload(self.keys.stream(event.name), event.to_wire())
         return [self.keys.timers, self.keys.timer_payloads], [event.id, due_ms, payload]
 
     async def send_at(self, event: Event, due_ms: int) -> bool:
@@ -294,6 +297,22 @@ class Bus:
             script.sha = await self.client.script_load(script.script)
             return await self.execute_packed("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    async def read_group(
+        self, stream: str, group: str, consumer: str, *, count: int, block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        """New entries for `consumer` (XREADGROUP ... >), blocking up to `block_ms`."""
+        # Packed and parsed by hiredis: redis-py's reply callback walks every field in
+        # Python first, and the entries are turned into text here anyway.
+        raw = await self.execute_packed(
+            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
+            "STREAMS", stream, ">",
+        )  # fmt: skip
+        if not raw:
+            return []
+        if isinstance(raw, dict):  # RESP3 replies map each stream to its entries
+            return [entry for entries in raw.values() for entry in cast_entries(entries)]
+        return [entry for _stream, entries in raw for entry in cast_entries(entries)]
+
     # -- stats -------------------------------------------------------------------------------
 
     async def stats(self) -> dict[str, Any]:
@@ -341,13 +360,16 @@ async def _shielded(step: Awaitable[None]) -> None:
         await step
 
 
-def decode_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
-    """A stream entry's fields as text."""
+def decode_fields(fields: Mapping[bytes | str, bytes | str] | list[bytes | str]) -> dict[str, str]:
+    """A stream entry's fields as text (a mapping, or the flat list of a raw reply)."""
+    if isinstance(fields, list):
+        texts = list(map(as_text, fields))
+        return dict(zip(texts[::2], texts[1::2], strict=True))
     return {as_text(k): as_text(v) for k, v in fields.items()}
 
 
 def cast_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
-    """Normalise XREADGROUP/XAUTOCLAIM entry lists (skipping deleted entries)."""
+    """Normalise XREADGROUP/XAUTOCLAIM entry lists; a trimmed entry has no fields."""
     entries: list[tuple[str, dict[str, str]]] = []
     for entry_id, fields in cast(list[tuple[Any, Any]], raw):
         if fields is None:  # the entry was trimmed away while pending

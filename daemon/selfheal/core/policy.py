@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from pydantic import TypeAdapter, with_config
+from pydantic_core import to_json
 
 from selfheal.core.backoff import check_jitter, retry_delay_ms
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, classify
@@ -322,6 +323,28 @@ def clamp_advice(
         route_data=route_data,
         advisor=meta,
     )
+
+
+def completion_json(decision: Decision, request: SelfHealingRequest) -> str:
+    """completion_for(...).model_dump_json(by_alias=True), without building the model.
+
+    The batch router announces hundreds of decisions per batch; every value here is
+    already validated (the decision is ours, the request passed the contract).
+    """
+    return to_json(
+        {
+            "incidentId": decision.incident_id,
+            "status": decision.completion_status.value,
+            "attempt": decision.attempt,
+            "action": decision.action.value,
+            "delayMs": decision.delay_ms,
+            "reason": decision.reason,
+            "failureClass": decision.failure_class.value,
+            "field": None,
+            "sourceFunction": request.source_function,
+            "targetComponent": request.target_component,
+        }
+    ).decode()
 
 
 def completion_for(decision: Decision, request: SelfHealingRequest) -> Completion:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -26,6 +26,7 @@ from selfheal.core.policy import Action, Decision
 from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
 from selfheal.healing.plan import Chain, Entry, Planner, Step
 from selfheal.healing.store import snapshot_from
+from selfheal.telemetry import OpenSpan
 
 if TYPE_CHECKING:
     from selfheal.healing.router import Router
@@ -136,10 +137,11 @@ class BatchRouter:
         end_ns = time.time_ns()
         stats = self.router.stats
         conflicts = 0
+        finished: list[tuple[OpenSpan, dict[str, Any]]] = []
         for step in steps:
             if not step.chain.applied:
                 conflicts += 1
-                continue  # its span is dropped unended: the slow path opens its own
+                continue  # its span is never recorded: the slow path opens its own
             outcomes[step.index] = Outcome.ACKED
             if step.joined:
                 stats.joined += 1
@@ -147,8 +149,8 @@ class BatchRouter:
                 stats.decisions += 1
                 stats.reused += int(step.reused)
                 stats.escalations += int(step.decision.action == Action.ESCALATE)
-            step.span.set_attributes(step.attributes)
-            step.span.end(end_time=end_ns)
+            finished.append((step.span, step.attributes))
+        self.router.telemetry.close_spans(finished, end_ns)
         if conflicts:
             log.debug("batch: %d step(s) lost a race and go one by one", conflicts)
 

@@ -12,18 +12,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry.trace import Span
 from pydantic import TypeAdapter
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
+from selfheal.bus.streams import timer_payload
 from selfheal.core.contracts import Completion, CompletionStatus, SelfHealingRequest
 from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event, compact_json
 from selfheal.core.incident import Incident, IncidentState
-from selfheal.core.policy import Action, Decision, Knobs, completion_for
+from selfheal.core.policy import Action, Decision, Knobs, completion_for, completion_json
 from selfheal.healing.commit import Group
 from selfheal.healing.store import DECISION_TTL_S, IncidentSnapshot, manual_entry
-from selfheal.healing.wire import event_fields, span_attributes, timer_payload
-from selfheal.telemetry import quick_redact_text, traceparent_of
+from selfheal.healing.wire import event_fields, span_attributes
+from selfheal.telemetry import OpenSpan, quick_redact_text
 
 if TYPE_CHECKING:
     from selfheal.healing.router import Router
@@ -68,7 +68,7 @@ class Step:
 
     index: int
     chain: Chain
-    span: Span
+    span: OpenSpan
     attributes: dict[str, Any]
     decision: Decision | None
     joined: bool = False
@@ -112,10 +112,10 @@ class Planner:
     async def route(self, chain: Chain, entry: Entry, knobs: Knobs) -> Step:
         """Plan one event (the same choices as Router._route, in the same order)."""
         event, request = entry.event, entry.request
-        span = self.router.telemetry.start_span_at(
+        span = self.router.telemetry.open_span(
             SPAN_NAME, traceparent=event.traceparent, start_ns=time.time_ns()
         )
-        traceparent = traceparent_of(span)
+        traceparent = span.traceparent
         now = self.router.now_ms()
         incident = chain.incident
         # The order Router.handle leaves them in (a key set again moves to the end).
@@ -167,11 +167,11 @@ class Planner:
         return chain.group
 
     def _completion(
-        self, completion: Completion, entry: Entry, now: int, traceparent: str | None
+        self, completion_json: str, entry: Entry, now: int, traceparent: str | None
     ) -> dict[str, str]:
         return event_fields(
             SELF_HEALING_COMPLETED,
-            completion.model_dump_json(by_alias=True),
+            completion_json,
             now_ms=now,
             idempotency_key=f"{entry.event.id}/completed",
             traceparent=traceparent or entry.event.traceparent,
@@ -186,7 +186,9 @@ class Planner:
         traceparent: str | None,
     ) -> None:
         """Answer a report that joins the incident's step (deduplicated, like the slow path)."""
-        fields = self._completion(completion, entry, now, traceparent)
+        fields = self._completion(
+            completion.model_dump_json(by_alias=True), entry, now, traceparent
+        )
         marker = self.keys.published(SELF_HEALING_COMPLETED, fields["idempotencyKey"])
         group = self._group(chain)
         group.xadd_once(marker, PUBLISHED_TTL_S, self._completed, fields, self.keys.streams_index)
@@ -207,7 +209,7 @@ class Planner:
         after = incident.after(decision, now)  # raises for a decision of another step
         decision_json = _DECISION_JSON.dump_json(decision, by_alias=True)
         request_json = request.model_dump_json(by_alias=True)
-        completion = self._completion(completion_for(decision, request), entry, now, traceparent)
+        completion = self._completion(completion_json(decision, request), entry, now, traceparent)
         timer: dict[str, str] | None = None
         if decision.action == Action.RETRY and decision.route_event is not None:
             timer = event_fields(

@@ -8,7 +8,6 @@ same six wire fields `Event.to_wire` would.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Final
 
@@ -70,11 +69,6 @@ def event_fields(
         "idempotencyKey": idempotency_key if idempotency_key is not None else event_id,
         "traceparent": traceparent or "",
     }
-
-
-def timer_payload(stream: str, fields: dict[str, str]) -> str:
-    """The payload Bus.send_at stores for a delayed event."""
-    return json.dumps({"stream": stream, "fields": fields}, separators=(",", ":"))
 
 
 def span_attributes(decision: Decision) -> dict[str, Any]:
