@@ -87,6 +87,25 @@ def quick_redact_text(text: str) -> str:
 _secret_name = functools.lru_cache(maxsize=1024)(is_secret_key)
 
 
+# Attribute values repeat from span to span (actions, classes, rules, routes).
+_redacted_value = functools.lru_cache(maxsize=1024)(quick_redact_text)
+
+
+def _recorded_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Primitive attribute values as a span records them, secrets masked (for every exporter)."""
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if not isinstance(value, _PRIMITIVES):
+            continue
+        if _secret_name(key):
+            out[key] = redact({key: value})[key]
+        elif isinstance(value, str):
+            out[key] = _redacted_value(value)
+        else:
+            out[key] = value
+    return out
+
+
 def _redacted_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """Same result as redact(_plain(attributes)), without its cost for plain values."""
     out: dict[str, Any] = {}
@@ -101,6 +120,10 @@ def _redacted_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]
         else:
             out[key] = redact(plain)
     return out
+
+
+class RedactedSpan(ReadableSpan):
+    """A finished span whose attributes were redacted when it was recorded."""
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
@@ -126,7 +149,11 @@ def _span_body(span: ReadableSpan) -> dict[str, Any]:
         "duration_ms": duration_ms,
         "status": {"code": span.status.status_code.name, "description": span.status.description},
         "kind": span.kind.name,
-        "attributes": _redacted_attributes(span.attributes),
+        "attributes": (
+            dict(span.attributes or {})
+            if type(span) is RedactedSpan
+            else _redacted_attributes(span.attributes)
+        ),
         "events": [
             {
                 "name": event.name,
@@ -189,16 +216,20 @@ class JsonlSpanExporter(SpanExporter):
         fd = self._open()
         try:
             size = os.fstat(fd).st_size
+            pending: list[bytes] = []
             for line in lines:
                 # Rotate before a line that would overflow, so no line is split across files.
                 if size > 0 and size + len(line) > self.max_bytes:
+                    _write_all(fd, b"".join(pending))
+                    pending = []
                     os.close(fd)
                     fd = -1
                     self._rotate()
                     fd = self._open()
                     size = 0
-                os.write(fd, line)
+                pending.append(line)
                 size += len(line)
+            _write_all(fd, b"".join(pending))
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -219,6 +250,12 @@ class JsonlSpanExporter(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Writes are synchronous, so there is never anything pending."""
         return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def read_spans(path: Path) -> list[dict[str, Any]]:
@@ -349,12 +386,12 @@ class Telemetry:
             if not span.context.trace_flags.sampled:
                 continue
             on_end(
-                ReadableSpan(
+                RedactedSpan(
                     span.name,
                     span.context,
                     span.parent,
                     resource,
-                    {k: v for k, v in attributes.items() if isinstance(v, _PRIMITIVES)},
+                    _recorded_attributes(attributes),
                     start_time=span.start_ns,
                     end_time=end_ns,
                     instrumentation_scope=_SCOPE,

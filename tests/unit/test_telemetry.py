@@ -185,7 +185,8 @@ def test_opened_spans_continue_the_parent_trace_and_carry_their_attributes(
     assert child.traceparent.split("-")[3] == carried.split("-")[3]  # sampled, as the parent
     telemetry.close_spans(
         [(child, {"selfheal.action": "retry", "selfheal.attempt": 2, "bad": object()}),
-         (root, {"selfheal.action": "escalate"})],
+         (root, {"selfheal.action": "escalate", "selfheal.api_key": "k-123",
+                 "selfheal.reason": "copy to https://backup:hunter2@nas/x failed"})],
         end_ns=5_000_000,
     )  # fmt: skip
 
@@ -202,6 +203,9 @@ def test_opened_spans_continue_the_parent_trace_and_carry_their_attributes(
     escalate = by_action["escalate"]
     assert escalate["parent_span_id"] is None
     assert escalate["trace_id"] != retry["trace_id"]
+    # Secrets are masked once, when the span is recorded, whatever the exporter.
+    assert "hunter2" not in json.dumps(escalate) and "k-123" not in json.dumps(escalate)
+    assert escalate["attributes"]["selfheal.reason"].startswith("copy to https://backup:")
 
 
 def test_opened_span_under_an_unsampled_parent_is_not_recorded(
