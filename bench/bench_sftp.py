@@ -151,6 +151,7 @@ def main() -> None:
         "cipher": CIPHER,
         "block_size": transport.block_size,
         "max_requests": transport.max_requests,
+        "lean_send": transport.lean_send_active,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "summary": summary,
         "runs": [asdict(r) for r in runs],
@@ -160,7 +161,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.size_mib} MiB, best of {args.repeats}, cipher {CIPHER}")
+    lean = "on" if transport.lean_send_active else "off"
+    print(f"{args.size_mib} MiB, best of {args.repeats}, cipher {CIPHER}, lean send {lean}")
     print(f"{'method':<40} {'MB/s':>8}")
     print(f"{'OpenSSH scp':<40} {summary['scp_mb_s']:>8}")
     print(f"{'ours: transfer (no fsync/verify)':<40} {summary['ours_transfer_mb_s']:>8}")

@@ -20,6 +20,7 @@ import asyncssh
 
 from selfheal.backup.model import Delivery, ProbeResult, ProgressFn, RemoteEntry, TransportError
 from selfheal.backup.transports.sftp_writer import Batch, feed_blocks
+from selfheal.backup.transports.ssh_lean_send import use_lean_send
 from selfheal.core.artifacts import PARTIAL_SUFFIX
 from selfheal.core.ssh_flags import SshOptions
 
@@ -143,6 +144,7 @@ class SshTransport:
         block_size: int = BLOCK_SIZE,
         max_requests: int = MAX_REQUESTS,
         ciphers: str = PREFERRED_CIPHERS,
+        lean_send: bool = True,
     ) -> None:
         self.user, self.host = split_host(host)
         self.port = options.port or 22
@@ -164,6 +166,9 @@ class SshTransport:
         self.block_size = block_size
         self.max_requests = max_requests
         self.ciphers = ciphers
+        # Skip asyncssh's per-packet IGNORE under AEAD ciphers (ssh_lean_send.py).
+        self.lean_send = lean_send
+        self.lean_send_active: bool | None = None  # whether the last connection skipped them
         self.hash_method: str | None = None  # "exec" or "readback": how the last sha256 was taken
         self._exec_hash_works: bool | None = None
         self.last_phases: dict[str, float] = {}  # seconds per phase of the last put
@@ -194,7 +199,7 @@ class SshTransport:
             # Like IdentitiesOnly: the configured keys decide, not whatever an agent holds.
             keys = {"client_keys": [str(k) for k in self.client_keys], "agent_path": None}
         with _translated(f"connect {self.target}"), anyio.fail_after(self.connect_timeout + 5):
-            return await asyncssh.connect(
+            conn = await asyncssh.connect(
                 self.host,
                 port=self.port,
                 username=self.user if self.user else (),
@@ -212,6 +217,9 @@ class SshTransport:
                 keepalive_count_max=self.keepalive_count_max,
                 **keys,
             )
+        # Only after the host key check and login: the handshake runs on stock asyncssh.
+        self.lean_send_active = use_lean_send(conn) if self.lean_send else False
+        return conn
 
     @asynccontextmanager
     async def _session(
