@@ -35,7 +35,7 @@ log = logging.getLogger("selfheal.router")
 
 # Incidents per COMMIT call: small enough that Redis applies one while Python plans
 # the next, large enough that the round trips stay few.
-FLUSH_EVERY: Final = 48
+FLUSH_EVERY: Final = 32
 
 
 class BatchRouter:
@@ -84,6 +84,9 @@ class BatchRouter:
                     if len(ready) >= self.flush_every:
                         tg.start_soon(self._commit_groups, ready, None)
                         ready = []
+                        # Planning never waits on Redis, so without this the commit would
+                        # only be sent once the whole batch is planned.
+                        await anyio.lowlevel.checkpoint()
             await self._commit_groups(ready, acks)
         self._finish(steps, outcomes)
         return outcomes
