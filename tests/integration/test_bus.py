@@ -10,7 +10,7 @@ import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 
-from selfheal.bus.consumer import ConsumerOptions, PoisonEvent, StreamConsumer
+from selfheal.bus.consumer import ConsumerOptions, Outcome, PoisonEvent, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
@@ -54,6 +54,69 @@ async def test_published_event_is_handled_once_and_acked(bus: Bus) -> None:
     assert await bus.publish(sent)
     await drain(consumer, lambda: len(seen) == 1)
     assert seen[0] == sent
+    pending = await bus.client.xpending(bus.keys.stream(NAME), GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_full_batches_read_ahead_and_run_handles_the_read_ahead_before_it_stops(
+    bus: Bus,
+) -> None:
+    batches: list[list[int]] = []
+    handled: list[int] = []
+
+    async def handle(e: Event) -> None:
+        handled.append(e.data["n"])
+
+    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
+        batches.append([e.data["n"] for _, e in entries])
+        # While this batch is handled, the consumer reads the next one ahead.
+        await anyio.sleep(0.05)
+        return [Outcome.SLOW] * len(entries)  # the per-entry path handles and acks them
+
+    options = ConsumerOptions(batch=2, block_ms=100, reclaim_every_s=3600)
+    consumer = StreamConsumer(
+        bus,
+        NAME,
+        GROUP,
+        "c1",
+        handle,
+        options=options,
+        stopping=lambda: len(batches) >= 1,
+        batch_handler=handle_batch,
+    )
+    await bus.ensure_group(NAME, GROUP)
+    await bus.publish_many([event(n) for n in range(5)])
+    with anyio.fail_after(WAIT_S):
+        await consumer.run()
+    # One poll, then stop: its read-ahead batch was handled, the fifth entry never read.
+    assert batches == [[0, 1], [2, 3]]
+    assert handled == [0, 1, 2, 3]
+    stream = bus.keys.stream(NAME)
+    assert (await bus.client.xpending(stream, GROUP))["pending"] == 0
+    left = await bus.read_group(stream, GROUP, "c2", count=10, block_ms=None)
+    assert [Event.from_wire(fields).data["n"] for _, fields in left] == [4]
+
+
+async def test_a_short_batch_does_not_read_ahead(bus: Bus) -> None:
+    batches: list[list[int]] = []
+
+    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
+        batches.append([e.data["n"] for _, e in entries])
+        await bus.publish(event(9))  # arrives while the batch is handled
+        return [Outcome.SLOW] * len(entries)
+
+    async def handle(e: Event) -> None:
+        pass
+
+    options = ConsumerOptions(batch=5, block_ms=100, reclaim_every_s=3600)
+    consumer = StreamConsumer(
+        bus, NAME, GROUP, "c1", handle, options=options, batch_handler=handle_batch
+    )
+    await bus.ensure_group(NAME, GROUP)
+    await bus.publish_many([event(n) for n in range(2)])
+    await consumer.poll_once()
+    assert batches == [[0, 1]]
+    # No read-ahead: the new entry is still undelivered, free for any member.
     pending = await bus.client.xpending(bus.keys.stream(NAME), GROUP)
     assert pending["pending"] == 0
 

@@ -10,6 +10,10 @@ there at once. Nothing is dropped silently.
 With a `batch_handler`, freshly read entries are offered to it as one batch; it
 reports per entry whether it made the effect durable and acked it itself, found
 it already done (and acked it), or leaves it to the ordinary per-entry path.
+While a full batch is handled (a backlog), the next one is read ahead without
+blocking, so the read's round trip overlaps the handling; a read-ahead batch is
+handled by the next poll, and `run` handles it before it returns (if cancelled,
+the entries stay pending and are reclaimed like those of a dead consumer).
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class StreamConsumer:
         self.stats = ConsumerStats()
         self._stream = bus.keys.stream(event_name)
         self._next_reclaim = 0.0
+        self._read_ahead: list[tuple[str, dict[str, str]]] = []
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join the group, signal readiness, then consume until stopped."""
@@ -108,6 +113,9 @@ class StreamConsumer:
         task_status.started()
         while not self._stopping():
             await self.poll_once()
+        # Entries read ahead are delivered to us: handle them rather than leave them
+        # pending until a reclaim finds them (cancelled, we do leave them to it).
+        await self._handle_read_ahead()
 
     async def poll_once(self) -> int:
         """Reclaim stale entries when due, then read and handle one batch."""
@@ -115,18 +123,30 @@ class StreamConsumer:
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.options.reclaim_every_s
             handled += await self._reclaim()
-        batch = await self.bus.read_group(
-            self._stream,
-            self.group,
-            self.consumer,
-            count=self.options.batch,
-            block_ms=self.options.block_ms,
-        )
+        batch, self._read_ahead = self._read_ahead, []
+        if not batch:
+            batch = await self._read(self.options.block_ms)
         if self._batch_handler is not None and batch:
-            await self._handle_batch(self._batch_handler, batch)
+            async with anyio.create_task_group() as tg:
+                if len(batch) >= self.options.batch:  # a backlog: read the next one meanwhile
+                    tg.start_soon(self._read_next)
+                await self._handle_batch(self._batch_handler, batch)
         else:
             await self._handle_each([(entry_id, fields, None) for entry_id, fields in batch])
         return handled + len(batch)
+
+    async def _read(self, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
+        return await self.bus.read_group(
+            self._stream, self.group, self.consumer, count=self.options.batch, block_ms=block_ms
+        )
+
+    async def _read_next(self) -> None:
+        self._read_ahead = await self._read(None)
+
+    async def _handle_read_ahead(self) -> None:
+        batch, self._read_ahead = self._read_ahead, []
+        if batch and self._batch_handler is not None:
+            await self._handle_batch(self._batch_handler, batch)
 
     async def _handle_each(self, items: list[tuple[str, dict[str, str], Event | None]]) -> None:
         """The per-entry path for fresh entries, `concurrency` at a time."""

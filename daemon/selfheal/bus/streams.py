@@ -298,13 +298,14 @@ class Bus:
             return await self.execute_packed("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def read_group(
-        self, stream: str, group: str, consumer: str, *, count: int, block_ms: int
+        self, stream: str, group: str, consumer: str, *, count: int, block_ms: int | None
     ) -> list[tuple[str, dict[str, str]]]:
-        """New entries for `consumer` (XREADGROUP ... >), blocking up to `block_ms`."""
+        """New entries for `consumer` (XREADGROUP ... >), blocking up to `block_ms` (None: not)."""
+        block = () if block_ms is None else ("BLOCK", block_ms)
         # Packed and parsed by hiredis: redis-py's reply callback walks every field in
         # Python first, and the entries are turned into text here anyway.
         raw = await self.execute_packed(
-            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
+            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block,
             "STREAMS", stream, ">",
         )  # fmt: skip
         if not raw:
