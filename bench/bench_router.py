@@ -10,8 +10,10 @@ stored, its retry scheduled, its completion published and the entry acked. Then
 latency: requests published at half our measured rate, time from publish to
 decision committed, p50/p99. `--path batch` (the default) routes through
 `Router.handle_batch`; `--path single` through `Router.handle` one entry at a
-time (the per-entry path, CONCURRENCY entries in flight). `--gc-freeze` freezes the
-start-up objects before measuring, as `Daemon.run` does.
+time (the per-entry path, CONCURRENCY entries in flight). `--gc-freeze` settles the
+heap before measuring, as `Daemon.run` does (selfheal.daemon.settle_heap). The
+router's CPU time per decision (all its threads) is reported with the rate: on
+one core it bounds the rate whatever the machine's other cores do.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def bench_telemetry(span_file: Path) -> Telemetry:
 
 async def routed(
     client: aioredis.Redis, count: int, span_file: Path, batched: bool
-) -> tuple[float, Router]:
+) -> tuple[float, float]:
     """Decisions/s of the real consumer + router over `count` fresh incidents."""
     bus = Bus(client, Keys("bench"))
     telemetry = bench_telemetry(span_file)
@@ -112,12 +114,13 @@ async def routed(
     events = [new_event(SELF_HEALING_REQUESTED, request(i), now_ms=now) for i in range(count)]
     for start in range(0, count, 500):
         await bus.publish_many(events[start : start + 500])
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while router.stats.decisions < count:
         await consumer.poll_once()
     rate = count / (time.perf_counter() - started)
-    telemetry.shutdown()
-    return rate, router
+    telemetry.shutdown()  # the export of the last spans counts too
+    cpu_us = (time.process_time() - cpu_started) / count * 1e6
+    return rate, cpu_us
 
 
 async def latency(
@@ -214,7 +217,7 @@ async def measure(folder: Path, count: int, batched: bool, gc_freeze: bool) -> d
     if gc_freeze:  # what Daemon.run does before its services start
         settle_heap()
     raw = await raw_limit(client, count)
-    ours, _router = await routed(client, count, folder / "spans.jsonl", batched)
+    ours, cpu_us = await routed(client, count, folder / "spans.jsonl", batched)
     samples = await latency(client, ours / 2, 5.0, folder / "lat.jsonl", batched)
     await client.aclose()
     return {
@@ -224,6 +227,8 @@ async def measure(folder: Path, count: int, batched: bool, gc_freeze: bool) -> d
         "raw_msgs_per_s": round(raw),
         "routed_decisions_per_s": round(ours),
         "ratio": round(ours / raw, 3),
+        # This process, every thread (the span exporter's included), per decision.
+        "router_cpu_us_per_decision": round(cpu_us, 1),
         "latency_rate_per_s": round(ours / 2),
         "latency_p50_ms": round(statistics.median(samples), 2),
         "latency_p99_ms": round(percentile(samples, 0.99), 2),
