@@ -14,17 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from selfheal.telemetry import (
     JsonlSpanExporter,
+    RedactedSpan,
     Telemetry,
     context_from_traceparent,
     current_traceparent,
     read_spans,
     setup_telemetry,
+    span_line,
+    span_to_dict,
 )
 
 FLUSH_MS = 5000
@@ -206,6 +211,24 @@ def test_opened_spans_continue_the_parent_trace_and_carry_their_attributes(
     # Secrets are masked once, when the span is recorded, whatever the exporter.
     assert "hunter2" not in json.dumps(escalate) and "k-123" not in json.dumps(escalate)
     assert escalate["attributes"]["selfheal.reason"].startswith("copy to https://backup:")
+
+
+@pytest.mark.parametrize("parent", [None, SpanContext(7, 8, is_remote=True)])
+def test_recorded_span_line_is_the_span_as_json(parent: SpanContext | None) -> None:
+    context = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+    span = RedactedSpan(
+        "selfheal.route.décide",
+        context,
+        parent,
+        Resource.create({"service.name": "selfheal-test"}),
+        {"selfheal.reason": 'naïve "quoted"\n', "selfheal.attempt": 3, "selfheal.ok": True,
+         "selfheal.ratio": 0.5},
+        start_time=1_772_000_000_123_456_789,
+        end_time=1_772_000_001_000_000_000,
+    )  # fmt: skip
+    line = span_line(span)
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    assert json.loads(line) == span_to_dict(span)
 
 
 def test_opened_span_under_an_unsampled_parent_is_not_recorded(
