@@ -23,12 +23,13 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from selfheal.redact import is_secret_key, redact, redact_text
 
@@ -38,7 +39,8 @@ ATTRIBUTE_PREFIX = "selfheal."
 # Short enough that `selfheal spans --follow` sees a decision almost as it happens.
 BATCH_SCHEDULE_DELAY_MS = 500
 _PROPAGATOR = TraceContextTextMapPropagator()
-_SCOPE = InstrumentationScope("selfheal")  # what provider.get_tracer("selfheal") reports
+# What provider.get_tracer("selfheal") reports (the SDK stores no version as "").
+_SCOPE = InstrumentationScope("selfheal", "", "")
 # As the SDK's tracer sets them: sampled, and "random trace id" where the SDK knows it.
 _RANDOM_ID = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
 _ROOT_FLAGS = TraceFlags(TraceFlags.SAMPLED | _RANDOM_ID)
@@ -167,7 +169,12 @@ def _span_body(span: ReadableSpan) -> dict[str, Any]:
 
 def span_line(span: ReadableSpan) -> bytes:
     """One line of the span file: span_to_dict(span) as compact JSON and a newline."""
-    body = to_json(_span_body(span), fallback=str)
+    try:
+        body = to_json(_span_body(span), fallback=str)
+    except PydanticSerializationError:
+        # Text that is not valid Unicode (a lone surrogate from a file name or a
+        # publisher's data) is escaped the way the json module escapes it.
+        return (json.dumps(span_to_dict(span), default=str, separators=(",", ":")) + "\n").encode()
     # The body ends with '}': the shared resource is spliced in as the last member.
     return body[:-1] + b',"resource":' + _resource_json(span.resource) + b"}\n"
 
@@ -379,7 +386,14 @@ class Telemetry:
         return OpenSpan(name, context, parent, start_ns)
 
     def close_spans(self, spans: Iterable[tuple[OpenSpan, Mapping[str, Any]]], end_ns: int) -> None:
-        """End the spans at `end_ns` with their attributes and hand them to the exporter."""
+        """End the spans at `end_ns` with their attributes and hand them to the exporter.
+
+        Like the SDK's spans they are dropped when the SDK is disabled
+        (OTEL_SDK_DISABLED); span limits do not apply (a decision has a dozen
+        attributes, all short primitives).
+        """
+        if not isinstance(self.tracer, SdkTracer):
+            return
         resource = self.provider.resource
         on_end = self.processor.on_end
         for span, attributes in spans:

@@ -25,11 +25,11 @@ ensure_venv() {
   fi
   local stamp=".venv/.selfheal-install-stamp"
   local want
-  want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $extras"
+  want="$(cat pyproject.toml scripts/lib/constraints.txt | sha256sum | cut -d' ' -f1) $extras"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "==> installing selfheal$extras into .venv"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".$extras"
+    .venv/bin/python -m pip install --quiet -c scripts/lib/constraints.txt -e ".$extras"
     echo "$want" >"$stamp"
   fi
 }

@@ -15,6 +15,7 @@ from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
 from selfheal.core.events import Event, new_event
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -119,6 +120,70 @@ async def test_a_short_batch_does_not_read_ahead(bus: Bus) -> None:
     # No read-ahead: the new entry is still undelivered, free for any member.
     pending = await bus.client.xpending(bus.keys.stream(NAME), GROUP)
     assert pending["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("client_options", "blocking_pool"),
+    [
+        ({}, False),  # a pooled client: packed by hiredis, the raw reply
+        ({"protocol": 3}, False),
+        ({"single_connection_client": True}, False),  # redis-py's command path and parsing
+        ({"single_connection_client": True, "protocol": 3}, False),
+        ({"protocol": 3}, True),
+    ],
+)
+async def test_read_group_gives_the_same_entries_for_every_client_shape(
+    redis_server: RedisServer, client_options: dict[str, Any], blocking_pool: bool
+) -> None:
+    address = {"host": "127.0.0.1", "port": redis_server.port}
+    if blocking_pool:
+        pool = aioredis.BlockingConnectionPool(**address, **client_options)
+        client = aioredis.Redis(connection_pool=pool)
+    else:
+        client = aioredis.Redis(**address, **client_options)
+    try:
+        bus = Bus(client, Keys("test"))
+        await bus.ensure_group(NAME, GROUP)
+        sent = [event(n) for n in range(3)]
+        await bus.publish_many(sent)
+        stream = bus.keys.stream(NAME)
+        got = await bus.read_group(stream, GROUP, "c1", count=10, block_ms=None)
+        assert [Event.from_wire(fields) for _, fields in got] == sent
+        assert all(isinstance(entry_id, str) and "-" in entry_id for entry_id, _ in got)
+        assert await bus.read_group(stream, GROUP, "c1", count=10, block_ms=50) == []
+    finally:
+        await client.aclose()
+
+
+async def test_a_failed_read_ahead_does_not_disturb_the_batch_being_handled(bus: Bus) -> None:
+    handled: list[int] = []
+    batches: list[list[int]] = []
+    stream = bus.keys.stream(NAME)
+
+    async def handle(e: Event) -> None:
+        handled.append(e.data["n"])
+
+    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
+        batches.append([e.data["n"] for _, e in entries])
+        if len(batches) == 1:
+            # The stream is gone while the read-ahead runs: Redis answers it NOGROUP.
+            await bus.client.rename(stream, stream + ":away")
+            await anyio.sleep(0.1)
+            await bus.client.rename(stream + ":away", stream)
+        return [Outcome.SLOW] * len(entries)
+
+    options = ConsumerOptions(batch=2, block_ms=100, reclaim_every_s=3600)
+    consumer = StreamConsumer(
+        bus, NAME, GROUP, "c1", handle, options=options, batch_handler=handle_batch
+    )
+    await bus.ensure_group(NAME, GROUP)
+    await bus.publish_many([event(n) for n in range(4)])
+    await consumer.poll_once()
+    assert batches == [[0, 1]] and handled == [0, 1]
+    # The read-ahead failed: the next entries were never delivered, so none is pending.
+    assert (await bus.client.xpending(stream, GROUP))["pending"] == 0
+    await consumer.poll_once()
+    assert batches == [[0, 1], [2, 3]] and handled == [0, 1, 2, 3]
 
 
 async def test_dedupe_publishes_an_idempotency_key_once(bus: Bus) -> None:

@@ -165,3 +165,33 @@ async def test_lean_connection_keeps_host_key_checks_and_state(sshd: SshServer) 
     with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
         await stranger._connect()
     assert caught.value.kind == "auth.host_key"
+
+
+@pytest.mark.anyio
+async def test_lean_connection_survives_rekeying_mid_upload(
+    sshd: SshServer, tmp_path: Path, sent_packets: list[str]
+) -> None:
+    """Backups larger than asyncssh's rekey limit re-key mid-upload; the bytes stay exact."""
+    local = tmp_path / "big.rdb"
+    data = os.urandom(SIZE)
+    local.write_bytes(data)
+    remote = sshd.remote_root / "rekeyed.rdb"
+    with anyio.fail_after(WAIT_S):
+        async with asyncssh.connect(
+            "127.0.0.1",
+            port=sshd.port,
+            username=sshd.user,
+            known_hosts=str(sshd.known_hosts),
+            client_keys=[str(sshd.user_key)],
+            agent_path=None,
+            encryption_algs=["aes128-gcm@openssh.com"],
+            rekey_bytes=256 << 10,  # a new key exchange every 256 KiB sent
+        ) as conn:
+            assert use_lean_send(conn)
+            async with conn.start_sftp_client() as sftp:
+                await sftp.put(str(local), str(remote))
+                assert (await sftp.stat(str(remote))).size == SIZE  # after the re-keys
+    assert remote.read_bytes() == data
+    assert sent_packets.count("MSG_KEXINIT") >= 4  # the first exchange and several re-keys
+    after_open = sent_packets[sent_packets.index("MSG_CHANNEL_OPEN") :]
+    assert "MSG_IGNORE" not in after_open

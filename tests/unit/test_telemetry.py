@@ -231,6 +231,59 @@ def test_recorded_span_line_is_the_span_as_json(parent: SpanContext | None) -> N
     assert json.loads(line) == span_to_dict(span)
 
 
+def test_a_span_with_text_that_is_not_unicode_is_written_with_the_rest(tmp_path: Path) -> None:
+    spans = finished_spans(3)
+    odd = ReadableSpan(
+        "selfheal.route.decide",
+        spans[1].context,
+        None,
+        spans[1].resource,
+        {"selfheal.field": "data.x\udcff"},  # a lone surrogate, e.g. from os.fsdecode
+        start_time=spans[1].start_time,
+        end_time=spans[1].end_time,
+    )
+    exporter = JsonlSpanExporter(tmp_path / "spans.jsonl", max_bytes=1 << 20, backups=1)
+    assert exporter.export([spans[0], odd, spans[2]]) == SpanExportResult.SUCCESS
+    written = read_spans(tmp_path / "spans.jsonl")
+    assert [s["name"] for s in written] == ["span-0", "selfheal.route.decide", "span-2"]
+    assert written[1]["attributes"]["selfheal.field"] == "data.x\udcff"
+
+
+def in_memory_telemetry() -> tuple[Telemetry, InMemorySpanExporter]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    processor = SimpleSpanProcessor(memory)
+    provider.add_span_processor(processor)
+    return Telemetry(provider, processor, "jsonl", None), memory
+
+
+def test_recorded_spans_carry_the_same_scope_as_the_sdk_spans() -> None:
+    telemetry, memory = in_memory_telemetry()
+    with telemetry.decision_span("selfheal.route.decide"):
+        pass
+    opened = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=1)
+    telemetry.close_spans([(opened, {"selfheal.action": "retry"})], end_ns=2)
+    sdk_span, recorded = memory.get_finished_spans()
+    assert recorded.instrumentation_scope == sdk_span.instrumentation_scope
+    assert (recorded.kind, recorded.status.status_code) == (
+        sdk_span.kind,
+        sdk_span.status.status_code,
+    )
+    assert recorded.resource is sdk_span.resource
+
+
+def test_recorded_spans_are_dropped_when_the_sdk_is_disabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    telemetry, memory = in_memory_telemetry()
+    opened = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=1)
+    telemetry.close_spans([(opened, {"selfheal.action": "retry"})], end_ns=2)
+    with telemetry.decision_span("selfheal.route.decide"):
+        pass
+    assert memory.get_finished_spans() == ()
+
+
 def test_opened_span_under_an_unsampled_parent_is_not_recorded(
     make_telemetry: MakeTelemetry,
 ) -> None:

@@ -141,7 +141,10 @@ class StreamConsumer:
         )
 
     async def _read_next(self) -> None:
-        self._read_ahead = await self._read(None)
+        try:
+            self._read_ahead = await self._read(None)
+        except Exception as exc:  # only a head start: the next ordinary read reports it
+            log.debug("%s read-ahead failed: %s", self.group, exc)
 
     async def _handle_read_ahead(self) -> None:
         batch, self._read_ahead = self._read_ahead, []

@@ -267,17 +267,30 @@ class Bus:
     # -- large commands ------------------------------------------------------------------
 
     async def execute_packed(self, *args: str | int | bytes) -> Any:
-        """Run one command packed by hiredis; the raw reply (bytes, lists, ints)."""
+        """Run one command packed by hiredis; the raw reply (bytes, lists, ints).
+
+        Connection errors are retried as redis-py retries its own commands (the pool's
+        retry policy, a fresh connection each time). A client without a plain
+        connection pool (a single-connection client, a cluster) runs the command the
+        ordinary way, with redis-py's reply parsing.
+        """
         client = self.client
-        pool = client.connection_pool
-        if client.connection is not None or type(pool) is not ConnectionPool:
+        pool = getattr(client, "connection_pool", None)
+        if getattr(client, "connection", None) is not None or type(pool) is not ConnectionPool:
             return await client.execute_command(*args)  # type: ignore[no-untyped-call]
         # redis-py packs arguments in Python at ~1 µs each; a batch script has thousands.
         packed = hiredis.pack_command(cast(Any, args))  # the stub types a 1-tuple
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+
+        async def send_and_read() -> Any:
             await conn.send_packed_command(packed)
-            reply = await conn.read_response()
+            return await conn.read_response()
+
+        async def reconnect(_error: Exception) -> None:
+            await conn.disconnect()
+
+        try:
+            reply = await conn.retry.call_with_retry(send_and_read, reconnect)
         except ResponseError:
             await _shielded(pool.release(conn))
             raise  # the error reply was read whole: the connection is still in step
@@ -308,11 +321,7 @@ class Bus:
             "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block,
             "STREAMS", stream, ">",
         )  # fmt: skip
-        if not raw:
-            return []
-        if isinstance(raw, dict):  # RESP3 replies map each stream to its entries
-            return [entry for entries in raw.values() for entry in cast_entries(entries)]
-        return [entry for _stream, entries in raw for entry in cast_entries(entries)]
+        return stream_entries(raw)
 
     # -- stats -------------------------------------------------------------------------------
 
@@ -367,6 +376,24 @@ def decode_fields(fields: Mapping[bytes | str, bytes | str] | list[bytes | str])
         texts = list(map(as_text, fields))
         return dict(zip(texts[::2], texts[1::2], strict=True))
     return {as_text(k): as_text(v) for k, v in fields.items()}
+
+
+def stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of an XREAD/XREADGROUP reply, whatever its shape.
+
+    RESP2 gives [[stream, entries], ...], RESP3 {stream: entries}; redis-py's legacy
+    RESP3 parsing wraps each stream's entries in one more list.
+    """
+    if not raw:
+        return []
+    per_stream = raw.values() if isinstance(raw, dict) else [entries for _, entries in raw]
+    found: list[tuple[str, dict[str, str]]] = []
+    for entries in per_stream:
+        first = entries[0] if entries else None
+        if isinstance(first, list) and first and isinstance(first[0], list | tuple):
+            entries = first  # the extra wrapping
+        found.extend(cast_entries(entries))
+    return found
 
 
 def cast_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:

@@ -100,7 +100,11 @@ def use_lean_send(conn: asyncssh.SSHClientConnection) -> bool:
         return False
     if type(conn) is asyncssh.SSHClientConnection:
         # Same layout, one overridden method: the connection keeps all its state.
-        conn.__class__ = LeanSendConnection
+        try:
+            conn.__class__ = LeanSendConnection
+        except TypeError as exc:  # a layout this module does not know: stay stock
+            _warn_unavailable(f"cannot switch the connection class: {exc}")
+            return False
     elif not isinstance(conn, LeanSendConnection):
         return False
     return conn.get_extra_info("send_cipher") in AEAD_CIPHERS
