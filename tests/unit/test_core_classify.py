@@ -9,11 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from selfheal.core.classify import (
+    _MESSAGE_RULES,
     HARD_CLASSES,
     SEVERITY,
     UNKNOWN,
     Classification,
     FailureClass,
+    _by_message,
     classify,
     classify_item,
 )
@@ -243,3 +245,47 @@ def test_any_evidence_classifies(message: str, code: int | str | None) -> None:
     found = classify([Evidence(message=message, errno=code)])
     assert found.failure_class in SEVERITY
     assert found.reason
+
+
+PHRASES = [
+    "connection reset",
+    "timed out",
+    "permission denied",
+    "no space left on device",
+    "sha256 mismatch",
+    "stale file handle",
+    "ssh: connect",
+    "Host key verification failed",
+    "nothing to see",
+]
+
+
+def _every_match_ranked(texts: list[str | None]) -> Classification | None:
+    """The classification by ranking every match of every text at once (first wins a tie)."""
+    best: Classification | None = None
+    for text in texts:
+        for pattern, failure_class, label in _MESSAGE_RULES:
+            if text and pattern.search(text):
+                found = Classification(
+                    failure_class, f"message matches {label or pattern.pattern!r}"
+                )
+                if best is None or SEVERITY[found.failure_class] > SEVERITY[best.failure_class]:
+                    best = found
+    return best
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.lists(st.sampled_from(PHRASES), max_size=4).map("; ".join),
+            st.lists(st.sampled_from(PHRASES), min_size=1, max_size=3).map(
+                lambda parts: "x" * 600 + "; ".join(parts)  # longer than the cached texts
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_per_text_ranking_matches_ranking_every_match(texts: list[str | None]) -> None:
+    assert _by_message(texts) == _every_match_ranked(texts)
+    assert _by_message(texts) == _every_match_ranked(texts)  # again, from the cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno as errno_module
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -193,15 +194,28 @@ def _by_exception(item: Evidence) -> Classification | None:
 
 
 def _by_message(texts: Iterable[str | None]) -> Classification | None:
-    matches = []
-    for text in texts:
-        if not text:
-            continue
-        for pattern, failure_class, label in _MESSAGE_RULES:
-            if pattern.search(text):
-                shown = label or pattern.pattern
-                matches.append(Classification(failure_class, f"message matches {shown!r}"))
-    return _most_severe(matches)
+    # The most severe match of each text, then of the texts: the same first-wins order
+    # as ranking every match of every text at once.
+    return _most_severe(
+        found
+        for text in texts
+        if text and (found := (_text_class(text) if len(text) <= _CACHED_TEXT else _scan(text)))
+    )
+
+
+def _scan(text: str) -> Classification | None:
+    """The most severe message rule `text` matches (the first one on a tie)."""
+    return _most_severe(
+        Classification(failure_class, f"message matches {label or pattern.pattern!r}")
+        for pattern, failure_class, label in _MESSAGE_RULES
+        if pattern.search(text)
+    )
+
+
+# A failing thing reports the same messages again and again; long texts are scanned
+# each time so the cache stays small.
+_CACHED_TEXT: Final = 512
+_text_class = functools.lru_cache(maxsize=2048)(_scan)
 
 
 def classify_item(item: Evidence) -> Classification | None:
