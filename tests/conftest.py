@@ -16,6 +16,7 @@ from selfheal.telemetry import Telemetry, setup_telemetry
 from tests.support.daemon import DaemonProcess
 from tests.support.mounts import Mounts
 from tests.support.servers import RedisServer
+from tests.support.sshd import SshServer, running_sshd
 
 
 @pytest.fixture
@@ -47,6 +48,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop(kill=True)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    """A real OpenSSH sshd on a loopback port with throwaway keys, killed afterwards."""
+    yield from running_sshd(tmp_path / "sshd")
 
 
 @pytest.fixture

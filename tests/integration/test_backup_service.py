@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,11 @@ from selfheal.core.contracts import Evidence
 from selfheal.core.events import BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_REQUESTED, Event, new_event
 from selfheal.telemetry import Telemetry
 from tests.support.mounts import Mounts
-from tests.support.servers import RedisServer, missing
-from tests.support.sshd import SshServer, install_sshd_if_missing
+from tests.support.servers import RedisServer
+from tests.support.sshd import SshServer
 from tests.support.typesense import TypesenseServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshServer]:
-    if not install_sshd_if_missing():
-        missing("OpenSSH sshd")
-    server = SshServer(tmp_path / "sshd").start()
-    try:
-        yield server
-    finally:
-        server.stop(kill=True)
 
 
 def fill(server: RedisServer, keys: int = 50, size: int = 100) -> None:

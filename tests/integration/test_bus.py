@@ -59,14 +59,32 @@ async def test_published_event_is_handled_once_and_acked(bus: Bus) -> None:
     assert pending["pending"] == 0
 
 
+def batch_consumer(
+    bus: Bus,
+    handle_batch: Any,
+    *,
+    batch: int,
+    handled: list[int] | None = None,
+    stopping: Any = lambda: False,
+) -> StreamConsumer:
+    """A consumer with a batch handler; the entries it leaves go to a handler noting `n`."""
+
+    async def handle(e: Event) -> None:
+        if handled is not None:
+            handled.append(e.data["n"])
+
+    options = ConsumerOptions(batch=batch, block_ms=100, reclaim_every_s=3600)
+    return StreamConsumer(
+        bus, NAME, GROUP, "c1", handle, options=options, stopping=stopping,
+        batch_handler=handle_batch,
+    )  # fmt: skip
+
+
 async def test_full_batches_read_ahead_and_run_handles_the_read_ahead_before_it_stops(
     bus: Bus,
 ) -> None:
     batches: list[list[int]] = []
     handled: list[int] = []
-
-    async def handle(e: Event) -> None:
-        handled.append(e.data["n"])
 
     async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
         batches.append([e.data["n"] for _, e in entries])
@@ -74,16 +92,8 @@ async def test_full_batches_read_ahead_and_run_handles_the_read_ahead_before_it_
         await anyio.sleep(0.05)
         return [Outcome.SLOW] * len(entries)  # the per-entry path handles and acks them
 
-    options = ConsumerOptions(batch=2, block_ms=100, reclaim_every_s=3600)
-    consumer = StreamConsumer(
-        bus,
-        NAME,
-        GROUP,
-        "c1",
-        handle,
-        options=options,
-        stopping=lambda: len(batches) >= 1,
-        batch_handler=handle_batch,
+    consumer = batch_consumer(
+        bus, handle_batch, batch=2, handled=handled, stopping=lambda: len(batches) >= 1
     )
     await bus.ensure_group(NAME, GROUP)
     await bus.publish_many([event(n) for n in range(5)])
@@ -106,13 +116,7 @@ async def test_a_short_batch_does_not_read_ahead(bus: Bus) -> None:
         await bus.publish(event(9))  # arrives while the batch is handled
         return [Outcome.SLOW] * len(entries)
 
-    async def handle(e: Event) -> None:
-        pass
-
-    options = ConsumerOptions(batch=5, block_ms=100, reclaim_every_s=3600)
-    consumer = StreamConsumer(
-        bus, NAME, GROUP, "c1", handle, options=options, batch_handler=handle_batch
-    )
+    consumer = batch_consumer(bus, handle_batch, batch=5)
     await bus.ensure_group(NAME, GROUP)
     await bus.publish_many([event(n) for n in range(2)])
     await consumer.poll_once()
@@ -160,9 +164,6 @@ async def test_a_failed_read_ahead_does_not_disturb_the_batch_being_handled(bus:
     batches: list[list[int]] = []
     stream = bus.keys.stream(NAME)
 
-    async def handle(e: Event) -> None:
-        handled.append(e.data["n"])
-
     async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
         batches.append([e.data["n"] for _, e in entries])
         if len(batches) == 1:
@@ -172,10 +173,7 @@ async def test_a_failed_read_ahead_does_not_disturb_the_batch_being_handled(bus:
             await bus.client.rename(stream + ":away", stream)
         return [Outcome.SLOW] * len(entries)
 
-    options = ConsumerOptions(batch=2, block_ms=100, reclaim_every_s=3600)
-    consumer = StreamConsumer(
-        bus, NAME, GROUP, "c1", handle, options=options, batch_handler=handle_batch
-    )
+    consumer = batch_consumer(bus, handle_batch, batch=2, handled=handled)
     await bus.ensure_group(NAME, GROUP)
     await bus.publish_many([event(n) for n in range(4)])
     await consumer.poll_once()

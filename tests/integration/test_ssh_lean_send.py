@@ -24,28 +24,12 @@ from selfheal.backup.transports.ssh_lean_send import (
     use_lean_send,
     version_tuple,
 )
-from selfheal.core.ssh_flags import parse_ssh_flags
-from tests.support.servers import missing
-from tests.support.sshd import SshServer, install_sshd_if_missing
+from tests.support.sshd import SshServer, transport_for
 
 WAIT_S = 60.0
 SIZE = 2 << 20  # 64 channel data packets of 32 KiB
 REMOTE = PurePosixPath("redis/lean.rdb")
 SENT_PACKET = re.compile(r"(?:^|\] )Sent (MSG_[A-Z_]+) \(")  # after asyncssh's [conn=..] prefix
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshServer]:
-    """A real sshd on a loopback port, killed afterwards."""
-    if not install_sshd_if_missing():
-        missing("OpenSSH sshd (/usr/sbin/sshd; scripts/lib/install-system-packages.sh installs it)")
-    if os.geteuid() != 0:  # sshd needs root for /run/sshd and its privilege separation
-        missing("root, to run a test sshd")
-    server = SshServer(tmp_path / "sshd").start()
-    try:
-        yield server
-    finally:
-        server.stop(kill=True)
 
 
 @pytest.fixture
@@ -68,17 +52,6 @@ def sent_packets(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
     finally:
         logging.getLogger("asyncssh").removeHandler(handler)
         asyncssh.set_debug_level(1)
-
-
-def transport_for(server: SshServer, **overrides: object) -> SshTransport:
-    """A transport for `server` with its known_hosts and user key given explicitly."""
-    options = parse_ssh_flags(f"-o BatchMode=yes -p {server.port}")
-    kwargs: dict[str, object] = {
-        "known_hosts": server.known_hosts,
-        "client_keys": [server.user_key],
-        **overrides,
-    }
-    return SshTransport(server.host, options, str(server.remote_root), **kwargs)  # type: ignore[arg-type]
 
 
 def ignores_after_channel_open(names: list[str]) -> int:

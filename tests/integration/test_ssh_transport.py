@@ -20,8 +20,8 @@ from selfheal.core.classify import FailureClass, classify
 from selfheal.core.contracts import Evidence
 from selfheal.core.ssh_flags import parse_ssh_flags
 from tests.support.mounts import Mounts
-from tests.support.servers import free_port, missing
-from tests.support.sshd import SshServer, install_sshd_if_missing
+from tests.support.servers import free_port
+from tests.support.sshd import SshServer, running_sshd, transport_for
 
 pytestmark = pytest.mark.anyio
 
@@ -32,39 +32,15 @@ ORIGINAL_FLAGS = (
 RDB = PurePosixPath("redis/redis-20261127T033000Z.rdb")
 
 
-def _server(directory: Path, **kwargs: bool) -> Iterator[SshServer]:
-    if not install_sshd_if_missing():
-        missing("OpenSSH sshd (/usr/sbin/sshd; scripts/lib/install-system-packages.sh installs it)")
-    if os.geteuid() != 0:  # sshd needs root for /run/sshd and its privilege separation
-        missing("root, to run a test sshd")
-    server = SshServer(directory, **kwargs).start()
-    try:
-        yield server
-    finally:
-        server.stop(kill=True)
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshServer]:
-    """A real sshd on a loopback port, killed afterwards."""
-    yield from _server(tmp_path / "sshd")
-
-
 @pytest.fixture
 def sftp_only_sshd(tmp_path: Path) -> Iterator[SshServer]:
     """An sshd whose account runs internal-sftp only (no exec), as on many NAS boxes."""
-    yield from _server(tmp_path / "sshd", force_internal_sftp=True)
+    yield from running_sshd(tmp_path / "sshd", force_internal_sftp=True)
 
 
 def make_transport(server: SshServer, **overrides: object) -> SshTransport:
-    """A transport for `server` with its known_hosts and user key given explicitly."""
-    options = parse_ssh_flags(f"{ORIGINAL_FLAGS} -p {server.port}")
-    kwargs: dict[str, object] = {
-        "known_hosts": server.known_hosts,
-        "client_keys": [server.user_key],
-        **overrides,
-    }
-    return SshTransport(server.host, options, str(server.remote_root), **kwargs)  # type: ignore[arg-type]
+    """A transport for `server` with the original's flags."""
+    return transport_for(server, ORIGINAL_FLAGS, **overrides)
 
 
 def random_file(path: Path, size: int) -> str:

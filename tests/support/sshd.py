@@ -8,11 +8,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
-from tests.support.servers import free_port, wait_until
+from selfheal.backup.transports.ssh import SshTransport
+from selfheal.core.ssh_flags import parse_ssh_flags
+from tests.support.servers import free_port, missing, wait_until
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"
@@ -184,3 +187,29 @@ class SshServer:
                 return
             time.sleep(0.05)
         raise AssertionError(f"port {self.port} still accepts after {timeout}s")
+
+
+def running_sshd(directory: Path, *, force_internal_sftp: bool = False) -> Iterator[SshServer]:
+    """A started sshd in `directory` for a fixture to yield; killed afterwards."""
+    if not install_sshd_if_missing():
+        missing("OpenSSH sshd (/usr/sbin/sshd; scripts/lib/install-system-packages.sh installs it)")
+    if os.geteuid() != 0:  # sshd needs root for /run/sshd and its privilege separation
+        missing("root, to run a test sshd")
+    server = SshServer(directory, force_internal_sftp=force_internal_sftp).start()
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
+
+
+def transport_for(
+    server: SshServer, flags: str = "-o BatchMode=yes", **overrides: object
+) -> SshTransport:
+    """A transport for `server` with its known_hosts and user key given explicitly."""
+    options = parse_ssh_flags(f"{flags} -p {server.port}")
+    kwargs: dict[str, object] = {
+        "known_hosts": server.known_hosts,
+        "client_keys": [server.user_key],
+        **overrides,
+    }
+    return SshTransport(server.host, options, str(server.remote_root), **kwargs)  # type: ignore[arg-type]
