@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -46,6 +47,7 @@ _KEY_VALUE_HINT = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1024)  # config, span and header names repeat
 def is_secret_key(name: str) -> bool:
     """Return True when a mapping key names a secret (api_key, botToken, Authorization...)."""
     return bool(_SECRET_KEY.search(_CAMEL_BOUNDARY.sub("_", name)))
@@ -98,3 +100,21 @@ def redact(value: Any) -> Any:
         return value
     # Unknown objects are copied untouched; callers pass model_dump() output to get masking.
     return copy.deepcopy(value)
+
+
+# redact_text runs six patterns, one of which backtracks at every position (tens of
+# microseconds per short string). Each pattern needs one of these literals to match at
+# all, so text holding none of them comes back unchanged and skips the patterns.
+_SECRET_HINTS = r"://|/bot|\d:|bearer|authorization|key|token|secret|passw|credential|cookie"
+_MAY_HOLD_SECRET = re.compile(_SECRET_HINTS, re.IGNORECASE)
+# For ASCII text, lower() then a case-sensitive search is the same test, three times faster.
+_MAY_HOLD_SECRET_LOWER = re.compile(_SECRET_HINTS)
+
+
+def quick_redact_text(text: str) -> str:
+    """redact_text, skipped for text none of its patterns can match."""
+    if text.isascii():
+        hint = _MAY_HOLD_SECRET_LOWER.search(text.lower())
+    else:
+        hint = _MAY_HOLD_SECRET.search(text)
+    return redact_text(text) if hint else text

@@ -10,8 +10,7 @@ from ulid import ULID
 
 from selfheal.core.events import ULID_PATTERN
 from selfheal.healing.wire import new_ulid
-from selfheal.redact import redact_text
-from selfheal.telemetry import quick_redact_text
+from selfheal.redact import quick_redact_text, redact_text
 
 # Pieces that make each of redact_text's patterns fire, mixed with plain text.
 PIECES = [

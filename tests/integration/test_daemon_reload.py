@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from selfheal.cli import cli
-from selfheal.telemetry import read_spans
+from selfheal.spanfile import read_spans
 from tests.support.daemon import DaemonProcess
 from tests.support.servers import wait_until
 

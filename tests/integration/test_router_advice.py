@@ -19,7 +19,8 @@ from selfheal.core.policy import Knobs
 from selfheal.healing.advice import LlmAdviser
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import Router
-from selfheal.telemetry import Telemetry, read_spans
+from selfheal.spanfile import read_spans
+from selfheal.telemetry import Telemetry
 from tests.support.http import PlayedService, Posted, Reply, played_service
 
 pytestmark = pytest.mark.anyio

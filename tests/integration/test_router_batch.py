@@ -20,7 +20,8 @@ from selfheal.core.events import (
 )
 from selfheal.core.policy import Knobs
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
-from selfheal.telemetry import Telemetry, read_spans
+from selfheal.spanfile import read_spans
+from selfheal.telemetry import Telemetry
 from tests.integration.test_router import request, stream_events
 
 pytestmark = pytest.mark.anyio

@@ -20,16 +20,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from selfheal.spanfile import JsonlSpanExporter, RedactedSpan, read_spans, span_line, span_to_dict
 from selfheal.telemetry import (
-    JsonlSpanExporter,
-    RedactedSpan,
     Telemetry,
     context_from_traceparent,
     current_traceparent,
-    read_spans,
     setup_telemetry,
-    span_line,
-    span_to_dict,
 )
 
 FLUSH_MS = 5000

@@ -23,7 +23,8 @@ from selfheal.core.policy import Action, Decision, Knobs, completion_for, comple
 from selfheal.healing.commit import Group
 from selfheal.healing.store import DECISION_TTL_S, IncidentSnapshot, manual_entry
 from selfheal.healing.wire import event_fields, span_attributes
-from selfheal.telemetry import OpenSpan, quick_redact_text
+from selfheal.redact import quick_redact_text
+from selfheal.telemetry import OpenSpan
 
 if TYPE_CHECKING:
     from selfheal.healing.router import Router
