@@ -23,7 +23,6 @@ from selfheal.core.policy import Action, Decision, Knobs, completion_for, comple
 from selfheal.healing.commit import Group
 from selfheal.healing.store import DECISION_TTL_S, IncidentSnapshot, manual_entry
 from selfheal.healing.wire import event_fields, span_attributes
-from selfheal.redact import quick_redact_text
 from selfheal.telemetry import OpenSpan
 
 if TYPE_CHECKING:
@@ -120,7 +119,8 @@ class Planner:
         now = self.router.now_ms()
         incident = chain.incident
         # The order Router.handle leaves them in (a key set again moves to the end).
-        attributes: dict[str, Any] = {"selfheal.event_id": quick_redact_text(event.id)}
+        # Telemetry.close_spans redacts the attributes when it records the span.
+        attributes: dict[str, Any] = {"selfheal.event_id": event.id}
         if incident is not None and incident.state == IncidentState.ESCALATED:
             completion = Completion(
                 incident_id=chain.snapshot.incident_id,
