@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.lowlevel
 
 from selfheal.bus.consumer import Outcome
 from selfheal.core.contracts import InvalidRequest, parse_request
