@@ -19,6 +19,7 @@ from selfheal.core.events import (
     new_event,
 )
 from selfheal.core.policy import Knobs
+from selfheal.healing import batch as batch_module
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
@@ -149,6 +150,32 @@ async def test_batch_writes_what_the_one_by_one_path_writes(
     assert notified == [e.data for e in await stream_events(one.bus, NOTIFY_REQUESTED)]
     assert [n["incident"]["incidentId"] for n in notified] == ["inc:hard"], "manual does not notify"
     assert many.stats.escalations == one.stats.escalations == 2
+
+
+async def test_a_batch_committed_in_many_concurrent_chunks_writes_what_one_by_one_writes(
+    redis_client: aioredis.Redis, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of 4 incidents: each is sent while the next is planned, several in flight.
+    monkeypatch.setattr(batch_module, "FLUSH_EVERY", 4)
+    payloads = [request(incident=f"inc:{i}") for i in range(30)]
+    routers = {}
+    for name, batched in (("one", False), ("many", True)):
+        router = routers[name] = make(redis_client, telemetry, name, clock_ms=lambda: START_MS)
+        await publish(router, payloads)
+        await consumer(router, batched=batched).poll_once()
+        assert router.stats.decisions == len(payloads) and await pending(router) == 0
+    assert SLOW_CALLS["many"] == 0
+    for incident_id in [p["incidentId"] for p in payloads]:
+        assert await state(routers["many"], incident_id) == await state(routers["one"], incident_id)
+    assert await timers(routers["many"]) == await timers(routers["one"])
+
+    # Chunks may land in any order; what each incident's completion says may not.
+    def by_incident(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(items, key=lambda c: str(c["incidentId"]))
+
+    assert by_incident(await completions(routers["many"])) == by_incident(
+        await completions(routers["one"])
+    )
 
 
 async def test_events_of_one_incident_in_a_batch_spend_the_budget_as_one_by_one(
