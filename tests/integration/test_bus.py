@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -159,7 +160,10 @@ async def test_read_group_gives_the_same_entries_for_every_client_shape(
         await client.aclose()
 
 
-async def test_a_failed_read_ahead_does_not_disturb_the_batch_being_handled(bus: Bus) -> None:
+async def test_a_failed_read_ahead_does_not_disturb_the_batch_being_handled(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="selfheal.bus")
     handled: list[int] = []
     batches: list[list[int]] = []
     stream = bus.keys.stream(NAME)
@@ -169,7 +173,9 @@ async def test_a_failed_read_ahead_does_not_disturb_the_batch_being_handled(bus:
         if len(batches) == 1:
             # The stream is gone while the read-ahead runs: Redis answers it NOGROUP.
             await bus.client.rename(stream, stream + ":away")
-            await anyio.sleep(0.1)
+            with anyio.fail_after(WAIT_S):
+                while "read-ahead failed" not in caplog.text:  # noqa: ASYNC110 - bounded poll of the log
+                    await anyio.sleep(0.01)
             await bus.client.rename(stream + ":away", stream)
         return [Outcome.SLOW] * len(entries)
 
