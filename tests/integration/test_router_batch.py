@@ -121,6 +121,20 @@ async def timers(router: Router) -> list[dict[str, Any]]:
     return sorted(out, key=lambda t: t["key"])
 
 
+async def route_both_ways(
+    redis_client: aioredis.Redis, telemetry: Telemetry, payloads: list[dict[str, Any]]
+) -> tuple[Router, Router]:
+    """The same requests routed one by one and as one batch, in two namespaces."""
+    routers = []
+    for name, batched in (("one", False), ("many", True)):
+        router = make(redis_client, telemetry, name, clock_ms=lambda: START_MS)
+        await publish(router, payloads)
+        await consumer(router, batched=batched).poll_once()
+        assert router.stats.decisions == len(payloads) and await pending(router) == 0
+        routers.append(router)
+    return routers[0], routers[1]
+
+
 async def test_batch_writes_what_the_one_by_one_path_writes(
     redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
@@ -129,13 +143,7 @@ async def test_batch_writes_what_the_one_by_one_path_writes(
     payloads.append(
         request(incident="inc:manual", evidence=[{"errno": "EACCES"}], fallbackAction="manual")
     )
-    routers = {}
-    for name, batched in (("one", False), ("many", True)):
-        router = routers[name] = make(redis_client, telemetry, name, clock_ms=lambda: START_MS)
-        await publish(router, payloads)
-        await consumer(router, batched=batched).poll_once()
-        assert router.stats.decisions == len(payloads) and await pending(router) == 0
-    one, many = routers["one"], routers["many"]
+    one, many = await route_both_ways(redis_client, telemetry, payloads)
     assert (SLOW_CALLS["one"], SLOW_CALLS["many"]) == (len(payloads), 0)
     for incident_id in [p["incidentId"] for p in payloads]:
         assert await state(many, incident_id) == await state(one, incident_id)
@@ -158,24 +166,17 @@ async def test_a_batch_committed_in_many_concurrent_chunks_writes_what_one_by_on
     # Chunks of 4 incidents: each is sent while the next is planned, several in flight.
     monkeypatch.setattr(batch_module, "FLUSH_EVERY", 4)
     payloads = [request(incident=f"inc:{i}") for i in range(30)]
-    routers = {}
-    for name, batched in (("one", False), ("many", True)):
-        router = routers[name] = make(redis_client, telemetry, name, clock_ms=lambda: START_MS)
-        await publish(router, payloads)
-        await consumer(router, batched=batched).poll_once()
-        assert router.stats.decisions == len(payloads) and await pending(router) == 0
+    one, many = await route_both_ways(redis_client, telemetry, payloads)
     assert SLOW_CALLS["many"] == 0
     for incident_id in [p["incidentId"] for p in payloads]:
-        assert await state(routers["many"], incident_id) == await state(routers["one"], incident_id)
-    assert await timers(routers["many"]) == await timers(routers["one"])
+        assert await state(many, incident_id) == await state(one, incident_id)
+    assert await timers(many) == await timers(one)
 
     # Chunks may land in any order; what each incident's completion says may not.
     def by_incident(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(items, key=lambda c: str(c["incidentId"]))
 
-    assert by_incident(await completions(routers["many"])) == by_incident(
-        await completions(routers["one"])
-    )
+    assert by_incident(await completions(many)) == by_incident(await completions(one))
 
 
 async def test_events_of_one_incident_in_a_batch_spend_the_budget_as_one_by_one(
