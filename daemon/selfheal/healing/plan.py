@@ -22,7 +22,15 @@ from selfheal.core.incident import Incident, IncidentState
 from selfheal.core.policy import Action, Decision, Knobs, completion_for, completion_json
 from selfheal.healing.commit import Group
 from selfheal.healing.store import DECISION_TTL_S, IncidentSnapshot, manual_entry
-from selfheal.healing.wire import event_fields, span_attributes
+from selfheal.healing.wire import (
+    completed_key,
+    escalated_key,
+    escalation_notice,
+    event_fields,
+    recheck_key,
+    retry_key,
+    span_attributes,
+)
 from selfheal.telemetry import OpenSpan
 
 if TYPE_CHECKING:
@@ -174,7 +182,7 @@ class Planner:
             SELF_HEALING_COMPLETED,
             completion_json,
             now_ms=now,
-            idempotency_key=f"{entry.event.id}/completed",
+            idempotency_key=completed_key(entry.event.id),
             traceparent=traceparent or entry.event.traceparent,
         )
 
@@ -217,7 +225,7 @@ class Planner:
                 decision.route_event,
                 compact_json(decision.route_data),
                 now_ms=now,
-                idempotency_key=f"{decision.key}/retry",
+                idempotency_key=retry_key(decision),
                 traceparent=traceparent,
             )
         elif decision.action == Action.PAUSE:
@@ -226,23 +234,16 @@ class Planner:
                 SELF_HEALING_REQUESTED,
                 request_json,
                 now_ms=now,
-                idempotency_key=f"{decision.key}/recheck",
+                idempotency_key=recheck_key(decision),
                 traceparent=traceparent,
             )
         notify: dict[str, str] | None = None
         if decision.action == Action.ESCALATE and decision.notify:
-            data = {
-                "kind": "escalated",
-                "incident": after.to_dict(),
-                "decision": decision.to_dict(),
-                "problemSummary": request.problem_summary,
-            }
             notify = event_fields(
                 self._notify,
-                compact_json(data),
+                compact_json(escalation_notice(after, decision, request.problem_summary)),
                 now_ms=now,
-                # The latch: one announcement per incident and operator reset.
-                idempotency_key=f"{incident.incident_id}/r{incident.operator_resets}/escalated",
+                idempotency_key=escalated_key(incident),
                 traceparent=traceparent,
             )
         pending = decision.fire_at_ms if timer is not None else 0

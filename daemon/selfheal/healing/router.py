@@ -36,7 +36,15 @@ from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED,
 from selfheal.core.incident import Incident, IncidentState
 from selfheal.core.policy import Action, Decision, Knobs, completion_for, decide
 from selfheal.healing.store import Commit, IncidentSnapshot, IncidentStore, manual_entry
-from selfheal.healing.wire import span_attributes
+from selfheal.healing.wire import (
+    all_clear_key,
+    completed_key,
+    escalated_key,
+    escalation_notice,
+    recheck_key,
+    retry_key,
+    span_attributes,
+)
 from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
 
 if TYPE_CHECKING:
@@ -232,7 +240,7 @@ class Router:
                 decision.route_event,
                 decision.route_data,
                 now_ms=now,
-                idempotency_key=f"{decision.key}/retry",
+                idempotency_key=retry_key(decision),
                 traceparent=traceparent,
             )
             change.schedule.append((retry, decision.fire_at_ms))
@@ -243,7 +251,7 @@ class Router:
                 SELF_HEALING_REQUESTED,
                 request.to_data(),
                 now_ms=now,
-                idempotency_key=f"{decision.key}/recheck",
+                idempotency_key=recheck_key(decision),
                 traceparent=traceparent,
             )
             change.schedule.append((recheck, decision.fire_at_ms))
@@ -254,17 +262,9 @@ class Router:
                 change.publish_once.append(
                     new_event(
                         NOTIFY_REQUESTED,
-                        {
-                            "kind": "escalated",
-                            "incident": change.incident.to_dict(),
-                            "decision": decision.to_dict(),
-                            "problemSummary": request.problem_summary,
-                        },
+                        escalation_notice(change.incident, decision, request.problem_summary),
                         now_ms=now,
-                        # The latch: one announcement per incident and operator reset.
-                        idempotency_key=(
-                            f"{incident.incident_id}/r{incident.operator_resets}/escalated"
-                        ),
+                        idempotency_key=escalated_key(incident),
                         traceparent=traceparent,
                     )
                 )
@@ -277,7 +277,7 @@ class Router:
             SELF_HEALING_COMPLETED,
             completion.to_data(),
             now_ms=now,
-            idempotency_key=f"{cause.id}/completed",
+            idempotency_key=completed_key(cause.id),
             traceparent=traceparent or cause.traceparent,
         )
 
@@ -308,15 +308,14 @@ class Router:
                 cause,
                 dedupe=True,
             )
-            latch = f"{incident_id}/r{incident.operator_resets}"
-            announced = self.bus.keys.published(NOTIFY_REQUESTED, f"{latch}/escalated")
+            announced = self.bus.keys.published(NOTIFY_REQUESTED, escalated_key(incident))
             if await self.bus.client.exists(announced):
                 await self.bus.publish(
                     new_event(
                         NOTIFY_REQUESTED,
                         {"kind": "all_clear", "incident": fixed.to_dict(), "decision": {}},
                         now_ms=now,
-                        idempotency_key=f"{latch}/all_clear",
+                        idempotency_key=all_clear_key(incident),
                         traceparent=cause.traceparent,
                     ),
                     dedupe=True,

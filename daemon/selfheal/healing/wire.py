@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
+from selfheal.core.incident import Incident
 from selfheal.core.policy import Decision
 
 _ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, as ULIDs use
@@ -68,6 +69,51 @@ def event_fields(
         "ts": str(now_ms),
         "idempotencyKey": idempotency_key if idempotency_key is not None else event_id,
         "traceparent": traceparent or "",
+    }
+
+
+# Idempotency keys of the events the router writes. Both routing paths (Router.handle
+# and the batch planner) use these, so a redelivered request that takes the other path
+# joins what the first one published instead of publishing it again.
+
+
+def completed_key(cause_id: str) -> str:
+    """The `completed` answer to one request event."""
+    return f"{cause_id}/completed"
+
+
+def retry_key(decision: Decision) -> str:
+    """The retry event a decision schedules."""
+    return f"{decision.key}/retry"
+
+
+def recheck_key(decision: Decision) -> str:
+    """The re-check a pause schedules."""
+    return f"{decision.key}/recheck"
+
+
+def _notice_latch(incident: Incident) -> str:
+    # One escalation notice (and one all-clear) per incident and operator reset.
+    return f"{incident.incident_id}/r{incident.operator_resets}"
+
+
+def escalated_key(incident: Incident) -> str:
+    """The escalation notice of an incident."""
+    return f"{_notice_latch(incident)}/escalated"
+
+
+def all_clear_key(incident: Incident) -> str:
+    """The all-clear that follows an escalation notice once the incident is remediated."""
+    return f"{_notice_latch(incident)}/all_clear"
+
+
+def escalation_notice(after: Incident, decision: Decision, summary: str) -> dict[str, Any]:
+    """Data of the notification request an escalation sends."""
+    return {
+        "kind": "escalated",
+        "incident": after.to_dict(),
+        "decision": decision.to_dict(),
+        "problemSummary": summary,
     }
 
 
