@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.telemetry import Telemetry, setup_telemetry
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import Daemons
 from tests.support.mounts import Mounts
 from tests.support.servers import RedisServer
 from tests.support.sshd import SshServer, running_sshd
@@ -30,14 +30,13 @@ def short_home() -> Iterator[Path]:
 
 
 @pytest.fixture
-def daemon_factory(short_home: Path) -> Iterator[list[DaemonProcess]]:
-    """Daemons made by a test are killed, and their redis-servers reaped, afterwards."""
-    made: list[DaemonProcess] = []
-    yield made
-    for daemon in made:
-        daemon.kill()
-        for proc in daemon.redis_servers():
-            proc.kill()
+def daemon_factory(short_home: Path) -> Iterator[Daemons]:
+    """Daemons started by a test are killed, and their redis-servers reaped, afterwards."""
+    daemons = Daemons(short_home)
+    try:
+        yield daemons
+    finally:
+        daemons.kill_all()
 
 
 @pytest.fixture

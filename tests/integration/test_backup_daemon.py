@@ -10,14 +10,14 @@ from click.testing import CliRunner
 
 from selfheal.backup.transports.mount import mark_nas
 from selfheal.cli import cli
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import Daemons
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow
 
 
 def test_quickstart_style_backup_is_delivered_listed_and_verified(
-    short_home: Path, daemon_factory: list[DaemonProcess]
+    short_home: Path, daemon_factory: Daemons
 ) -> None:
     nas = short_home / "nas"
     nas.mkdir()
@@ -41,9 +41,7 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
             }
         },
     }
-    daemon = DaemonProcess(short_home, config=config)
-    daemon_factory.append(daemon)
-    daemon.start()
+    daemon = daemon_factory.start(config=config)
 
     def delivered() -> bool:
         runs = daemon.status()["backups"]["last_runs"]

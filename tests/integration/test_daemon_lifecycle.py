@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -21,12 +21,8 @@ def _item(daemon: DaemonProcess, key: str) -> object:
     return next(i["value"] for i in items if i["key"] == key)
 
 
-def test_starts_on_defaults_and_stops_cleanly(
-    short_home: Path, daemon_factory: list[DaemonProcess]
-) -> None:
-    daemon = DaemonProcess(short_home)  # no config file: embedded defaults
-    daemon_factory.append(daemon)
-    daemon.start()
+def test_starts_on_defaults_and_stops_cleanly(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start()  # no config file: embedded defaults
 
     status = daemon.status()
     assert status["state"] == "running"
@@ -55,23 +51,15 @@ def test_starts_on_defaults_and_stops_cleanly(
     assert any((daemon.state_dir / "redis").glob("appendonly*"))
 
 
-def test_sigint_also_drains_and_exits_zero(
-    short_home: Path, daemon_factory: list[DaemonProcess]
-) -> None:
-    daemon = DaemonProcess(short_home)
-    daemon_factory.append(daemon)
-    daemon.start()
+def test_sigint_also_drains_and_exits_zero(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start()
     daemon.signal(signal.SIGINT)
     assert daemon.wait_exit() == 0
     assert daemon.redis_servers() == []
 
 
-def test_embedded_redis_killed_comes_back(
-    short_home: Path, daemon_factory: list[DaemonProcess]
-) -> None:
-    daemon = DaemonProcess(short_home)
-    daemon_factory.append(daemon)
-    daemon.start()
+def test_embedded_redis_killed_comes_back(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start()
     [server] = daemon.redis_servers()
     server.kill()  # SIGKILL
 
@@ -90,12 +78,8 @@ def test_embedded_redis_killed_comes_back(
     assert daemon.redis_servers() == []
 
 
-def test_daemon_killed_leaves_no_orphan_redis(
-    short_home: Path, daemon_factory: list[DaemonProcess]
-) -> None:
-    daemon = DaemonProcess(short_home)
-    daemon_factory.append(daemon)
-    daemon.start()
+def test_daemon_killed_leaves_no_orphan_redis(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start()
     [server] = daemon.redis_servers()
     daemon.kill()  # SIGKILL: no chance to clean up
     # Linux: the parent-death signal stops it. Elsewhere the next start reaps it.
@@ -104,50 +88,33 @@ def test_daemon_killed_leaves_no_orphan_redis(
         15,
         "embedded redis-server to exit after its daemon was killed",
     )
-    again = DaemonProcess(short_home)
-    daemon_factory.append(again)
-    again.start()
+    again = daemon_factory.start()
     assert len(again.redis_servers()) == 1
     assert again.stop() == 0
 
 
-def test_second_daemon_on_same_socket_refuses(
-    short_home: Path, daemon_factory: list[DaemonProcess]
-) -> None:
-    first = DaemonProcess(short_home)
-    daemon_factory.append(first)
-    first.start()
-    second = DaemonProcess(short_home)
-    second.log_path = short_home / "second.log"
-    daemon_factory.append(second)
-    second.start(wait=False)
+def test_second_daemon_on_same_socket_refuses(daemon_factory: Daemons) -> None:
+    first = daemon_factory.start()
+    second = daemon_factory.start(wait=False, log_name="second.log")
     assert second.wait_exit() == 1
     assert "already" in second.log().lower()
     assert first.status()["state"] == "running", "the first daemon is untouched"
     assert first.stop() == 0
 
 
-def test_stale_socket_is_replaced(short_home: Path, daemon_factory: list[DaemonProcess]) -> None:
-    daemon = DaemonProcess(short_home)
-    daemon_factory.append(daemon)
-    daemon.start()
+def test_stale_socket_is_replaced(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start()
     daemon.kill()  # leaves the socket file behind
     assert daemon.socket_path.exists()
-    again = DaemonProcess(short_home)
-    daemon_factory.append(again)
-    again.start()
+    again = daemon_factory.start()
     assert again.status()["pid"] == again.process.pid  # type: ignore[union-attr]
     assert again.stop() == 0
 
 
-def test_url_mode_reconnects_when_redis_returns(
-    short_home: Path, daemon_factory: list[DaemonProcess], tmp_path: Path
-) -> None:
+def test_url_mode_reconnects_when_redis_returns(daemon_factory: Daemons, tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "ext").start()
     try:
-        daemon = DaemonProcess(short_home, config={"selfheal": {"redis": {"url": server.url}}})
-        daemon_factory.append(daemon)
-        daemon.start()
+        daemon = daemon_factory.start(config={"selfheal": {"redis": {"url": server.url}}})
         st = daemon.status()["redis"]
         assert st["mode"] == "url" and st["connected"] is True
         assert "embedded" not in st
@@ -169,12 +136,8 @@ def test_url_mode_reconnects_when_redis_returns(
         server.stop(kill=True)
 
 
-def test_invalid_config_at_start_exits_2_naming_the_key(
-    short_home: Path, daemon_factory: list[DaemonProcess]
-) -> None:
-    daemon = DaemonProcess(short_home, config={"backupFailureRouter": {"sleepMinMs": -1}})
-    daemon_factory.append(daemon)
-    daemon.start(wait=False)
+def test_invalid_config_at_start_exits_2_naming_the_key(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start(config={"backupFailureRouter": {"sleepMinMs": -1}}, wait=False)
     assert daemon.wait_exit() == 2
     assert "sleepMinMs" in daemon.log()
     assert daemon.redis_servers() == []

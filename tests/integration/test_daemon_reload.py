@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from selfheal.cli import cli
 from selfheal.spanfile import read_spans
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -33,10 +33,8 @@ def _config(max_retries: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def running(short_home: Path, daemon_factory: list[DaemonProcess]) -> DaemonProcess:
-    daemon = DaemonProcess(short_home, config=_config(5))
-    daemon_factory.append(daemon)
-    daemon.start()
+def running(daemon_factory: Daemons) -> DaemonProcess:
+    daemon = daemon_factory.start(config=_config(5))
     assert _value(daemon, "router.maxRetries")["value"] == 5
     return daemon
 

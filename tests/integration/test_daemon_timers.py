@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner
 
 from selfheal.cli import cli
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import Daemons
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -19,12 +18,8 @@ pytestmark = pytest.mark.slow
 STREAM = "{selfheal}:stream:test/timer.fired"
 
 
-def test_timer_scheduled_before_a_restart_fires_once_after_it(
-    short_home: Path, daemon_factory: list[DaemonProcess]
-) -> None:
-    daemon = DaemonProcess(short_home)
-    daemon_factory.append(daemon)
-    daemon.start()
+def test_timer_scheduled_before_a_restart_fires_once_after_it(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start()
     sent = CliRunner().invoke(
         cli,
         [
@@ -44,9 +39,7 @@ def test_timer_scheduled_before_a_restart_fires_once_after_it(
     scheduled_at = time.monotonic()
     assert daemon.stop() == 0  # the timer is only in Redis now
 
-    again = DaemonProcess(short_home)
-    daemon_factory.append(again)
-    again.start()
+    again = daemon_factory.start()
     bus = redis.Redis(unix_socket_path=str(again.state_dir / "redis" / "redis.sock"))
     wait_until(lambda: bus.xlen(STREAM) >= 1, 20, "the timer to fire after the restart")
     assert time.monotonic() - scheduled_at >= 3.5, "not before it was due"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import redis
 from click.testing import CliRunner
 
 from selfheal.cli import cli
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import Daemons
 from tests.support.http import PlayedService, played_service
 from tests.support.servers import wait_until
 
@@ -44,7 +43,7 @@ def failure(attempt: int) -> dict[str, Any]:
 
 
 def test_three_retries_then_escalation_with_one_notification(
-    short_home: Path, daemon_factory: list[DaemonProcess], receiver: PlayedService
+    daemon_factory: Daemons, receiver: PlayedService
 ) -> None:
     config = {
         "selfheal": {
@@ -56,9 +55,7 @@ def test_three_retries_then_escalation_with_one_notification(
             }
         }
     }
-    daemon = DaemonProcess(short_home, config=config)
-    daemon_factory.append(daemon)
-    daemon.start()
+    daemon = daemon_factory.start(config=config)
     env = daemon.env()
     runner = CliRunner()
 

@@ -120,3 +120,31 @@ class DaemonProcess:
             if ours and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         return found
+
+
+class Daemons:
+    """The daemons a test starts in one HOME; `kill_all` leaves none (nor their Redis)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.made: list[DaemonProcess] = []
+
+    def start(
+        self,
+        *,
+        config: dict[str, Any] | None = None,
+        wait: bool = True,
+        log_name: str = "daemon.log",
+    ) -> DaemonProcess:
+        """Start one more daemon (waiting until it answers, unless `wait` is False)."""
+        daemon = DaemonProcess(self.home, config=config)
+        daemon.log_path = self.home / log_name
+        self.made.append(daemon)
+        return daemon.start(wait=wait)
+
+    def kill_all(self) -> None:
+        """Kill every daemon started here and any redis-server it left."""
+        for daemon in self.made:
+            daemon.kill()
+            for proc in daemon.redis_servers():
+                proc.kill()
