@@ -325,38 +325,31 @@ def clamp_advice(
     )
 
 
+def _completion_data(decision: Decision, request: SelfHealingRequest) -> dict[str, Any]:
+    """The `completed` data announcing a decision, with its wire (camelCase) keys."""
+    return {
+        "incidentId": decision.incident_id,
+        "status": decision.completion_status.value,
+        "attempt": decision.attempt,
+        "action": decision.action.value,
+        "delayMs": decision.delay_ms,
+        "reason": decision.reason,
+        "failureClass": decision.failure_class.value,
+        "field": None,
+        "sourceFunction": request.source_function,
+        "targetComponent": request.target_component,
+    }
+
+
 def completion_json(decision: Decision, request: SelfHealingRequest) -> str:
     """completion_for(...).model_dump_json(by_alias=True), without building the model.
 
     The batch router announces hundreds of decisions per batch; every value here is
     already validated (the decision is ours, the request passed the contract).
     """
-    return to_json(
-        {
-            "incidentId": decision.incident_id,
-            "status": decision.completion_status.value,
-            "attempt": decision.attempt,
-            "action": decision.action.value,
-            "delayMs": decision.delay_ms,
-            "reason": decision.reason,
-            "failureClass": decision.failure_class.value,
-            "field": None,
-            "sourceFunction": request.source_function,
-            "targetComponent": request.target_component,
-        }
-    ).decode()
+    return to_json(_completion_data(decision, request)).decode()
 
 
 def completion_for(decision: Decision, request: SelfHealingRequest) -> Completion:
     """The `system/self.healing.completed` data announcing a decision."""
-    return Completion(
-        incident_id=decision.incident_id,
-        status=decision.completion_status,
-        attempt=decision.attempt,
-        action=decision.action.value,
-        delay_ms=decision.delay_ms,
-        reason=decision.reason,
-        failure_class=str(decision.failure_class),
-        source_function=request.source_function,
-        target_component=request.target_component,
-    )
+    return Completion.model_validate(_completion_data(decision, request))
