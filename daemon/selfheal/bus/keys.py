@@ -8,6 +8,7 @@ namespace lets several installations share one Redis.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 # How long a consumer group remembers that it handled an event (idempotent effects).
 DONE_TTL_S = 7 * 24 * 3600
@@ -17,11 +18,11 @@ PUBLISHED_TTL_S = 7 * 24 * 3600
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names for one namespace."""
+    """Key names for one namespace (the fixed ones are built once per instance)."""
 
     namespace: str
 
-    @property
+    @cached_property
     def tag(self) -> str:
         """The hash tag shared by every key."""
         return "{" + self.namespace + "}"
@@ -30,17 +31,17 @@ class Keys:
         """One stream per event name."""
         return f"{self.tag}:stream:{event_name}"
 
-    @property
+    @cached_property
     def dead_letters(self) -> str:
         """Entries that could not be handled, with the reason (a stream)."""
         return f"{self.tag}:dead"
 
-    @property
+    @cached_property
     def timers(self) -> str:
         """Delayed events: sorted set of event id scored by due time (ms)."""
         return f"{self.tag}:timers"
 
-    @property
+    @cached_property
     def timer_payloads(self) -> str:
         """Delayed events' bodies: hash of event id -> JSON {stream, fields}."""
         return f"{self.tag}:timers:payload"
@@ -57,7 +58,7 @@ class Keys:
         """Marker: an event with this idempotency key was already published."""
         return f"{self.tag}:published:{event_name}:{idempotency_key}"
 
-    @property
+    @cached_property
     def streams_index(self) -> str:
         """Set of every stream key the bus has written to (for stats)."""
         return f"{self.tag}:streams"
@@ -70,12 +71,12 @@ class Keys:
         """One stored decision per incident step (reused on redelivery)."""
         return f"{self.tag}:decision:{decision_key}"
 
-    @property
+    @cached_property
     def incidents(self) -> str:
         """Sorted set of incident ids by last update (ms)."""
         return f"{self.tag}:incidents"
 
-    @property
+    @cached_property
     def manual_queue(self) -> str:
         """The manual-intervention queue: a stream of escalations."""
         return f"{self.tag}:manual"

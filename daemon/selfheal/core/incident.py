@@ -13,6 +13,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic.alias_generators import to_camel
 
 from selfheal.core.contracts import SelfHealingRequest, plain_message
+from selfheal.core.records import record_builder
 
 if TYPE_CHECKING:
     from selfheal.core.policy import Decision
@@ -96,16 +97,19 @@ class Incident:
             if request.deadline_at is not None
             else now_ms + recovery_window_ms
         )
-        return cls(
-            incident_id=request.resolved_incident_id,
-            domain=request.domain,
-            target_component=request.target_component,
-            source_function=request.source_function,
-            first_seen_ms=now_ms,
-            deadline_ms=deadline,
-            updated_ms=now_ms,
-            history=({"atMs": now_ms, "event": "opened", "requestAttempt": request.attempt},),
-        )
+        values: dict[str, Any] = {
+            "incident_id": request.resolved_incident_id,
+            "domain": request.domain,
+            "target_component": request.target_component,
+            "source_function": request.source_function,
+            "first_seen_ms": now_ms,
+            "deadline_ms": deadline,
+            "updated_ms": now_ms,
+            "history": ({"atMs": now_ms, "event": "opened", "requestAttempt": request.attempt},),
+        }
+        if cls is not Incident:
+            return cls(**values)
+        return _BUILD_INCIDENT(values)
 
     @property
     def closed(self) -> bool:
@@ -211,3 +215,4 @@ class Incident:
 
 
 _INCIDENT: Final = TypeAdapter(Incident)
+_BUILD_INCIDENT: Final = record_builder(Incident)

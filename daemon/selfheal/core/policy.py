@@ -16,6 +16,7 @@ from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, c
 from selfheal.core.contracts import Completion, CompletionStatus, SelfHealingRequest
 from selfheal.core.events import BACKUP_RETRY_REQUESTED, WORKER_RESTART_REQUESTED
 from selfheal.core.incident import RECORD_CONFIG, Count, Incident, decode_record
+from selfheal.core.records import record_builder
 
 DEFAULT_RECOVERY_WINDOW_MS: Final = 4 * 60 * 60 * 1000  # the original's nasRecoveryWindowHours
 DEFAULT_MAX_PAUSE_MS: Final = 15 * 60 * 1000
@@ -114,6 +115,13 @@ class Decision:
 
 
 _DECISION: Final = TypeAdapter(Decision)
+_BUILD_DECISION: Final = record_builder(Decision)
+
+
+def _decision(shell: dict[str, Any], **rest: Any) -> Decision:
+    """Decision(**shell, **rest), built the quick way (see core/records.py)."""
+    shell.update(rest)
+    return _BUILD_DECISION(shell)
 
 
 def _shell(incident: Incident, now_ms: int, found: Classification) -> dict[str, Any]:
@@ -138,8 +146,8 @@ def _escalate(
 ) -> Decision:
     # fallbackAction says what giving up means: "manual" queues without notifying.
     notify = rule != Rule.ALREADY_CLOSED and request.fallback_action != "manual"
-    return Decision(
-        **_shell(incident, now_ms, found),
+    return _decision(
+        _shell(incident, now_ms, found),
         action=Action.ESCALATE,
         delay_ms=0,
         fire_at_ms=now_ms,
@@ -219,8 +227,8 @@ def decide(
         delay = _pause_delay(
             retry_delay_ms(incident.pauses, policy, jitter), incident, now_ms, knobs
         )
-        return Decision(
-            **_shell(incident, now_ms, found),
+        return _decision(
+            _shell(incident, now_ms, found),
             action=Action.PAUSE,
             delay_ms=delay,
             fire_at_ms=now_ms + delay,
@@ -233,8 +241,8 @@ def decide(
             Rule.RETRY_PAST_DEADLINE, f"next retry would pass the deadline (in {delay} ms)"
         )
     number = f"{incident.retries_used + 1} of {policy.max_retries}"
-    return Decision(
-        **_shell(incident, now_ms, found),
+    return _decision(
+        _shell(incident, now_ms, found),
         action=Action.RETRY,
         delay_ms=delay,
         fire_at_ms=now_ms + delay,

@@ -98,19 +98,31 @@ class Planner:
 
     def __init__(self, router: Router, notify_event: str) -> None:
         self.router = router
-        self.keys = router.bus.keys
+        keys = self.keys = router.bus.keys
         self._notify = notify_event
-        self._requests = self.keys.stream(SELF_HEALING_REQUESTED)
-        self._completed = self.keys.stream(SELF_HEALING_COMPLETED)
+        self._requests = keys.stream(SELF_HEALING_REQUESTED)
+        self._completed = keys.stream(SELF_HEALING_COMPLETED)
+        # Key names built once per batch instead of once per event (a prefix plus an id
+        # is the same name the Keys method gives).
+        self._done_prefix = keys.done(router.group, "")
+        self._completed_marker_prefix = keys.published(SELF_HEALING_COMPLETED, "")
+        self._streams: dict[str, str] = {}
 
     def done_key(self, event: Event) -> str:
         """The router group's done marker for `event`."""
-        return self.keys.done(self.router.group, event.id)
+        return self._done_prefix + event.id
+
+    def stream(self, event_name: str) -> str:
+        """The stream key of `event_name` (remembered for the batch)."""
+        key = self._streams.get(event_name)
+        if key is None:
+            key = self._streams[event_name] = self.keys.stream(event_name)
+        return key
 
     def ack(self, group: Group, entry: Entry) -> None:
         """Mark the entry handled and ack it (inside `group`)."""
         group.complete(
-            self.done_key(entry.event),
+            self._done_prefix + entry.event.id,
             self._requests,
             self.router.group,
             entry.entry_id,
@@ -198,7 +210,7 @@ class Planner:
         fields = self._completion(
             completion.model_dump_json(by_alias=True), entry, now, traceparent
         )
-        marker = self.keys.published(SELF_HEALING_COMPLETED, fields["idempotencyKey"])
+        marker = self._completed_marker_prefix + fields["idempotencyKey"]
         group = self._group(chain)
         group.xadd_once(marker, PUBLISHED_TTL_S, self._completed, fields, self.keys.streams_index)
         self.ack(group, entry)
@@ -265,16 +277,16 @@ class Planner:
         )
         group.zadd(self.keys.incidents, after.updated_ms, chain.snapshot.incident_id)
         # Marked published: a redelivery after a crash before the ack joins it, not repeats it.
-        completed_marker = self.keys.published(SELF_HEALING_COMPLETED, completion["idempotencyKey"])
+        completed_marker = self._completed_marker_prefix + completion["idempotencyKey"]
         group.xadd_once(
             completed_marker, PUBLISHED_TTL_S, self._completed, completion, self.keys.streams_index
         )
         if notify is not None:
             marker = self.keys.published(self._notify, notify["idempotencyKey"])
-            stream = self.keys.stream(self._notify)
+            stream = self.stream(self._notify)
             group.xadd_once(marker, PUBLISHED_TTL_S, stream, notify, self.keys.streams_index)
         if timer is not None:
-            payload = timer_payload(self.keys.stream(timer["name"]), timer)
+            payload = timer_payload(self.stream(timer["name"]), timer)
             group.schedule(
                 self.keys.timers, self.keys.timer_payloads, timer["id"], pending, payload
             )

@@ -15,9 +15,9 @@ from selfheal.core.incident import Incident
 from selfheal.core.policy import Decision
 
 _ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, as ULIDs use
-# Ten bits at a time: 13 lookups cover the 128-bit ULID (the first pair is at most 8 bits).
+# Two characters (ten bits) per lookup. A ULID's 26 characters are 10 for the 48-bit
+# time (the top two of its 50 bits are zero) and 16 for the 80 random bits.
 _PAIRS: Final = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
-_SHIFTS: Final = tuple(range(120, -1, -10))
 _ENTROPY_CHUNK: Final = 4096
 
 
@@ -46,10 +46,32 @@ _ENTROPY: Final = _Entropy()
 os.register_at_fork(after_in_child=_ENTROPY.reset)
 
 
+class _TimePrefix:
+    """The time characters of the last millisecond asked for (a batch shares its clock)."""
+
+    def __init__(self) -> None:
+        self._last = (-1, "")  # one tuple, so a reader never pairs one ms with another's text
+
+    def of(self, now_ms: int) -> str:
+        ms, text = self._last
+        if ms != now_ms:
+            text = "".join([_PAIRS[(now_ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
+            self._last = (now_ms, text)
+        return text
+
+
+_TIME_PREFIX: Final = _TimePrefix()
+
+
 def new_ulid(now_ms: int) -> str:
     """A ULID for `now_ms` (48-bit time, 80 random bits), like ULID.from_timestamp."""
-    value = (now_ms << 80) | _ENTROPY.take80()
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+    r = _ENTROPY.take80()
+    p = _PAIRS
+    return (
+        f"{_TIME_PREFIX.of(now_ms)}{p[r >> 70]}{p[(r >> 60) & 1023]}{p[(r >> 50) & 1023]}"
+        f"{p[(r >> 40) & 1023]}{p[(r >> 30) & 1023]}{p[(r >> 20) & 1023]}"
+        f"{p[(r >> 10) & 1023]}{p[r & 1023]}"
+    )
 
 
 def event_fields(
