@@ -300,6 +300,39 @@ async def test_undecodable_entry_goes_to_dead_letters(bus: Bus) -> None:
     assert (await bus.client.xpending(bus.keys.stream(NAME), GROUP))["pending"] == 0
 
 
+@pytest.mark.parametrize("batched", [False, True])
+async def test_entry_that_is_not_utf8_goes_to_dead_letters(bus: Bus, batched: bool) -> None:
+    handled: list[Event] = []
+
+    async def handle(e: Event) -> None:
+        handled.append(e)
+
+    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
+        return [Outcome.SLOW] * len(entries)
+
+    consumer = StreamConsumer(
+        bus,
+        NAME,
+        GROUP,
+        "c1",
+        handle,
+        options=FAST,
+        batch_handler=handle_batch if batched else None,
+    )
+    await bus.ensure_group(NAME, GROUP)
+    good = event(1).to_wire()
+    await bus.client.xadd(bus.keys.stream(NAME), {**good, "data": b'{"n": "\xff"}'})
+    await bus.client.xadd(bus.keys.stream(NAME), {b"\xfe": b"x"})
+    await bus.publish(event(2))
+    await drain(consumer, lambda: consumer.stats.dead_lettered == 2 and len(handled) == 1)
+    assert [e.data for e in handled] == [{"n": 2}]
+    dead = await bus.dead_letters()
+    assert all("not valid UTF-8" in d["reason"] for d in dead), dead
+    # The dead letter keeps the bytes readable: invalid ones escaped, never dropped.
+    assert any("\\\\xff" in d["fields"] for d in dead), dead
+    assert (await bus.client.xpending(bus.keys.stream(NAME), GROUP))["pending"] == 0
+
+
 async def test_poison_event_is_dead_lettered_with_the_reason(bus: Bus) -> None:
     async def handle(e: Event) -> None:
         raise PoisonEvent("retryPolicy.sleepMinMs: must be >= 1")

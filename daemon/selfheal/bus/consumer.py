@@ -28,7 +28,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from selfheal.bus.streams import Bus, as_text, cast_entries
+from selfheal.bus.streams import Bus, NotUtf8Fields, as_text, cast_entries
 from selfheal.core.events import Event, EventDecodeError
 from selfheal.redact import redact_text
 
@@ -240,6 +240,9 @@ class StreamConsumer:
         """The entry's event, or None once an undecodable entry is dead-lettered."""
         if not fields:
             await self._bury(entry_id, fields, "entry was trimmed from the stream", deliveries)
+            return None
+        if isinstance(fields, NotUtf8Fields):
+            await self._bury(entry_id, fields, "undecodable event: not valid UTF-8", deliveries)
             return None
         try:
             return Event.from_wire(fields)

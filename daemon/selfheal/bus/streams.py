@@ -370,12 +370,27 @@ async def _shielded(step: Awaitable[None]) -> None:
         await step
 
 
+class NotUtf8Fields(dict[str, str]):
+    """The fields of an entry that is not valid UTF-8, invalid bytes shown as \\xNN escapes.
+
+    Such an entry is not an event: the consumer dead-letters it with these fields,
+    readable and nothing dropped, instead of failing the whole read.
+    """
+
+
 def decode_fields(fields: Mapping[bytes | str, bytes | str] | list[bytes | str]) -> dict[str, str]:
     """A stream entry's fields as text (a mapping, or the flat list of a raw reply)."""
-    if isinstance(fields, list):
-        texts = list(map(as_text, fields))
-        return dict(zip(texts[::2], texts[1::2], strict=True))
-    return {as_text(k): as_text(v) for k, v in fields.items()}
+    flat = fields if isinstance(fields, list) else [x for pair in fields.items() for x in pair]
+    try:
+        texts = list(map(as_text, flat))
+    except UnicodeDecodeError:
+        texts = [_escaped(value) for value in flat]
+        return NotUtf8Fields(zip(texts[::2], texts[1::2], strict=True))
+    return dict(zip(texts[::2], texts[1::2], strict=True))
+
+
+def _escaped(value: bytes | str) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
