@@ -173,10 +173,12 @@ class StreamConsumer:
         decoded: list[tuple[str, Event]] = []
         fields_of: dict[str, dict[str, str]] = {}
         for entry_id, fields in batch:
-            event = await self._decode(entry_id, fields, deliveries=1)
-            if event is not None:
-                decoded.append((entry_id, event))
-                fields_of[entry_id] = fields
+            event = _event_of(fields)
+            if isinstance(event, str):
+                await self._bury(entry_id, fields, event, deliveries=1)
+                continue
+            decoded.append((entry_id, event))
+            fields_of[entry_id] = fields
         if not decoded:
             return
         try:
@@ -238,17 +240,11 @@ class StreamConsumer:
         self, entry_id: str, fields: dict[str, str], *, deliveries: int
     ) -> Event | None:
         """The entry's event, or None once an undecodable entry is dead-lettered."""
-        if not fields:
-            await self._bury(entry_id, fields, "entry was trimmed from the stream", deliveries)
+        event = _event_of(fields)
+        if isinstance(event, str):
+            await self._bury(entry_id, fields, event, deliveries)
             return None
-        if isinstance(fields, NotUtf8Fields):
-            await self._bury(entry_id, fields, "undecodable event: not valid UTF-8", deliveries)
-            return None
-        try:
-            return Event.from_wire(fields)
-        except EventDecodeError as exc:
-            await self._bury(entry_id, fields, f"undecodable event: {exc}", deliveries)
-            return None
+        return event
 
     async def _handle(
         self,
@@ -309,3 +305,15 @@ class StreamConsumer:
             reason=redact_text(reason),
             deliveries=deliveries,
         )
+
+
+def _event_of(fields: dict[str, str]) -> Event | str:
+    """The entry's event, or why it is not one (the dead letter's reason)."""
+    if not fields:
+        return "entry was trimmed from the stream"
+    if isinstance(fields, NotUtf8Fields):
+        return "undecodable event: not valid UTF-8"
+    try:
+        return Event.from_wire(fields)
+    except EventDecodeError as exc:
+        return f"undecodable event: {exc}"
