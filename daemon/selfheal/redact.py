@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
+import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
@@ -118,3 +120,26 @@ def quick_redact_text(text: str) -> str:
     else:
         hint = _MAY_HOLD_SECRET.search(text)
     return redact_text(text) if hint else text
+
+
+def texts_to_redact(texts: Iterable[str]) -> set[str]:
+    """Those of `texts` that quick_redact_text may change; it returns the others as they are.
+
+    One search over the ASCII texts joined by newlines instead of one per text: no
+    hint holds a newline, so every match lies inside one text.
+    """
+    suspects: set[str] = set()
+    ascii_texts: list[str] = []
+    for text in dict.fromkeys(texts):  # a batch repeats its actions, classes and routes
+        if text.isascii():
+            ascii_texts.append(text)
+        elif _MAY_HOLD_SECRET.search(text):
+            suspects.add(text)
+    if not ascii_texts:
+        return suspects
+    lowered = "\n".join(ascii_texts).lower()
+    hits = [match.start() for match in _MAY_HOLD_SECRET_LOWER.finditer(lowered)]
+    if hits:
+        starts = list(itertools.accumulate((len(text) + 1 for text in ascii_texts), initial=0))
+        suspects.update(ascii_texts[bisect.bisect_right(starts, at) - 1] for at in hits)
+    return suspects

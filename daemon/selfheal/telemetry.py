@@ -9,6 +9,7 @@ import os
 import random
 import re
 import socket
+import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,8 +29,14 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from selfheal.redact import is_secret_key, quick_redact_text, redact, redact_text
-from selfheal.spanfile import JsonlSpanExporter, RedactedSpan
+from selfheal.redact import (
+    is_secret_key,
+    quick_redact_text,
+    redact,
+    redact_text,
+    texts_to_redact,
+)
+from selfheal.spanfile import JsonlSpanExporter, RedactedSpan, decision_lines
 
 log = logging.getLogger("selfheal.telemetry")
 
@@ -67,6 +74,65 @@ def _recorded_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+_EXACT_PRIMITIVES = frozenset({str, bool, int, float})
+_PLAIN_KEYS: set[str] = set()  # attribute keys known not to name a secret
+_PLAIN_KEYS_MAX = 4096
+
+
+def _plain_keys(attributes: Mapping[str, Any]) -> bool:
+    """True if no key of `attributes` names a secret (remembering the keys that do not)."""
+    if len(_PLAIN_KEYS) > _PLAIN_KEYS_MAX:
+        _PLAIN_KEYS.clear()
+    plain = True
+    for key in attributes:
+        if isinstance(key, str) and not is_secret_key(key):
+            _PLAIN_KEYS.add(key)
+        else:
+            plain = False
+    return plain
+
+
+def _record_batch(
+    spans: Iterable[tuple[OpenSpan, Mapping[str, Any]]],
+) -> tuple[list[OpenSpan], list[dict[str, Any]]]:
+    """The sampled spans, and their attributes exactly as _recorded_attributes records them.
+
+    Most attributes are primitives under plain keys, and their text holds no secret:
+    that text is tested in one pass over the batch instead of value by value, and
+    such attributes are recorded as they are (copied only to redact a text).
+    """
+    opened: list[OpenSpan] = []
+    recorded: list[dict[str, Any]] = []
+    tested: list[int] = []  # the indexes in `recorded` of the attributes tested below
+    sampled, exact, plain_keys = TraceFlags.SAMPLED, _EXACT_PRIMITIVES, _PLAIN_KEYS
+    for span, attributes in spans:
+        if not span.context.trace_flags & sampled:
+            continue
+        opened.append(span)
+        if (
+            type(attributes) is dict
+            and exact.issuperset(map(type, attributes.values()))
+            and (plain_keys.issuperset(attributes) or _plain_keys(attributes))
+        ):
+            tested.append(len(recorded))
+            recorded.append(attributes)
+        else:
+            recorded.append(_recorded_attributes(attributes))
+    suspects = texts_to_redact(
+        value for index in tested for value in recorded[index].values() if type(value) is str
+    )
+    if suspects:
+        # Rare: record the attributes holding such text redacted, in a copy.
+        for index in tested:
+            values = recorded[index]
+            if any(type(value) is str and value in suspects for value in values.values()):
+                recorded[index] = {
+                    key: _redacted_value(value) if type(value) is str else value
+                    for key, value in values.items()
+                }
+    return opened, recorded
 
 
 def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
@@ -114,11 +180,14 @@ class Telemetry:
         processor: SpanProcessor,
         exporter_kind: ExporterKind,
         span_file: Path | None,
+        span_writer: JsonlSpanExporter | None = None,
     ) -> None:
         self.provider = provider
         self.processor = processor  # the provider's one processor (close_spans feeds it)
         self.exporter_kind: ExporterKind = exporter_kind
         self.span_file = span_file
+        # The span file's exporter, when close_spans writes its lines itself.
+        self.span_writer = span_writer
         self.tracer = provider.get_tracer("selfheal")
 
     @contextmanager
@@ -167,19 +236,35 @@ class Telemetry:
         flags = (
             TraceFlags(parent.trace_flags & _INHERITED_FLAGS) if parent is not None else _ROOT_FLAGS
         )
-        context = SpanContext(trace_id, _nonzero_bits(64), is_remote=False, trace_flags=flags)
-        return OpenSpan(name, context, parent, start_ns)
+        span_id = _nonzero_bits(64)
+        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+        traceparent = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+        return OpenSpan(name, context, parent, start_ns, traceparent)
 
     def close_spans(self, spans: Iterable[tuple[OpenSpan, Mapping[str, Any]]], end_ns: int) -> None:
         """End the spans at `end_ns` with their attributes and hand them to the exporter.
 
         Like the SDK's spans they are dropped when the SDK is disabled
-        (OTEL_SDK_DISABLED); span limits do not apply (a decision has a dozen
-        attributes, all short primitives).
+        (OTEL_SDK_DISABLED) or after shutdown; span limits do not apply (a decision
+        has a dozen attributes, all short primitives). With the span file the lines
+        are rendered here and written by the exporter's own thread, bypassing the
+        SDK's span objects and processor; other exporters get the processor.
         """
         if not isinstance(self.tracer, SdkTracer):
             return
         resource = self.provider.resource
+        writer = self.span_writer
+        if writer is not None:
+            if writer.closed:
+                return
+            opened, recorded = _record_batch(spans)
+            try:
+                lines = decision_lines(opened, recorded, end_ns, resource)
+            except Exception:  # as in the exporter's thread: logged, never the router's
+                log.exception("could not render %d span(s)", len(opened))
+                return
+            writer.write_lines(lines)
+            return
         on_end = self.processor.on_end
         for span, attributes in spans:
             if not span.context.trace_flags.sampled:
@@ -199,11 +284,18 @@ class Telemetry:
 
     def force_flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now; False if the deadline passed first."""
-        return self.provider.force_flush(timeout_ms)
+        deadline = time.monotonic() + timeout_ms / 1000
+        flushed = True
+        if self.span_writer is not None:
+            flushed = self.span_writer.force_flush(timeout_ms)
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        return self.provider.force_flush(remaining_ms) and flushed
 
     def shutdown(self) -> None:
-        """Flush and stop the exporter; later spans are dropped."""
-        self.provider.shutdown()
+        """Flush and stop the exporter (and the span file's writer); later spans are dropped."""
+        self.provider.shutdown()  # shuts the exporter down too
+        if self.span_writer is not None:
+            self.span_writer.shutdown()
 
 
 def setup_telemetry(
@@ -228,16 +320,19 @@ def setup_telemetry(
     exporter: SpanExporter
     kind: ExporterKind
     file: Path | None
+    writer: JsonlSpanExporter | None = None
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         exporter, kind, file = _otlp_exporter(env), "otlp", None
     else:
-        exporter = JsonlSpanExporter(span_file, max_bytes=max_bytes, backups=backups)
+        exporter = writer = JsonlSpanExporter(span_file, max_bytes=max_bytes, backups=backups)
         kind, file = "jsonl", span_file
     # Every decision is kept: sampling would break "one incident is one trace".
     provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
     processor = BatchSpanProcessor(exporter, schedule_delay_millis=BATCH_SCHEDULE_DELAY_MS)
     provider.add_span_processor(processor)
-    return Telemetry(provider, processor, kind, file)
+    if writer is not None:
+        writer.write_earlier = processor.force_flush
+    return Telemetry(provider, processor, kind, file, writer)
 
 
 def current_traceparent(span: Span | None = None) -> str | None:
@@ -258,12 +353,8 @@ class OpenSpan:
     context: SpanContext
     parent: SpanContext | None
     start_ns: int
-
-    @property
-    def traceparent(self) -> str:
-        """The W3C traceparent naming this span (what events sent inside it carry)."""
-        ctx = self.context
-        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    # The W3C traceparent naming this span (what events sent inside it carry).
+    traceparent: str
 
 
 def _nonzero_bits(bits: int) -> int:

@@ -92,6 +92,7 @@ def test_decision_span_lands_in_file_prefixed_and_redacted(make_telemetry: MakeT
         pass
 
     assert telemetry.exporter_kind == "jsonl"
+    assert telemetry.span_writer is not None
     (span,) = flushed_spans(telemetry)
     assert span["name"] == "healing.decide"
     assert span["attributes"] == {
@@ -374,6 +375,7 @@ def test_otlp_endpoint_receives_spans(
     telemetry = make_telemetry(env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
     assert telemetry.exporter_kind == "otlp"
     assert telemetry.span_file is None
+    assert telemetry.span_writer is None  # decision spans keep the SDK's processor route
     with telemetry.decision_span("healing.decide", {"attempt": 1}):
         pass
     assert telemetry.force_flush(FLUSH_MS)
