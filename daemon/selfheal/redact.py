@@ -8,7 +8,7 @@ import functools
 import itertools
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 MASK = "***"
 
@@ -107,7 +107,14 @@ def redact(value: Any) -> Any:
 # redact_text runs six patterns, one of which backtracks at every position (tens of
 # microseconds per short string). Each pattern needs one of these literals to match at
 # all, so text holding none of them comes back unchanged and skips the patterns.
-_SECRET_HINTS = r"://|/bot|\d:|bearer|authorization|key|token|secret|passw|credential|cookie"
+# Text holding none of these (in any case) has nothing any text pattern below could mask.
+_HINT_WORDS: Final = (
+    "://", "/bot", "bearer", "authorization", "key", "token", "secret", "passw",
+    "credential", "cookie",
+)  # fmt: skip
+_SECRET_HINTS = "|".join(map(re.escape, _HINT_WORDS)) + r"|\d:"
+# The last hint, a digit and a colon, found by its colon: re then skips to each colon.
+_DIGIT_COLON = re.compile(r":(?<=[0-9]:)")
 _MAY_HOLD_SECRET = re.compile(_SECRET_HINTS, re.IGNORECASE)
 # For ASCII text, lower() then a case-sensitive search is the same test, three times faster.
 _MAY_HOLD_SECRET_LOWER = re.compile(_SECRET_HINTS)
@@ -138,7 +145,12 @@ def texts_to_redact(texts: Iterable[str]) -> set[str]:
     if not ascii_texts:
         return suspects
     lowered = "\n".join(ascii_texts).lower()
-    hits = [match.start() for match in _MAY_HOLD_SECRET_LOWER.finditer(lowered)]
+    hits = [match.start() for match in _DIGIT_COLON.finditer(lowered)]
+    for word in _HINT_WORDS:  # str.find is many times quicker than re on an alternation
+        at = lowered.find(word)
+        while at >= 0:
+            hits.append(at)
+            at = lowered.find(word, at + 1)
     if hits:
         starts = list(itertools.accumulate((len(text) + 1 for text in ascii_texts), initial=0))
         suspects.update(ascii_texts[bisect.bisect_right(starts, at) - 1] for at in hits)
