@@ -129,6 +129,11 @@ class DecisionSpan(Protocol):
         """00-<trace id: 32 hex digits>-<span id: 16 hex digits>-<flags>, of `context`."""
         ...
 
+    @property
+    def parent_traceparent(self) -> str | None:
+        """The parent's traceparent in the same form, or None for a root span."""
+        ...
+
 
 # The members of _span_body that are the same for every span a RedactedSpan built
 # with the defaults gives (no events, status UNSET, kind INTERNAL), as to_json renders them.
@@ -191,11 +196,11 @@ def decision_lines(
             )
             append(span_line(recorded))
             continue
-        traceparent, parent = span.traceparent, span.parent
+        traceparent, parent = span.traceparent, span.parent_traceparent
         seconds, rest = divmod(span.start_ns, 1_000_000_000)
         if seconds != last_second:
             last_second, second_text = seconds, _iso_second(seconds)
-        parent_id = "null" if parent is None else f'"{parent.span_id:016x}"'
+        parent_id = "null" if parent is None else f'"{parent[36:52]}"'
         head = (
             f'{{"name":{name_json},"trace_id":"{traceparent[3:35]}",'
             f'"span_id":"{traceparent[36:52]}","parent_span_id":{parent_id},'

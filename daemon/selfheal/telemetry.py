@@ -106,9 +106,9 @@ def _record_batch(
     opened: list[OpenSpan] = []
     recorded: list[dict[str, Any]] = []
     tested: list[int] = []  # the indexes in `recorded` of the attributes tested below
-    sampled, exact, plain_keys = TraceFlags.SAMPLED, _EXACT_PRIMITIVES, _PLAIN_KEYS
+    exact, plain_keys = _EXACT_PRIMITIVES, _PLAIN_KEYS
     for span, attributes in spans:
-        if not span.context.trace_flags & sampled:
+        if not span.sampled:
             continue
         opened.append(span)
         if (
@@ -231,15 +231,13 @@ class Telemetry:
         the same span processor as finished spans, under the provider's sampling rule
         (ParentBased(ALWAYS_ON): a span follows its parent's sampled flag).
         """
-        parent = _parent_span_context(traceparent)
-        trace_id = parent.trace_id if parent is not None else _nonzero_bits(128)
-        flags = (
-            TraceFlags(parent.trace_flags & _INHERITED_FLAGS) if parent is not None else _ROOT_FLAGS
-        )
-        span_id = _nonzero_bits(64)
-        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
-        traceparent = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
-        return OpenSpan(name, context, parent, start_ns, traceparent)
+        parent = _parent_traceparent(traceparent)
+        if parent is None:
+            trace_hex, flags = f"{_nonzero_bits(128):032x}", int(_ROOT_FLAGS)
+        else:
+            trace_hex, flags = parent[3:35], int(parent[53:], 16) & _INHERITED_FLAGS
+        this = f"00-{trace_hex}-{_nonzero_bits(64):016x}-{flags:02x}"
+        return OpenSpan(name, this, parent, start_ns)
 
     def close_spans(self, spans: Iterable[tuple[OpenSpan, Mapping[str, Any]]], end_ns: int) -> None:
         """End the spans at `end_ns` with their attributes and hand them to the exporter.
@@ -267,7 +265,7 @@ class Telemetry:
             return
         on_end = self.processor.on_end
         for span, attributes in spans:
-            if not span.context.trace_flags.sampled:
+            if not span.sampled:
                 continue
             on_end(
                 RedactedSpan(
@@ -347,14 +345,44 @@ def current_traceparent(span: Span | None = None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class OpenSpan:
-    """A decision span opened by Telemetry.open_span and not recorded yet."""
+    """A decision span opened by Telemetry.open_span and not recorded yet.
+
+    It is kept as its W3C traceparent and its parent's, both canonical
+    (00-<32 hex>-<16 hex>-<2 hex>): the span file is written from them, and the
+    SDK's span contexts are only built when an exporter needs them.
+    """
 
     name: str
-    context: SpanContext
-    parent: SpanContext | None
-    start_ns: int
-    # The W3C traceparent naming this span (what events sent inside it carry).
+    # This span's traceparent: what the events sent inside it carry.
     traceparent: str
+    # The remote parent's traceparent; None for a root span.
+    parent_traceparent: str | None
+    start_ns: int
+
+    @property
+    def sampled(self) -> bool:
+        """The sampled flag of this span (inherited from its parent)."""
+        return bool(int(self.traceparent[53:], 16) & TraceFlags.SAMPLED)
+
+    @property
+    def context(self) -> SpanContext:
+        """This span's SpanContext."""
+        return _span_context(self.traceparent, remote=False)
+
+    @property
+    def parent(self) -> SpanContext | None:
+        """The remote parent's SpanContext, or None for a root span."""
+        tp = self.parent_traceparent
+        return None if tp is None else _span_context(tp, remote=True)
+
+
+def _span_context(tp: str, *, remote: bool) -> SpanContext:
+    return SpanContext(
+        int(tp[3:35], 16),
+        int(tp[36:52], 16),
+        is_remote=remote,
+        trace_flags=TraceFlags(int(tp[53:], 16)),
+    )
 
 
 def _nonzero_bits(bits: int) -> int:
@@ -364,18 +392,23 @@ def _nonzero_bits(bits: int) -> int:
     return value
 
 
-def _parent_span_context(tp: str | None) -> SpanContext | None:
-    """The remote parent span named by `tp`; None if missing or invalid."""
-    match = _TRACEPARENT.fullmatch(tp) if tp else None
-    if match is None:
-        context = context_from_traceparent(tp)
-        return None if context is None else trace.get_current_span(context).get_span_context()
-    trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
-    if not trace_id or not span_id:
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+def _parent_traceparent(tp: str | None) -> str | None:
+    """The canonical traceparent of the remote parent named by `tp`; None if missing or invalid."""
+    if not tp:
         return None
-    return SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match.group(3), 16))
-    )
+    match = _TRACEPARENT.fullmatch(tp)
+    if match is not None:
+        return tp if match[1] != _ZERO_TRACE and match[2] != _ZERO_SPAN else None
+    # Another form the W3C propagator accepts (a later version, say): its reading, canonical.
+    context = context_from_traceparent(tp)
+    if context is None:
+        return None
+    parent = trace.get_current_span(context).get_span_context()
+    return f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{parent.trace_flags:02x}"
 
 
 def context_from_traceparent(tp: str | None) -> Context | None:

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.trace import SpanContext, TraceFlags
 
 from selfheal import spanfile
 from selfheal.redact import quick_redact_text, texts_to_redact
@@ -81,13 +80,9 @@ def opened(
     name: str, trace_id: int, span_id: int, flags: int, parent: int | None, start_ns: int
 ) -> OpenSpan:
     """An OpenSpan as Telemetry.open_span builds it, with chosen ids."""
-    trace_flags = TraceFlags(flags)
-    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=trace_flags)
-    parent_context = (
-        None if parent is None else SpanContext(trace_id, parent, is_remote=True)
-    )  # fmt: skip
-    traceparent = f"00-{trace_id:032x}-{span_id:016x}-{trace_flags:02x}"
-    return OpenSpan(name, context, parent_context, start_ns, traceparent)
+    traceparent = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+    parent_tp = None if parent is None else f"00-{trace_id:032x}-{parent:016x}-00"
+    return OpenSpan(name, traceparent, parent_tp, start_ns)
 
 
 # Text that makes redaction do something, or that a quick test could get wrong.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -208,6 +209,57 @@ def test_opened_spans_continue_the_parent_trace_and_carry_their_attributes(
     # Secrets are masked once, when the span is recorded, whatever the exporter.
     assert "hunter2" not in json.dumps(escalate) and "k-123" not in json.dumps(escalate)
     assert escalate["attributes"]["selfheal.reason"].startswith("copy to https://backup:")
+
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
+
+
+@pytest.mark.parametrize(
+    ("given", "parent"),
+    [
+        (f"00-{TRACE}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01"),
+        (f"00-{TRACE}-{PARENT}-00", f"00-{TRACE}-{PARENT}-00"),  # not sampled
+        # A later version with more fields: the propagator reads it, we keep it canonical.
+        (f"cc-{TRACE.upper()}-{PARENT}-01-what-comes-next", None),
+        (f"00-{'0' * 32}-{PARENT}-01", None),  # all-zero ids name no span
+        (f"00-{TRACE}-{'0' * 16}-01", None),
+        ("garbage", None),
+        ("", None),
+    ],
+)
+def test_opened_span_parents(make_telemetry: MakeTelemetry, given: str, parent: str | None) -> None:
+    telemetry = make_telemetry()
+    span = telemetry.open_span("selfheal.route.decide", traceparent=given, start_ns=1)
+    if given.startswith("cc-"):
+        # Upper-case hex is refused by the W3C propagator: the span starts a new trace.
+        assert span.parent_traceparent is None
+    assert span.parent_traceparent == parent
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", span.traceparent)
+    if parent is None:
+        assert span.parent is None and span.sampled
+        assert span.traceparent[3:35] != TRACE
+    else:
+        assert span.parent == SpanContext(
+            int(TRACE, 16),
+            int(PARENT, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(int(parent[-2:])),
+        )
+        assert span.traceparent[3:35] == TRACE and span.traceparent[-2:] == parent[-2:]
+        assert span.sampled == parent.endswith("01")
+    context = span.context
+    assert f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}" == (
+        span.traceparent
+    )
+
+
+def test_opened_span_reads_a_later_traceparent_version(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    later = f"cc-{TRACE}-{PARENT}-01-what-comes-next"
+    span = telemetry.open_span("selfheal.route.decide", traceparent=later, start_ns=1)
+    assert span.parent_traceparent == f"00-{TRACE}-{PARENT}-01"
+    assert span.traceparent[3:35] == TRACE
 
 
 @pytest.mark.parametrize("parent", [None, SpanContext(7, 8, is_remote=True)])
