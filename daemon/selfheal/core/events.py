@@ -6,6 +6,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any, Final
 
 from pydantic import (
@@ -16,6 +17,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import from_json
 from ulid import ULID
 
 # The scheduler tick (key = target + tick) or the CLI asks for one backup.
@@ -42,6 +44,11 @@ ULID_PATTERN: Final = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
 # W3C trace context, version 00; all-zero trace or parent ids are invalid by the spec.
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _DIGITS = re.compile(r"[0-9]{1,16}")
+# Compiled for the plain-entry path; fullmatch, so Python's "$ before a final newline"
+# never applies and they decide like pydantic's (Rust) regex engine.
+_ULID = re.compile(ULID_PATTERN)
+_EVENT_NAME = re.compile(EVENT_NAME_PATTERN)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Fields a stream entry must carry; `traceparent` may be absent or empty.
 _WIRE_REQUIRED: Final = ("id", "name", "data", "ts", "idempotencyKey")
 
@@ -120,6 +127,15 @@ class Event(BaseModel):
     @classmethod
     def from_wire(cls, fields: WireFields) -> Event:
         """Decode a stream entry; raise EventDecodeError naming the bad field."""
+        if cls is Event:  # a subclass may validate more than _plain_entry knows
+            event = _plain_entry(fields)
+            if event is not None:
+                return event
+        return cls._from_wire_checked(fields)
+
+    @classmethod
+    def _from_wire_checked(cls, fields: WireFields) -> Event:
+        """from_wire through model validation: decides any entry and words each refusal."""
         text: dict[str, str] = {}
         for raw_key, raw_value in fields.items():
             key = _decode(raw_key, "(field name)")
@@ -203,6 +219,195 @@ def _decode(value: bytes | str, field: str) -> str:
         except UnicodeDecodeError:
             raise EventDecodeError(field, "not valid UTF-8") from None
     raise EventDecodeError(field, f"expected bytes or str, got {type(value).__name__}")
+
+
+# Setters that bypass the frozen model's __setattr__: BaseModel's own descriptors for its
+# __dict__ and the three slots, quicker than object.__setattr__ by name.
+_SET_DICT: Final = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET: Final = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA: Final = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE: Final = BaseModel.__dict__["__pydantic_private__"].__set__
+_new_object: Final = object.__new__
+
+
+def _is_encodable(text: str) -> bool:
+    """False for text with a lone surrogate, which pydantic refuses in a constrained str."""
+    return text.isascii() or _SURROGATE.search(text) is None
+
+
+def _plain_model_class(cls: type[BaseModel]) -> bool:
+    """True when an instance is its __dict__, fields set and extras, so _plain_entry can
+    make one: no model validators, __post_init__ work or private attributes to reproduce."""
+    return not (
+        cls.__pydantic_decorators__.model_validators
+        or cls.__pydantic_post_init__
+        or cls.__private_attributes__
+        or cls.__pydantic_root_model__
+    )
+
+
+# The wire fields in the order _plain_entry unpacks them; traceparent may be absent.
+_WIRE_FIELDS: Final = (*_WIRE_REQUIRED, "traceparent")
+_TEXT_FIELDS: Final = itemgetter(*_WIRE_FIELDS)
+_TEXT_FIELDS_UNTRACED: Final = itemgetter(*_WIRE_REQUIRED)
+_BYTES_FIELDS: Final = itemgetter(*(key.encode() for key in _WIRE_FIELDS))
+_BYTES_FIELDS_UNTRACED: Final = itemgetter(*(key.encode() for key in _WIRE_REQUIRED))
+_EVENT_FIELDS: Final = frozenset(Event.model_fields)
+_PLAIN_EVENTS: Final = _plain_model_class(Event)
+# Event names that passed the name checks (as text, and as bytes with their text): a
+# stream carries few, so each is decoded and matched once. Two tables, as text and bytes
+# of equal hash in one would be compared (a BytesWarning under `python -b`). Bounded, in
+# case names come from outside.
+_KNOWN_NAMES: Final[set[str]] = set()
+_KNOWN_BYTES_NAMES: Final[dict[bytes, str]] = {}
+_KNOWN_NAMES_LIMIT: Final = 1024
+
+
+def _plain_entry(fields: WireFields) -> Event | None:
+    """The event of an ordinary entry, without model validation; None when not sure.
+
+    Only entries on which these checks imply that _from_wire_checked would return an
+    equal event get one: exactly the wire fields, all bytes (valid UTF-8) or all text;
+    id, name, ts, idempotency key and traceparent within the model's constraints; data a
+    plain JSON object (see _plain_data). Anything else, valid or not, takes
+    _from_wire_checked, which decides it and words the error.
+    """
+    entry: Mapping[Any, Any] = fields  # typing.cast is a call, and this path counts them
+    size = len(entry)
+    if not _PLAIN_EVENTS or (size != 6 and size != 5):
+        return None  # more fields: the full decode checks that the others are UTF-8 too
+    try:
+        # The first key, not `b"id" in entry`: a str key of equal hash would then be
+        # compared with bytes, a BytesWarning under `python -b`.
+        if type(next(iter(entry))) is bytes:  # as hiredis returns it
+            if size == 6:
+                raw_id, raw_name, data, ts, raw_key, raw_trace = _BYTES_FIELDS(entry)
+            else:
+                raw_id, raw_name, data, ts, raw_key = _BYTES_FIELDS_UNTRACED(entry)
+                raw_trace = b""
+            if not (type(raw_name) is bytes and type(data) is bytes and type(ts) is bytes):
+                return None
+            # bytes.decode takes bytes only: a str or bytearray raises TypeError. The data
+            # stays bytes (from_json checks its UTF-8) and ts too (int() reads bytes).
+            event_id, key = bytes.decode(raw_id), bytes.decode(raw_key)
+            trace = bytes.decode(raw_trace) if raw_trace else ""
+            name = _KNOWN_BYTES_NAMES.get(raw_name)
+            if name is None:
+                name = raw_name.decode()
+                if not (3 <= len(name) <= 200 and _EVENT_NAME.fullmatch(name)):
+                    return None
+                if len(_KNOWN_BYTES_NAMES) < _KNOWN_NAMES_LIMIT:
+                    _KNOWN_BYTES_NAMES[raw_name] = name
+        else:
+            if size == 6:
+                event_id, name, data, ts, key, trace = _TEXT_FIELDS(entry)
+            else:
+                event_id, name, data, ts, key = _TEXT_FIELDS_UNTRACED(entry)
+                trace = ""
+            if not (
+                type(event_id) is str
+                and type(name) is str
+                and type(data) is str
+                and type(ts) is str
+                and type(key) is str
+                and type(trace) is str
+            ):
+                return None
+            if name not in _KNOWN_NAMES:
+                if not (3 <= len(name) <= 200 and _EVENT_NAME.fullmatch(name)):
+                    return None
+                if len(_KNOWN_NAMES) < _KNOWN_NAMES_LIMIT:
+                    _KNOWN_NAMES.add(name)
+    except (KeyError, TypeError, UnicodeDecodeError):
+        return None
+    if not (
+        _ULID.fullmatch(event_id)
+        and len(ts) <= 16
+        and ts.isdigit()
+        and ts.isascii()  # isdigit alone takes other scripts' digits too
+        and 0 < len(key) <= 256
+        and (key.isascii() or _is_encodable(key))
+        and (not trace or _TRACEPARENT.fullmatch(trace))
+    ):
+        return None
+    parsed = _plain_data(data)
+    if parsed is None:
+        return None
+    # What model_construct does, without its per-field bookkeeping (as dear as validating).
+    event = _new_object(Event)
+    _SET_DICT(
+        event,
+        {
+            "id": event_id,
+            "name": name,
+            "data": parsed,
+            "ts": int(ts),  # str or ASCII digits as bytes
+            "idempotency_key": key,
+            "traceparent": trace or None,
+        },
+    )
+    _SET_FIELDS_SET(event, set(_EVENT_FIELDS))
+    _SET_EXTRA(event, None)
+    _SET_PRIVATE(event, None)
+    return event
+
+
+# Up to this length, scanning the text for numbers that may overflow is cheaper than
+# walking the parsed data for infinities; beyond, text is mostly long strings and the
+# walk is cheaper.
+_SCAN_LIMIT: Final = 2048
+# A bytes.translate table that writes digits and signs as "0", e and E as "e", anything
+# else as " ": a number with an exponent leaves "0e0", one of 309 digits or more a run of
+# "0"s. (Deleting the rest instead would join neighbouring tokens into false alarms.)
+_NUMBER_SHAPE: Final = bytes(
+    b"0"[0] if byte in b"0123456789+-" else b"e"[0] if byte in b"eE" else b" "[0]
+    for byte in range(256)
+)
+_LONG_NUMBER: Final = b"0" * 309  # 1e308 has 309 digits, and floats end near 1.8e308
+
+
+def _plain_data(text: str | bytes) -> dict[str, Any] | None:
+    """The JSON object in `text` when it is plain JSON (see _parse_plain), else None.
+
+    pydantic_core's parser (jiter) is twice as fast as json's and returns the same value
+    for text both accept (tests/unit/test_events_fast_path.py checks), save that it
+    turns an overflowing number into an infinity, hence the check. It refuses bytes that
+    are not UTF-8, as the full decode does. What json accepts and it refuses (lone
+    surrogates, nesting past 200 levels, NaN and Infinity) goes to _parse_plain.
+    """
+    try:
+        data = from_json(text, allow_inf_nan=False, cache_strings="keys")
+    except (ValueError, TypeError):  # TypeError: a lone surrogate in `text` itself
+        try:
+            data = _parse_plain(text.decode() if isinstance(text, bytes) else text)
+        except (_NotPlainJson, ValueError, RecursionError):  # UnicodeDecodeError too
+            return None
+        return data if type(data) is dict else None
+    if type(data) is not dict:
+        return None
+    if len(text) <= _SCAN_LIMIT:
+        # find, not `in`: bytes.__contains__ first tries the needle as an int, and raising
+        # that TypeError costs more than the search.
+        raw = text.encode() if isinstance(text, str) else text
+        shape = raw.translate(_NUMBER_SHAPE)
+        if shape.find(b"0e0") < 0 and (len(shape) < 309 or shape.find(_LONG_NUMBER) < 0):
+            return data
+    return data if _all_finite(data) else None
+
+
+def _all_finite(data: dict[str, Any]) -> bool:
+    """False if a float anywhere in the parsed JSON is an infinity."""
+    containers: list[dict[str, Any] | list[Any]] = [data]
+    while containers:
+        node = containers.pop()
+        for item in node.values() if isinstance(node, dict) else node:
+            kind = type(item)
+            if kind is float:
+                if not math.isfinite(item):
+                    return False
+            elif kind is dict or kind is list:
+                containers.append(item)
+    return True
 
 
 def new_event(
