@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
-from selfheal.bus.consumer import ConsumerOptions, Outcome, StreamConsumer
+from selfheal.bus.consumer import ConsumerOptions, Delivery, Outcome, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
@@ -137,10 +137,10 @@ async def latency(
         await router.handle(event)
         samples.append((time.perf_counter() - sent_at[event.id]) * 1000)
 
-    async def timed_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
+    async def timed_batch(entries: list[Delivery]) -> list[Outcome]:
         outcomes = await router.handle_batch(entries)
         done = time.perf_counter()
-        for (_, event), outcome in zip(entries, outcomes, strict=True):
+        for (_, event, _), outcome in zip(entries, outcomes, strict=True):
             # Entries left to the per-entry path are measured by `timed`.
             if outcome == Outcome.ACKED:
                 samples.append((done - sent_at[event.id]) * 1000)

@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 
-from selfheal.bus.consumer import ConsumerOptions, Outcome, PoisonEvent, StreamConsumer
+from selfheal.bus.consumer import ConsumerOptions, Delivery, Outcome, PoisonEvent, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
@@ -87,8 +87,8 @@ async def test_full_batches_read_ahead_and_run_handles_the_read_ahead_before_it_
     batches: list[list[int]] = []
     handled: list[int] = []
 
-    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
-        batches.append([e.data["n"] for _, e in entries])
+    async def handle_batch(entries: list[Delivery]) -> list[Outcome]:
+        batches.append([d.event.data["n"] for d in entries])
         # While this batch is handled, the consumer reads the next one ahead.
         await anyio.sleep(0.05)
         return [Outcome.SLOW] * len(entries)  # the per-entry path handles and acks them
@@ -112,8 +112,8 @@ async def test_full_batches_read_ahead_and_run_handles_the_read_ahead_before_it_
 async def test_a_short_batch_does_not_read_ahead(bus: Bus) -> None:
     batches: list[list[int]] = []
 
-    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
-        batches.append([e.data["n"] for _, e in entries])
+    async def handle_batch(entries: list[Delivery]) -> list[Outcome]:
+        batches.append([d.event.data["n"] for d in entries])
         await bus.publish(event(9))  # arrives while the batch is handled
         return [Outcome.SLOW] * len(entries)
 
@@ -168,8 +168,8 @@ async def test_a_failed_read_ahead_does_not_disturb_the_batch_being_handled(
     batches: list[list[int]] = []
     stream = bus.keys.stream(NAME)
 
-    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
-        batches.append([e.data["n"] for _, e in entries])
+    async def handle_batch(entries: list[Delivery]) -> list[Outcome]:
+        batches.append([d.event.data["n"] for d in entries])
         if len(batches) == 1:
             # The stream is gone while the read-ahead runs: Redis answers it NOGROUP.
             await bus.client.rename(stream, stream + ":away")
@@ -307,7 +307,7 @@ async def test_entry_that_is_not_utf8_goes_to_dead_letters(bus: Bus, batched: bo
     async def handle(e: Event) -> None:
         handled.append(e)
 
-    async def handle_batch(entries: list[tuple[str, Event]]) -> list[Outcome]:
+    async def handle_batch(entries: list[Delivery]) -> list[Outcome]:
         return [Outcome.SLOW] * len(entries)
 
     consumer = StreamConsumer(

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from selfheal.bus.consumer import ConsumerOptions, Outcome, StreamConsumer
+from selfheal.bus.consumer import ConsumerOptions, Delivery, Outcome, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
+from selfheal.core.contracts import parse_request
 from selfheal.core.events import (
     SELF_HEALING_COMPLETED,
     SELF_HEALING_REQUESTED,
@@ -88,6 +89,11 @@ async def pending(router: Router) -> int:
     return int(info["pending"])
 
 
+def meaning(request_data: Any) -> dict[str, Any]:
+    """A stored or re-sent request as the router reads it back."""
+    return parse_request(request_data).to_data()
+
+
 async def state(router: Router, incident_id: str) -> dict[str, Any]:
     """What one incident looks like in Redis, without the event ids."""
     snap = await router.store.load(incident_id)
@@ -96,7 +102,9 @@ async def state(router: Router, incident_id: str) -> dict[str, Any]:
         "incident": snap.incident.to_dict(),
         "version": snap.version,
         "pendingUntil": snap.pending_until_ms,
-        "request": snap.request,
+        # The batch stores a request as it came, the slow path as the model writes it:
+        # the same request either way.
+        "request": meaning(snap.request),
         "decision": snap.last_decision.to_dict(),
         "stored": await router.store.stored_decision(snap.incident),
     }
@@ -112,7 +120,11 @@ async def timers(router: Router) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": fields["name"],
-                "data": json.loads(fields["data"]),
+                "data": (
+                    meaning(json.loads(fields["data"]))
+                    if fields["name"] == SELF_HEALING_REQUESTED
+                    else json.loads(fields["data"])
+                ),
                 "key": fields["idempotencyKey"],
                 "ts": fields["ts"],
                 "due": int(due[event_id]),
@@ -143,6 +155,8 @@ async def test_batch_writes_what_the_one_by_one_path_writes(
     payloads.append(
         request(incident="inc:manual", evidence=[{"errno": "EACCES"}], fallbackAction="manual")
     )
+    # Stored as it came by the batch, as the model writes it one by one: read back equal.
+    payloads.append(request(incident="inc:bare", evidence=["Connection timed out"]))
     one, many = await route_both_ways(redis_client, telemetry, payloads)
     assert (SLOW_CALLS["one"], SLOW_CALLS["many"]) == (len(payloads), 0)
     for incident_id in [p["incidentId"] for p in payloads]:
@@ -245,11 +259,11 @@ async def test_version_moved_between_load_and_commit_falls_back(
     assert len(await timers(router)) == 1 and await pending(router) == 1
     assert int(await redis_client.hget(key, "version")) == 2
     router.fresh_decision = fresh  # type: ignore[method-assign]
-    await router.handle(entries[0][1])  # the slow path: reloads and decides again
+    await router.handle(entries[0].event)  # the slow path: reloads and decides again
     snap = await router.store.load("inc:cas")
     assert snap.version == 3 and snap.incident is not None and snap.incident.retries_used == 2
     assert [c["status"] for c in await completions(router)] == ["scheduled", "scheduled"]
-    assert calls == [1] and event.id == entries[0][1].id
+    assert calls == [1] and event.id == entries[0].event.id
 
 
 async def test_decision_stored_by_another_daemon_is_reused(
@@ -272,7 +286,7 @@ async def test_decision_stored_by_another_daemon_is_reused(
     entries = await read(router)
     assert await router.handle_batch(entries) == [Outcome.SLOW]
     router.fresh_decision = fresh  # type: ignore[method-assign]
-    await router.handle(entries[0][1])
+    await router.handle(entries[0].event)
     snap = await router.store.load("inc:nx")
     assert snap.last_decision == theirs[0], "the stored decision counts, not ours"
     assert router.stats.reused == 1
@@ -337,12 +351,11 @@ async def test_batch_spans_match_the_one_by_one_spans(
     assert traceparent.split("-")[1] == spans[2]["trace_id"]
 
 
-async def read(router: Router) -> list[tuple[str, Event]]:
+async def read(router: Router) -> list[Delivery]:
     """Read fresh entries as the consumer would hand them to the batch handler."""
-    raw = await router.bus.client.xreadgroup(
-        ROUTER_GROUP, "c", {router.bus.keys.stream(SELF_HEALING_REQUESTED): ">"}, count=100
-    )
-    return [(eid.decode(), Event.from_wire(fields)) for eid, fields in raw[0][1]]
+    stream = router.bus.keys.stream(SELF_HEALING_REQUESTED)
+    entries = await router.bus.read_group(stream, ROUTER_GROUP, "c", count=100, block_ms=None)
+    return [Delivery(eid, Event.from_wire(fields), fields) for eid, fields in entries]
 
 
 async def test_a_failing_batch_handler_leaves_every_entry_to_the_slow_path(
@@ -351,7 +364,7 @@ async def test_a_failing_batch_handler_leaves_every_entry_to_the_slow_path(
     router = make(redis_client, telemetry, "boom", clock_ms=lambda: START_MS)
     await publish(router, [request(incident="x"), request(incident="y")])
 
-    async def broken(entries: list[tuple[str, Event]]) -> list[Outcome]:
+    async def broken(entries: list[Delivery]) -> list[Outcome]:
         raise RuntimeError("bug in the batch path")
 
     member = StreamConsumer(

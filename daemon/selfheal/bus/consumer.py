@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 import anyio
 import redis.asyncio as aioredis
@@ -45,7 +46,15 @@ class Outcome(StrEnum):
     SLOW = "slow"  # not handled: run it through the per-entry path
 
 
-BatchHandler = Callable[[list[tuple[str, Event]]], Awaitable[list[Outcome]]]
+class Delivery(NamedTuple):
+    """One fresh entry offered to a batch handler."""
+
+    entry_id: str
+    event: Event
+    fields: dict[str, str]  # the wire fields the event was decoded from
+
+
+BatchHandler = Callable[[list[Delivery]], Awaitable[list[Outcome]]]
 
 
 class PoisonEvent(Exception):
@@ -170,15 +179,13 @@ class StreamConsumer:
     async def _handle_batch(
         self, handler: BatchHandler, batch: list[tuple[str, dict[str, str]]]
     ) -> None:
-        decoded: list[tuple[str, Event]] = []
-        fields_of: dict[str, dict[str, str]] = {}
+        decoded: list[Delivery] = []
         for entry_id, fields in batch:
             event = _event_of(fields)
             if isinstance(event, str):
                 await self._bury(entry_id, fields, event, deliveries=1)
                 continue
-            decoded.append((entry_id, event))
-            fields_of[entry_id] = fields
+            decoded.append(Delivery(entry_id, event, fields))
         if not decoded:
             return
         try:
@@ -192,13 +199,13 @@ class StreamConsumer:
             log.warning("%s batch handler failed, handling one by one: %s", self.group, exc)
             outcomes = [Outcome.SLOW] * len(decoded)
         slow: list[tuple[str, dict[str, str], Event | None]] = []
-        for (entry_id, event), outcome in zip(decoded, outcomes, strict=True):
+        for (entry_id, event, fields), outcome in zip(decoded, outcomes, strict=True):
             if outcome == Outcome.ACKED:
                 self.stats.handled += 1
             elif outcome == Outcome.DUPLICATE:
                 self.stats.duplicates += 1
             else:
-                slow.append((entry_id, fields_of[entry_id], event))
+                slow.append((entry_id, fields, event))
         await self._handle_each(slow)
 
     async def _reclaim(self) -> int:

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.lowlevel
 
-from selfheal.bus.consumer import Outcome
+from selfheal.bus.consumer import Delivery, Outcome
 from selfheal.core.contracts import InvalidRequest, parse_request
-from selfheal.core.events import Event
 from selfheal.core.policy import Action, Decision
 from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
 from selfheal.healing.plan import Chain, Entry, Planner, Step
@@ -51,7 +50,7 @@ class BatchRouter:
         self._commit = self.bus.client.register_script(COMMIT)
         self.flush_every = FLUSH_EVERY
 
-    async def handle(self, entries: list[tuple[str, Event]]) -> list[Outcome]:
+    async def handle(self, entries: list[Delivery]) -> list[Outcome]:
         """One outcome per entry, in order."""
         outcomes = [Outcome.SLOW] * len(entries)
         valid = _valid(entries)
@@ -159,11 +158,11 @@ class BatchRouter:
             log.debug("batch: %d step(s) lost a race and go one by one", conflicts)
 
 
-def _valid(entries: list[tuple[str, Event]]) -> list[Entry]:
+def _valid(entries: list[Delivery]) -> list[Entry]:
     """The entries the batch can route: valid requests, each event once."""
     valid: list[Entry] = []
     seen: set[str] = set()
-    for index, (entry_id, event) in enumerate(entries):
+    for index, (entry_id, event, fields) in enumerate(entries):
         if event.id in seen:
             continue  # a replay of an event of this batch: after it, one by one
         seen.add(event.id)
@@ -171,5 +170,5 @@ def _valid(entries: list[tuple[str, Event]]) -> list[Entry]:
             request = parse_request(event.data)
         except InvalidRequest:
             continue  # the slow path answers completed{invalid} and dead-letters it
-        valid.append(Entry(index, entry_id, event, request))
+        valid.append(Entry(index, entry_id, event, request, fields["data"]))
     return valid

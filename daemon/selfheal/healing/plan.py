@@ -91,6 +91,9 @@ class Entry:
     entry_id: str
     event: Event
     request: SelfHealingRequest
+    # The request as the event carried it: stored and re-sent as it came, since it
+    # parses to the same request (no need to serialise the model again).
+    request_json: str
 
 
 class Planner:
@@ -229,7 +232,7 @@ class Planner:
         request = entry.request
         after = incident.after(decision, now)  # raises for a decision of another step
         decision_json = _DECISION_JSON.dump_json(decision, by_alias=True)
-        request_json = request.model_dump_json(by_alias=True)
+        request_json = entry.request_json
         completion = self._completion(completion_json(decision, request), entry, now, traceparent)
         timer: dict[str, str] | None = None
         if decision.action == Action.RETRY and decision.route_event is not None:

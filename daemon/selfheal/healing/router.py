@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from selfheal.bus.consumer import Outcome, PoisonEvent
+from selfheal.bus.consumer import Delivery, Outcome, PoisonEvent
 from selfheal.bus.streams import Bus
 from selfheal.core.classify import Classification, FailureClass
 from selfheal.core.contracts import (
@@ -113,7 +113,7 @@ class Router:
         """The router's clock (epoch milliseconds)."""
         return self._clock_ms()
 
-    async def handle_batch(self, entries: list[tuple[str, Event]]) -> list[Outcome]:
+    async def handle_batch(self, entries: list[Delivery]) -> list[Outcome]:
         """Route a batch of fresh entries; plug into StreamConsumer(batch_handler=...)."""
         if self._batch is None:
             from selfheal.healing.batch import BatchRouter  # batch.py builds on this module
