@@ -382,11 +382,11 @@ def decode_fields(fields: Mapping[bytes | str, bytes | str] | list[bytes | str])
     """A stream entry's fields as text (a mapping, or the flat list of a raw reply)."""
     flat = fields if isinstance(fields, list) else [x for pair in fields.items() for x in pair]
     try:
-        texts = list(map(as_text, flat))
+        texts = iter([value.decode() if isinstance(value, bytes) else value for value in flat])
     except UnicodeDecodeError:
-        texts = [_escaped(value) for value in flat]
-        return NotUtf8Fields(zip(texts[::2], texts[1::2], strict=True))
-    return dict(zip(texts[::2], texts[1::2], strict=True))
+        texts = iter([_escaped(value) for value in flat])
+        return NotUtf8Fields(zip(texts, texts, strict=True))
+    return dict(zip(texts, texts, strict=True))  # name, value, name, value, ...
 
 
 def _escaped(value: bytes | str) -> str:
