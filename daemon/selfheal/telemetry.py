@@ -135,6 +135,22 @@ def _record_batch(
     return opened, recorded
 
 
+def recorded_span(
+    span: OpenSpan, attributes: Mapping[str, Any], end_ns: int, resource: Resource
+) -> RedactedSpan:
+    """The SDK's finished span for an opened decision span, its attributes redacted."""
+    return RedactedSpan(
+        span.name,
+        span.context,
+        span.parent,
+        resource,
+        _recorded_attributes(attributes),
+        start_time=span.start_ns,
+        end_time=end_ns,
+        instrumentation_scope=_SCOPE,
+    )
+
+
 def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -265,20 +281,8 @@ class Telemetry:
             return
         on_end = self.processor.on_end
         for span, attributes in spans:
-            if not span.sampled:
-                continue
-            on_end(
-                RedactedSpan(
-                    span.name,
-                    span.context,
-                    span.parent,
-                    resource,
-                    _recorded_attributes(attributes),
-                    start_time=span.start_ns,
-                    end_time=end_ns,
-                    instrumentation_scope=_SCOPE,
-                )
-            )
+            if span.sampled:
+                on_end(recorded_span(span, attributes, end_ns, resource))
 
     def force_flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now; False if the deadline passed first."""

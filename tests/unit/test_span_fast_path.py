@@ -27,11 +27,10 @@ from selfheal.spanfile import (
     span_line,
 )
 from selfheal.telemetry import (
-    _SCOPE,
     OpenSpan,
     Telemetry,
     _record_batch,
-    _recorded_attributes,
+    recorded_span,
     setup_telemetry,
 )
 
@@ -53,20 +52,9 @@ def old_lines(
 ) -> list[bytes]:
     """What close_spans wrote before: a RedactedSpan per sampled span, through span_line."""
     return [
-        span_line(
-            RedactedSpan(
-                span.name,
-                span.context,
-                span.parent,
-                resource,
-                _recorded_attributes(attributes),
-                start_time=span.start_ns,
-                end_time=end_ns,
-                instrumentation_scope=_SCOPE,
-            )
-        )
+        span_line(recorded_span(span, attributes, end_ns, resource))
         for span, attributes in spans
-        if span.context.trace_flags.sampled
+        if span.sampled
     ]
 
 
