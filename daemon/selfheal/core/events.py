@@ -74,9 +74,13 @@ class EventDecodeError(ValueError):
         super().__init__(f"{field}: {problem}")
 
 
+# One encoder for every call: json.dumps builds a new one whenever options are given.
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def compact_json(value: Any) -> str:
     """Serialise to compact JSON, refusing NaN and infinities (not JSON)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _COMPACT.encode(value)
 
 
 class Event(BaseModel):
