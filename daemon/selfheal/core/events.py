@@ -254,16 +254,11 @@ def _plain_model_class(cls: type[BaseModel]) -> bool:
 _WIRE_FIELDS: Final = (*_WIRE_REQUIRED, "traceparent")
 _TEXT_FIELDS: Final = itemgetter(*_WIRE_FIELDS)
 _TEXT_FIELDS_UNTRACED: Final = itemgetter(*_WIRE_REQUIRED)
-_BYTES_FIELDS: Final = itemgetter(*(key.encode() for key in _WIRE_FIELDS))
-_BYTES_FIELDS_UNTRACED: Final = itemgetter(*(key.encode() for key in _WIRE_REQUIRED))
 _EVENT_FIELDS: Final = frozenset(Event.model_fields)
 _PLAIN_EVENTS: Final = _plain_model_class(Event)
-# Event names that passed the name checks (as text, and as bytes with their text): a
-# stream carries few, so each is decoded and matched once. Two tables, as text and bytes
-# of equal hash in one would be compared (a BytesWarning under `python -b`). Bounded, in
-# case names come from outside.
+# Event names that passed the name checks: a stream carries few, so each is matched
+# once. Bounded, in case names come from outside.
 _KNOWN_NAMES: Final[set[str]] = set()
-_KNOWN_BYTES_NAMES: Final[dict[bytes, str]] = {}
 _KNOWN_NAMES_LIMIT: Final = 1024
 
 
@@ -271,7 +266,7 @@ def _plain_entry(fields: WireFields) -> Event | None:
     """The event of an ordinary entry, without model validation; None when not sure.
 
     Only entries on which these checks imply that _from_wire_checked would return an
-    equal event get one: exactly the wire fields, all bytes (valid UTF-8) or all text;
+    equal event get one: exactly the wire fields, all text;
     id, name, ts, idempotency key and traceparent within the model's constraints; data a
     plain JSON object (see _plain_data). Anything else, valid or not, takes
     _from_wire_checked, which decides it and words the error.
@@ -280,50 +275,33 @@ def _plain_entry(fields: WireFields) -> Event | None:
     size = len(entry)
     if not _PLAIN_EVENTS or (size != 6 and size != 5):
         return None  # more fields: the full decode checks that the others are UTF-8 too
-    try:
-        # The first key, not `b"id" in entry`: a str key of equal hash would then be
-        # compared with bytes, a BytesWarning under `python -b`.
-        if type(next(iter(entry))) is bytes:  # as hiredis returns it
-            if size == 6:
-                raw_id, raw_name, data, ts, raw_key, raw_trace = _BYTES_FIELDS(entry)
-            else:
-                raw_id, raw_name, data, ts, raw_key = _BYTES_FIELDS_UNTRACED(entry)
-                raw_trace = b""
-            if not (type(raw_name) is bytes and type(data) is bytes and type(ts) is bytes):
-                return None
-            # bytes.decode takes bytes only: a str or bytearray raises TypeError. The data
-            # stays bytes (from_json checks its UTF-8) and ts too (int() reads bytes).
-            event_id, key = bytes.decode(raw_id), bytes.decode(raw_key)
-            trace = bytes.decode(raw_trace) if raw_trace else ""
-            name = _KNOWN_BYTES_NAMES.get(raw_name)
-            if name is None:
-                name = raw_name.decode()
-                if not (3 <= len(name) <= 200 and _EVENT_NAME.fullmatch(name)):
-                    return None
-                if len(_KNOWN_BYTES_NAMES) < _KNOWN_NAMES_LIMIT:
-                    _KNOWN_BYTES_NAMES[raw_name] = name
-        else:
-            if size == 6:
-                event_id, name, data, ts, key, trace = _TEXT_FIELDS(entry)
-            else:
-                event_id, name, data, ts, key = _TEXT_FIELDS_UNTRACED(entry)
-                trace = ""
-            if not (
-                type(event_id) is str
-                and type(name) is str
-                and type(data) is str
-                and type(ts) is str
-                and type(key) is str
-                and type(trace) is str
-            ):
-                return None
-            if name not in _KNOWN_NAMES:
-                if not (3 <= len(name) <= 200 and _EVENT_NAME.fullmatch(name)):
-                    return None
-                if len(_KNOWN_NAMES) < _KNOWN_NAMES_LIMIT:
-                    _KNOWN_NAMES.add(name)
-    except (KeyError, TypeError, UnicodeDecodeError):
+    # Text only: bytes fields (as hiredis gives them) take the full decode. The first key
+    # is tested, not looked up: a bytes key of equal hash would be compared with "id",
+    # a BytesWarning under `python -b`.
+    if type(next(iter(entry))) is not str:
         return None
+    try:
+        if size == 6:
+            event_id, name, data, ts, key, trace = _TEXT_FIELDS(entry)
+        else:
+            event_id, name, data, ts, key = _TEXT_FIELDS_UNTRACED(entry)
+            trace = ""
+    except (KeyError, TypeError):  # other field names
+        return None
+    if not (
+        type(event_id) is str
+        and type(name) is str
+        and type(data) is str
+        and type(ts) is str
+        and type(key) is str
+        and type(trace) is str
+    ):
+        return None
+    if name not in _KNOWN_NAMES:
+        if not (3 <= len(name) <= 200 and _EVENT_NAME.fullmatch(name)):
+            return None
+        if len(_KNOWN_NAMES) < _KNOWN_NAMES_LIMIT:
+            _KNOWN_NAMES.add(name)
     if not (
         _ULID.fullmatch(event_id)
         and len(ts) <= 16
@@ -345,7 +323,7 @@ def _plain_entry(fields: WireFields) -> Event | None:
             "id": event_id,
             "name": name,
             "data": parsed,
-            "ts": int(ts),  # str or ASCII digits as bytes
+            "ts": int(ts),
             "idempotency_key": key,
             "traceparent": trace or None,
         },
@@ -370,20 +348,20 @@ _NUMBER_SHAPE: Final = bytes(
 _LONG_NUMBER: Final = b"0" * 309  # 1e308 has 309 digits, and floats end near 1.8e308
 
 
-def _plain_data(text: str | bytes) -> dict[str, Any] | None:
+def _plain_data(text: str) -> dict[str, Any] | None:
     """The JSON object in `text` when it is plain JSON (see _parse_plain), else None.
 
     pydantic_core's parser (jiter) is twice as fast as json's and returns the same value
     for text both accept (tests/unit/test_events_fast_path.py checks), save that it
-    turns an overflowing number into an infinity, hence the check. It refuses bytes that
-    are not UTF-8, as the full decode does. What json accepts and it refuses (lone
-    surrogates, nesting past 200 levels, NaN and Infinity) goes to _parse_plain.
+    turns an overflowing number into an infinity, hence the check. What json accepts
+    and it refuses (lone surrogates, nesting past 200 levels, NaN and Infinity) goes to
+    _parse_plain.
     """
     try:
         data = from_json(text, allow_inf_nan=False, cache_strings="keys")
     except (ValueError, TypeError):  # TypeError: a lone surrogate in `text` itself
         try:
-            data = _parse_plain(text.decode() if isinstance(text, bytes) else text)
+            data = _parse_plain(text)
         except (_NotPlainJson, ValueError, RecursionError):  # UnicodeDecodeError too
             return None
         return data if type(data) is dict else None
@@ -392,7 +370,7 @@ def _plain_data(text: str | bytes) -> dict[str, Any] | None:
     if len(text) <= _SCAN_LIMIT:
         # find, not `in`: bytes.__contains__ first tries the needle as an int, and raising
         # that TypeError costs more than the search.
-        raw = text.encode() if isinstance(text, str) else text
+        raw = text.encode()  # from_json took it: no lone surrogate
         shape = raw.translate(_NUMBER_SHAPE)
         if shape.find(b"0e0") < 0 and (len(shape) < 309 or shape.find(_LONG_NUMBER) < 0):
             return data
