@@ -8,6 +8,7 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,16 +251,18 @@ class JsonlSpanExporter(SpanExporter):
         self.max_bytes = max_bytes
         self.backups = backups
         # Run by the writer thread before it writes queued lines: the SDK processor's
-        # force_flush, so that spans which ended earlier are written first (the file
-        # stays in the order spans end, as when every span went through the processor).
+        # force_flush, so that SDK spans which ended before those lines were handed over
+        # are written first. (One that ends while the writer wakes up may come first too:
+        # the file is in end order up to that.)
         self.write_earlier: Callable[[], object] | None = None
         self._closed = False
         self._reset_writer()
+        # A forked child has no writer thread, and the parent's locks may have been held
+        # when it forked: it starts afresh (a weak reference, so no exporter is kept alive).
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_in_child(this))
 
     def _reset_writer(self) -> None:
-        # Also run in a forked child, where the parent's thread does not exist (and
-        # its locks may have been held by it): the child writes through its own.
-        self._pid = os.getpid()
         self._lock = threading.Lock()  # one write or rotation at a time
         self._state = threading.Lock()  # guards starting and stopping the writer
         self._queue: queue.SimpleQueue[_WriterItem] = queue.SimpleQueue()
@@ -290,8 +293,6 @@ class JsonlSpanExporter(SpanExporter):
         """
         if not lines:
             return
-        if self._pid != os.getpid():
-            self._reset_writer()  # a forked child starts its own writer
         with self._state:
             if self._closed:
                 return
@@ -406,8 +407,6 @@ class JsonlSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until every line handed to write_lines so far is written (or failed)."""
-        if self._pid != os.getpid():
-            return True  # the parent's queue is not this process's
         timeout_s = max(timeout_millis, 0) / 1000
         with self._state:
             writer = self._writer
@@ -425,8 +424,6 @@ class JsonlSpanExporter(SpanExporter):
 
     def shutdown(self, timeout_millis: int = SHUTDOWN_TIMEOUT_MS) -> None:
         """Write what is queued and stop the writer thread; later lines are dropped."""
-        if self._pid != os.getpid():
-            self._reset_writer()
         with self._state:
             writer = self._writer
             if writer is not None and not self._closed:
@@ -436,6 +433,12 @@ class JsonlSpanExporter(SpanExporter):
             writer.join(max(timeout_millis, 0) / 1000)
             if writer.is_alive():
                 log.warning("span writer still busy after %d ms: %s", timeout_millis, self.path)
+
+
+def _reset_in_child(exporter: weakref.ref[JsonlSpanExporter]) -> None:
+    alive = exporter()
+    if alive is not None:
+        alive._reset_writer()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -295,9 +295,9 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flush and stop the exporter (and the span file's writer); later spans are dropped."""
-        self.provider.shutdown()  # shuts the exporter down too
-        if self.span_writer is not None:
-            self.span_writer.shutdown()
+        self.provider.shutdown()  # shuts the exporter (and so the writer) down too
+        if self.span_writer is not None and not self.span_writer.closed:
+            self.span_writer.shutdown()  # a provider without it
 
 
 def setup_telemetry(
