@@ -11,6 +11,7 @@ import redis
 from click.testing import CliRunner
 
 from selfheal.cli import cli
+from selfheal.core.contracts import parse_request
 from tests.support.daemon import Daemons
 from tests.support.http import PlayedService, played_service
 from tests.support.servers import wait_until
@@ -35,7 +36,8 @@ def failure(attempt: int) -> dict[str, Any]:
         "problemSummary": "copy to NAS failed",
         "attempt": attempt,
         "retryPolicy": {"maxRetries": 3, "sleepMinMs": 100, "sleepMaxMs": 3000, "sleepStepMs": 50},
-        "evidence": [{"errno": "ETIMEDOUT", "message": "ssh: connect to host nas: timed out"}],
+        # As producers often send it: a log line as a bare string next to structured evidence.
+        "evidence": [{"errno": "ETIMEDOUT"}, "ssh: connect to host nas: timed out"],
         "playbook": {"actions": ["retry"]},
         "incidentId": "backup:redis:e2e",
         "domain": "backup",
@@ -113,6 +115,9 @@ def test_three_retries_then_escalation_with_one_notification(
     shown = runner.invoke(cli, ["incidents", "show", "backup:redis:e2e", "--json"], env=env)
     detail = json.loads(shown.output)
     assert detail["retriesUsed"] == 3 and len(detail["manualQueue"]) == 1
+    # The last request, as the contract writes it (the router may store it as it came).
+    assert detail["request"] == parse_request(failure(3)).to_data()
+    assert detail["request"]["evidence"][1]["message"] == "ssh: connect to host nas: timed out"
 
     stats = json.loads(runner.invoke(cli, ["queue", "stats", "--json"], env=env).output)
     assert stats["deadLetters"] == 0
