@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
+from selfheal.bus.streams import NotUtf8Fields, decode_fields
 from selfheal.core.events import ULID_PATTERN
 from selfheal.healing.wire import new_ulid
 from selfheal.redact import quick_redact_text, redact_text
@@ -60,3 +61,10 @@ def test_quick_redact_text_is_redact_text(parts: list[str]) -> None:
 def test_quick_redact_text_masks_the_known_secrets() -> None:
     for piece in [*PIECES[:12], *PIECES[-2:]]:
         assert quick_redact_text(piece) == redact_text(piece) != piece
+
+
+def test_fields_that_are_not_utf8_are_escaped_and_every_field_kept() -> None:
+    fields = decode_fields([b"k\xff", b"1", b"k\\xff", b"2", b"data", b"{\xfe}"])
+    assert isinstance(fields, NotUtf8Fields)
+    assert fields == {"k\\xff": "1", "k\\xff (2)": "2", "data": "{\\xfe}"}
+    assert type(decode_fields([b"k", b"v"])) is dict

@@ -384,8 +384,16 @@ def decode_fields(fields: Mapping[bytes | str, bytes | str] | list[bytes | str])
     try:
         texts = iter([value.decode() if isinstance(value, bytes) else value for value in flat])
     except UnicodeDecodeError:
+        escaped = NotUtf8Fields()
         texts = iter([_escaped(value) for value in flat])
-        return NotUtf8Fields(zip(texts, texts, strict=True))
+        for name, value in zip(texts, texts, strict=True):
+            # An escaped name may read like another one: number it rather than drop it.
+            unique, copy = name, 1
+            while unique in escaped:
+                copy += 1
+                unique = f"{name} ({copy})"
+            escaped[unique] = value
+        return escaped
     return dict(zip(texts, texts, strict=True))  # name, value, name, value, ...
 
 
