@@ -120,6 +120,8 @@ _BUILD_DECISION: Final = record_builder(Decision)
 
 def _decision(shell: dict[str, Any], **rest: Any) -> Decision:
     """Decision(**shell, **rest), built the quick way (see core/records.py)."""
+    if not shell.keys().isdisjoint(rest):  # as the call would refuse a repeated argument
+        raise TypeError(f"repeated decision fields: {sorted(shell.keys() & rest.keys())}")
     shell.update(rest)
     return _BUILD_DECISION(shell)
 
