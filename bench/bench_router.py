@@ -38,12 +38,13 @@ from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.core.policy import Knobs
 from selfheal.daemon import settle_heap
 from selfheal.embedded import find_redis_server
-from selfheal.healing.router import ROUTER_GROUP, Router
+from selfheal.healing.router import ROUTER_BATCH, ROUTER_CONCURRENCY, ROUTER_GROUP, Router
 from selfheal.telemetry import Telemetry, setup_telemetry
 
 PAYLOAD = "x" * 200
-CONCURRENCY = 32
-BATCH = 200
+# What the daemon's router consumer reads and runs at once.
+CONCURRENCY = ROUTER_CONCURRENCY
+BATCH = ROUTER_BATCH
 
 
 def request(i: int) -> dict[str, Any]:

@@ -31,7 +31,14 @@ from selfheal.healing.advisor import Advisor
 from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.control import HealingControl
 from selfheal.healing.notify_sink import NotificationSink
-from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Probe, Router
+from selfheal.healing.router import (
+    NOTIFY_REQUESTED,
+    ROUTER_BATCH,
+    ROUTER_CONCURRENCY,
+    ROUTER_GROUP,
+    Probe,
+    Router,
+)
 from selfheal.supervisor import Service, ServiceSpec
 from selfheal.telemetry import Telemetry
 
@@ -153,7 +160,7 @@ class HealingPlane:
             ROUTER_GROUP,
             self.consumer_name,
             self.router.handle,
-            options=self.consumer_options(concurrency=16),
+            options=self.consumer_options(batch=ROUTER_BATCH, concurrency=ROUTER_CONCURRENCY),
             stopping=self._stopping,
             # Fresh entries are decided and committed a batch at a time; anything the
             # batch cannot settle goes through `handle` one by one.

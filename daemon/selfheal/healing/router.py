@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("selfheal.router")
 
 ROUTER_GROUP = "system/self.healing.router"
+# Entries the router reads at a time; a backlog is routed a batch per LOAD and a few
+# COMMIT calls, so larger batches mean fewer round trips (bench/bench_router.py uses it).
+ROUTER_BATCH = 200
+# Requests the per-entry path handles at once (their round trips overlap).
+ROUTER_CONCURRENCY = 16
 # Internal event: an escalation to announce (consumed by the notification sink).
 NOTIFY_REQUESTED = "system/self.healing.notify"
 # Optimistic-lock retries when two daemons update the same incident at once.
@@ -357,4 +362,11 @@ class Router:
         return None, CompletionStatus.ESCALATED
 
 
-__all__ = ["NOTIFY_REQUESTED", "ROUTER_GROUP", "Adviser", "Router"]
+__all__ = [
+    "NOTIFY_REQUESTED",
+    "ROUTER_BATCH",
+    "ROUTER_CONCURRENCY",
+    "ROUTER_GROUP",
+    "Adviser",
+    "Router",
+]
