@@ -234,7 +234,7 @@ _SET_PRIVATE: Final = BaseModel.__dict__["__pydantic_private__"].__set__
 _new_object: Final = object.__new__
 
 
-def _is_encodable(text: str) -> bool:
+def is_encodable(text: str) -> bool:
     """False for text with a lone surrogate, which pydantic refuses in a constrained str."""
     return text.isascii() or _SURROGATE.search(text) is None
 
@@ -308,7 +308,7 @@ def _plain_entry(fields: WireFields) -> Event | None:
         and ts.isdigit()
         and ts.isascii()  # isdigit alone takes other scripts' digits too
         and 0 < len(key) <= 256
-        and (key.isascii() or _is_encodable(key))
+        and (key.isascii() or is_encodable(key))
         and (not trace or _TRACEPARENT.fullmatch(trace))
     ):
         return None
@@ -367,14 +367,21 @@ def _plain_data(text: str) -> dict[str, Any] | None:
         return data if type(data) is dict else None
     if type(data) is not dict:
         return None
-    if len(text) <= _SCAN_LIMIT:
-        # find, not `in`: bytes.__contains__ first tries the needle as an int, and raising
-        # that TypeError costs more than the search.
-        raw = text.encode()  # from_json took it: no lone surrogate
-        shape = raw.translate(_NUMBER_SHAPE)
-        if shape.find(b"0e0") < 0 and (len(shape) < 309 or shape.find(_LONG_NUMBER) < 0):
-            return data
+    if len(text) <= _SCAN_LIMIT and not may_overflow(text):
+        return data
     return data if _all_finite(data) else None
+
+
+def may_overflow(text: str) -> bool:
+    """False when no number in the JSON `text` can parse to an infinity (it has no number
+    with an exponent and none of 309 digits or more); True when one might.
+
+    `text` must be encodable (no lone surrogate).
+    """
+    # find, not `in`: bytes.__contains__ first tries the needle as an int, and raising
+    # that TypeError costs more than the search.
+    shape = text.encode().translate(_NUMBER_SHAPE)
+    return shape.find(b"0e0") >= 0 or (len(shape) >= 309 and shape.find(_LONG_NUMBER) >= 0)
 
 
 def _all_finite(data: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic.alias_generators import to_camel
 
 from selfheal.core.contracts import SelfHealingRequest, plain_message
+from selfheal.core.events import is_encodable, may_overflow
 from selfheal.core.records import record_builder
 
 if TYPE_CHECKING:
@@ -65,6 +66,26 @@ def decode_record(adapter: TypeAdapter[Any], data: Any, what: str) -> Any:
             ]
             raise ValueError(f"invalid {what}: " + "; ".join(problems)) from None
         raise ValueError(f"invalid {what}: not JSON data ({exc})") from None
+
+
+def decode_record_json(adapter: TypeAdapter[Any], text: str, what: str) -> Any:
+    """decode_record(adapter, json.loads(text), what), in one step when it can be.
+
+    A stored record is JSON text already: validated as it is, unless it may hold
+    something json.dumps would refuse (NaN, an infinity, a number out of range) or is
+    refused, in which case the way through Python objects decides and words why.
+    """
+    plain = "NaN" not in text and "Infinity" not in text and is_encodable(text)
+    if plain and not may_overflow(text):
+        try:
+            return adapter.validate_json(text)
+        except ValidationError:
+            pass
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid {what}: not JSON data ({exc})") from None
+    return decode_record(adapter, data, what)
 
 
 @with_config(RECORD_CONFIG)
@@ -211,6 +232,12 @@ class Incident:
     def from_dict(cls, data: Any) -> Incident:
         """Read a stored incident; raise ValueError naming bad fields."""
         result: Incident = decode_record(_INCIDENT, data, "incident record")
+        return result
+
+    @classmethod
+    def from_json(cls, text: str) -> Incident:
+        """Read a stored incident from its JSON text; raise ValueError naming bad fields."""
+        result: Incident = decode_record_json(_INCIDENT, text, "incident record")
         return result
 
 

@@ -15,7 +15,13 @@ from selfheal.core.backoff import check_jitter, retry_delay_ms
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, classify
 from selfheal.core.contracts import Completion, CompletionStatus, SelfHealingRequest
 from selfheal.core.events import BACKUP_RETRY_REQUESTED, WORKER_RESTART_REQUESTED
-from selfheal.core.incident import RECORD_CONFIG, Count, Incident, decode_record
+from selfheal.core.incident import (
+    RECORD_CONFIG,
+    Count,
+    Incident,
+    decode_record,
+    decode_record_json,
+)
 from selfheal.core.records import record_builder
 
 DEFAULT_RECOVERY_WINDOW_MS: Final = 4 * 60 * 60 * 1000  # the original's nasRecoveryWindowHours
@@ -111,6 +117,12 @@ class Decision:
     def from_dict(cls, data: Any) -> Decision:
         """Read a stored decision; raise ValueError naming bad fields."""
         result: Decision = decode_record(_DECISION, data, "decision record")
+        return result
+
+    @classmethod
+    def from_json(cls, text: str) -> Decision:
+        """Read a stored decision from its JSON text; raise ValueError naming bad fields."""
+        result: Decision = decode_record_json(_DECISION, text, "decision record")
         return result
 
 

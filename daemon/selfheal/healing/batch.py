@@ -12,7 +12,6 @@ back to the consumer's per-entry path, which is `Router.handle`.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -21,6 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from selfheal.bus.consumer import Delivery, Outcome
+from selfheal.bus.streams import as_text
 from selfheal.core.contracts import InvalidRequest, parse_request
 from selfheal.core.policy import Action, Decision
 from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
@@ -133,7 +133,7 @@ class BatchRouter:
         raw = await self.bus.execute_packed("MGET", *[key for _, key in open_chains])
         for (chain, _), value in zip(open_chains, raw, strict=True):
             if value is not None:
-                chain.stored = Decision.from_dict(json.loads(value))
+                chain.stored = Decision.from_json(as_text(value))
 
     def _finish(self, steps: list[Step], outcomes: list[Outcome]) -> None:
         """Count and close the steps whose group applied; the rest go the slow way."""

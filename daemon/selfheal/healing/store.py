@@ -40,9 +40,18 @@ class IncidentSnapshot:
     incident: Incident | None
     version: int = 0
     pending_until_ms: int = 0
-    request: dict[str, Any] | None = None
+    request_json: str | None = None  # parsed only when asked for (the router never is)
     last_decision: Decision | None = None
     acked: dict[str, Any] | None = None
+
+    @property
+    def request(self) -> dict[str, Any] | None:
+        """The last request stored with the incident."""
+        return (
+            None
+            if self.request_json is None
+            else cast(dict[str, Any], json.loads(self.request_json))
+        )
 
 
 @dataclass
@@ -94,7 +103,7 @@ class IncidentStore:
     async def stored_decision(self, incident: Incident) -> Decision | None:
         """The decision already made for the incident's current step, if any."""
         raw = await self.client.get(self.decision_key(incident))
-        return None if raw is None else Decision.from_dict(json.loads(_text(raw) or "{}"))
+        return None if raw is None else Decision.from_json(_text(raw) or "{}")
 
     async def commit(self, snapshot: IncidentSnapshot, change: Commit) -> bool:
         """Apply a decision if the incident is still at `snapshot.version`; False if not."""
@@ -180,14 +189,12 @@ def snapshot_from(
         return IncidentSnapshot(incident_id=incident_id, incident=None)
     return IncidentSnapshot(
         incident_id=incident_id,
-        incident=Incident.from_dict(json.loads(fields["record"])),
+        incident=Incident.from_json(fields["record"]),
         version=int(fields.get("version") or 0),
         pending_until_ms=int(fields.get("pendingUntil") or 0),
-        request=json.loads(fields["request"]) if fields.get("request") else None,
+        request_json=fields.get("request") or None,
         last_decision=(
-            Decision.from_dict(json.loads(fields["lastDecision"]))
-            if fields.get("lastDecision")
-            else None
+            Decision.from_json(fields["lastDecision"]) if fields.get("lastDecision") else None
         ),
         acked=json.loads(fields["acked"]) if fields.get("acked") else None,
     )
