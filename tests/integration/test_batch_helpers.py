@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
+from selfheal.bus.keys import Keys
 from selfheal.bus.streams import NotUtf8Fields, decode_fields
 from selfheal.core.events import ULID_PATTERN
 from selfheal.healing.wire import new_ulid
@@ -68,3 +69,13 @@ def test_fields_that_are_not_utf8_are_escaped_and_every_field_kept() -> None:
     assert isinstance(fields, NotUtf8Fields)
     assert fields == {"k\\xff": "1", "k\\xff (2)": "2", "data": "{\\xfe}"}
     assert type(decode_fields([b"k", b"v"])) is dict
+
+
+def test_key_prefixes_the_planner_builds_give_the_keys_names() -> None:
+    # The planner builds done markers and completed markers as prefix + id, once per batch.
+    keys = Keys("ns")
+    for text in ("01KB4Z7XKEYQ8M3V5N6P7R8S9T", "a:b/completed", ""):
+        assert keys.done("system/self.healing.router", "") + text == keys.done(
+            "system/self.healing.router", text
+        )
+        assert keys.published("system/x.y", "") + text == keys.published("system/x.y", text)
