@@ -257,7 +257,7 @@ def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = True) -> No
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--path", choices=("batch", "single"), default="batch")
     parser.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false")
     parser.add_argument("--json", action="store_true")
