@@ -69,7 +69,7 @@ def test_after_matches_replace_along_a_chain(evidence: str, probe: bool) -> None
 
 
 def test_the_copy_shortcut_stays_sound() -> None:
-    # Incident._with copies __dict__; these would make it wrong.
+    # Incidents are built from a dict of their fields (core/records.py); these would break it.
     assert not hasattr(Incident, "__post_init__")
     assert not hasattr(Incident, "__slots__")
     incident = Incident.new(parse_request(_request("x")), NOW, 1000)
