@@ -23,6 +23,7 @@ from selfheal.core.contracts import (
     parse_request,
 )
 from selfheal.core.events import Event, EventDecodeError, new_event
+from tests.support.events import wire_entry
 
 # The seed ADR's contract, filled in the way the backup failure adapter sends it.
 SEED_EXAMPLE: dict[str, Any] = {
@@ -331,13 +332,7 @@ def test_wire_round_trip(data: dict[str, Any], now_ms: int, as_bytes: bool, trac
 
 
 def _wire(**changes: str | bytes | None) -> dict[str, Any]:
-    wire: dict[str, Any] = new_event(events.BACKUP_FAILED, {"a": 1}, now_ms=9).to_wire()
-    for key, value in changes.items():
-        if value is None:
-            del wire[key]
-        else:
-            wire[key] = value
-    return wire
+    return wire_entry(**changes)
 
 
 @pytest.mark.parametrize(

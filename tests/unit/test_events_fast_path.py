@@ -22,6 +22,7 @@ from ulid import ULID
 
 from selfheal.core import events
 from selfheal.core.events import Event, EventDecodeError, compact_json, new_event
+from tests.support.events import wire_entry
 
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -67,14 +68,7 @@ def assert_same_as_full_decode(wire: Any) -> None:
 
 
 def _wire(data: str = '{"a": 1}', **changes: Any) -> dict[str, Any]:
-    wire: dict[str, Any] = new_event(events.BACKUP_FAILED, {}, now_ms=9).to_wire()
-    wire["data"] = data
-    for key, value in changes.items():
-        if value is None:
-            del wire[key]
-        else:
-            wire[key] = value
-    return wire
+    return wire_entry(data=data, **changes)
 
 
 def _as_bytes(wire: Mapping[str, Any]) -> dict[bytes, Any]:
