@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from selfheal.control.server import Handler
-from selfheal.core.contracts import InvalidRequest, parse_request
 from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.errors import ControlError
 from selfheal.healing.store import IncidentSnapshot, IncidentStore, latest
@@ -107,7 +106,7 @@ class HealingControl:
             **_incident_row(snapshot),
             "record": snapshot.incident.to_dict(),
             "lastDecision": snapshot.last_decision.to_dict() if snapshot.last_decision else None,
-            "request": _request_data(snapshot.request),
+            "request": snapshot.request,
             "manualQueue": manual,
         }
 
@@ -137,20 +136,10 @@ class HealingControl:
         store = self._store()
         if not await store.update_record(snapshot, reset, {"acked": ""}):
             raise ControlError("conflict", "the incident changed meanwhile; try again")
-        request = {**(_request_data(snapshot.request) or {}), "attempt": 0}
+        request = {**snapshot.request, "attempt": 0}
         event: Event = new_event(SELF_HEALING_REQUESTED, request, now_ms=now)
         await self.plane.bus().publish(event)
         return {"incidentId": snapshot.incident_id, "requeued": event.id, "resetBy": by}
-
-
-def _request_data(stored: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A stored request as the contract writes it (the batch router stores it as it came)."""
-    if stored is None:
-        return None
-    try:
-        return parse_request(stored).to_data()
-    except InvalidRequest:
-        return stored  # shown, and re-sent, as stored: the router names what is wrong
 
 
 def _param(params: dict[str, Any], name: str, kind: type) -> Any:

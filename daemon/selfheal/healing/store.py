@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from selfheal.bus.streams import Bus, as_text, cast_entries
+from selfheal.core.contracts import InvalidRequest, parse_request
 from selfheal.core.events import Event, compact_json
 from selfheal.core.incident import Incident
 from selfheal.core.policy import Decision
@@ -46,12 +47,19 @@ class IncidentSnapshot:
 
     @property
     def request(self) -> dict[str, Any] | None:
-        """The last request stored with the incident."""
-        return (
-            None
-            if self.request_json is None
-            else cast(dict[str, Any], json.loads(self.request_json))
-        )
+        """The last request stored with the incident, as the contract writes it.
+
+        The batch router stores a request as its event carried it, the per-entry path
+        as the model writes it; read back, both are the same. Data that does not pass
+        the contract is given as stored (routing it again names what is wrong).
+        """
+        if self.request_json is None:
+            return None
+        stored = cast(dict[str, Any], json.loads(self.request_json))
+        try:
+            return parse_request(stored).to_data()
+        except InvalidRequest:
+            return stored
 
 
 @dataclass
