@@ -10,20 +10,12 @@ import pytest
 from selfheal.core.contracts import parse_request
 from selfheal.core.incident import Incident
 from selfheal.core.policy import Decision, Knobs, decide
+from tests.integration.test_router import request
 
 NOW = 1_772_000_000_000
+# routeTo data with a float: the decision's routeData holds one.
 REQUEST = parse_request(
-    {
-        "sourceFunction": "t",
-        "targetComponent": "redis",
-        "problemSummary": "copy failed",
-        "attempt": 0,
-        "retryPolicy": {"maxRetries": 3, "sleepMinMs": 1000, "sleepMaxMs": 9000, "sleepStepMs": 10},
-        "evidence": [{"message": "Connection timed out"}],
-        "playbook": {},
-        "incidentId": "i:1",
-        "routeTo": {"event": "system/backup.retry.requested", "data": {"n": 1.5}},
-    }
+    request("i:1", routeTo={"event": "system/backup.retry.requested", "data": {"n": 1.5}})
 )
 INCIDENT = Incident.new(REQUEST, NOW, 3_600_000)
 DECISION = decide(REQUEST, INCIDENT, NOW, Knobs(), 0.25)
