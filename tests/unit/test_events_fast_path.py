@@ -16,34 +16,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import from_json
 from ulid import ULID
 
 from selfheal.core import events
 from selfheal.core.events import Event, EventDecodeError, compact_json, new_event
 from tests.support.events import wire_entry
+from tests.support.values import typed
 
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def typed(value: Any) -> Any:
-    """A comparable picture of a value that also tells 1, 1.0 and True (and -0.0 and 0.0)
-    apart, keeps dict order, and looks into models: their fields, fields set, extras and
-    private attributes."""
-    if isinstance(value, BaseModel):
-        return (
-            type(value),
-            typed(value.__dict__),
-            sorted(value.model_fields_set),
-            typed(value.__pydantic_extra__),
-            value.__pydantic_private__,
-        )
-    if type(value) is dict:
-        return ("dict", [(typed(k), typed(v)) for k, v in value.items()])
-    if type(value) is list:
-        return ("list", [typed(v) for v in value])
-    return (type(value).__name__, repr(value))
 
 
 def outcome(decode: Any, wire: Any) -> Any:

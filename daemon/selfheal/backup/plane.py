@@ -21,7 +21,7 @@ from selfheal.bus.streams import Bus, cast_entries
 from selfheal.config import Settings
 from selfheal.control.server import Handler
 from selfheal.core.artifacts import manifest_name, parse_artifact_name
-from selfheal.core.contracts import SelfHealingRequest
+from selfheal.core.contracts import RequestView
 from selfheal.core.events import BACKUP_REQUESTED, BACKUP_RETRY_REQUESTED, new_event
 from selfheal.errors import ControlError
 from selfheal.supervisor import Service, ServiceSpec
@@ -153,7 +153,7 @@ class BackupPlane:
         self.consumers[consumer.name] = consumer
         return consumer
 
-    async def nas_probe(self, request: SelfHealingRequest) -> bool:
+    async def nas_probe(self, request: RequestView) -> bool:
         """Is the NAS reachable again for this request's target (any transport)?"""
         target = request.target_component
         for known in TARGETS:

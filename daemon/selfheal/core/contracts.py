@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -161,6 +161,77 @@ class SelfHealingRequest(_Contract):
         if self.incident_id is not None:
             return self.incident_id
         return derive_incident_id(self.domain, self.target_component, self.source_function)
+
+
+class RetryPolicyView(Protocol):
+    """What the policy reads of a retry policy."""
+
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def sleep_min_ms(self) -> int: ...
+    @property
+    def sleep_max_ms(self) -> int: ...
+    @property
+    def sleep_step_ms(self) -> int: ...
+
+
+class EvidenceView(Protocol):
+    """What classification reads of one evidence item."""
+
+    @property
+    def kind(self) -> str | None: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def errno(self) -> int | str | None: ...
+    @property
+    def exception(self) -> str | None: ...
+    @property
+    def snippet(self) -> str | None: ...
+
+
+class RouteToView(Protocol):
+    """What the policy reads of routeTo."""
+
+    @property
+    def event(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+class RequestView(Protocol):
+    """A valid self-healing request as the router reads it.
+
+    Two kinds exist: SelfHealingRequest (the contract) and, on the batch path,
+    core.fast_request.FastRequest (the same request decoded straight from its text).
+    """
+
+    @property
+    def source_function(self) -> str: ...
+    @property
+    def target_component(self) -> str: ...
+    @property
+    def problem_summary(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def retry_policy(self) -> RetryPolicyView: ...
+    @property
+    def evidence(self) -> Sequence[EvidenceView]: ...
+    @property
+    def deadline_at(self) -> datetime | None: ...
+    @property
+    def fallback_action(self) -> Literal["escalate", "manual"] | None: ...
+    @property
+    def incident_id(self) -> str | None: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def route_to(self) -> RouteToView | None: ...
+    @property
+    def resolved_incident_id(self) -> str: ...
+    def to_data(self) -> dict[str, Any]: ...
 
 
 def _slug(text: str, limit: int) -> str:

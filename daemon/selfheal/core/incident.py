@@ -12,7 +12,7 @@ from annotated_types import Ge
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic.alias_generators import to_camel
 
-from selfheal.core.contracts import SelfHealingRequest, plain_message
+from selfheal.core.contracts import RequestView, plain_message
 from selfheal.core.events import is_encodable, may_overflow
 from selfheal.core.records import record_builder
 
@@ -109,7 +109,7 @@ class Incident:
     operator_resets: Count = 0
 
     @classmethod
-    def new(cls, request: SelfHealingRequest, now_ms: int, recovery_window_ms: int) -> Incident:
+    def new(cls, request: RequestView, now_ms: int, recovery_window_ms: int) -> Incident:
         """Open an incident for a first request; the deadline defaults to the window."""
         if recovery_window_ms <= 0:
             raise ValueError(f"recovery_window_ms must be > 0, got {recovery_window_ms}")

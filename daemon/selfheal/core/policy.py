@@ -13,7 +13,7 @@ from pydantic_core import to_json
 
 from selfheal.core.backoff import check_jitter, retry_delay_ms
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, classify
-from selfheal.core.contracts import Completion, CompletionStatus, SelfHealingRequest
+from selfheal.core.contracts import Completion, CompletionStatus, RequestView
 from selfheal.core.events import BACKUP_RETRY_REQUESTED, WORKER_RESTART_REQUESTED
 from selfheal.core.incident import (
     RECORD_CONFIG,
@@ -151,7 +151,7 @@ def _shell(incident: Incident, now_ms: int, found: Classification) -> dict[str, 
 
 
 def _escalate(
-    request: SelfHealingRequest,
+    request: RequestView,
     incident: Incident,
     now_ms: int,
     found: Classification,
@@ -171,7 +171,7 @@ def _escalate(
     )
 
 
-def _route_data(request: SelfHealingRequest, incident: Incident) -> dict[str, Any]:
+def _route_data(request: RequestView, incident: Incident) -> dict[str, Any]:
     """routeTo.data under the fields the receiver relies on (those always win)."""
     extra = dict(request.route_to.data) if request.route_to is not None else {}
     return {
@@ -192,7 +192,7 @@ def _pause_delay(wanted: int, incident: Incident, now_ms: int, knobs: Knobs) -> 
 
 
 def decide(
-    request: SelfHealingRequest,
+    request: RequestView,
     incident: Incident,
     now_ms: int,
     knobs: Knobs,
@@ -271,7 +271,7 @@ def clamp_advice(
     decision: Decision,
     advice_action: str,
     advice_delay_ms: int | None,
-    request: SelfHealingRequest,
+    request: RequestView,
     incident: Incident,
     knobs: Knobs,
     *,
@@ -347,7 +347,7 @@ def clamp_advice(
     )
 
 
-def _completion_data(decision: Decision, request: SelfHealingRequest) -> dict[str, Any]:
+def _completion_data(decision: Decision, request: RequestView) -> dict[str, Any]:
     """The `completed` data announcing a decision, with its wire (camelCase) keys."""
     return {
         "incidentId": decision.incident_id,
@@ -363,7 +363,7 @@ def _completion_data(decision: Decision, request: SelfHealingRequest) -> dict[st
     }
 
 
-def completion_json(decision: Decision, request: SelfHealingRequest) -> str:
+def completion_json(decision: Decision, request: RequestView) -> str:
     """completion_for(...).model_dump_json(by_alias=True), without building the model.
 
     The batch router announces hundreds of decisions per batch; every value here is
@@ -372,6 +372,6 @@ def completion_json(decision: Decision, request: SelfHealingRequest) -> str:
     return to_json(_completion_data(decision, request)).decode()
 
 
-def completion_for(decision: Decision, request: SelfHealingRequest) -> Completion:
+def completion_for(decision: Decision, request: RequestView) -> Completion:
     """The `system/self.healing.completed` data announcing a decision."""
     return Completion.model_validate(_completion_data(decision, request))

@@ -21,7 +21,8 @@ import anyio.lowlevel
 
 from selfheal.bus.consumer import Delivery, Outcome
 from selfheal.bus.streams import as_text
-from selfheal.core.contracts import InvalidRequest, parse_request
+from selfheal.core.contracts import InvalidRequest, RequestView, parse_request
+from selfheal.core.fast_request import decode_request
 from selfheal.core.policy import Action, Decision
 from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
 from selfheal.healing.plan import Chain, Entry, Planner, Step
@@ -166,9 +167,12 @@ def _valid(entries: list[Delivery]) -> list[Entry]:
         if event.id in seen:
             continue  # a replay of an event of this batch: after it, one by one
         seen.add(event.id)
-        try:
-            request = parse_request(event.data)
-        except InvalidRequest:
-            continue  # the slow path answers completed{invalid} and dead-letters it
-        valid.append(Entry(index, entry_id, event, request, fields["data"]))
+        text = fields["data"]
+        request: RequestView | None = decode_request(text)
+        if request is None:  # not an ordinary request: the contract decides
+            try:
+                request = parse_request(event.data)
+            except InvalidRequest:
+                continue  # the slow path answers completed{invalid} and dead-letters it
+        valid.append(Entry(index, entry_id, event, request, text))
     return valid

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
 from selfheal.bus.streams import timer_payload
-from selfheal.core.contracts import Completion, CompletionStatus, SelfHealingRequest
+from selfheal.core.contracts import Completion, CompletionStatus, RequestView
 from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event, compact_json
 from selfheal.core.incident import Incident, IncidentState
 from selfheal.core.policy import Action, Decision, Knobs, completion_for, completion_json
@@ -90,7 +90,7 @@ class Entry:
     index: int
     entry_id: str
     event: Event
-    request: SelfHealingRequest
+    request: RequestView
     # The request as the event carried it: stored and re-sent as it came, since it
     # parses to the same request (no need to serialise the model again).
     request_json: str

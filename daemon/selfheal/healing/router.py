@@ -28,7 +28,7 @@ from selfheal.core.contracts import (
     Completion,
     CompletionStatus,
     InvalidRequest,
-    SelfHealingRequest,
+    RequestView,
     invalid_completion,
     parse_request,
 )
@@ -63,7 +63,7 @@ NOTIFY_REQUESTED = "system/self.healing.notify"
 # Optimistic-lock retries when two daemons update the same incident at once.
 COMMIT_ATTEMPTS = 8
 
-Probe = Callable[[SelfHealingRequest], Awaitable[bool]]
+Probe = Callable[[RequestView], Awaitable[bool]]
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Adviser:
     """What the router needs from the optional LLM advisor (see healing/advisor.py)."""
 
     async def advise_decision(
-        self, request: SelfHealingRequest, decision: Decision, incident: Incident, knobs: Knobs
+        self, request: RequestView, decision: Decision, incident: Incident, knobs: Knobs
     ) -> Decision:
         """Return the decision, possibly adjusted within the policy's clamps."""
         return decision
@@ -158,7 +158,7 @@ class Router:
                 span.set_attributes(span_attributes(decision))
 
     async def _route(
-        self, request: SelfHealingRequest, event: Event
+        self, request: RequestView, event: Event
     ) -> tuple[Decision | None, CompletionStatus]:
         for _ in range(COMMIT_ATTEMPTS):
             now = self._clock_ms()
@@ -186,9 +186,7 @@ class Router:
                 return decision, decision.completion_status
         raise RuntimeError(f"incident {request.resolved_incident_id}: too much contention")
 
-    async def _decision_for(
-        self, request: SelfHealingRequest, incident: Incident, now: int
-    ) -> Decision:
+    async def _decision_for(self, request: RequestView, incident: Incident, now: int) -> Decision:
         stored = await self.store.stored_decision(incident)
         if stored is not None:
             self.stats.reused += 1
@@ -197,7 +195,7 @@ class Router:
         return await self.store.reserve_decision(incident, decision)
 
     async def fresh_decision(
-        self, request: SelfHealingRequest, incident: Incident, now: int, knobs: Knobs
+        self, request: RequestView, incident: Incident, now: int, knobs: Knobs
     ) -> Decision:
         """Probe, policy and advice for the incident's current step (not stored yet)."""
         classification = await self._probe_classification(request, incident)
@@ -207,7 +205,7 @@ class Router:
         return await self.adviser.advise_decision(request, decision, incident, knobs)
 
     async def _probe_classification(
-        self, request: SelfHealingRequest, incident: Incident
+        self, request: RequestView, incident: Incident
     ) -> Classification | None:
         """A paused incident's re-check: a healthy probe turns the hold into a retry."""
         probe = self.probes.get(incident.domain)
@@ -224,7 +222,7 @@ class Router:
 
     def _commit(
         self,
-        request: SelfHealingRequest,
+        request: RequestView,
         incident: Incident,
         decision: Decision,
         event: Event,
@@ -329,7 +327,7 @@ class Router:
         raise RuntimeError(f"incident {incident_id}: too much contention")
 
     async def _join_pending(
-        self, request: SelfHealingRequest, snapshot: IncidentSnapshot, event: Event
+        self, request: RequestView, snapshot: IncidentSnapshot, event: Event
     ) -> tuple[Decision | None, CompletionStatus]:
         """Another report while a retry is pending: same loop, no budget spent."""
         self.stats.joined += 1
@@ -344,7 +342,7 @@ class Router:
         return decision, completion.status
 
     async def _join_closed(
-        self, request: SelfHealingRequest, snapshot: IncidentSnapshot, event: Event
+        self, request: RequestView, snapshot: IncidentSnapshot, event: Event
     ) -> tuple[Decision | None, CompletionStatus]:
         """A report for an escalated incident waits with it for the operator (no new alert)."""
         self.stats.joined += 1

@@ -1,0 +1,305 @@
+"""decode_request answers only where the contract would accept, with the contract's values.
+
+The contract (parse_request over the parsed JSON) is the reference. For any text:
+either decode_request returns None (the caller then asks the contract), or the
+contract accepts the same text and every field the router can read, and to_data,
+is identical, types included. And ordinary requests must take the fast path, or
+it saves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from selfheal.core.contracts import InvalidRequest, RequestView, parse_request
+from selfheal.core.fast_request import decode_request
+from tests.integration.test_router import request
+from tests.support.values import typed
+
+EVIDENCE_FIELDS = ("kind", "message", "errno", "exception", "path", "key", "eventId", "snippet")
+
+
+def picture(view: RequestView) -> Any:
+    """Everything the router reads of a request, as a strict comparable value."""
+    policy = view.retry_policy
+    route = view.route_to
+    return typed(
+        {
+            "source_function": view.source_function,
+            "target_component": view.target_component,
+            "problem_summary": view.problem_summary,
+            "attempt": view.attempt,
+            "retry_policy": [
+                policy.max_retries,
+                policy.sleep_min_ms,
+                policy.sleep_max_ms,
+                policy.sleep_step_ms,
+            ],
+            "evidence": [
+                [item.kind, item.message, item.errno, item.exception, item.snippet]
+                for item in view.evidence
+            ],
+            "deadline_at": None if view.deadline_at is None else view.deadline_at.isoformat(),
+            "deadline_epoch": None if view.deadline_at is None else view.deadline_at.timestamp(),
+            "fallback_action": view.fallback_action,
+            "incident_id": view.incident_id,
+            "domain": view.domain,
+            "route_to": None if route is None else [route.event, dict(route.data)],
+            "resolved_incident_id": view.resolved_incident_id,
+            "to_data": view.to_data(),
+        }
+    )
+
+
+def contract(text: str) -> Any:
+    """The contract's reading of `text`: its picture, or "invalid"."""
+    try:
+        return picture(parse_request(json.loads(text)))
+    except InvalidRequest:
+        return "invalid"
+
+
+def check(text: str) -> RequestView | None:
+    """decode_request's answer, after checking it against the contract."""
+    fast = decode_request(text)
+    if fast is not None:
+        assert contract(text) == picture(fast), text
+    return fast
+
+
+# -- ordinary requests take the fast path ------------------------------------------------
+
+
+ORDINARY = [
+    request(),
+    request(evidence=["disk full", {"errno": 28, "path": "/mnt/nas"}]),
+    request(evidence=[{"errno": "ENOSPC", "kind": "mount"}, {"exception": "OSError: x"}]),
+    request(evidence=[]),
+    request(routeTo={"event": "system/backup.retry.requested", "data": {"tier": 2, "x": [1]}}),
+    request(context={"host": "nas-1", "nested": {"a": [1, 2.5, None, True]}}),
+    request(owner="ops", fallbackAction="manual"),
+    request(deadlineAt="2026-12-01T10:00:00Z"),
+    request(deadlineAt="2026-12-01T10:00+05:30"),
+    request(incidentId=None),
+    request(domain="worker"),
+    request(playbook={}),
+    request(playbook={"skills": ["nas"], "links": ["https://x"], "runbook": None}),
+    {k: v for k, v in request().items() if k != "incidentId"},
+]
+
+
+@pytest.mark.parametrize("data", ORDINARY)
+def test_ordinary_requests_take_the_fast_path_with_the_contracts_values(data: dict[str, Any]):
+    text = json.dumps(data)
+    assert check(text) is not None
+    assert contract(text) != "invalid"
+
+
+# -- what the fast path must leave to the contract ---------------------------------------
+
+
+def changed(**overrides: Any) -> str:
+    return json.dumps(request(**overrides))
+
+
+def with_policy(**overrides: Any) -> str:
+    policy = {**request()["retryPolicy"], **overrides}
+    return changed(retryPolicy=policy)
+
+
+NOT_FAST = {
+    # Python's `$` matches before a final newline; the contract's does not.
+    "incident id with a final newline": changed(incidentId="a:b\n"),
+    "domain with a final newline": changed(domain="backup\n"),
+    "route event with a final newline": changed(
+        routeTo={"event": "system/backup.retry.requested\n"}
+    ),
+    # Blank means every character is whitespace to str.strip, Unicode included.
+    "blank source": changed(sourceFunction="   "),
+    "no-break space summary": changed(problemSummary="\u00a0\u2003"),
+    "information separator target": changed(targetComponent="\x1c\x1f"),
+    "blank owner": changed(owner="\t"),
+    "empty source": changed(sourceFunction=""),
+    "source too long": changed(sourceFunction="x" * 257),
+    "summary too long": changed(problemSummary="x" * 2001),
+    # Numbers: strict ints, within limits.
+    "bool attempt": changed(attempt=True),
+    "float attempt": changed(attempt=1.0),
+    "exponent attempt": '{"attempt": 1e2}',
+    "negative attempt": changed(attempt=-1),
+    "huge attempt": changed(attempt=10**30),
+    "too many retries": with_policy(maxRetries=101),
+    "sleep max below min": with_policy(sleepMinMs=100, sleepMaxMs=99),
+    "zero sleep min": with_policy(sleepMinMs=0),
+    "string max retries": with_policy(maxRetries="3"),
+    "extra policy key": with_policy(jitter=1),
+    # Evidence and playbook keep extras in the contract; the fast path has no room.
+    "evidence extra": changed(evidence=[{"message": "x", "host": "nas"}]),
+    "evidence snake name": changed(evidence=[{"event_id": "e1"}]),
+    "playbook extra": changed(playbook={"owner": "ops"}),
+    "errno too big": changed(evidence=[{"errno": 100_000}]),
+    "errno empty": changed(evidence=[{"errno": ""}]),
+    "errno bool": changed(evidence=[{"errno": True}]),
+    "errno float": changed(evidence=[{"errno": 28.0}]),
+    "bare evidence too long": changed(evidence=["x" * 65_537]),
+    "evidence not a list": changed(evidence="disk full"),
+    "evidence number": changed(evidence=[5]),
+    # Names: the contract also takes snake_case; unknown keys are refused.
+    "snake case field": json.dumps({**request(), "source_function": "x"}),
+    "unknown field": changed(severity="high"),
+    "missing playbook": json.dumps({k: v for k, v in request().items() if k != "playbook"}),
+    "null playbook": changed(playbook=None),
+    "fallback action typo": changed(fallbackAction="page"),
+    "route event without slash": changed(routeTo={"event": "retry"}),
+    "route data not an object": changed(routeTo={"event": "a/b", "data": [1]}),
+    # Deadlines: the contract's own parser decides, and refuses bare numbers.
+    "deadline number": changed(deadlineAt=1_767_000_000),
+    "deadline without zone": changed(deadlineAt="2026-12-01T10:00:00"),
+    "deadline garbage": changed(deadlineAt="tomorrow"),
+    # Text that is not valid Unicode.
+    "lone surrogate": json.dumps(request()).replace('"redis"', '"\\ud800"'),
+    "not an object": "[1, 2]",
+}
+
+
+@pytest.mark.parametrize("text", NOT_FAST.values(), ids=NOT_FAST.keys())
+def test_what_the_fast_path_leaves_to_the_contract(text: str):
+    assert check(text) is None
+
+
+def test_a_repeated_key_reads_as_the_contract_reads_it():
+    # JSON parsers keep the last of a repeated key; the contract sees json.loads' dict.
+    text = json.dumps(request(attempt=1))[:-1] + ', "attempt": 7}'
+    fast = check(text)
+    assert fast is not None
+    assert fast.attempt == 7
+
+
+# -- generated requests ------------------------------------------------------------------
+
+_TEXT = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", " ", "\n", "\u00a0", "x\n", "a:b", "E28", "ENOSPC", "x" * 257]),
+)
+_NUMBER = st.one_of(
+    st.integers(min_value=-2, max_value=110_000),
+    st.sampled_from([0, 1, 100, 101, 604_800_000, 604_800_001, 86_400_001, 10**20]),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+_SCALAR = st.one_of(st.none(), _TEXT, _NUMBER)
+_ANY_JSON = st.recursive(
+    _SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3)
+)
+
+
+def _maybe(value: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly `value`, sometimes anything."""
+    return st.one_of(value, value, value, other)
+
+
+_EVIDENCE_ITEM = st.one_of(
+    _TEXT,
+    st.dictionaries(
+        st.sampled_from([*EVIDENCE_FIELDS, "event_id", "host"]),
+        st.one_of(_SCALAR, st.sampled_from(["ENOSPC", "ETIMEDOUT", "OSError", "timed out"])),
+        max_size=4,
+    ),
+    _SCALAR,
+)
+_POLICY = st.fixed_dictionaries(
+    {
+        "maxRetries": _maybe(st.integers(0, 100), _NUMBER),
+        "sleepMinMs": _maybe(st.integers(1, 1000), _NUMBER),
+        "sleepMaxMs": _maybe(st.integers(1, 2000), _NUMBER),
+        "sleepStepMs": _maybe(st.integers(0, 100), _NUMBER),
+    }
+)
+_DEADLINE = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "2026-12-01T10:00:00Z",
+            "2026-12-01T10:00Z",
+            "2026-12-01T10:00:00.123456789+01:00",
+            "2026-12-01 10:00:00-00:30",
+            "2026-12-01T10:00:00",
+            "2026-12-01",
+            "1767000000",
+            "2026-13-01T10:00:00Z",
+        ]
+    ),
+    _SCALAR,
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "sourceFunction": draw(_maybe(st.just("system/backup.redis"), _TEXT)),
+        "targetComponent": draw(_maybe(st.just("redis"), _TEXT)),
+        "problemSummary": draw(_maybe(st.just("copy failed"), _TEXT)),
+        "attempt": draw(_maybe(st.integers(0, 5), _NUMBER)),
+        "retryPolicy": draw(_maybe(_POLICY, _ANY_JSON)),
+        "evidence": draw(_maybe(st.lists(_EVIDENCE_ITEM, max_size=3), _ANY_JSON)),
+        "playbook": draw(
+            _maybe(
+                st.dictionaries(
+                    st.sampled_from(["skills", "actions", "links", "runbook", "extra"]),
+                    st.one_of(st.lists(_TEXT, max_size=2), _SCALAR),
+                    max_size=3,
+                ),
+                _ANY_JSON,
+            )
+        ),
+    }
+    optional = {
+        "context": _ANY_JSON,
+        "owner": _TEXT,
+        "deadlineAt": _DEADLINE,
+        "fallbackAction": st.sampled_from(["escalate", "manual", "page", None]),
+        "incidentId": st.one_of(_TEXT, st.sampled_from(["bench:1", "a" * 128, "a" * 129])),
+        "domain": st.one_of(_TEXT, st.sampled_from(["backup", "worker", "Backup", "x" * 33])),
+        "routeTo": st.one_of(
+            st.fixed_dictionaries(
+                {"event": st.sampled_from(["system/backup.retry.requested", "a/b", "ab"])},
+                optional={"data": _ANY_JSON},
+            ),
+            _ANY_JSON,
+        ),
+        "source_function": _TEXT,
+        "unknown": _SCALAR,
+    }
+    for key in draw(st.lists(st.sampled_from(sorted(optional)), max_size=4, unique=True)):
+        data[key] = draw(optional[key])
+    for key in draw(st.lists(st.sampled_from(sorted(data)), max_size=1)):
+        del data[key]
+    return data
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_generated_requests_decode_as_the_contract_reads_them(data: dict[str, Any]):
+    check(json.dumps(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests())
+def test_generated_requests_the_contract_accepts_plainly_take_the_fast_path(
+    data: dict[str, Any],
+):
+    try:
+        model = parse_request(data)
+    except InvalidRequest:
+        return
+    extras = model.playbook.model_extra or any(item.model_extra for item in model.evidence)
+    if not extras:
+        # The contract's own rendering of a request without extras has no snake_case
+        # names or odd deadline formats: the fast path must take it.
+        plain = json.dumps(model.to_data())
+        assert check(plain) is not None, plain
