@@ -470,3 +470,34 @@ def test_generated_entries_decide_like_the_full_decode(wire: Any) -> None:
 def test_fast_path_matches_full_path_on_generated_text(members: dict[str, str]) -> None:
     data = "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in members.items()) + "}"
     assert_same_as_full_decode(_wire(data))
+
+
+def _encoded(encode: Any, value: Any) -> Any:
+    try:
+        return encode(value)
+    except (TypeError, ValueError) as exc:
+        return (type(exc), str(exc))
+
+
+@settings(max_examples=500, deadline=None)
+@given(JSON_TEXT)
+def test_compact_json_writes_what_json_dumps_writes(text: str) -> None:
+    """compact_json's reused C encoder writes (and refuses) exactly as json.dumps does."""
+    try:
+        value = json.loads(text)  # NaN and infinities included: both must refuse them
+    except (ValueError, RecursionError):
+        return
+    for item in (value, [value, {"k": value}], {"k": value, "n": None}):
+        dumped = _encoded(lambda v: json.dumps(v, separators=(",", ":"), allow_nan=False), item)
+        assert _encoded(compact_json, item) == dumped
+
+
+def test_compact_json_refuses_what_json_cannot_hold() -> None:
+    for value in ({"a": object()}, {(1, 2): 3}, [float("nan")], {"a": float("-inf")}):
+        dumped = _encoded(lambda v: json.dumps(v, separators=(",", ":"), allow_nan=False), value)
+        assert _encoded(compact_json, value) == dumped
+        assert isinstance(dumped, tuple)
+    circular: list[Any] = []
+    circular.append(circular)
+    with pytest.raises(RecursionError):
+        compact_json(circular)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
 from collections.abc import Mapping
@@ -76,11 +77,37 @@ class EventDecodeError(ValueError):
 
 # One encoder for every call: json.dumps builds a new one whenever options are given.
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# JSONEncoder.encode also builds its C encoder on every call, which is half the time on
+# the small objects the router writes; this one is built once. It keeps no memo of the
+# containers it is in (an exception part-way would leave one stale), so a circular
+# structure ends in RecursionError instead of "Circular reference detected".
+_MAKE_C_ENCODER: Final[Any] = getattr(json.encoder, "c_make_encoder", None)  # None without _json
+_C_ENCODER: Final[Any] = (
+    None
+    if _MAKE_C_ENCODER is None
+    else _MAKE_C_ENCODER(
+        None,
+        _COMPACT.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+)
 
 
 def compact_json(value: Any) -> str:
-    """Serialise to compact JSON, refusing NaN and infinities (not JSON)."""
-    return _COMPACT.encode(value)
+    """Serialise to compact JSON, refusing NaN and infinities (not JSON).
+
+    Raises TypeError for what JSON cannot hold, ValueError for NaN and the infinities,
+    RecursionError for circular or too deeply nested containers.
+    """
+    if _C_ENCODER is None or type(value) is str:
+        return _COMPACT.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 class Event(BaseModel):
