@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 
-from selfheal.bus.consumer import ConsumerOptions, Delivery, Outcome, StreamConsumer
+from selfheal.bus.consumer import ConsumerOptions, Delivery, Outcome, StreamConsumer, delivery_of
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.core.contracts import parse_request
@@ -326,6 +326,26 @@ async def test_invalid_request_in_a_batch_is_answered_and_dead_lettered(
     assert await pending(router) == 0 and router.stats.invalid == 1
 
 
+async def test_entries_whose_data_is_not_an_events_are_dead_lettered_by_the_batch(
+    redis_client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    # Their envelopes are ordinary, so the consumer hands them to the batch with the
+    # data unparsed; the batch leaves them to the per-entry path, which buries them.
+    router = make(redis_client, telemetry, "rawbad")
+    await publish(router, [request(incident="inc:good")])
+    stream = router.bus.keys.stream(SELF_HEALING_REQUESTED)
+    for n, data in enumerate(["not json", "[1, 2]", '{"a": NaN}', '{"n": 1e999}']):
+        wire = new_event(SELF_HEALING_REQUESTED, {}, now_ms=START_MS + n).to_wire()
+        await redis_client.xadd(stream, {**wire, "data": data})
+    member = consumer(router, batched=True)
+    await member.poll_once()
+    dead = await router.bus.dead_letters()
+    assert len(dead) == 4 and all("undecodable event: data" in d["reason"] for d in dead), dead
+    assert member.stats.dead_lettered == 4 and SLOW_CALLS["rawbad"] == 0
+    assert [c["incidentId"] for c in await completions(router)] == ["inc:good"]
+    assert router.stats.decisions == 1 and await pending(router) == 0
+
+
 async def test_batch_spans_match_the_one_by_one_spans(
     redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
@@ -355,7 +375,9 @@ async def read(router: Router) -> list[Delivery]:
     """Read fresh entries as the consumer would hand them to the batch handler."""
     stream = router.bus.keys.stream(SELF_HEALING_REQUESTED)
     entries = await router.bus.read_group(stream, ROUTER_GROUP, "c", count=100, block_ms=None)
-    return [Delivery(eid, Event.from_wire(fields), fields) for eid, fields in entries]
+    deliveries = [delivery_of(eid, fields) for eid, fields in entries]
+    assert all(isinstance(d, Delivery) for d in deliveries), deliveries
+    return cast(list[Delivery], deliveries)
 
 
 async def test_a_failing_batch_handler_leaves_every_entry_to_the_slow_path(

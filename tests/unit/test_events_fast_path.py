@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -501,3 +502,60 @@ def test_compact_json_refuses_what_json_cannot_hold() -> None:
     circular.append(circular)
     with pytest.raises(RecursionError):
         compact_json(circular)
+
+
+# -- envelopes: the data left as text ------------------------------------------------------
+
+
+def assert_envelope_holds(wire: Any) -> None:
+    """plain_envelope's promise: when a strict JSON parser (msgspec) reads its data as an
+    object, from_wire returns an event with the envelope's fields and that data."""
+    envelope = events.plain_envelope(wire)
+    if envelope is None:
+        return
+    assert events._plain_fields(wire) == envelope
+    try:
+        strict = msgspec.json.decode(envelope.data)
+    except (msgspec.DecodeError, msgspec.ValidationError):  # not JSON, or out of range
+        return
+    if type(strict) is not dict:
+        return
+    event = Event.from_wire(wire)
+    assert (event.id, event.name, event.ts, event.idempotency_key, event.traceparent) == (
+        envelope.id,
+        envelope.name,
+        envelope.ts,
+        envelope.idempotency_key,
+        envelope.traceparent,
+    )
+    assert typed(event.data) == typed(strict)
+
+
+@pytest.mark.parametrize("data", DATA_CASES)
+def test_envelope_of_each_data_case(data: str) -> None:
+    assert_envelope_holds(_wire(data))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wire_entries())
+def test_envelope_of_generated_entries(wire: Any) -> None:
+    assert_envelope_holds(wire)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=4), JSON_TEXT, max_size=4))
+def test_envelope_of_generated_data(members: dict[str, str]) -> None:
+    data = "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in members.items()) + "}"
+    assert_envelope_holds(_wire(data))
+
+
+def test_envelope_takes_ordinary_entries_and_leaves_the_rest() -> None:
+    wire = new_event(events.SELF_HEALING_REQUESTED, {"a": [1, 2.5, "x"]}, now_ms=5).to_wire()
+    envelope = events.plain_envelope(wire)
+    assert envelope is not None and envelope.data == wire["data"] and envelope.ts == 5
+    # Each of these the envelope leaves to a full decode.
+    for data in ('{"n": 1e5}', '{"n": ' + "1" * 309 + "}", "\ufeff{}", '{"s": "\ud800"}'):
+        assert events.plain_envelope({**wire, "data": data}) is None, data
+    assert events.plain_envelope({**wire, "data": "[" * 101 + "]" * 101}) is None
+    assert events.plain_envelope(_as_bytes(wire)) is None
+    assert events.plain_envelope({**wire, "id": "nope"}) is None

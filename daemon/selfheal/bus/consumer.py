@@ -23,14 +23,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
 
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
 from selfheal.bus.streams import Bus, NotUtf8Fields, as_text, cast_entries
-from selfheal.core.events import Event, EventDecodeError
+from selfheal.core.events import Envelope, Event, EventDecodeError, compact_json, plain_envelope
 from selfheal.redact import redact_text
 
 log = logging.getLogger("selfheal.bus")
@@ -46,12 +45,57 @@ class Outcome(StrEnum):
     SLOW = "slow"  # not handled: run it through the per-entry path
 
 
-class Delivery(NamedTuple):
-    """One fresh entry offered to a batch handler."""
+class Delivery:
+    """One fresh entry offered to a batch handler: its envelope checked, its event decoded
+    when first asked for.
 
-    entry_id: str
-    event: Event
-    fields: dict[str, str]  # the wire fields the event was decoded from
+    The consumer dead-letters entries that are plainly not events before the batch
+    handler sees them. An entry whose envelope is ordinary (events.plain_envelope)
+    comes with its data unparsed: a handler that reads the data text itself need not
+    pay for the event, and one that asks for `event` gets EventDecodeError if the
+    data is not an event's (then it answers SLOW and the per-entry path buries it).
+    """
+
+    __slots__ = ("_event", "entry_id", "envelope", "fields")
+
+    def __init__(
+        self, entry_id: str, fields: dict[str, str], envelope: Envelope, event: Event | None
+    ) -> None:
+        self.entry_id = entry_id
+        self.fields = fields  # the wire fields
+        self.envelope = envelope
+        self._event = event
+
+    @property
+    def event(self) -> Event:
+        """The entry's event; raises EventDecodeError if it is not one."""
+        if self._event is None:
+            self._event = Event.from_wire(self.fields)
+        return self._event
+
+    @property
+    def decoded(self) -> Event | None:
+        """The event if it was decoded already."""
+        return self._event
+
+
+def delivery_of(entry_id: str, fields: dict[str, str]) -> Delivery | str:
+    """A fresh entry for a batch handler, or why it is not an event (a dead letter's reason)."""
+    envelope = None if isinstance(fields, NotUtf8Fields) else plain_envelope(fields)
+    if envelope is not None:
+        return Delivery(entry_id, fields, envelope, None)
+    event = _event_of(fields)
+    if isinstance(event, str):
+        return event
+    envelope = Envelope(
+        event.id,
+        event.name,
+        compact_json(event.data),
+        event.ts,
+        event.idempotency_key,
+        event.traceparent,
+    )
+    return Delivery(entry_id, fields, envelope, event)
 
 
 BatchHandler = Callable[[list[Delivery]], Awaitable[list[Outcome]]]
@@ -181,11 +225,11 @@ class StreamConsumer:
     ) -> None:
         decoded: list[Delivery] = []
         for entry_id, fields in batch:
-            event = _event_of(fields)
-            if isinstance(event, str):
-                await self._bury(entry_id, fields, event, deliveries=1)
+            delivery = delivery_of(entry_id, fields)
+            if isinstance(delivery, str):
+                await self._bury(entry_id, fields, delivery, deliveries=1)
                 continue
-            decoded.append(Delivery(entry_id, event, fields))
+            decoded.append(delivery)
         if not decoded:
             return
         try:
@@ -199,13 +243,13 @@ class StreamConsumer:
             log.warning("%s batch handler failed, handling one by one: %s", self.group, exc)
             outcomes = [Outcome.SLOW] * len(decoded)
         slow: list[tuple[str, dict[str, str], Event | None]] = []
-        for (entry_id, event, fields), outcome in zip(decoded, outcomes, strict=True):
+        for delivery, outcome in zip(decoded, outcomes, strict=True):
             if outcome == Outcome.ACKED:
                 self.stats.handled += 1
             elif outcome == Outcome.DUPLICATE:
                 self.stats.duplicates += 1
             else:
-                slow.append((entry_id, fields, event))
+                slow.append((delivery.entry_id, delivery.fields, delivery.decoded))
         await self._handle_each(slow)
 
     async def _reclaim(self) -> int:

@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Mapping
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -289,15 +289,20 @@ _KNOWN_NAMES: Final[set[str]] = set()
 _KNOWN_NAMES_LIMIT: Final = 1024
 
 
-def _plain_entry(fields: WireFields) -> Event | None:
-    """The event of an ordinary entry, without model validation; None when not sure.
+class Envelope(NamedTuple):
+    """An ordinary stream entry's event fields, its data still JSON text (see plain_envelope)."""
 
-    Only entries on which these checks imply that _from_wire_checked would return an
-    equal event get one: exactly the wire fields, all text;
-    id, name, ts, idempotency key and traceparent within the model's constraints; data a
-    plain JSON object (see _plain_data). Anything else, valid or not, takes
-    _from_wire_checked, which decides it and words the error.
-    """
+    id: str
+    name: str
+    data: str
+    ts: int
+    idempotency_key: str
+    traceparent: str | None
+
+
+def _plain_fields(fields: WireFields) -> Envelope | None:
+    """The entry's fields when every one but the data is within Event's constraints;
+    None when not sure (see _plain_entry). The data is not looked at."""
     entry: Mapping[Any, Any] = fields  # typing.cast is a call, and this path counts them
     size = len(entry)
     if not _PLAIN_EVENTS or (size != 6 and size != 5):
@@ -339,7 +344,47 @@ def _plain_entry(fields: WireFields) -> Event | None:
         and (not trace or _TRACEPARENT.fullmatch(trace))
     ):
         return None
-    parsed = _plain_data(data)
+    return Envelope(event_id, name, data, int(ts), key, trace or None)
+
+
+def plain_envelope(fields: WireFields) -> Envelope | None:
+    """The envelope of an ordinary entry, its data left unparsed; None when not sure.
+
+    Every field but the data is checked as _plain_entry checks it. The data is only
+    checked to be free of what JSON parsers are known to read differently from
+    json.loads, or what compact_json refuses: a byte order mark, a lone surrogate,
+    more than _PLAIN_MAX_OPENERS containers, a number with an exponent or of 309 digits
+    or more (NaN and Infinity are not JSON: a strict parser refuses them). So when a
+    strict parser reads the data as a JSON object, from_wire returns an event with
+    these fields and that data.
+    """
+    envelope = _plain_fields(fields)
+    if envelope is None:
+        return None
+    data = envelope.data
+    if (
+        data.startswith("\ufeff")
+        or data.count("{") + data.count("[") > _PLAIN_MAX_OPENERS
+        or not is_encodable(data)
+        or may_overflow(data)
+    ):
+        return None
+    return envelope
+
+
+def _plain_entry(fields: WireFields) -> Event | None:
+    """The event of an ordinary entry, without model validation; None when not sure.
+
+    Only entries on which these checks imply that _from_wire_checked would return an
+    equal event get one: exactly the wire fields, all text;
+    id, name, ts, idempotency key and traceparent within the model's constraints; data a
+    plain JSON object (see _plain_data). Anything else, valid or not, takes
+    _from_wire_checked, which decides it and words the error.
+    """
+    envelope = _plain_fields(fields)
+    if envelope is None:
+        return None
+    parsed = _plain_data(envelope.data)
     if parsed is None:
         return None
     # What model_construct does, without its per-field bookkeeping (as dear as validating).
@@ -347,12 +392,12 @@ def _plain_entry(fields: WireFields) -> Event | None:
     _SET_DICT(
         event,
         {
-            "id": event_id,
-            "name": name,
+            "id": envelope.id,
+            "name": envelope.name,
             "data": parsed,
-            "ts": int(ts),
-            "idempotency_key": key,
-            "traceparent": trace or None,
+            "ts": envelope.ts,
+            "idempotency_key": envelope.idempotency_key,
+            "traceparent": envelope.traceparent,
         },
     )
     _SET_FIELDS_SET(event, set(_EVENT_FIELDS))

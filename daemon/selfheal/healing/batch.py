@@ -22,6 +22,7 @@ import anyio.lowlevel
 from selfheal.bus.consumer import Delivery, Outcome
 from selfheal.bus.streams import as_text
 from selfheal.core.contracts import InvalidRequest, RequestView, parse_request
+from selfheal.core.events import EventDecodeError
 from selfheal.core.fast_request import decode_request
 from selfheal.core.policy import Action, Decision
 from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
@@ -78,7 +79,7 @@ class BatchRouter:
                     try:
                         steps.append(await planner.route(chain, entry, knobs))
                     except Exception as exc:  # the slow path retries it and reports the error
-                        log.info("batch left %s to the slow path: %s", entry.event.id, exc)
+                        log.info("batch left %s to the slow path: %s", entry.envelope.id, exc)
                         chain.broken = True
                 if last[incident_id] == pos and chain.group is not None:
                     ready.append(chain)
@@ -110,7 +111,7 @@ class BatchRouter:
         self, planner: Planner, valid: list[Entry]
     ) -> tuple[dict[int, bool], dict[str, Chain]]:
         ids = list(dict.fromkeys(entry.request.resolved_incident_id for entry in valid))
-        keys = [planner.done_key(entry.event) for entry in valid]
+        keys = [planner.done_key(entry.envelope) for entry in valid]
         keys += [self.keys.incident(incident_id) for incident_id in ids]
         flags, hashes = await self.bus.eval_packed(self._load, keys, [len(valid)])
         done = {entry.index: bool(flag) for entry, flag in zip(valid, flags, strict=True)}
@@ -163,16 +164,16 @@ def _valid(entries: list[Delivery]) -> list[Entry]:
     """The entries the batch can route: valid requests, each event once."""
     valid: list[Entry] = []
     seen: set[str] = set()
-    for index, (entry_id, event, fields) in enumerate(entries):
-        if event.id in seen:
+    for index, delivery in enumerate(entries):
+        envelope = delivery.envelope
+        if envelope.id in seen:
             continue  # a replay of an event of this batch: after it, one by one
-        seen.add(event.id)
-        text = fields["data"]
-        request: RequestView | None = decode_request(text)
+        seen.add(envelope.id)
+        request: RequestView | None = decode_request(envelope.data)
         if request is None:  # not an ordinary request: the contract decides
             try:
-                request = parse_request(event.data)
-            except InvalidRequest:
-                continue  # the slow path answers completed{invalid} and dead-letters it
-        valid.append(Entry(index, entry_id, event, request, text))
+                request = parse_request(delivery.event.data)
+            except (EventDecodeError, InvalidRequest):
+                continue  # the slow path answers completed{invalid} or dead-letters it
+        valid.append(Entry(index, delivery.entry_id, envelope, request, envelope.data))
     return valid

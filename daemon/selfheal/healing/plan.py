@@ -17,7 +17,12 @@ from pydantic import TypeAdapter
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
 from selfheal.bus.streams import timer_payload
 from selfheal.core.contracts import Completion, CompletionStatus, RequestView
-from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event, compact_json
+from selfheal.core.events import (
+    SELF_HEALING_COMPLETED,
+    SELF_HEALING_REQUESTED,
+    Envelope,
+    compact_json,
+)
 from selfheal.core.incident import Incident, IncidentState
 from selfheal.core.policy import Action, Decision, Knobs, completion_for, completion_json
 from selfheal.healing.commit import Group
@@ -89,7 +94,7 @@ class Entry:
 
     index: int
     entry_id: str
-    event: Event
+    envelope: Envelope
     request: RequestView
     # The request as the event carried it: stored and re-sent as it came, since it
     # parses to the same request (no need to serialise the model again).
@@ -111,9 +116,9 @@ class Planner:
         self._completed_marker_prefix = keys.published(SELF_HEALING_COMPLETED, "")
         self._streams: dict[str, str] = {}
 
-    def done_key(self, event: Event) -> str:
-        """The router group's done marker for `event`."""
-        return self._done_prefix + event.id
+    def done_key(self, envelope: Envelope) -> str:
+        """The router group's done marker for the event."""
+        return self._done_prefix + envelope.id
 
     def stream(self, event_name: str) -> str:
         """The stream key of `event_name` (remembered for the batch)."""
@@ -125,7 +130,7 @@ class Planner:
     def ack(self, group: Group, entry: Entry) -> None:
         """Mark the entry handled and ack it (inside `group`)."""
         group.complete(
-            self._done_prefix + entry.event.id,
+            self._done_prefix + entry.envelope.id,
             self._requests,
             self.router.group,
             entry.entry_id,
@@ -134,7 +139,7 @@ class Planner:
 
     async def route(self, chain: Chain, entry: Entry, knobs: Knobs) -> Step:
         """Plan one event (the same choices as Router._route, in the same order)."""
-        event, request = entry.event, entry.request
+        event, request = entry.envelope, entry.request
         span = self.router.telemetry.open_span(
             SPAN_NAME, traceparent=event.traceparent, start_ns=time.time_ns()
         )
@@ -197,8 +202,8 @@ class Planner:
             SELF_HEALING_COMPLETED,
             completion_json,
             now_ms=now,
-            idempotency_key=completed_key(entry.event.id),
-            traceparent=traceparent or entry.event.traceparent,
+            idempotency_key=completed_key(entry.envelope.id),
+            traceparent=traceparent or entry.envelope.traceparent,
         )
 
     def _join(
