@@ -204,7 +204,8 @@ class RequestView(Protocol):
     """A valid self-healing request as the router reads it.
 
     Two kinds exist: SelfHealingRequest (the contract) and, on the batch path,
-    core.fast_request.FastRequest (the same request decoded straight from its text).
+    core.fast_request.FastRequest (the same request decoded straight from its text,
+    where `evidence` and `deadline_at` are properties over the wire fields).
     """
 
     @property

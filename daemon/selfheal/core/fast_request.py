@@ -48,7 +48,25 @@ def _anchored(pattern: str) -> str:
     return pattern[:-1] + r"\Z"
 
 
-_NOT_BLANK: Final = r"\S"  # str.strip and re's \s agree on what whitespace is
+# str.strip and re's \s agree on what whitespace is (checked over every code point).
+_NOT_BLANK: Final = re.compile(r"\S")
+_DEADLINE: Final = TypeAdapter(AwareDatetime)
+# Deeper text is left to the contract: its serialiser stops at 255 levels (to_data would
+# fail there) and the event check allows up to this many containers on the fast path.
+_MAX_OPENERS: Final = 100
+
+
+def _require_not_blank(text: str) -> None:
+    if _NOT_BLANK.search(text) is None:
+        raise ValueError("blank")
+
+
+def _deadline(text: str) -> datetime:
+    try:
+        return _DEADLINE.validate_python(text)
+    except ValidationError:
+        raise ValueError("deadlineAt") from None
+
 
 Text = Annotated[str, Meta(min_length=1, max_length=256)]
 Summary = Annotated[str, Meta(min_length=1, max_length=2000)]
@@ -164,22 +182,6 @@ class FastRequest(_Fast, frozen=True):
         return data
 
 
-_DEADLINE: Final = TypeAdapter(AwareDatetime)
-_BLANK_CHECK: Final = re.compile(_NOT_BLANK)
-
-
-def _require_not_blank(text: str) -> None:
-    if _BLANK_CHECK.search(text) is None:
-        raise ValueError("blank")
-
-
-def _deadline(text: str) -> datetime:
-    try:
-        return _DEADLINE.validate_python(text)
-    except ValidationError:
-        raise ValueError("deadlineAt") from None
-
-
 _DECODER: Final = msgspec.json.Decoder(FastRequest)
 
 
@@ -188,7 +190,9 @@ def decode_request(text: str) -> FastRequest | None:
 
     `text` is an event's data as it came off the wire: JSON of an object.
     """
+    if text.count("{") + text.count("[") > _MAX_OPENERS:
+        return None
     try:
         return _DECODER.decode(text)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None

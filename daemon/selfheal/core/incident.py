@@ -113,11 +113,8 @@ class Incident:
         """Open an incident for a first request; the deadline defaults to the window."""
         if recovery_window_ms <= 0:
             raise ValueError(f"recovery_window_ms must be > 0, got {recovery_window_ms}")
-        deadline = (
-            epoch_ms(request.deadline_at)
-            if request.deadline_at is not None
-            else now_ms + recovery_window_ms
-        )
+        deadline_at = request.deadline_at  # a property on some requests: read it once
+        deadline = epoch_ms(deadline_at) if deadline_at is not None else now_ms + recovery_window_ms
         values: dict[str, Any] = {
             "incident_id": request.resolved_incident_id,
             "domain": request.domain,
