@@ -141,10 +141,10 @@ async def latency(
     async def timed_batch(entries: list[Delivery]) -> list[Outcome]:
         outcomes = await router.handle_batch(entries)
         done = time.perf_counter()
-        for (_, event, _), outcome in zip(entries, outcomes, strict=True):
+        for entry, outcome in zip(entries, outcomes, strict=True):
             # Entries left to the per-entry path are measured by `timed`.
             if outcome == Outcome.ACKED:
-                samples.append((done - sent_at[event.id]) * 1000)
+                samples.append((done - sent_at[entry.envelope.id]) * 1000)
         return outcomes
 
     consumer = StreamConsumer(
