@@ -148,6 +148,26 @@ def test_invalid_request_names_the_field(data: Any, field: str) -> None:
     assert isinstance(caught.value, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("context", {"b": {"\udc00": 1}}),
+        ("routeTo", {"event": "system/backup.retry.requested", "data": {"x": {"\ud800": 1}}}),
+    ],
+)
+def test_a_key_that_is_not_unicode_makes_the_request_invalid(field: str, value: Any) -> None:
+    # Such a request could be validated but never stored or re-sent: refused up front,
+    # it is answered completed{invalid} once instead of failing on every delivery.
+    with pytest.raises(InvalidRequest, match="not valid Unicode") as caught:
+        parse_request({**copy.deepcopy(SEED_EXAMPLE), field: value})
+    assert caught.value.field == "request"
+
+
+def test_a_value_that_is_not_unicode_is_kept_where_the_contract_allows_any() -> None:
+    request = parse_request({**copy.deepcopy(SEED_EXAMPLE), "context": {"b": "\udc00"}})
+    assert request.to_data()["context"] == {"b": "\udc00"}
+
+
 def test_invalid_request_lists_every_problem_in_order() -> None:
     data = _with("attempt", -1)
     data["retryPolicy"]["sleepStepMs"] = "5"

@@ -275,10 +275,17 @@ def plain_message(message: str) -> str:
 def parse_request(data: Any) -> SelfHealingRequest:
     """Validate request data; raise InvalidRequest naming every bad field."""
     try:
-        return SelfHealingRequest.model_validate(data)
+        request = SelfHealingRequest.model_validate(data)
     except ValidationError as exc:
         problems = [(_dotted(error["loc"]), plain_message(error["msg"])) for error in exc.errors()]
         raise InvalidRequest(problems) from None
+    try:
+        request.to_data()  # what the router stores and re-sends must serialise
+    except UnicodeEncodeError:
+        # Free-form values pass through as they are, but a key of a free-form object
+        # (context, routeTo.data, extras) with a lone surrogate cannot be serialised.
+        raise InvalidRequest([("request", "holds a key that is not valid Unicode")]) from None
+    return request
 
 
 class CompletionStatus(StrEnum):
