@@ -346,6 +346,40 @@ async def test_entries_whose_data_is_not_an_events_are_dead_lettered_by_the_batc
     assert router.stats.decisions == 1 and await pending(router) == 0
 
 
+async def test_a_bad_entry_does_not_keep_a_good_one_of_its_id_out_of_the_batch(
+    redis_client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    router = make(redis_client, telemetry, "twin")
+    good = new_event(SELF_HEALING_REQUESTED, request(incident="inc:twin"), now_ms=START_MS)
+    stream = router.bus.keys.stream(SELF_HEALING_REQUESTED)
+    await router.bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
+    await redis_client.xadd(stream, {**good.to_wire(), "data": "not json"})
+    await redis_client.xadd(stream, good.to_wire())
+    member = consumer(router, batched=True)
+    await member.poll_once()
+    assert SLOW_CALLS["twin"] == 0 and router.stats.decisions == 1
+    [dead] = await router.bus.dead_letters()
+    assert "not valid JSON" in dead["reason"]
+    assert await pending(router) == 0
+
+
+async def test_a_request_is_stored_as_it_came_when_its_entry_took_the_full_decode(
+    redis_client: aioredis.Redis, telemetry: Telemetry
+) -> None:
+    # An exponent keeps the entry off the plain envelope; its text is still what is stored.
+    router = make(redis_client, telemetry, "asis")
+    event = new_event(SELF_HEALING_REQUESTED, request(incident="inc:asis"), now_ms=START_MS)
+    text = event.to_wire()["data"][:-1] + ', "context": {"n": 1E2, "s": "\u00e9"}}'
+    await router.bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
+    await redis_client.xadd(
+        router.bus.keys.stream(SELF_HEALING_REQUESTED), {**event.to_wire(), "data": text}
+    )
+    await consumer(router, batched=True).poll_once()
+    assert SLOW_CALLS["asis"] == 0 and router.stats.decisions == 1
+    stored = await redis_client.hget(router.bus.keys.incident("inc:asis"), "request")
+    assert stored.decode() == text
+
+
 async def test_batch_spans_match_the_one_by_one_spans(
     redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:

@@ -171,6 +171,7 @@ NOT_FAST = {
     "deadline garbage": changed(deadlineAt="tomorrow"),
     # Text that is not valid Unicode.
     "lone surrogate": json.dumps(request()).replace('"redis"', '"\\ud800"'),
+    "raw lone surrogate": json.dumps(request(), ensure_ascii=False).replace('"redis"', '"\udc00"'),
     "not an object": "[1, 2]",
 }
 

@@ -87,10 +87,13 @@ def delivery_of(entry_id: str, fields: dict[str, str]) -> Delivery | str:
     event = _event_of(fields)
     if isinstance(event, str):
         return event
+    # The data as it came when it is text (the event's validation read it), so a
+    # handler that stores it stores what was sent.
+    data = fields.get("data")
     envelope = Envelope(
         event.id,
         event.name,
-        compact_json(event.data),
+        data if type(data) is str else compact_json(event.data),
         event.ts,
         event.idempotency_key,
         event.traceparent,

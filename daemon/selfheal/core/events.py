@@ -103,7 +103,8 @@ def compact_json(value: Any) -> str:
     """Serialise to compact JSON, refusing NaN and infinities (not JSON).
 
     Raises TypeError for what JSON cannot hold, ValueError for NaN and the infinities,
-    RecursionError for circular or too deeply nested containers.
+    RecursionError for circular or too deeply nested containers (ValueError for
+    circular ones on a Python without the _json accelerator).
     """
     if _C_ENCODER is None or type(value) is str:
         return _COMPACT.encode(value)

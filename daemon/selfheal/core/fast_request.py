@@ -194,5 +194,5 @@ def decode_request(text: str) -> FastRequest | None:
         return None
     try:
         return _DECODER.decode(text)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        return None
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeEncodeError):
+        return None  # UnicodeEncodeError: a lone surrogate in `text` itself

@@ -168,12 +168,12 @@ def _valid(entries: list[Delivery]) -> list[Entry]:
         envelope = delivery.envelope
         if envelope.id in seen:
             continue  # a replay of an event of this batch: after it, one by one
-        seen.add(envelope.id)
         request: RequestView | None = decode_request(envelope.data)
         if request is None:  # not an ordinary request: the contract decides
             try:
                 request = parse_request(delivery.event.data)
             except (EventDecodeError, InvalidRequest):
                 continue  # the slow path answers completed{invalid} or dead-letters it
+        seen.add(envelope.id)  # (an invalid entry does not keep a valid one of its id out)
         valid.append(Entry(index, delivery.entry_id, envelope, request, envelope.data))
     return valid
