@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import msgspec
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -181,7 +182,7 @@ def decision_lines(
     last_second, second_text = -1, ""
     for span, values, duration in zip(spans, attributes, durations[1:-1].split(b","), strict=True):
         try:
-            rendered = to_json(values, fallback=str)
+            rendered = _attributes_json(values)
             if span.name != last_name:
                 last_name, name_json = span.name, _name_json(span.name)
         except PydanticSerializationError:
@@ -210,6 +211,23 @@ def decision_lines(
         )
         append(head.encode() + duration + _STATUS_KIND + rendered + tail)
     return lines
+
+
+# Attribute values msgspec writes exactly as to_json does (its floats differ: 1e16
+# against 1e+16, and NaN), about four times as fast.
+_MSGSPEC_TYPES: Final = frozenset({str, int, bool, type(None)})
+_MSGSPEC_JSON: Final = msgspec.json.Encoder()
+
+
+def _attributes_json(values: Mapping[str, Any]) -> bytes:
+    """to_json(values, fallback=str); by msgspec when every value is text, a whole
+    number, a bool or None (a decision's attributes are)."""
+    if _MSGSPEC_TYPES.issuperset(map(type, values.values())):
+        try:
+            return _MSGSPEC_JSON.encode(values)
+        except (TypeError, UnicodeEncodeError):  # a key that is not text; a lone surrogate
+            pass
+    return to_json(values, fallback=str)
 
 
 _RESOURCE_SEEN: list[tuple[Resource, bytes]] = []
