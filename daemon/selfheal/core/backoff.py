@@ -10,11 +10,12 @@ from selfheal.core.contracts import SLEEP_LIMIT_MS, RetryPolicyView
 # sleepMinMs >= 1, so 2**_MAX_EXPONENT already exceeds any allowed sleepMaxMs; capping the
 # exponent keeps huge attempt numbers from building huge integers.
 _MAX_EXPONENT: Final = SLEEP_LIMIT_MS.bit_length() + 1
+_NUMBERS: Final = (int, float)  # a tuple: isinstance on `int | float` builds the union each call
 
 
 def check_jitter(jitter: float) -> None:
     """Refuse jitter outside [0, 1) (NaN included)."""
-    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+    if isinstance(jitter, bool) or not isinstance(jitter, _NUMBERS) or not 0 <= jitter < 1:
         raise ValueError(f"jitter must be a number in [0, 1), got {jitter!r}")
 
 

@@ -202,6 +202,8 @@ class Router:
         decision = decide(
             request, incident, now, knobs, self._jitter(), classification=classification
         )
+        if type(self.adviser) is Adviser:  # no advisor configured: nothing to ask
+            return decision
         return await self.adviser.advise_decision(request, decision, incident, knobs)
 
     async def _probe_classification(
