@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from selfheal.core import fast_request
 from selfheal.core.contracts import InvalidRequest, RequestView, parse_request
 from selfheal.core.fast_request import decode_request
 from tests.integration.test_router import request
@@ -415,3 +416,15 @@ def test_generated_requests_the_contract_accepts_plainly_take_the_fast_path(
         # names or odd deadline formats: the fast path must take it.
         plain = json.dumps(model.to_data())
         assert check(plain) is not None, plain
+
+
+def test_blank_means_the_same_to_str_strip_and_the_fast_path_for_every_code_point():
+    # The contract calls text blank when str.strip() leaves nothing; the fast path looks
+    # for a character re's \S matches. Surrogates cannot reach either (not Unicode text).
+    differ = [
+        hex(code)
+        for code in range(0x110000)
+        if not 0xD800 <= code <= 0xDFFF
+        and (chr(code).strip() == "") != (fast_request._NOT_BLANK.search(chr(code)) is None)
+    ]
+    assert differ == []
