@@ -21,10 +21,19 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from selfheal.core.events import EVENT_NAME_PATTERN
+from selfheal.core.events import EVENT_NAME_MAX_LENGTH, EVENT_NAME_MIN_LENGTH, EVENT_NAME_PATTERN
 
 INCIDENT_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,128}$"
 DOMAIN_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}$"
+# Lengths (in characters) and numbers the contract allows; core/fast_request.py uses
+# the same names, so the two cannot drift apart.
+TEXT_LIMIT: Final = 256
+SUMMARY_LIMIT: Final = 2000
+FREE_TEXT_LIMIT: Final = 65_536
+NAME_TEXT_LIMIT: Final = 4096
+ERRNO_NAME_LIMIT: Final = 64
+ERRNO_BELOW: Final = 100_000
+ATTEMPT_LIMIT: Final = 1_000_000_000
 MAX_RETRIES_LIMIT: Final = 100
 SLEEP_LIMIT_MS: Final = 604_800_000  # one week: longer holds belong to an operator
 SLEEP_STEP_LIMIT_MS: Final = 86_400_000
@@ -37,9 +46,9 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_not_blank)]
-FreeText = Annotated[str, Field(max_length=65_536)]
-NameText = Annotated[str, Field(max_length=4096)]
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_LIMIT), AfterValidator(_not_blank)]
+FreeText = Annotated[str, Field(max_length=FREE_TEXT_LIMIT)]
+NameText = Annotated[str, Field(max_length=NAME_TEXT_LIMIT)]
 
 
 class _Contract(BaseModel):
@@ -94,9 +103,9 @@ class Evidence(_Contract):
     @classmethod
     def _errno_shape(cls, value: Any) -> Any:
         # One check up front keeps union-member noise out of the error location.
-        if value is None or (isinstance(value, str) and 0 < len(value) <= 64):
+        if value is None or (isinstance(value, str) and 0 < len(value) <= ERRNO_NAME_LIMIT):
             return value
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 100_000:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < ERRNO_BELOW:
             return value
         raise ValueError("must be an errno number or name such as 'ENOSPC'")
 
@@ -115,7 +124,11 @@ class Playbook(_Contract):
 class RouteTo(_Contract):
     """The event a retry should emit, plus extra data for it (allowlisted by the router)."""
 
-    event: str = Field(min_length=3, max_length=200, pattern=EVENT_NAME_PATTERN)
+    event: str = Field(
+        min_length=EVENT_NAME_MIN_LENGTH,
+        max_length=EVENT_NAME_MAX_LENGTH,
+        pattern=EVENT_NAME_PATTERN,
+    )
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -125,9 +138,9 @@ class SelfHealingRequest(_Contract):
     source_function: Text
     target_component: Text
     problem_summary: Annotated[
-        str, Field(min_length=1, max_length=2000), AfterValidator(_not_blank)
+        str, Field(min_length=1, max_length=SUMMARY_LIMIT), AfterValidator(_not_blank)
     ]
-    attempt: int = Field(strict=True, ge=0, le=1_000_000_000)
+    attempt: int = Field(strict=True, ge=0, le=ATTEMPT_LIMIT)
     retry_policy: RetryPolicy
     evidence: list[Evidence]
     playbook: Playbook

@@ -40,6 +40,8 @@ BACKUP_FAILURE_ROUTER: Final = "system/backup.failure.router"
 
 # `domain/name`, lower case, so a stream key built from it needs no escaping.
 EVENT_NAME_PATTERN: Final = r"^[a-z0-9_.-]+/[a-z0-9_.-]+$"
+EVENT_NAME_MIN_LENGTH: Final = 3
+EVENT_NAME_MAX_LENGTH: Final = 200
 # Canonical upper-case Crockford base32; the first digit is 0-7 because the timestamp is 48 bits.
 ULID_PATTERN: Final = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
 # W3C trace context, version 00; all-zero trace or parent ids are invalid by the spec.
@@ -119,7 +121,11 @@ class Event(BaseModel):
     )
 
     id: str = Field(pattern=ULID_PATTERN)
-    name: str = Field(min_length=3, max_length=200, pattern=EVENT_NAME_PATTERN)
+    name: str = Field(
+        min_length=EVENT_NAME_MIN_LENGTH,
+        max_length=EVENT_NAME_MAX_LENGTH,
+        pattern=EVENT_NAME_PATTERN,
+    )
     data: dict[str, Any]
     ts: int = Field(ge=0)
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=256)
@@ -209,6 +215,12 @@ class Event(BaseModel):
             raise EventDecodeError(where, first["msg"]) from None
 
 
+def few_containers(text: str) -> bool:
+    """True when the JSON `text` opens at most _PLAIN_MAX_OPENERS objects and arrays
+    (counting brackets inside strings too: a cautious count)."""
+    return text.count("{") + text.count("[") <= _PLAIN_MAX_OPENERS
+
+
 class _NotPlainJson(Exception):
     """The text holds something compact_json would refuse or might not re-serialise."""
 
@@ -232,7 +244,7 @@ def _parse_plain(text: str) -> Any:
     Infinity constants or an overflowing float), and it can hit the recursion limit
     only on nesting deeper than _PLAIN_MAX_OPENERS.
     """
-    if text.startswith("\ufeff") or text.count("{") + text.count("[") > _PLAIN_MAX_OPENERS:
+    if text.startswith("\ufeff") or not few_containers(text):
         raise _NotPlainJson  # json.loads refuses the BOM; the fallback says so
     return _PLAIN_DECODER.decode(text)
 
@@ -331,7 +343,10 @@ def _plain_fields(fields: WireFields) -> Envelope | None:
     ):
         return None
     if name not in _KNOWN_NAMES:
-        if not (3 <= len(name) <= 200 and _EVENT_NAME.fullmatch(name)):
+        if not (
+            EVENT_NAME_MIN_LENGTH <= len(name) <= EVENT_NAME_MAX_LENGTH
+            and _EVENT_NAME.fullmatch(name)
+        ):
             return None
         if len(_KNOWN_NAMES) < _KNOWN_NAMES_LIMIT:
             _KNOWN_NAMES.add(name)
@@ -365,7 +380,7 @@ def plain_envelope(fields: WireFields) -> Envelope | None:
     data = envelope.data
     if (
         data.startswith("\ufeff")
-        or data.count("{") + data.count("[") > _PLAIN_MAX_OPENERS
+        or not few_containers(data)
         or not is_encodable(data)
         or may_overflow(data)
     ):

@@ -31,14 +31,26 @@ from msgspec import Meta, Struct
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from selfheal.core.contracts import (
+    ATTEMPT_LIMIT,
     DOMAIN_PATTERN,
+    ERRNO_BELOW,
+    ERRNO_NAME_LIMIT,
+    FREE_TEXT_LIMIT,
     INCIDENT_ID_PATTERN,
     MAX_RETRIES_LIMIT,
+    NAME_TEXT_LIMIT,
     SLEEP_LIMIT_MS,
     SLEEP_STEP_LIMIT_MS,
+    SUMMARY_LIMIT,
+    TEXT_LIMIT,
     derive_incident_id,
 )
-from selfheal.core.events import EVENT_NAME_PATTERN
+from selfheal.core.events import (
+    EVENT_NAME_MAX_LENGTH,
+    EVENT_NAME_MIN_LENGTH,
+    EVENT_NAME_PATTERN,
+    few_containers,
+)
 
 
 def _anchored(pattern: str) -> str:
@@ -51,9 +63,6 @@ def _anchored(pattern: str) -> str:
 # str.strip and re's \s agree on what whitespace is (checked over every code point).
 _NOT_BLANK: Final = re.compile(r"\S")
 _DEADLINE: Final = TypeAdapter(AwareDatetime)
-# Deeper text is left to the contract: its serialiser stops at 255 levels (to_data would
-# fail there) and the event check allows up to this many containers on the fast path.
-_MAX_OPENERS: Final = 100
 
 
 def _require_not_blank(text: str) -> None:
@@ -68,11 +77,22 @@ def _deadline(text: str) -> datetime:
         raise ValueError("deadlineAt") from None
 
 
-Text = Annotated[str, Meta(min_length=1, max_length=256)]
-Summary = Annotated[str, Meta(min_length=1, max_length=2000)]
-FreeText = Annotated[str, Meta(max_length=65_536)]
-NameText = Annotated[str, Meta(max_length=4096)]
-Errno = Annotated[int, Meta(ge=0, lt=100_000)] | Annotated[str, Meta(min_length=1, max_length=64)]
+Text = Annotated[str, Meta(min_length=1, max_length=TEXT_LIMIT)]
+Summary = Annotated[str, Meta(min_length=1, max_length=SUMMARY_LIMIT)]
+FreeText = Annotated[str, Meta(max_length=FREE_TEXT_LIMIT)]
+NameText = Annotated[str, Meta(max_length=NAME_TEXT_LIMIT)]
+Errno = (
+    Annotated[int, Meta(ge=0, lt=ERRNO_BELOW)]
+    | Annotated[str, Meta(min_length=1, max_length=ERRNO_NAME_LIMIT)]
+)
+EventName = Annotated[
+    str,
+    Meta(
+        min_length=EVENT_NAME_MIN_LENGTH,
+        max_length=EVENT_NAME_MAX_LENGTH,
+        pattern=_anchored(EVENT_NAME_PATTERN),
+    ),
+]
 
 
 class _Fast(Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
@@ -117,7 +137,7 @@ class FastPlaybook(_Fast, frozen=True):
 class FastRouteTo(_Fast, frozen=True):
     """RouteTo's fields and limits."""
 
-    event: Annotated[str, Meta(min_length=3, max_length=200, pattern=_anchored(EVENT_NAME_PATTERN))]
+    event: EventName
     data: dict[str, Any] = {}
 
 
@@ -127,7 +147,7 @@ class FastRequest(_Fast, frozen=True):
     source_function: Text
     target_component: Text
     problem_summary: Summary
-    attempt: Annotated[int, Meta(ge=0, le=1_000_000_000)]
+    attempt: Annotated[int, Meta(ge=0, le=ATTEMPT_LIMIT)]
     retry_policy: FastRetryPolicy
     # A bare string is evidence with only a message: __post_init__ turns each into one,
     # so `evidence` reads as a list of FastEvidence.
@@ -190,7 +210,9 @@ def decode_request(text: str) -> FastRequest | None:
 
     `text` is an event's data as it came off the wire: JSON of an object.
     """
-    if text.count("{") + text.count("[") > _MAX_OPENERS:
+    if not few_containers(text):
+        # Deeper text is left to the contract: its serialiser stops at 255 levels, where
+        # to_data would fail.
         return None
     try:
         return _DECODER.decode(text)
