@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from selfheal.core.classify import (
@@ -239,6 +239,8 @@ def test_result_is_the_most_severe_item(evidence: list[Evidence]) -> None:
 
 
 @given(st.text(max_size=200), st.one_of(st.none(), st.integers(0, 20_000), st.text(max_size=12)))
+@example(message="", code="\u00b2")  # a digit to str.isdigit, not a number to int()
+@example(message="", code=" \u0662\u0668 ")  # Arabic-Indic 28: a number to int()
 def test_any_evidence_classifies(message: str, code: int | str | None) -> None:
     if isinstance(code, str) and not code:
         code = None

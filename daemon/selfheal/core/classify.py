@@ -152,7 +152,7 @@ def _errno_name(value: int | str) -> str | None:
     if isinstance(value, int):
         return _NAME_BY_NUMBER.get(value)
     text = value.strip().upper()
-    if text.isdigit():
+    if text.isdecimal():  # isdigit also takes "²", which int() refuses
         return _NAME_BY_NUMBER.get(int(text))
     if text in _ERRNO_BY_NAME:
         return text
@@ -179,7 +179,7 @@ def _is_errno(value: int | str, name: str) -> bool:
     if isinstance(value, int):
         return value == number
     text = value.strip().upper()
-    return text == name or (text.isdigit() and int(text) == number)
+    return text == name or (text.isdecimal() and int(text) == number)
 
 
 def _by_exception(item: EvidenceView) -> Classification | None:
