@@ -5,11 +5,18 @@ A group is everything the steps of one incident write in a batch: its guards
 stored yet) are all checked before any of its writes, so a group applies whole
 or not at all, and a failed group leaves nothing behind. Every key is passed in
 KEYS and shares the namespace hash tag, so the call stays valid on Redis Cluster.
+
+The groups travel as one MessagePack argument (Redis's Lua has cmsgpack built
+in): one string for the client to send instead of thousands of arguments, which
+costs the router several microseconds per step less to pack.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
 
 # Read, for a batch, the done markers of its events and the hashes of its incidents.
 # KEYS: n done markers, then incident hashes. ARGV: n.
@@ -21,10 +28,12 @@ for j = n + 1, #KEYS do hashes[#hashes + 1] = redis.call('HGETALL', KEYS[j]) end
 return {done, hashes}
 """
 
-# ARGV: stream maxlen, then groups: <ARGV items after this one> <key base> <guard count>
-# guards ops. A group's keys are KEYS[base + 1 ..]; the ops below name them by that
-# position within the group, so a group is built once and never rewritten.
-# Guards: v <key> <version> (incident version, '0' when absent) | x <key> (key absent).
+# ARGV[1]: stream maxlen. ARGV[2]: MessagePack array of groups, each
+# [key base, guards, ops]. A group's keys are KEYS[base + 1 ..]; guards and ops name
+# them by that position within the group, so a group is built once and never rewritten.
+# Every value written as text arrives as text; numbers are counts, positions, scores
+# and TTLs.
+# Guards: v <key> <version text> (incident version, '0' when absent) | x <key> (key absent).
 # Ops:
 #   h <key> <pairs> f v ...              HSET
 #   z <key> <score> <member>             ZADD
@@ -36,76 +45,75 @@ return {done, hashes}
 # Returns one status per group: 1 applied, 0 version moved, -1 decision already stored.
 COMMIT = """
 local maxlen = ARGV[1]
+local groups = cmsgpack.unpack(ARGV[2])
 local results = {}
-local i = 2
-local base = 0
-local function key(at) return KEYS[base + tonumber(at)] end
+local base, ops = 0, {}
+local function key(at) return KEYS[base + at] end
 local function xadd(stream, index, first, pairs)
   redis.call('XADD', key(stream), 'MAXLEN', '~', maxlen, '*',
-    unpack(ARGV, first, first + 2 * pairs - 1))
-  if index ~= '0' then redis.call('SADD', key(index), key(stream)) end
+    unpack(ops, first, first + 2 * pairs - 1))
+  if index ~= 0 then redis.call('SADD', key(index), key(stream)) end
 end
-while i <= #ARGV do
-  local stop = i + 1 + tonumber(ARGV[i])
-  base = tonumber(ARGV[i + 1])
-  local guards = tonumber(ARGV[i + 2])
+for g = 1, #groups do
+  local guards = groups[g][2]
+  base, ops = groups[g][1], groups[g][3]
   local status = 1
-  i = i + 3
-  for _ = 1, guards do
-    local k = key(ARGV[i + 1])
-    if ARGV[i] == 'v' then
-      if status == 1 and (redis.call('HGET', k, 'version') or '0') ~= ARGV[i + 2] then
-        status = 0
-      end
+  local i = 1
+  while status == 1 and i <= #guards do
+    local k = key(guards[i + 1])
+    if guards[i] == 'v' then
+      if (redis.call('HGET', k, 'version') or '0') ~= guards[i + 2] then status = 0 end
       i = i + 3
     else
-      if status == 1 and redis.call('EXISTS', k) == 1 then status = -1 end
+      if redis.call('EXISTS', k) == 1 then status = -1 end
       i = i + 2
     end
   end
-  while status == 1 and i < stop do
-    local op = ARGV[i]
+  i = 1
+  while status == 1 and i <= #ops do
+    local op = ops[i]
     if op == 'h' then
-      local pairs = tonumber(ARGV[i + 2])
-      redis.call('HSET', key(ARGV[i + 1]), unpack(ARGV, i + 3, i + 2 + 2 * pairs))
+      local pairs = ops[i + 2]
+      redis.call('HSET', key(ops[i + 1]), unpack(ops, i + 3, i + 2 + 2 * pairs))
       i = i + 3 + 2 * pairs
     elseif op == 'z' then
-      redis.call('ZADD', key(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3])
+      redis.call('ZADD', key(ops[i + 1]), ops[i + 2], ops[i + 3])
       i = i + 4
     elseif op == 's' then
-      redis.call('SET', key(ARGV[i + 1]), ARGV[i + 2], 'EX', ARGV[i + 3])
+      redis.call('SET', key(ops[i + 1]), ops[i + 2], 'EX', ops[i + 3])
       i = i + 4
     elseif op == 'a' then
-      local pairs = tonumber(ARGV[i + 3])
-      xadd(ARGV[i + 1], ARGV[i + 2], i + 4, pairs)
+      local pairs = ops[i + 3]
+      xadd(ops[i + 1], ops[i + 2], i + 4, pairs)
       i = i + 4 + 2 * pairs
     elseif op == 'o' then
-      local pairs = tonumber(ARGV[i + 5])
-      if redis.call('SET', key(ARGV[i + 1]), '1', 'NX', 'EX', ARGV[i + 2]) then
-        xadd(ARGV[i + 3], ARGV[i + 4], i + 6, pairs)
+      local pairs = ops[i + 5]
+      if redis.call('SET', key(ops[i + 1]), '1', 'NX', 'EX', ops[i + 2]) then
+        xadd(ops[i + 3], ops[i + 4], i + 6, pairs)
       end
       i = i + 6 + 2 * pairs
     elseif op == 't' then
-      local payloads = key(ARGV[i + 2])
-      if redis.call('HSETNX', payloads, ARGV[i + 3], ARGV[i + 5]) == 1 then
-        redis.call('ZADD', key(ARGV[i + 1]), ARGV[i + 4], ARGV[i + 3])
+      local payloads = key(ops[i + 2])
+      if redis.call('HSETNX', payloads, ops[i + 3], ops[i + 5]) == 1 then
+        redis.call('ZADD', key(ops[i + 1]), ops[i + 4], ops[i + 3])
       end
       i = i + 6
     elseif op == 'k' then
-      redis.call('SET', key(ARGV[i + 1]), '1', 'EX', ARGV[i + 5])
-      redis.call('XACK', key(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4])
+      redis.call('SET', key(ops[i + 1]), '1', 'EX', ops[i + 5])
+      redis.call('XACK', key(ops[i + 2]), ops[i + 3], ops[i + 4])
       i = i + 6
     else
       return redis.error_reply('commit: unknown op ' .. tostring(op))
     end
   end
   results[#results + 1] = status
-  i = stop
 end
 return results
 """
 
-Value = str | int | bytes
+# Text and whole numbers. (No bytes: Redis's cmsgpack predates MessagePack's bin type.)
+Value = str | int
+_PACK: Final = msgspec.msgpack.Encoder()
 
 
 class CommitBatch:
@@ -113,18 +121,24 @@ class CommitBatch:
 
     def __init__(self, maxlen: int) -> None:
         self.keys: list[str] = []
-        self.args: list[Value] = [maxlen]
-        self.groups = 0
+        self._maxlen = maxlen
+        self._groups: list[tuple[int, list[Value], list[Value]]] = []
 
     def add(self, group: Group) -> int:
         """Append a group; returns the position of its status in the reply."""
-        guards, ops = group.guards, group.ops
-        self.args += (2 + len(guards) + len(ops), len(self.keys), group.guard_count)
-        self.args += guards
-        self.args += ops
+        self._groups.append((len(self.keys), group.guards, group.ops))
         self.keys += group.keys
-        self.groups += 1
-        return self.groups - 1
+        return len(self._groups) - 1
+
+    @property
+    def groups(self) -> int:
+        """How many groups were added."""
+        return len(self._groups)
+
+    @property
+    def args(self) -> list[int | bytes]:
+        """The call's ARGV."""
+        return [self._maxlen, _PACK.encode(self._groups)]
 
 
 class Group:
@@ -134,13 +148,12 @@ class Group:
     position there (the group's own KEYS, wherever the batch puts them).
     """
 
-    __slots__ = ("guard_count", "guards", "keys", "ops")
+    __slots__ = ("guards", "keys", "ops")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.guards: list[Value] = []
         self.ops: list[Value] = []
-        self.guard_count = 0
 
     def _key(self, name: str) -> int:
         keys = self.keys
@@ -149,15 +162,13 @@ class Group:
 
     def expect_version(self, incident_key: str, version: int) -> None:
         """Apply only while the incident hash is still at `version`."""
-        self.guard_count += 1
-        self.guards += ("v", self._key(incident_key), version)
+        self.guards += ("v", self._key(incident_key), str(version))
 
     def expect_absent(self, key: str) -> None:
         """Apply only if `key` does not exist (a decision not stored by anyone yet)."""
-        self.guard_count += 1
         self.guards += ("x", self._key(key))
 
-    def hset(self, key: str, mapping: dict[str, Value]) -> None:
+    def hset(self, key: str, mapping: Mapping[str, str]) -> None:
         """HSET the fields."""
         ops = self.ops
         ops += ("h", self._key(key), len(mapping))
@@ -168,11 +179,11 @@ class Group:
         """ZADD one member."""
         self.ops += ("z", self._key(key), score, member)
 
-    def set(self, key: str, value: Value, ttl_s: int) -> None:
+    def set(self, key: str, value: str, ttl_s: int) -> None:
         """SET with a TTL."""
         self.ops += ("s", self._key(key), value, ttl_s)
 
-    def xadd(self, stream: str, fields: dict[str, str], index: str | None) -> None:
+    def xadd(self, stream: str, fields: Mapping[str, str], index: str | None) -> None:
         """XADD (capped), and add the stream to `index` when given."""
         ops = self.ops
         at = self._key(stream)
@@ -181,7 +192,7 @@ class Group:
             ops += pair
 
     def xadd_once(
-        self, marker: str, ttl_s: int, stream: str, fields: dict[str, str], index: str
+        self, marker: str, ttl_s: int, stream: str, fields: Mapping[str, str], index: str
     ) -> None:
         """XADD unless `marker` was set before (a publish deduplicated by idempotency key)."""
         ops = self.ops

@@ -236,7 +236,7 @@ class Planner:
         """Store (unless reused) and apply a decision: Router._commit plus store.commit."""
         request = entry.request
         after = incident.after(decision, now)  # raises for a decision of another step
-        decision_json = _DECISION_JSON.dump_json(decision, by_alias=True)
+        decision_json = _DECISION_JSON.dump_json(decision, by_alias=True).decode()
         request_json = entry.request_json
         completion = self._completion(completion_json(decision, request), entry, now, traceparent)
         timer: dict[str, str] | None = None
@@ -276,9 +276,9 @@ class Planner:
         group.hset(
             chain.key,
             {
-                "record": _INCIDENT_JSON.dump_json(after, by_alias=True),
-                "version": chain.version + 1,
-                "pendingUntil": pending,
+                "record": _INCIDENT_JSON.dump_json(after, by_alias=True).decode(),
+                "version": str(chain.version + 1),
+                "pendingUntil": str(pending),
                 "request": request_json,
                 "lastDecision": decision_json,
             },
