@@ -174,10 +174,10 @@ async def test_batch_writes_what_the_one_by_one_path_writes(
     assert many.stats.escalations == one.stats.escalations == 2
 
 
-async def test_a_batch_committed_in_many_concurrent_chunks_writes_what_one_by_one_writes(
+async def test_a_batch_committed_in_many_chunks_writes_what_one_by_one_writes(
     redis_client: aioredis.Redis, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Chunks of 4 incidents: each is sent while the next is planned, several in flight.
+    # Chunks of 4 incidents: each is written while the next is planned, several in flight.
     monkeypatch.setattr(batch_module, "FLUSH_EVERY", 4)
     payloads = [request(incident=f"inc:{i}") for i in range(30)]
     one, many = await route_both_ways(redis_client, telemetry, payloads)
@@ -186,7 +186,7 @@ async def test_a_batch_committed_in_many_concurrent_chunks_writes_what_one_by_on
         assert await state(many, incident_id) == await state(one, incident_id)
     assert await timers(many) == await timers(one)
 
-    # Chunks may land in any order; what each incident's completion says may not.
+    # Completions come in chunk order; what each incident's completion says must not change.
     def by_incident(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(items, key=lambda c: str(c["incidentId"]))
 

@@ -1,11 +1,13 @@
-"""The router's batch path: a whole consumer batch in one load and one commit round trip.
+"""The router's batch path: a whole consumer batch in one load and one stream of commits.
 
 Same semantics as `Router.handle`, entry by entry: (1) one LOAD call reads every
 event's done marker and every incident hash (plus one MGET for the decisions
 already stored for open incidents); (2) plain Python routes the events in
 order, each incident's events against its updated in-memory state
-(healing/plan.py); (3) one COMMIT call applies each incident's steps as a
-guarded group (healing/commit.py) and acks their entries. Invalid requests,
+(healing/plan.py); (3) COMMIT calls apply each incident's steps as a guarded
+group (healing/commit.py) and ack their entries. The calls are written on one
+connection as their incidents are planned (bus/pipelined.py), so Redis applies
+one while Python plans the next, and their replies are read at the end. Invalid requests,
 replays inside the batch, steps that raise and groups whose guard failed go
 back to the consumer's per-entry path, which is `Router.handle`.
 """
@@ -16,10 +18,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-import anyio.lowlevel
+from redis.exceptions import NoScriptError
 
 from selfheal.bus.consumer import Delivery, Outcome
+from selfheal.bus.pipelined import PackedPipeline
 from selfheal.bus.streams import as_text
 from selfheal.core.contracts import InvalidRequest, RequestView, parse_request
 from selfheal.core.events import EventDecodeError
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("selfheal.router")
 
 # Incidents per COMMIT call: small enough that Redis applies one while Python plans
-# the next, large enough that the round trips stay few.
-FLUSH_EVERY: Final = 32
+# the next (and that little is left to wait for at the end), large enough that the
+# calls stay few.
+FLUSH_EVERY: Final = 16
 
 
 class BatchRouter:
@@ -61,14 +64,15 @@ class BatchRouter:
         planner = Planner(self.router, self._notify)
         done, chains = await self._load_state(planner, valid)
         # An incident's group can be committed once its last event of the batch is
-        # planned; committing such groups early lets Redis apply them while Python
-        # plans the rest (the groups touch disjoint incidents, so order does not matter).
+        # planned; writing such groups early lets Redis apply them while Python plans
+        # the rest (the groups touch disjoint incidents, so order does not matter).
         last = {entry.request.resolved_incident_id: pos for pos, entry in enumerate(valid)}
         acks = Group()
         steps: list[Step] = []
         ready: list[Chain] = []
+        sent: list[tuple[list[Chain], CommitBatch]] = []
         knobs = self.router.knobs()
-        async with anyio.create_task_group() as tg:
+        async with PackedPipeline(self.bus.client) as pipe:
             for pos, entry in enumerate(valid):
                 incident_id = entry.request.resolved_incident_id
                 chain = chains[incident_id]
@@ -84,28 +88,44 @@ class BatchRouter:
                 if last[incident_id] == pos and chain.group is not None:
                     ready.append(chain)
                     if len(ready) >= self.flush_every:
-                        tg.start_soon(self._commit_groups, ready, None)
+                        sent.append(await self._send(pipe, ready, None))
                         ready = []
-                        # Planning never waits on Redis, so without this the commit would
-                        # only be sent once the whole batch is planned.
-                        await anyio.lowlevel.checkpoint()
-            await self._commit_groups(ready, acks)
+            sent.append(await self._send(pipe, ready, acks))
+            replies = await pipe.replies()
+        await self._applied(sent, replies)
         self._finish(steps, outcomes)
         return outcomes
 
-    async def _commit_groups(self, chains: list[Chain], acks: Group | None) -> None:
-        """One COMMIT call for the chains' groups (and the acks of duplicates)."""
+    async def _send(
+        self, pipe: PackedPipeline, chains: list[Chain], acks: Group | None
+    ) -> tuple[list[Chain], CommitBatch]:
+        """Write one COMMIT call for the chains' groups (and the acks of duplicates)."""
         commit = CommitBatch(self.bus.maxlen)
         for chain in chains:
             assert chain.group is not None
             commit.add(chain.group)
         if acks is not None and not acks.empty:
             commit.add(acks)
-        if not commit.groups:
-            return
-        reply = statuses(await self.bus.eval_packed(self._commit, commit.keys, commit.args))
-        for chain, status in zip(chains, reply, strict=False):
-            chain.applied = status == 1
+        if commit.groups:
+            keys = commit.keys
+            await pipe.send("EVALSHA", self._commit.sha, len(keys), *keys, *commit.args)
+        return chains, commit
+
+    async def _applied(
+        self, sent: list[tuple[list[Chain], CommitBatch]], replies: list[Any]
+    ) -> None:
+        """Mark the chains whose group applied, from the replies of the COMMIT calls sent."""
+        calls = iter(replies)
+        for chains, commit in sent:
+            if not commit.groups:
+                continue
+            reply = next(calls)
+            if isinstance(reply, NoScriptError):  # e.g. a Redis restart: load it and run it again
+                reply = await self.bus.eval_packed(self._commit, commit.keys, commit.args)
+            elif isinstance(reply, Exception):
+                raise reply  # the consumer takes every entry the slow way
+            for chain, status in zip(chains, statuses(reply), strict=False):
+                chain.applied = status == 1
 
     async def _load_state(
         self, planner: Planner, valid: list[Entry]
