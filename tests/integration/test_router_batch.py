@@ -193,9 +193,16 @@ async def test_a_batch_committed_in_many_chunks_writes_what_one_by_one_writes(
     assert by_incident(await completions(many)) == by_incident(await completions(one))
 
 
+@pytest.mark.parametrize("load_every", [batch_module.LOAD_EVERY, 2])
 async def test_events_of_one_incident_in_a_batch_spend_the_budget_as_one_by_one(
-    redis_client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis,
+    telemetry: Telemetry,
+    monkeypatch: pytest.MonkeyPatch,
+    load_every: int,
 ) -> None:
+    # With LOAD calls of 2 entries the incident's events span three of them: its hash
+    # is read by the first one only.
+    monkeypatch.setattr(batch_module, "LOAD_EVERY", load_every)
     # Each report comes after the previous retry was due: every one is a decision, so
     # one batch holds retries 1-3, the escalation and a report joining the escalation.
     payloads = [request(incident="inc:chain") for _ in range(5)]
@@ -292,9 +299,14 @@ async def test_decision_stored_by_another_daemon_is_reused(
     assert router.stats.reused == 1
 
 
+@pytest.mark.parametrize("load_every", [batch_module.LOAD_EVERY, 1])
 async def test_redelivered_entries_are_acked_without_deciding_again(
-    redis_client: aioredis.Redis, telemetry: Telemetry
+    redis_client: aioredis.Redis,
+    telemetry: Telemetry,
+    monkeypatch: pytest.MonkeyPatch,
+    load_every: int,
 ) -> None:
+    monkeypatch.setattr(batch_module, "LOAD_EVERY", load_every)  # 1: a LOAD call per entry
     router = make(redis_client, telemetry, "dup", clock_ms=lambda: START_MS)
     [first, second] = await publish(router, [request(incident="a"), request(incident="b")])
     # `first` was handled before but its ack was lost; `second` is published twice.

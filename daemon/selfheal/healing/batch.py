@@ -1,8 +1,9 @@
-"""The router's batch path: a whole consumer batch in one load and one stream of commits.
+"""The router's batch path: a whole consumer batch in a few loads and a stream of commits.
 
-Same semantics as `Router.handle`, entry by entry: (1) one LOAD call reads every
+Same semantics as `Router.handle`, entry by entry: (1) LOAD calls read every
 event's done marker and every incident hash (plus one MGET for the decisions
-already stored for open incidents); (2) plain Python routes the events in
+already stored for open incidents), each written as soon as its entries are
+validated; (2) plain Python routes the events in
 order, each incident's events against its updated in-memory state
 (healing/plan.py); (3) COMMIT calls apply each incident's steps as a guarded
 group (healing/commit.py) and ack their entries. The calls are written on one
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from selfheal.bus.consumer import Delivery, Outcome
@@ -41,6 +44,8 @@ log = logging.getLogger("selfheal.router")
 # the next (and that little is left to wait for at the end), large enough that the
 # calls stay few.
 FLUSH_EVERY: Final = 16
+# Entries per LOAD call: Redis reads one chunk's state while the next is validated.
+LOAD_EVERY: Final = 50
 
 
 class BatchRouter:
@@ -58,11 +63,25 @@ class BatchRouter:
     async def handle(self, entries: list[Delivery]) -> list[Outcome]:
         """One outcome per entry, in order."""
         outcomes = [Outcome.SLOW] * len(entries)
-        valid = _valid(entries)
-        if not valid:
-            return outcomes
         planner = Planner(self.router, self._notify)
-        done, chains = await self._load_state(planner, valid)
+        async with PackedPipeline(self.bus.client) as pipe:
+            valid, loads = await self._validate_and_load(entries, planner, pipe)
+            if not valid:
+                return outcomes
+            done, chains = await self._loaded(loads, await pipe.replies())
+            await self._load_stored(chains)
+            return await self._route(planner, pipe, valid, done, chains, outcomes)
+
+    async def _route(
+        self,
+        planner: Planner,
+        pipe: PackedPipeline,
+        valid: list[Entry],
+        done: dict[int, bool],
+        chains: dict[str, Chain],
+        outcomes: list[Outcome],
+    ) -> list[Outcome]:
+        """Plan every valid entry, writing each incident's group once it is complete."""
         # An incident's group can be committed once its last event of the batch is
         # planned; writing such groups early lets Redis apply them while Python plans
         # the rest (the groups touch disjoint incidents, so order does not matter).
@@ -72,26 +91,25 @@ class BatchRouter:
         ready: list[Chain] = []
         sent: list[tuple[list[Chain], CommitBatch]] = []
         knobs = self.router.knobs()
-        async with PackedPipeline(self.bus.client) as pipe:
-            for pos, entry in enumerate(valid):
-                incident_id = entry.request.resolved_incident_id
-                chain = chains[incident_id]
-                if done[entry.index]:
-                    planner.ack(acks, entry)  # handled before; only the ack was lost
-                    outcomes[entry.index] = Outcome.DUPLICATE
-                elif not chain.broken:
-                    try:
-                        steps.append(await planner.route(chain, entry, knobs))
-                    except Exception as exc:  # the slow path retries it and reports the error
-                        log.info("batch left %s to the slow path: %s", entry.envelope.id, exc)
-                        chain.broken = True
-                if last[incident_id] == pos and chain.group is not None:
-                    ready.append(chain)
-                    if len(ready) >= self.flush_every:
-                        sent.append(await self._send(pipe, ready, None))
-                        ready = []
-            sent.append(await self._send(pipe, ready, acks))
-            replies = await pipe.replies()
+        for pos, entry in enumerate(valid):
+            incident_id = entry.request.resolved_incident_id
+            chain = chains[incident_id]
+            if done[entry.index]:
+                planner.ack(acks, entry)  # handled before; only the ack was lost
+                outcomes[entry.index] = Outcome.DUPLICATE
+            elif not chain.broken:
+                try:
+                    steps.append(await planner.route(chain, entry, knobs))
+                except Exception as exc:  # the slow path retries it and reports the error
+                    log.info("batch left %s to the slow path: %s", entry.envelope.id, exc)
+                    chain.broken = True
+            if last[incident_id] == pos and chain.group is not None:
+                ready.append(chain)
+                if len(ready) >= self.flush_every:
+                    sent.append(await self._send(pipe, ready, None))
+                    ready = []
+        sent.append(await self._send(pipe, ready, acks))
+        replies = await pipe.replies()
         await self._applied(sent, replies)
         self._finish(steps, outcomes)
         return outcomes
@@ -119,28 +137,71 @@ class BatchRouter:
         for chains, commit in sent:
             if not commit.groups:
                 continue
-            reply = next(calls)
-            if isinstance(reply, NoScriptError):  # e.g. a Redis restart: load it and run it again
-                reply = await self.bus.eval_packed(self._commit, commit.keys, commit.args)
-            elif isinstance(reply, Exception):
-                raise reply  # the consumer takes every entry the slow way
+            reply = await self._rerun_if_unloaded(
+                self._commit, commit.keys, commit.args, next(calls)
+            )
             for chain, status in zip(chains, statuses(reply), strict=False):
                 chain.applied = status == 1
 
-    async def _load_state(
-        self, planner: Planner, valid: list[Entry]
-    ) -> tuple[dict[int, bool], dict[str, Chain]]:
-        ids = list(dict.fromkeys(entry.request.resolved_incident_id for entry in valid))
-        keys = [planner.done_key(entry.envelope) for entry in valid]
+    async def _validate_and_load(
+        self, entries: list[Delivery], planner: Planner, pipe: PackedPipeline
+    ) -> tuple[list[Entry], list[_Load]]:
+        """The valid entries; a LOAD call is written for every LOAD_EVERY of them, so
+        Redis runs one while the next ones are validated."""
+        valid: list[Entry] = []
+        loads: list[_Load] = []
+        incidents: set[str] = set()  # each incident's hash is read once, by its first LOAD
+        start = 0
+        for entry in _valid(entries):
+            valid.append(entry)
+            if len(valid) - start >= LOAD_EVERY:
+                loads.append(await self._send_load(pipe, planner, valid[start:], incidents))
+                start = len(valid)
+        if len(valid) > start:
+            loads.append(await self._send_load(pipe, planner, valid[start:], incidents))
+        return valid, loads
+
+    async def _send_load(
+        self, pipe: PackedPipeline, planner: Planner, entries: list[Entry], incidents: set[str]
+    ) -> _Load:
+        ids = [
+            incident_id
+            for incident_id in dict.fromkeys(
+                entry.request.resolved_incident_id for entry in entries
+            )
+            if incident_id not in incidents
+        ]
+        incidents.update(ids)
+        keys = [planner.done_key(entry.envelope) for entry in entries]
         keys += [self.keys.incident(incident_id) for incident_id in ids]
-        flags, hashes = await self.bus.eval_packed(self._load, keys, [len(valid)])
-        done = {entry.index: bool(flag) for entry, flag in zip(valid, flags, strict=True)}
+        await pipe.send("EVALSHA", self._load.sha, len(keys), *keys, len(entries))
+        return _Load(entries, ids, keys)
+
+    async def _loaded(
+        self, loads: list[_Load], replies: list[Any]
+    ) -> tuple[dict[int, bool], dict[str, Chain]]:
+        """The done flags (by entry index) and the incidents' chains, from the LOAD replies."""
+        done: dict[int, bool] = {}
         chains: dict[str, Chain] = {}
-        for incident_id, flat in zip(ids, hashes, strict=True):
-            snapshot = snapshot_from(incident_id, zip(flat[::2], flat[1::2], strict=True))
-            chains[incident_id] = Chain.of(snapshot, self.keys.incident(incident_id))
-        await self._load_stored(chains)
+        for load, reply in zip(loads, replies, strict=True):
+            reply = await self._rerun_if_unloaded(self._load, load.keys, [len(load.entries)], reply)
+            flags, hashes = reply
+            for entry, flag in zip(load.entries, flags, strict=True):
+                done[entry.index] = bool(flag)
+            for incident_id, flat in zip(load.incident_ids, hashes, strict=True):
+                snapshot = snapshot_from(incident_id, zip(flat[::2], flat[1::2], strict=True))
+                chains[incident_id] = Chain.of(snapshot, self.keys.incident(incident_id))
         return done, chains
+
+    async def _rerun_if_unloaded(
+        self, script: AsyncScript, keys: list[str], args: list[Any], reply: Any
+    ) -> Any:
+        """A script's reply; after NOSCRIPT (e.g. a Redis restart), loaded and run again."""
+        if isinstance(reply, NoScriptError):
+            return await self.bus.eval_packed(script, keys, args)
+        if isinstance(reply, Exception):
+            raise reply  # the consumer takes every entry the slow way
+        return reply
 
     async def _load_stored(self, chains: dict[str, Chain]) -> None:
         """Decisions already stored for open incidents' current steps (a crash mid-way)."""
@@ -180,9 +241,16 @@ class BatchRouter:
             log.debug("batch: %d step(s) lost a race and go one by one", conflicts)
 
 
-def _valid(entries: list[Delivery]) -> list[Entry]:
+class _Load(NamedTuple):
+    """One LOAD call written: its entries, the incidents whose hashes it reads, its keys."""
+
+    entries: list[Entry]
+    incident_ids: list[str]
+    keys: list[str]
+
+
+def _valid(entries: list[Delivery]) -> Iterator[Entry]:
     """The entries the batch can route: valid requests, each event once."""
-    valid: list[Entry] = []
     seen: set[str] = set()
     for index, delivery in enumerate(entries):
         envelope = delivery.envelope
@@ -195,5 +263,4 @@ def _valid(entries: list[Delivery]) -> list[Entry]:
             except (EventDecodeError, InvalidRequest):
                 continue  # the slow path answers completed{invalid} or dead-letters it
         seen.add(envelope.id)  # (an invalid entry does not keep a valid one of its id out)
-        valid.append(Entry(index, delivery.entry_id, envelope, request, envelope.data))
-    return valid
+        yield Entry(index, delivery.entry_id, envelope, request, envelope.data)
