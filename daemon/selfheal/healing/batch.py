@@ -3,14 +3,13 @@
 Same semantics as `Router.handle`, entry by entry: (1) LOAD calls read every
 event's done marker and every incident hash (plus one MGET for the decisions
 already stored for open incidents), each written as soon as its entries are
-validated; (2) plain Python routes the events in
-order, each incident's events against its updated in-memory state
-(healing/plan.py); (3) COMMIT calls apply each incident's steps as a guarded
-group (healing/commit.py) and ack their entries. The calls are written on one
-connection as their incidents are planned (bus/pipelined.py), so Redis applies
-one while Python plans the next, and their replies are read at the end. Invalid requests,
-replays inside the batch, steps that raise and groups whose guard failed go
-back to the consumer's per-entry path, which is `Router.handle`.
+validated; (2) plain Python routes the events in order, each incident's events
+against its updated in-memory state (healing/plan.py); (3) COMMIT calls apply
+each incident's steps as a guarded group (healing/commit.py) and ack their
+entries. All these calls are written on one connection (bus/pipelined.py): Redis
+runs one while Python prepares the next, and the replies are read when needed.
+Invalid requests, replays inside the batch, steps that raise and groups whose
+guard failed go back to the consumer's per-entry path, which is `Router.handle`.
 """
 
 from __future__ import annotations
