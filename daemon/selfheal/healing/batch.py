@@ -43,6 +43,7 @@ log = logging.getLogger("selfheal.router")
 # the next (and that little is left to wait for at the end), large enough that the
 # calls stay few.
 FLUSH_EVERY: Final = 16
+TAIL_FLUSH: Final = 4
 # Entries per LOAD call: Redis reads one chunk's state while the next is validated.
 LOAD_EVERY: Final = 50
 
@@ -104,7 +105,9 @@ class BatchRouter:
                     chain.broken = True
             if last[incident_id] == pos and chain.group is not None:
                 ready.append(chain)
-                if len(ready) >= self.flush_every:
+                # Near the end, smaller calls: the last one is what the batch waits for.
+                flush_at = self.flush_every if len(valid) - pos > self.flush_every else TAIL_FLUSH
+                if len(ready) >= flush_at:
                     sent.append(await self._send(pipe, ready, None))
                     ready = []
         sent.append(await self._send(pipe, ready, acks))
