@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
 
 from selfheal.bus.pipelined import PackedPipeline
@@ -76,3 +78,25 @@ async def test_nothing_sent_reads_nothing(client: aioredis.Redis) -> None:
     async with PackedPipeline(client) as pipe:
         assert await pipe.replies() == []
     assert await client.ping() is True
+
+
+async def test_a_command_larger_than_the_socket_buffer_is_written_whole(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drains: list[bytes] = []
+    send = Connection.send_packed_command
+
+    async def counted(self: Connection, command: Any, check_health: bool = True) -> None:
+        drains.append(command)
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
+    big = "x" * (16 << 20)  # far more than a socket buffer: the write has to wait to drain
+    async with PackedPipeline(redis_client) as pipe:  # a pooled client: the packed path
+        await pipe.send("PING")  # connects (the handshake goes through send_packed_command)
+        connecting = len(drains)
+        await pipe.send("SET", "big", big)
+        await pipe.send("STRLEN", "big")
+        replies = await pipe.replies()
+    assert replies == [b"PONG", b"OK", len(big)]
+    assert drains[connecting:] == [b""], "only the big write waited to drain"

@@ -21,6 +21,7 @@ ordinary way.
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Any, cast
 
@@ -74,7 +75,7 @@ class PackedPipeline:
             self._conn = cast(Connection, await self._pool.get_connection())  # type: ignore[no-untyped-call]
         packed = hiredis.pack_command(cast(Any, args))  # the stub types a 1-tuple
         self._unread += 1  # counted first: a write cut short leaves the connection unusable
-        await self._conn.send_packed_command(packed, check_health=False)
+        await write_packed(self._conn, packed)
 
     async def replies(self) -> list[Any]:
         """The replies of every command sent so far, in order (errors as exceptions)."""
@@ -89,3 +90,20 @@ class PackedPipeline:
             self._unread -= 1
             replies.append(reply)
         return replies
+
+
+async def write_packed(conn: Connection, packed: bytes) -> None:
+    """conn.send_packed_command(packed), without its cost when the socket takes it at once.
+
+    send_packed_command runs every write in a task of its own under the socket
+    timeout (redis-py's default is 5 s): tens of microseconds a call. Here the
+    bytes go straight to the transport; only a write the socket could not take
+    at once waits for it to drain, through send_packed_command and its timeout.
+    """
+    writer: asyncio.StreamWriter | None = getattr(conn, "_writer", None)
+    if writer is None or writer.transport.is_closing():  # not connected yet, or closing
+        await conn.send_packed_command(packed, check_health=False)
+        return
+    writer.write(packed)
+    if writer.transport.get_write_buffer_size():
+        await conn.send_packed_command(b"", check_health=False)

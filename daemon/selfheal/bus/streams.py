@@ -23,6 +23,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
+from selfheal.bus.pipelined import write_packed
 from selfheal.core.events import Event
 
 # Publish one event; with dedupe, only if its idempotency key was never published.
@@ -283,7 +284,7 @@ class Bus:
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
 
         async def send_and_read() -> Any:
-            await conn.send_packed_command(packed)
+            await write_packed(conn, packed)
             return await conn.read_response()
 
         async def reconnect(_error: Exception) -> None:
