@@ -67,9 +67,17 @@ async def run_until(check: Callable[[], Any], *workers: Any, limit: float = WAIT
             tg.cancel_scope.cancel()
 
 
-def router_consumer(bus: Bus, router: Router, name: str = "d1") -> StreamConsumer:
+def router_consumer(
+    bus: Bus, router: Router, name: str = "d1", *, batched: bool = False
+) -> StreamConsumer:
     return StreamConsumer(
-        bus, SELF_HEALING_REQUESTED, ROUTER_GROUP, name, router.handle, options=FAST
+        bus,
+        SELF_HEALING_REQUESTED,
+        ROUTER_GROUP,
+        name,
+        router.handle,
+        options=FAST,
+        batch_handler=router.handle_batch if batched else None,
     )
 
 
@@ -220,8 +228,9 @@ async def test_redelivery_after_a_crash_before_the_ack_adds_no_second_completion
     assert snapshot.incident is not None and snapshot.incident.retries_used == 1
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one by one", "batched"])
 async def test_pause_rechecks_the_probe_and_retries_once_the_target_is_back(
-    bus: Bus, telemetry: Telemetry
+    bus: Bus, telemetry: Telemetry, batched: bool
 ) -> None:
     healthy = [False]
     checks: list[bool] = []
@@ -242,14 +251,14 @@ async def test_pause_rechecks_the_probe_and_retries_once_the_target_is_back(
         snap = await router.store.load("backup:redis:nas-away")
         return snap.incident is not None and snap.incident.pauses >= 2
 
-    await run_until(paused_twice, router_consumer(bus, router), pump)
+    await run_until(paused_twice, router_consumer(bus, router, batched=batched), pump)
     assert await stream_events(bus, BACKUP_RETRY_REQUESTED) == [], "no retry while it is away"
     healthy[0] = True
 
     async def retried() -> bool:
         return bool(await stream_events(bus, BACKUP_RETRY_REQUESTED))
 
-    await run_until(retried, router_consumer(bus, router), pump)
+    await run_until(retried, router_consumer(bus, router, batched=batched), pump)
     snapshot = await router.store.load("backup:redis:nas-away")
     assert snapshot.incident is not None
     assert snapshot.incident.retries_used == 1, "pauses did not spend the retry budget"

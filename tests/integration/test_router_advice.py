@@ -12,13 +12,14 @@ import anyio
 import httpx
 import pytest
 
+from selfheal.bus.consumer import Delivery, Outcome, delivery_of
 from selfheal.bus.streams import Bus
 from selfheal.config.schema_healing import AdvisorSettings
 from selfheal.core.events import SELF_HEALING_REQUESTED, new_event
 from selfheal.core.policy import Knobs
 from selfheal.healing.advice import LlmAdviser
 from selfheal.healing.advisor import Advisor
-from selfheal.healing.router import Router
+from selfheal.healing.router import ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
 from tests.support.http import PlayedService, Posted, Reply, played_service
@@ -68,16 +69,29 @@ def request_data(incident: str) -> dict[str, Any]:
     }
 
 
-async def route_one(bus: Bus, router: Router, incident: str) -> None:
+async def route_one(bus: Bus, router: Router, incident: str, *, batched: bool = False) -> None:
+    """Route one request, by Router.handle or (batched) through the batch path."""
     event = new_event(
         SELF_HEALING_REQUESTED, request_data(incident), now_ms=int(time.time() * 1000)
     )
     with anyio.fail_after(20):
-        await router.handle(event)
+        if not batched:
+            await router.handle(event)
+            return
+        await bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
+        await bus.publish(event)
+        stream = bus.keys.stream(SELF_HEALING_REQUESTED)
+        [(entry_id, fields)] = await bus.read_group(
+            stream, ROUTER_GROUP, "t", count=10, block_ms=None
+        )
+        delivery = delivery_of(entry_id, fields)
+        assert isinstance(delivery, Delivery)
+        assert await router.handle_batch([delivery]) == [Outcome.ACKED]
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one by one", "batched"])
 async def test_advice_is_used_within_the_policy_clamps(
-    bus: Bus, telemetry: Telemetry, model: Model
+    bus: Bus, telemetry: Telemetry, model: Model, batched: bool
 ) -> None:
     model.reply = {
         "action": "retry",
@@ -90,7 +104,7 @@ async def test_advice_is_used_within_the_policy_clamps(
     async with httpx.AsyncClient() as http:
         advisor = Advisor(settings, model="gpt-5.4", fallback_model="gpt-5.4", client=http)
         router = Router(bus, telemetry, knobs=Knobs, adviser=LlmAdviser(advisor))
-        await route_one(bus, router, "backup:redis:advised")
+        await route_one(bus, router, "backup:redis:advised", batched=batched)
     snapshot = await router.store.load("backup:redis:advised")
     decision = snapshot.last_decision
     assert decision is not None and decision.action == "retry"

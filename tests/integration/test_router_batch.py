@@ -260,6 +260,8 @@ async def test_version_moved_between_load_and_commit_falls_back(
         return await fresh(*args)
 
     router.fresh_decision = racing  # type: ignore[method-assign]
+    # Decide through the awaited path, where the race is staged.
+    router.plain_decision = lambda *args: None  # type: ignore[method-assign]
     entries = await read(router)
     assert await router.handle_batch(entries) == [Outcome.SLOW]
     assert len(await completions(router)) == 1, "the losing group wrote nothing"
@@ -290,6 +292,8 @@ async def test_decision_stored_by_another_daemon_is_reused(
         return await fresh(request, incident, now, knobs)
 
     router.fresh_decision = racing  # type: ignore[method-assign]
+    # Decide through the awaited path, where the race is staged.
+    router.plain_decision = lambda *args: None  # type: ignore[method-assign]
     entries = await read(router)
     assert await router.handle_batch(entries) == [Outcome.SLOW]
     router.fresh_decision = fresh  # type: ignore[method-assign]

@@ -178,11 +178,11 @@ class Planner:
         reused = False
         if incident is None or incident.state == IncidentState.REMEDIATED:
             incident = Incident.new(request, now, knobs.recovery_window_ms)
-            decision = await self.router.fresh_decision(request, incident, now, knobs)
         elif chain.stored is not None:
             decision, reused = chain.stored, True
-        else:
-            decision = await self.router.fresh_decision(request, incident, now, knobs)
+        if not reused:
+            plain = self.router.plain_decision(request, incident, now, knobs)
+            decision = plain or await self.router.fresh_decision(request, incident, now, knobs)
         self._decide(chain, incident, decision, reused, entry, now, traceparent)
         attributes["selfheal.status"] = str(decision.completion_status)
         attributes.update(span_attributes(decision))

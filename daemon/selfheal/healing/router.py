@@ -194,6 +194,17 @@ class Router:
         decision = await self.fresh_decision(request, incident, now, self.knobs())
         return await self.store.reserve_decision(incident, decision)
 
+    def plain_decision(
+        self, request: RequestView, incident: Incident, now: int, knobs: Knobs
+    ) -> Decision | None:
+        """fresh_decision without awaiting, when there is no probe to run and no advisor
+        to ask (the usual case); None when there is."""
+        if type(self.adviser) is not Adviser or (
+            incident.state == IncidentState.PAUSED and incident.domain in self.probes
+        ):
+            return None
+        return decide(request, incident, now, knobs, self._jitter())
+
     async def fresh_decision(
         self, request: RequestView, incident: Incident, now: int, knobs: Knobs
     ) -> Decision:
