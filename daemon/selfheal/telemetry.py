@@ -13,11 +13,11 @@ import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
+import msgspec
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -347,9 +347,11 @@ def current_traceparent(span: Span | None = None) -> str | None:
     return carrier.get("traceparent")
 
 
-@dataclass(frozen=True, slots=True)
-class OpenSpan:
+class OpenSpan(msgspec.Struct, frozen=True):
     """A decision span opened by Telemetry.open_span and not recorded yet.
+
+    A frozen msgspec Struct, not a frozen dataclass: one is opened per event routed,
+    and a frozen dataclass sets each field through object.__setattr__.
 
     It is kept as its W3C traceparent and its parent's, both canonical
     (00-<32 hex>-<16 hex>-<2 hex>): the span file is written from them, and the

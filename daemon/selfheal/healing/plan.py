@@ -9,9 +9,9 @@ raises leaves the group as it was (and its event goes to the slow path).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 from pydantic import TypeAdapter
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
@@ -47,8 +47,11 @@ _INCIDENT_JSON: Final = TypeAdapter(Incident)
 _DECISION_JSON: Final = TypeAdapter(Decision)
 
 
-@dataclass
-class Chain:
+# The records below are msgspec Structs, built for every event of a batch: a Struct
+# is several times quicker to build than a dataclass (frozen ones most of all).
+
+
+class Chain(msgspec.Struct):
     """One incident while its events of a batch are routed in order."""
 
     snapshot: IncidentSnapshot
@@ -75,8 +78,7 @@ class Chain:
         )
 
 
-@dataclass
-class Step:
+class Step(msgspec.Struct):
     """A planned event waiting for its group's commit."""
 
     index: int
@@ -88,8 +90,7 @@ class Step:
     reused: bool = False
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     """One valid request of the batch."""
 
     index: int

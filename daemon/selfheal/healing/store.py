@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
@@ -33,9 +34,8 @@ def _text(value: bytes | str | None) -> str | None:
     return None if value is None else as_text(value)
 
 
-@dataclass(frozen=True)
-class IncidentSnapshot:
-    """An incident as read, with the version its update must match."""
+class IncidentSnapshot(msgspec.Struct, frozen=True):
+    """An incident as read, with the version its update must match (a Struct: quick to build)."""
 
     incident_id: str
     incident: Incident | None
