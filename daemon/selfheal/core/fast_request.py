@@ -164,11 +164,12 @@ class FastRequest(_Fast, frozen=True):
 
     def __post_init__(self) -> None:
         for text in (self.source_function, self.target_component, self.problem_summary):
-            _require_not_blank(text)
+            if not "!" <= text[:1] <= "~":  # text starting with visible ASCII is not blank
+                _require_not_blank(text)
         if self.owner is not None:
             _require_not_blank(self.owner)
         items = self.evidence_items
-        if any(type(item) is str for item in items):
+        if str in map(type, items):
             normalised = [
                 FastEvidence(message=item) if isinstance(item, str) else item for item in items
             ]
