@@ -11,12 +11,12 @@ import json
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import anyio
 import hiredis
+import msgspec
 import redis.asyncio as aioredis
-from pydantic_core import to_json
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import ConnectionPool
 from redis.commands.core import AsyncScript
@@ -99,9 +99,12 @@ class TimerSweep:
     next_due_ms: int | None
 
 
+_JSON: Final = msgspec.json.Encoder()
+
+
 def timer_payload(stream: str, fields: dict[str, str]) -> str:
     """What a delayed event waits as: its stream and wire fields (the mover script reads it)."""
-    return to_json({"stream": stream, "fields": fields}).decode()
+    return _JSON.encode({"stream": stream, "fields": fields}).decode()
 
 
 def as_text(value: bytes | str) -> str:
