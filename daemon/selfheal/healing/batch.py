@@ -59,10 +59,18 @@ class BatchRouter:
         self._load = self.bus.client.register_script(LOAD)
         self._commit = self.bus.client.register_script(COMMIT)
         self.flush_every = FLUSH_EVERY
+        self._scripts_loaded = False
 
     async def handle(self, entries: list[Delivery]) -> list[Outcome]:
         """One outcome per entry, in order."""
         outcomes = [Outcome.SLOW] * len(entries)
+        if not self._scripts_loaded:
+            # Loaded up front: otherwise every call written in the first batch meets
+            # NOSCRIPT and runs again on its own. (After a Redis restart the calls of
+            # one batch do, through _rerun_if_unloaded.)
+            for script in (self._load, self._commit):
+                script.sha = await self.bus.client.script_load(script.script)
+            self._scripts_loaded = True
         planner = Planner(self.router, self._notify)
         async with PackedPipeline(self.bus.client) as pipe:
             valid, loads = await self._validate_and_load(entries, planner, pipe)
