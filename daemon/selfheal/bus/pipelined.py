@@ -29,7 +29,17 @@ import anyio
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, ConnectionPool
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
+
+
+def packed_pool(client: aioredis.Redis) -> ConnectionPool | None:
+    """The client's plain connection pool, on whose connections commands can be written
+    packed; None for a single-connection client or a cluster (the ordinary way there)."""
+    pool = getattr(client, "connection_pool", None)
+    if getattr(client, "connection", None) is not None or type(pool) is not ConnectionPool:
+        return None
+    return pool
 
 
 class PackedPipeline:
@@ -37,9 +47,7 @@ class PackedPipeline:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        pool = getattr(client, "connection_pool", None)
-        plain = getattr(client, "connection", None) is None and type(pool) is ConnectionPool
-        self._pool: ConnectionPool | None = pool if plain else None
+        self._pool = packed_pool(client)
         self._conn: Connection | None = None
         self._unread = 0  # commands written whose replies were not read yet
         self._done: list[Any] = []  # replies of commands run the ordinary way
@@ -76,6 +84,10 @@ class PackedPipeline:
         packed = hiredis.pack_command(cast(Any, args))  # the stub types a 1-tuple
         self._unread += 1  # counted first: a write cut short leaves the connection unusable
         await write_packed(self._conn, packed)
+
+    async def send_script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+        """Write an EVALSHA of a registered script (loaded beforehand: NOSCRIPT is a reply)."""
+        await self.send("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def replies(self) -> list[Any]:
         """The replies of every command sent so far, in order (errors as exceptions)."""

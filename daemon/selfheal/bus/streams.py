@@ -18,12 +18,11 @@ import hiredis
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.connection import ConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
-from selfheal.bus.pipelined import write_packed
+from selfheal.bus.pipelined import packed_pool, write_packed
 from selfheal.core.events import Event
 
 # Publish one event; with dedupe, only if its idempotency key was never published.
@@ -279,8 +278,8 @@ class Bus:
         ordinary way, with redis-py's reply parsing.
         """
         client = self.client
-        pool = getattr(client, "connection_pool", None)
-        if getattr(client, "connection", None) is not None or type(pool) is not ConnectionPool:
+        pool = packed_pool(client)
+        if pool is None:
             return await client.execute_command(*args)  # type: ignore[no-untyped-call]
         # redis-py packs arguments in Python at ~1 µs each; a batch script has thousands.
         packed = hiredis.pack_command(cast(Any, args))  # the stub types a 1-tuple
