@@ -29,7 +29,7 @@ async def commit(bus: Bus, *groups: Group) -> list[int]:
     for group in groups:
         batch.add(group)
     script = bus.client.register_script(COMMIT)
-    return statuses(await bus.eval_packed(script, batch.keys, batch.args))
+    return statuses(await bus.eval_packed(script, batch.keys, batch.argv()))
 
 
 async def test_text_of_every_length_and_script_is_written_as_it_was_given(

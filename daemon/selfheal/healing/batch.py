@@ -97,7 +97,7 @@ class BatchRouter:
         acks = Group()
         steps: list[Step] = []
         ready: list[Chain] = []
-        sent: list[tuple[list[Chain], CommitBatch]] = []
+        sent: list[_Commit] = []
         knobs = self.router.knobs()
         for pos, entry in enumerate(valid):
             incident_id = entry.request.resolved_incident_id
@@ -116,41 +116,36 @@ class BatchRouter:
                 # Near the end, smaller calls: the last one is what the batch waits for.
                 flush_at = self.flush_every if len(valid) - pos > self.flush_every else TAIL_FLUSH
                 if len(ready) >= flush_at:
-                    sent.append(await self._send(pipe, ready, None))
+                    await self._send(pipe, sent, ready, None)
                     ready = []
-        sent.append(await self._send(pipe, ready, acks))
+        await self._send(pipe, sent, ready, acks)
         replies = await pipe.replies()
         await self._applied(sent, replies)
         self._finish(steps, outcomes)
         return outcomes
 
     async def _send(
-        self, pipe: PackedPipeline, chains: list[Chain], acks: Group | None
-    ) -> tuple[list[Chain], CommitBatch]:
-        """Write one COMMIT call for the chains' groups (and the acks of duplicates)."""
+        self, pipe: PackedPipeline, sent: list[_Commit], chains: list[Chain], acks: Group | None
+    ) -> None:
+        """Write one COMMIT call for the chains' groups (and the acks of duplicates), if
+        there is anything to write, and note it in `sent`."""
         commit = CommitBatch(self.bus.maxlen)
         for chain in chains:
             assert chain.group is not None
             commit.add(chain.group)
         if acks is not None and not acks.empty:
             commit.add(acks)
-        if commit.groups:
-            keys = commit.keys
-            await pipe.send("EVALSHA", self._commit.sha, len(keys), *keys, *commit.args)
-        return chains, commit
+        if not commit.groups:
+            return
+        call = _Commit(chains, commit.keys, commit.argv())
+        await pipe.send_script(self._commit, call.keys, call.args)
+        sent.append(call)
 
-    async def _applied(
-        self, sent: list[tuple[list[Chain], CommitBatch]], replies: list[Any]
-    ) -> None:
+    async def _applied(self, sent: list[_Commit], replies: list[Any]) -> None:
         """Mark the chains whose group applied, from the replies of the COMMIT calls sent."""
-        calls = iter(replies)
-        for chains, commit in sent:
-            if not commit.groups:
-                continue
-            reply = await self._rerun_if_unloaded(
-                self._commit, commit.keys, commit.args, next(calls)
-            )
-            for chain, status in zip(chains, statuses(reply), strict=False):
+        for call, reply in zip(sent, replies, strict=True):
+            reply = await self._rerun_if_unloaded(self._commit, call.keys, call.args, reply)
+            for chain, status in zip(call.chains, statuses(reply), strict=False):
                 chain.applied = status == 1
 
     async def _validate_and_load(
@@ -184,7 +179,7 @@ class BatchRouter:
         incidents.update(ids)
         keys = [planner.done_key(entry.envelope) for entry in entries]
         keys += [self.keys.incident(incident_id) for incident_id in ids]
-        await pipe.send("EVALSHA", self._load.sha, len(keys), *keys, len(entries))
+        await pipe.send_script(self._load, keys, [len(entries)])
         return _Load(entries, ids, keys)
 
     async def _loaded(
@@ -249,6 +244,15 @@ class BatchRouter:
         self.router.telemetry.close_spans(finished, end_ns)
         if conflicts:
             log.debug("batch: %d step(s) lost a race and go one by one", conflicts)
+
+
+class _Commit(NamedTuple):
+    """One COMMIT call written: the chains whose groups it carries (in order), its keys
+    and its arguments (encoded once, kept for a run again after NOSCRIPT)."""
+
+    chains: list[Chain]
+    keys: list[str]
+    args: list[int | bytes]
 
 
 class _Load(NamedTuple):

@@ -135,9 +135,8 @@ class CommitBatch:
         """How many groups were added."""
         return len(self._groups)
 
-    @property
-    def args(self) -> list[int | bytes]:
-        """The call's ARGV."""
+    def argv(self) -> list[int | bytes]:
+        """The call's ARGV (the groups encoded now: call it once they are all added)."""
         return [self._maxlen, _PACK.encode(self._groups)]
 
 
