@@ -11,11 +11,10 @@ import json
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import anyio
 import hiredis
-import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
@@ -23,7 +22,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
 from selfheal.bus.pipelined import packed_pool, write_packed
-from selfheal.core.events import Event
+from selfheal.core.events import Event, text_json
 
 # Publish one event; with dedupe, only if its idempotency key was never published.
 # KEYS: stream, streams index, published marker. ARGV: maxlen, ttl, dedupe, fields...
@@ -98,12 +97,9 @@ class TimerSweep:
     next_due_ms: int | None
 
 
-_JSON: Final = msgspec.json.Encoder()
-
-
 def timer_payload(stream: str, fields: dict[str, str]) -> str:
     """What a delayed event waits as: its stream and wire fields (the mover script reads it)."""
-    return _JSON.encode({"stream": stream, "fields": fields}).decode()
+    return text_json({"stream": stream, "fields": fields})
 
 
 def as_text(value: bytes | str) -> str:

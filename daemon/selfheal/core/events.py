@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
+import msgspec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -111,6 +112,15 @@ def compact_json(value: Any) -> str:
     if _C_ENCODER is None or type(value) is str:
         return _COMPACT.encode(value)
     return "".join(_C_ENCODER(value, 0))
+
+
+_TEXT_JSON: Final = msgspec.json.Encoder()
+
+
+def text_json(value: Mapping[str, Any]) -> str:
+    """Compact JSON of a mapping of text, whole numbers, booleans, null and such mappings,
+    as pydantic's to_json writes it (non-ASCII text as it is), by msgspec: quicker."""
+    return _TEXT_JSON.encode(value).decode()
 
 
 class Event(BaseModel):

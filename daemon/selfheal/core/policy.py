@@ -8,13 +8,12 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
-import msgspec
 from pydantic import TypeAdapter, with_config
 
 from selfheal.core.backoff import check_jitter, retry_delay_ms
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, classify
 from selfheal.core.contracts import Completion, CompletionStatus, RequestView
-from selfheal.core.events import BACKUP_RETRY_REQUESTED, WORKER_RESTART_REQUESTED
+from selfheal.core.events import BACKUP_RETRY_REQUESTED, WORKER_RESTART_REQUESTED, text_json
 from selfheal.core.incident import (
     RECORD_CONFIG,
     Count,
@@ -363,17 +362,13 @@ def _completion_data(decision: Decision, request: RequestView) -> dict[str, Any]
     }
 
 
-# msgspec writes text, whole numbers and null as pydantic does (the test holds them to it).
-_JSON: Final = msgspec.json.Encoder()
-
-
 def completion_json(decision: Decision, request: RequestView) -> str:
     """completion_for(...).model_dump_json(by_alias=True), without building the model.
 
     The batch router announces hundreds of decisions per batch; every value here is
     already validated (the decision is ours, the request passed the contract).
     """
-    return _JSON.encode(_completion_data(decision, request)).decode()
+    return text_json(_completion_data(decision, request))
 
 
 def completion_for(decision: Decision, request: RequestView) -> Completion:
