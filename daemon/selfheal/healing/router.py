@@ -211,6 +211,9 @@ class Router:
         self, request: RequestView, incident: Incident, now: int, knobs: Knobs
     ) -> Decision:
         """Probe, policy and advice for the incident's current step (not stored yet)."""
+        plain = self.plain_decision(request, incident, now, knobs)
+        if plain is not None:
+            return plain
         classification = await self._probe_classification(request, incident)
         decision = decide(
             request, incident, now, knobs, self._jitter(), classification=classification
