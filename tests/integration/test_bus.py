@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -383,3 +384,69 @@ async def test_stats_report_lengths_pending_dead_letters_and_timers(bus: Bus) ->
     assert group["group"] == GROUP and group["pending"] == 2
     assert stats["deadLetters"] == 1
     assert stats["timers"] == {"scheduled": 1, "due": 0}
+
+
+SLOW_RECLAIM = ConsumerOptions(
+    batch=50, block_ms=100, reclaim_idle_ms=3_600_000, reclaim_every_s=3600, max_deliveries=5
+)
+
+
+async def _strand(bus: Bus, consumer: str, n: int) -> None:
+    """Publish one event and deliver it to `consumer` without acking (a crash mid-handling)."""
+    await bus.ensure_group(NAME, GROUP)
+    assert await bus.publish(event(n))
+    got = await bus.read_group(bus.keys.stream(NAME), GROUP, consumer, count=10, block_ms=None)
+    assert [f for _, f in got], "the event was delivered to the crashed consumer"
+
+
+async def _run_until(consumer: StreamConsumer, seen: list[int], want: list[int]) -> None:
+    stop = anyio.Event()
+    consumer._stopping = stop.is_set  # type: ignore[method-assign]
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer.run)
+            while sorted(seen) != want:
+                await anyio.sleep(0.01)
+            stop.set()
+
+
+async def test_restarted_consumer_handles_its_own_pending_entries_at_once(bus: Bus) -> None:
+    await _strand(bus, "me", 1)
+    seen: list[int] = []
+
+    async def handle(e: Event) -> None:
+        seen.append(e.data["n"])
+
+    # The reclaim would wait an hour: only the take-over at start can deliver it.
+    consumer = StreamConsumer(bus, NAME, GROUP, "me", handle, options=SLOW_RECLAIM)
+    await _run_until(consumer, seen, [1])
+    pending = await bus.client.xpending(bus.keys.stream(NAME), GROUP)
+    assert pending["pending"] == 0
+    assert consumer.stats.reclaimed == 1
+
+
+async def test_dead_local_consumers_entries_are_taken_over_live_ones_left(bus: Bus) -> None:
+    import socket
+
+    import psutil
+
+    dead_pid = max(psutil.pids()) + 100_000
+    dead = f"{socket.gethostname()}:{dead_pid}"
+    live = f"{socket.gethostname()}:{os.getpid()}"  # this process: alive
+    remote = f"another-host.example:{dead_pid}"  # may be alive there: not ours to judge
+    await _strand(bus, dead, 1)
+    await _strand(bus, live, 2)
+    await _strand(bus, remote, 3)
+    seen: list[int] = []
+
+    async def handle(e: Event) -> None:
+        seen.append(e.data["n"])
+
+    consumer = StreamConsumer(bus, NAME, GROUP, "new", handle, options=SLOW_RECLAIM)
+    await _run_until(consumer, seen, [1])
+    names = {
+        (c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): c["pending"]
+        for c in await bus.client.xinfo_consumers(bus.keys.stream(NAME), GROUP)
+    }
+    assert dead not in names, "the dead consumer is removed once its entries are taken over"
+    assert names[live] == 1 and names[remote] == 1

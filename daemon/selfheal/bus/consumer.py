@@ -19,12 +19,16 @@ the entries stay pending and are reclaimed like those of a dead consumer).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import anyio
+import psutil
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
@@ -35,6 +39,23 @@ from selfheal.redact import redact_text
 log = logging.getLogger("selfheal.bus")
 
 Handler = Callable[[Event], Awaitable[None]]
+
+
+def local_consumer_name() -> str:
+    """This process's consumer name: host and pid, so a restart can tell its own
+    (and a dead local process's) entries from those of live daemons elsewhere."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead_local(consumer: str) -> bool:
+    """True for a consumer name of this host whose process no longer exists.
+
+    A reused pid only makes us leave its entries to the ordinary reclaim.
+    """
+    host, _, pid = consumer.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not psutil.pid_exists(int(pid))
 
 
 class Outcome(StrEnum):
@@ -167,6 +188,7 @@ class StreamConsumer:
         """Join the group, signal readiness, then consume until stopped."""
         await self.bus.ensure_group(self.event_name, self.group)
         task_status.started()
+        await self.take_over_stranded()
         while not self._stopping():
             await self.poll_once()
         # Entries read ahead are delivered to us: handle them rather than leave them
@@ -278,6 +300,49 @@ class StreamConsumer:
                     count += 1
             if start == "0-0" or not entries:
                 return count
+
+    async def take_over_stranded(self) -> int:
+        """Handle now what a crash left pending on this consumer or on a dead local one.
+
+        After the service restarts (same consumer name), or the daemon does (a dead
+        pid of this host), those entries are nobody's: waiting `reclaim_idle_ms`
+        for them would only delay their effects. Entries of live consumers, here or
+        on other hosts, are left to the ordinary reclaim.
+        """
+        client = self.bus.client
+        owners = [self.consumer]
+        infos: list[dict[str, Any]] = await client.xinfo_consumers(self._stream, self.group)
+        for info in infos:
+            name = as_text(info["name"])
+            if name != self.consumer and is_dead_local(name):
+                owners.append(name)
+        count = 0
+        for owner in owners:
+            after = "-"
+            while True:
+                pending: list[dict[str, Any]] = await client.xpending_range(
+                    self._stream, self.group, min=after, max="+",
+                    count=self.options.batch, consumername=owner,
+                )  # fmt: skip
+                if not pending:
+                    break
+                ids: list[Any] = [as_text(item["message_id"]) for item in pending]
+                after = "(" + ids[-1]
+                claimed = cast_entries(
+                    await client.xclaim(
+                        self._stream, self.group, self.consumer, min_idle_time=0, message_ids=ids
+                    )
+                )
+                deliveries = await self._delivery_counts(ids)
+                for entry_id, fields in claimed:
+                    self.stats.reclaimed += 1
+                    await self._handle(entry_id, fields, deliveries=deliveries.get(entry_id, 1))
+                    count += 1
+            if owner != self.consumer:
+                await client.xgroup_delconsumer(self._stream, self.group, owner)
+        if count:
+            log.info("%s: handled %d entries left pending by a crash", self.group, count)
+        return count
 
     async def _delivery_counts(self, entry_ids: list[str]) -> dict[str, int]:
         pending = await self.bus.client.xpending_range(
