@@ -17,12 +17,14 @@ import anyio
 from selfheal import __version__
 from selfheal.backup.plane import BackupPlane
 from selfheal.bus.connection import RedisClient, RedisLink
+from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.watcher import ConfigWatcher
 from selfheal.control.server import ControlServer, Handler
 from selfheal.embedded import EmbeddedRedis
 from selfheal.errors import ConfigError, ControlError
 from selfheal.healing.plane import HealingPlane
+from selfheal.instance import StateDirGuard
 from selfheal.redact import redact_text
 from selfheal.supervisor import Service, ServiceSpec, Supervisor
 from selfheal.telemetry import Telemetry, setup_telemetry
@@ -90,7 +92,7 @@ class Daemon:
             settings=lambda: self.settings,
             client=self._redis_client,
             telemetry=self.telemetry,
-            consumer_name=f"{socket.gethostname()}:{os.getpid()}",
+            consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
             # A paused backup incident is re-checked by asking whether the NAS is back.
             probes=lambda: {"backup": self.backups.nas_probe},
@@ -99,7 +101,7 @@ class Daemon:
             settings=lambda: self.settings,
             bus=self.plane.bus,
             telemetry=self.telemetry,
-            consumer_name=f"{socket.gethostname()}:{os.getpid()}",
+            consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
         )
 
@@ -118,9 +120,16 @@ class Daemon:
     # -- services ----------------------------------------------------------------
 
     def _service_specs(self) -> list[ServiceSpec]:
-        # Order matters: the control socket first so `status` answers while Redis
-        # is still coming up; the embedded server before the link that uses it.
+        # Order matters: the instance lock first, so a second daemon on this state dir
+        # stops before it touches anything; the control socket next so `status`
+        # answers while Redis is still coming up; the embedded server before the link
+        # that uses it.
         return [
+            ServiceSpec(
+                name="state-guard",
+                factory=lambda: StateDirGuard(self.settings.state_dir),
+                depends_on=lambda: self.settings.state_dir,
+            ),
             ServiceSpec(
                 name="control",
                 factory=self._make_control,
@@ -229,6 +238,12 @@ class Daemon:
                 "config reload (%s) rejected, keeping the last good config: %s", trigger, message
             )
             return ReloadResult(at=time.time(), trigger=trigger, ok=False, error=message)
+        if self.loaded.exists and not new.exists:
+            # An rm (or a save that has not landed yet) must not turn every setting
+            # into its default: NAS roots, schedules and notifiers would change silently.
+            message = f"{path}: the config file is missing; keeping the last good config"
+            log.error("config reload (%s) rejected: %s", trigger, message)
+            return ReloadResult(at=time.time(), trigger=trigger, ok=False, error=message)
         if new.digest == self.loaded.digest:
             return ReloadResult(at=time.time(), trigger=trigger, ok=True, changed=False)
         old = self.loaded
@@ -308,6 +323,7 @@ class Daemon:
             "config": {
                 "path": str(self.loaded.path),
                 "exists": self.loaded.exists,
+                "present": self.loaded.path.exists(),
                 "generation": self.generation,
                 "digest": self.loaded.digest,
             },

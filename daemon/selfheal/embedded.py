@@ -35,6 +35,10 @@ log = logging.getLogger("selfheal.embedded")
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 RESTART_BACKOFF_MAX_S = 10.0
+# How often the data dir's presence is checked (one stat), and how long moving the
+# data into a re-created one may take.
+DATA_DIR_CHECK_S = 2.0
+AOF_REWRITE_TIMEOUT_S = 60.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -105,6 +109,9 @@ class EmbeddedRedis:
         self.pid_file = self.data_dir / "embedded.pid"
         self._binary = binary
         self._process: asyncio.subprocess.Process | None = None
+        self._admin: aioredis.Redis | None = None
+        self._data_identity: tuple[int, int] | None = None
+        self._moved_data = False
         self.status = EmbeddedRedisStatus(socket=str(self.socket_path))
 
     def command(self, binary: Path) -> list[str]:
@@ -116,6 +123,10 @@ class EmbeddedRedis:
             "--unixsocketperm", "700",
             "--dir", str(self.data_dir),
             "--dbfilename", "dump.rdb",
+            # The AOF is the persistence. Without RDB save points, SIGTERM always
+            # exits: an RDB save that fails at shutdown (its folder deleted, a full
+            # disk) would otherwise make redis refuse to stop and outlive the daemon.
+            "--save", "",
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--daemonize", "no",
@@ -131,8 +142,7 @@ class EmbeddedRedis:
             raise StartupError(
                 f"state dir too deep for a Unix socket: {self.socket_path} (max 100 bytes)"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.data_dir, 0o700)
+        await anyio.to_thread.run_sync(self._make_data_dir)
         await anyio.to_thread.run_sync(self._reap_stale)
         backoff = 0.25
         started = False
@@ -144,10 +154,18 @@ class EmbeddedRedis:
                     started = True
                 began = time.monotonic()
                 assert self._process is not None
-                code = await self._process.wait()
-                self.status.last_exit = f"exit code {code}"
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_data_dir, tg.cancel_scope)
+                    code = await self._process.wait()
+                    tg.cancel_scope.cancel()
                 self.status.restarts += 1
                 self.status.pid = None
+                if self._moved_data:
+                    self._moved_data = False
+                    self.status.last_exit = "restarted on its re-created data dir"
+                    log.warning("embedded redis-server %s", self.status.last_exit)
+                    continue
+                self.status.last_exit = f"exit code {code}"
                 log.error("embedded redis-server exited (%s); restarting", self.status.last_exit)
                 # A server that ran a while gets a quick restart; a crash loop backs off.
                 backoff = (
@@ -161,6 +179,7 @@ class EmbeddedRedis:
                 await self._stop()
 
     async def _start(self, binary: Path) -> None:
+        await self._close_admin()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         with self._open_stdout_log() as out:
@@ -184,26 +203,87 @@ class EmbeddedRedis:
         return open(self.data_dir / "redis.stdout.log", "ab")
 
     async def _wait_ready(self) -> None:
-        client = aioredis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1.0)
+        # One connection kept for the server's lifetime: if the data dir (and the
+        # socket file in it) is deleted, it is the only way left to reach the server.
+        client = aioredis.Redis(
+            unix_socket_path=str(self.socket_path),
+            socket_timeout=5.0,
+            single_connection_client=True,
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         last: Exception | None = None
-        try:
-            while time.monotonic() < deadline:
-                assert self._process is not None
-                if self._process.returncode is not None:
-                    tail = self._log_tail()
-                    raise EmbeddedRedisError(
-                        f"redis-server exited with code {self._process.returncode} at start: {tail}"
-                    )
-                try:
-                    if await client.ping():
-                        return
-                except (OSError, aioredis.RedisError) as exc:
-                    last = exc
-                await anyio.sleep(0.05)
-        finally:
-            await client.aclose()
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.returncode is not None:
+                await client.aclose()
+                tail = self._log_tail()
+                raise EmbeddedRedisError(
+                    f"redis-server exited with code {self._process.returncode} at start: {tail}"
+                )
+            try:
+                if await client.ping():
+                    self._admin = client
+                    st = os.stat(self.data_dir)
+                    self._data_identity = (st.st_dev, st.st_ino)
+                    return
+            except (OSError, aioredis.RedisError) as exc:
+                last = exc
+            await anyio.sleep(0.05)
+        await client.aclose()
         raise EmbeddedRedisError(f"redis-server not ready after {READY_TIMEOUT_S}s: {last}")
+
+    def _data_dir_lost(self) -> bool:
+        try:
+            st = os.stat(self.data_dir)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._data_identity
+
+    async def _keep_data_dir(self, scope: anyio.CancelScope) -> None:
+        """Move the server's files to a re-created data dir, then restart it there.
+
+        After `rm -rf` of the state dir the server still runs with its data in
+        memory, but its AOF, log and socket file are gone: new clients cannot
+        connect and nothing more is persisted. The server is told to use the
+        re-created folder and to rewrite its AOF there; once that rewrite is done,
+        a restart brings the socket file back and loses nothing.
+        """
+        while True:
+            await anyio.sleep(DATA_DIR_CHECK_S)
+            if not await anyio.to_thread.run_sync(self._data_dir_lost):
+                continue
+            log.warning("embedded Redis data dir %s was removed; re-creating it", self.data_dir)
+            try:
+                await self._rewrite_into_new_dir()
+            except (OSError, aioredis.RedisError, EmbeddedRedisError) as exc:
+                # The data is still in memory: keep serving and try again next round.
+                log.error("could not move embedded Redis data to %s: %s", self.data_dir, exc)
+                continue
+            self._moved_data = True
+            assert self._process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()  # the run loop starts it again on the new dir
+            return
+
+    async def _rewrite_into_new_dir(self) -> None:
+        assert self._admin is not None
+        await anyio.to_thread.run_sync(self._make_data_dir)
+        await self._admin.config_set("dir", str(self.data_dir))
+        await self._admin.bgrewriteaof()
+        deadline = time.monotonic() + AOF_REWRITE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            info = await self._admin.info("persistence")
+            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+                if info.get("aof_last_bgrewrite_status") != "ok":
+                    raise EmbeddedRedisError("the AOF rewrite into the new data dir failed")
+                log.info("embedded Redis data rewritten into %s", self.data_dir)
+                return
+            await anyio.sleep(0.1)
+        raise EmbeddedRedisError(f"AOF rewrite not done after {AOF_REWRITE_TIMEOUT_S}s")
+
+    def _make_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.data_dir, 0o700)
 
     def _log_tail(self) -> str:
         for name in ("redis.log", "redis.stdout.log"):
@@ -214,7 +294,14 @@ class EmbeddedRedis:
                     return lines[-1]
         return "(no log output)"
 
+    async def _close_admin(self) -> None:
+        if self._admin is not None:
+            with contextlib.suppress(OSError, aioredis.RedisError):
+                await self._admin.aclose()
+            self._admin = None
+
     async def _stop(self) -> None:
+        await self._close_admin()
         proc = self._process
         if proc is not None and proc.returncode is None:
             log.info("stopping embedded redis-server (pid %s)", proc.pid)

@@ -399,27 +399,30 @@ async def _strand(bus: Bus, consumer: str, n: int) -> None:
     assert [f for _, f in got], "the event was delivered to the crashed consumer"
 
 
-async def _run_until(consumer: StreamConsumer, seen: list[int], want: list[int]) -> None:
-    stop = anyio.Event()
-    consumer._stopping = stop.is_set  # type: ignore[method-assign]
+def _noting(seen: list[int], want: list[int], done: anyio.Event) -> Any:
+    async def handle(e: Event) -> None:
+        seen.append(e.data["n"])
+        if sorted(seen) == want:
+            done.set()
+
+    return handle
+
+
+async def _run_until(consumer: StreamConsumer, done: anyio.Event) -> None:
+    """Run the consumer (made with stopping=done.is_set) until it has stopped."""
     with anyio.fail_after(WAIT_S):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consumer.run)
-            while sorted(seen) != want:
-                await anyio.sleep(0.01)
-            stop.set()
+        await consumer.run()
 
 
 async def test_restarted_consumer_handles_its_own_pending_entries_at_once(bus: Bus) -> None:
     await _strand(bus, "me", 1)
     seen: list[int] = []
-
-    async def handle(e: Event) -> None:
-        seen.append(e.data["n"])
-
+    done = anyio.Event()
     # The reclaim would wait an hour: only the take-over at start can deliver it.
-    consumer = StreamConsumer(bus, NAME, GROUP, "me", handle, options=SLOW_RECLAIM)
-    await _run_until(consumer, seen, [1])
+    consumer = StreamConsumer(
+        bus, NAME, GROUP, "me", _noting(seen, [1], done), options=SLOW_RECLAIM, stopping=done.is_set
+    )
+    await _run_until(consumer, done)
     pending = await bus.client.xpending(bus.keys.stream(NAME), GROUP)
     assert pending["pending"] == 0
     assert consumer.stats.reclaimed == 1
@@ -438,12 +441,17 @@ async def test_dead_local_consumers_entries_are_taken_over_live_ones_left(bus: B
     await _strand(bus, live, 2)
     await _strand(bus, remote, 3)
     seen: list[int] = []
-
-    async def handle(e: Event) -> None:
-        seen.append(e.data["n"])
-
-    consumer = StreamConsumer(bus, NAME, GROUP, "new", handle, options=SLOW_RECLAIM)
-    await _run_until(consumer, seen, [1])
+    done = anyio.Event()
+    consumer = StreamConsumer(
+        bus,
+        NAME,
+        GROUP,
+        "new",
+        _noting(seen, [1], done),
+        options=SLOW_RECLAIM,
+        stopping=done.is_set,
+    )
+    await _run_until(consumer, done)
     names = {
         (c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): c["pending"]
         for c in await bus.client.xinfo_consumers(bus.keys.stream(NAME), GROUP)

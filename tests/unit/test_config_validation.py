@@ -260,7 +260,7 @@ def test_bad_json(tmp_path: Path, text: str, expected: str) -> None:
 
 
 def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="the config path is a directory, not a regular file"):
         load_config(tmp_path, HOME)
 
 

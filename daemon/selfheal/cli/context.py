@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import click
 
 from selfheal.cli.output import fail
 from selfheal.config import LoadedConfig, default_config_path, load_config
+from selfheal.config.loader import read_raw
 from selfheal.control.client import ControlClient, DaemonNotRunning
 from selfheal.errors import ConfigError, ControlError
 
@@ -86,8 +86,8 @@ class CliState:
 def _raw_socket(config_path: Path) -> str | None:
     """The controlSocket string of a file that fails validation, if it has one."""
     try:
-        raw = json.loads(config_path.read_text())
+        raw, _ = read_raw(config_path)
         value = raw["selfheal"]["controlSocket"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ConfigError, KeyError, TypeError):
         return None
     return value if isinstance(value, str) and value.startswith(("/", "~")) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,16 @@ from selfheal.config.sources import Candidate, gather_candidates
 from selfheal.errors import ConfigError
 
 DEFAULT_CONFIG = "~/.joelclaw/system-bus.config.json"
+# A complete config is a few KiB; anything near this is not a config file.
+MAX_CONFIG_BYTES = 1 << 20
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 @dataclass(frozen=True)
@@ -107,16 +118,65 @@ def _reject_constant(name: str) -> Any:
     raise _BadJsonError(f"{name} is not valid JSON")
 
 
-def read_raw(path: Path) -> tuple[dict[str, Any], bool]:
-    """Parse the file into its top-level object; ({}, False) when it does not exist."""
+def _check_file(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise ConfigError(f"the config path is {kind}, not a regular file", path=str(path))
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"the file is {st.st_size} bytes; a config file may be at most "
+            f"{MAX_CONFIG_BYTES} bytes",
+            path=str(path),
+        )
+
+
+def read_config_bytes(path: Path) -> bytes | None:
+    """The file's bytes, or None when it does not exist.
+
+    Whatever sits at the path is checked before it is read: only a regular file of
+    at most MAX_CONFIG_BYTES is read (a symlink to /dev/zero would otherwise be read
+    until memory runs out), and it is opened non-blocking (a FIFO would otherwise
+    block open() until a writer appears). The checks are repeated on the open
+    descriptor, since the path can be swapped between stat and open.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        _check_file(path, os.stat(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
-        return {}, False
-    except UnicodeDecodeError:
-        raise ConfigError("the file is not UTF-8 text", path=str(path)) from None
+        return None
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        _check_file(path, os.fstat(fd))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:  # it grew after fstat
+        raise ConfigError(
+            f"the file is larger than {MAX_CONFIG_BYTES} bytes, the limit for a config file",
+            path=str(path),
+        )
+    return b"".join(chunks)
+
+
+def read_raw(path: Path) -> tuple[dict[str, Any], bool]:
+    """Parse the file into its top-level object; ({}, False) when it does not exist."""
+    data_bytes = read_config_bytes(path)
+    if data_bytes is None:
+        return {}, False
+    try:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("the file is not UTF-8 text", path=str(path)) from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:

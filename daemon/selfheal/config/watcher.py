@@ -1,16 +1,20 @@
-"""Watch the config file and ask for a reload when its content changes.
+"""Watch the config file and ask for a reload when it changes.
 
 Editors save in place or by writing a temp file and renaming it over the
-original; both change the content, so we compare a content hash rather than
-interpret event kinds. The parent folder is watched (a rename replaces the
-file's inode), and the watcher also wakes once a second, so an edit made
-between start-up and the first inotify registration is still seen.
+original. The parent folder is watched (a rename replaces the file's inode): any
+event naming the file asks for a reload. The watcher also wakes once a second and
+compares the file's stat signature, so an edit made before the first inotify
+registration, or a folder that appears later, is still seen.
+
+Only stat() runs here: the file is read by the reload, which checks what is at
+the path first (a FIFO or /dev/zero is refused unread) and runs off the event
+loop. A large file therefore costs one rejected reload, not a read every second.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,36 +28,49 @@ WAKE_EVERY_MS = 1000
 DEBOUNCE_MS = 50
 STEP_MS = 10
 
+Signature = tuple[int, ...] | None
 
-def content_signature(path: Path) -> str | None:
-    """sha256 of the file's bytes, or None when it does not exist or cannot be read."""
+
+def file_signature(path: Path) -> Signature:
+    """Identity, type, size and times of the path and of what it points to; None if absent."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        link = os.lstat(path)
+        st = os.stat(path)
     except OSError:
         return None
+    return (
+        link.st_ino,
+        link.st_mtime_ns,
+        st.st_dev,
+        st.st_ino,
+        st.st_mode,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
 
 
 class ConfigWatcher:
-    """Service: calls `on_change` after each content change of `path`."""
+    """Service: calls `on_change` after each change of `path`."""
 
     name = "config-watcher"
 
     def __init__(self, path: Path, on_change: Callable[[str], Awaitable[object]]) -> None:
         self.path = path
         self._on_change = on_change
-        self.last_signature = content_signature(path)
+        self.last_signature = file_signature(path)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled."""
         task_status.started()
         while True:
             folder = self.path.parent
-            if not folder.is_dir():
+            if not await anyio.to_thread.run_sync(folder.is_dir):
                 # Nothing to watch yet; the folder may be created later.
                 await anyio.sleep(WAKE_EVERY_MS / 1000)
-                await self._check()
+                await self._check(named=False)
                 continue
-            async for _changes in awatch(
+            async for changes in awatch(
                 folder,
                 debounce=DEBOUNCE_MS,
                 step=STEP_MS,
@@ -63,13 +80,16 @@ class ConfigWatcher:
                 # Our own filter below: the default one ignores editor swap files only.
                 watch_filter=None,
             ):
-                await self._check()
-                if not folder.is_dir():
+                named = any(Path(changed) == self.path for _, changed in changes)
+                await self._check(named=named)
+                if not await anyio.to_thread.run_sync(folder.is_dir):
                     break
 
-    async def _check(self) -> None:
-        signature = content_signature(self.path)
-        if signature == self.last_signature:
+    async def _check(self, *, named: bool) -> None:
+        signature = await anyio.to_thread.run_sync(file_signature, self.path)
+        # Two writes in one timestamp tick can leave the signature equal: an event
+        # naming the file asks for a reload anyway (the reload compares content).
+        if signature == self.last_signature and not named:
             return
         self.last_signature = signature
         log.info("config file changed: %s", self.path)

@@ -48,6 +48,12 @@ _PROBE_TIMEOUT_S = 2.0
 # Pause after a failed accept (e.g. EMFILE) so a persistent error does not spin the loop.
 _ACCEPT_RETRY_S = 0.1
 _RECEIVE_CHUNK = 65536
+# How often the socket file's presence is checked (one lstat).
+SOCKET_CHECK_S = 2.0
+
+
+class SocketFileLost(SelfhealError, OSError):
+    """Our socket file is no longer at its path; the service must bind again."""
 
 
 class UnsafeSocketPath(SelfhealError, OSError):
@@ -182,6 +188,7 @@ class ControlServer:
             log.info("control socket listening on %s", self.path)
             task_status.started()
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_socket_file, name="control-socket-watch")
                 while True:
                     try:
                         stream = await listener.accept()
@@ -204,6 +211,24 @@ class ControlServer:
     ) -> None:
         """Alias of serve() matching the supervisor's Service protocol."""
         await self.serve(task_status=task_status)
+
+    async def _watch_socket_file(self) -> None:
+        """Raise SocketFileLost once our socket file is gone or replaced.
+
+        A removed socket file (`rm -rf` of its folder) leaves the listener bound but
+        unreachable; the supervisor's restart then binds it again, lock included.
+        """
+        while True:
+            await anyio.sleep(SOCKET_CHECK_S)
+            try:
+                st = await anyio.to_thread.run_sync(os.lstat, self.path)
+                same = (st.st_dev, st.st_ino) == self._identity
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise SocketFileLost(
+                    f"control socket {self.path} was removed or replaced; binding it again"
+                )
 
     def _unlink_if_ours(self) -> None:
         try:
