@@ -38,7 +38,11 @@ def failure(attempt: int) -> dict[str, Any]:
         "retryPolicy": {"maxRetries": 3, "sleepMinMs": 100, "sleepMaxMs": 3000, "sleepStepMs": 50},
         # As producers often send it: a log line as a bare string next to structured evidence.
         "evidence": [{"errno": "ETIMEDOUT"}, "ssh: connect to host nas: timed out"],
-        "playbook": {"actions": ["retry"]},
+        "playbook": {
+            "actions": ["retry"],
+            "links": ["https://wiki.example/nas-down"],
+            "runbook": "runbooks/nas-copy.md",
+        },
         "incidentId": "backup:redis:e2e",
         "domain": "backup",
     }
@@ -122,6 +126,16 @@ def test_three_retries_then_escalation_with_one_notification(
     stats = json.loads(runner.invoke(cli, ["queue", "stats", "--json"], env=env).output)
     assert stats["deadLetters"] == 0
     assert "hook-secret-123" not in json.dumps(daemon.status())
+
+    text = runner.invoke(cli, ["incidents", "show", "backup:redis:e2e"], env=env).output
+    assert "runbook: runbooks/nas-copy.md" in text
+    assert "links: https://wiki.example/nas-down" in text
+    assert "last decision: escalate" in text and "waiting for an operator" in text
+
+    acked = runner.invoke(cli, ["incidents", "ack", "backup:redis:e2e", "--json"], env=env)
+    assert json.loads(acked.output)["manualEntriesCleared"] == 1
+    shown = runner.invoke(cli, ["incidents", "show", "backup:redis:e2e", "--json"], env=env)
+    assert json.loads(shown.output)["manualQueue"] == [], "acked: no longer in the queue"
 
     # An operator gives it a fresh budget: it is routed again and recorded.
     retried = runner.invoke(cli, ["incidents", "retry", "backup:redis:e2e", "--by", "ops"], env=env)

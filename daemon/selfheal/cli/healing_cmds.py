@@ -164,6 +164,22 @@ def show(state: CliState, incident_id: str, as_json: bool) -> None:
     )
     if result.get("acked"):
         click.echo(f"acknowledged by {result['acked']['by']} at {_when(result['acked']['atMs'])}")
+    decision = result.get("lastDecision")
+    if decision:
+        click.echo(
+            f"last decision: {decision.get('action')} ({decision.get('failureClass')}, "
+            f"rule {decision.get('rule')}): {decision.get('reason')}"
+        )
+    request = result.get("request") or {}
+    if request.get("problemSummary"):
+        click.echo(f"problem: {request['problemSummary']}")
+    playbook = request.get("playbook") or {}
+    for label, key in (("runbook", "runbook"), ("links", "links"), ("actions", "actions")):
+        value = playbook.get(key)
+        if value:
+            click.echo(f"{label}: {value if isinstance(value, str) else ', '.join(value)}")
+    for entry in result.get("manualQueue") or []:
+        click.echo(f"waiting for an operator since {_when(int(entry.get('atMs', 0)))}")
     history = result["record"].get("history", [])
     rows = [
         [_when(h.get("atMs")), h.get("event"), h.get("reason", h.get("by", ""))] for h in history

@@ -118,7 +118,9 @@ class HealingControl:
         await self.plane.bus().client.hset(
             self.plane.bus().keys.incident(snapshot.incident_id), "acked", json.dumps(acked)
         )
-        return {"incidentId": snapshot.incident_id, "acked": acked}
+        # Acknowledged, it no longer waits in the operators' queue.
+        cleared = await self._store().clear_manual_entries(snapshot.incident_id)
+        return {"incidentId": snapshot.incident_id, "acked": acked, "manualEntriesCleared": cleared}
 
     async def _incidents_retry(self, params: dict[str, Any]) -> Any:
         snapshot = await self._snapshot(params)
@@ -139,7 +141,13 @@ class HealingControl:
         request = {**snapshot.request, "attempt": 0}
         event: Event = new_event(SELF_HEALING_REQUESTED, request, now_ms=now)
         await self.plane.bus().publish(event)
-        return {"incidentId": snapshot.incident_id, "requeued": event.id, "resetBy": by}
+        cleared = await store.clear_manual_entries(snapshot.incident_id)
+        return {
+            "incidentId": snapshot.incident_id,
+            "requeued": event.id,
+            "resetBy": by,
+            "manualEntriesCleared": cleared,
+        }
 
 
 def _param(params: dict[str, Any], name: str, kind: type) -> Any:

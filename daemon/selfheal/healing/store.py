@@ -187,6 +187,23 @@ class IncidentStore:
         raw = await self.client.xrevrange(self.keys.manual_queue, count=count)
         return [{"entryId": entry_id, **fields} for entry_id, fields in cast_entries(raw)]
 
+    async def clear_manual_entries(self, incident_id: str) -> int:
+        """Delete the incident's manual-queue entries (an operator took it over); returns
+        how many. The queue holds escalations only, so a paged scan is cheap."""
+        found: list[str] = []
+        start = "-"
+        while True:
+            page = cast_entries(
+                await self.client.xrange(self.keys.manual_queue, min=start, count=1000)
+            )
+            found += [entry_id for entry_id, f in page if f.get("incidentId") == incident_id]
+            if len(page) < 1000:
+                break
+            start = "(" + page[-1][0]
+        if found:
+            await self.client.xdel(self.keys.manual_queue, *found)
+        return len(found)
+
 
 def snapshot_from(
     incident_id: str, pairs: Iterable[tuple[bytes | str, bytes | str]]
