@@ -210,9 +210,25 @@ def test_watchdog_worker_rules(tmp_path: Path) -> None:
 def test_watchdog_defaults_and_a_command_worker(tmp_path: Path) -> None:
     assert [w.name for w in load(tmp_path, {}).settings.watchdog.workers] == ["system-bus-worker"]
     worker = {"name": "w", "serviceManager": "command", "restartCommand": ["/bin/true", "-x"]}
-    loaded = load(tmp_path, {"watchdog": {"enabled": True, "workers": [worker]}})
+    loaded = load(tmp_path, {"watchdog": {"workers": [worker]}})
     assert loaded.settings.watchdog.workers[0].restart_command == ["/bin/true", "-x"]
     assert loaded.settings.watchdog.workers[0].probe_interval_seconds == 30
+
+
+def test_watchdog_enabled_is_refused_until_the_watchdog_exists(tmp_path: Path) -> None:
+    text = problems(tmp_path, {"watchdog": {"enabled": True}})
+    assert "selfheal.watchdog.enabled = true" in text and "not available" in text
+
+
+def test_each_target_copies_into_its_volumes_mount(tmp_path: Path) -> None:
+    section = {"backups": {"typesense": {"volume": "nvme"}}}
+    transport = {"NAS_HDD_ROOT": "/mnt/hdd", "NAS_NVME_ROOT": "/mnt/nvme"}
+    settings = load(tmp_path, section, transport).settings
+    assert settings.mount_root("typesense") == Path("/mnt/nvme")
+    assert settings.mount_root("redis") == Path("/mnt/hdd")
+    section["backups"]["redis"] = {"volume": "nvme", "mountRoot": "/mnt/other"}
+    settings = load(tmp_path, section, transport).settings
+    assert settings.mount_root("redis") == Path("/mnt/other"), "mountRoot wins over volume"
 
 
 def test_advisor_enabled_needs_an_endpoint(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ class Keys:
         return f"{self.tag}:manual"
 
     def notified(self, incident_id: str) -> str:
-        """Latch: this incident has been announced to the notifiers."""
+        """Latch: this incident was announced within the quiet window (holds the event id)."""
         return f"{self.tag}:notified:{incident_id}"
 
     def delivered(self, event_id: str, notifier: str) -> str:

@@ -98,6 +98,12 @@ def _watchdog(r: _Rules) -> None:
     for name in sorted({n for n in names if names.count(n) > 1}):
         r.add(f"{key}: worker name {name!r} is used more than once (from {r.origins[key].source})")
     enabled = "selfheal.watchdog.enabled"
+    if r.have(enabled) and r.values[enabled]:
+        # Refused rather than ignored: an operator must not believe workers are watched.
+        r.add(
+            f"{r.cite(enabled)}: the worker watchdog is not available in this version "
+            "of selfheal; set it to false"
+        )
     if not names and r.have(enabled) and r.values[enabled]:
         r.add(f"{key}: must list at least one worker when {r.cite(enabled)}")
 

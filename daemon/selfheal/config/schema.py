@@ -127,12 +127,12 @@ class TransportSettings(ConfigModel):
     hdd_root: Annotated[ConfigPath, env("SELF_HEALING_NAS_HDD_ROOT", "NAS_HDD_ROOT")] = Field(
         Path("/Volumes/three-body"),
         alias="nasHddRoot",
-        description="Local mount point of the NAS HDD volume.",
+        description="Local mount point of the NAS HDD volume (targets with volume hdd).",
     )
     nvme_root: Annotated[ConfigPath, env("SELF_HEALING_NAS_NVME_ROOT", "NAS_NVME_ROOT")] = Field(
         Path("/Volumes/nas-nvme"),
         alias="nasNvmeRoot",
-        description="Local mount point of the NAS NVMe volume.",
+        description="Local mount point of the NAS NVMe volume (targets with volume nvme).",
     )
 
     @property
@@ -224,9 +224,11 @@ class Settings(ConfigModel):
         return self.backups.typesense.snapshot_root or self.state_dir / "typesense-snapshots"
 
     def mount_root(self, target: Literal["typesense", "redis"]) -> Path:
-        """The NAS mount a target copies into (its mountRoot, else transport.nasHddRoot)."""
+        """The NAS mount a target copies into: its mountRoot, else its volume's root."""
         backup = self.backups.typesense if target == "typesense" else self.backups.redis
-        return backup.mount_root or self.transport.hdd_root
+        if backup.mount_root is not None:
+            return backup.mount_root
+        return self.transport.nvme_root if backup.volume == "nvme" else self.transport.hdd_root
 
     @property
     def advisor_models(self) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -22,6 +22,8 @@ from selfheal.config.fields import (
     RedisSourceUrl,
     Schedule,
 )
+
+NasVolume = Literal["hdd", "nvme"]
 
 
 class NasSettings(ConfigModel):
@@ -79,8 +81,13 @@ class TypesenseBackupSettings(ConfigModel):
         2, "Local snapshots kept after archiving", ge=1, le=100
     )
     compression: Compression = Field("gzip", description="Archive compression: none, gzip, zstd.")
+    volume: NasVolume = Field(
+        "hdd",
+        description="NAS volume to copy into when mountRoot is null: hdd = transport.nasHddRoot, "
+        "nvme = transport.nasNvmeRoot.",
+    )
     mount_root: ConfigPath | None = Field(
-        None, description="NAS mount to copy into; null = transport.nasHddRoot."
+        None, description="NAS mount to copy into; null = the mount of its volume."
     )
     require_mount_point: bool = Field(
         True,
@@ -109,8 +116,13 @@ class RedisBackupSettings(ConfigModel):
         None, description="RDB file to copy; null = ask the server (CONFIG GET dir/dbfilename)."
     )
     compression: Compression = Field("none", description="Archive compression: none, gzip, zstd.")
+    volume: NasVolume = Field(
+        "hdd",
+        description="NAS volume to copy into when mountRoot is null: hdd = transport.nasHddRoot, "
+        "nvme = transport.nasNvmeRoot.",
+    )
     mount_root: ConfigPath | None = Field(
-        None, description="NAS mount to copy into; null = transport.nasHddRoot."
+        None, description="NAS mount to copy into; null = the mount of its volume."
     )
     require_mount_point: bool = Field(
         True,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from selfheal.bus.keys import DONE_TTL_S
-from selfheal.bus.streams import Bus
+from selfheal.bus.streams import Bus, as_text
 from selfheal.config.schema_healing import NotifiersSettings
 from selfheal.core.events import Event
 from selfheal.healing.notifiers import Notification, build_notifiers, deliver
@@ -70,12 +70,16 @@ class NotificationSink:
         self.bus = bus
         self._settings = settings
         self.sent = 0
+        self.quieted = 0
 
     async def handle(self, event: Event) -> None:
         """Deliver to every configured notifier not yet delivered for this event."""
-        notifiers = build_notifiers(self._settings())
+        settings = self._settings()
+        notifiers = build_notifiers(settings)
         if not notifiers:
             log.info("escalation %s: no notifier configured", event.data.get("kind"))
+            return
+        if await self._in_quiet_window(event, settings.quiet_window_minutes):
             return
         done = {
             n.name
@@ -93,3 +97,25 @@ class NotificationSink:
         if not report.all_ok:
             failed = {k: v for k, v in report.results.items() if v != "ok"}
             raise NotificationFailed(f"not delivered: {failed}")
+
+    async def _in_quiet_window(self, event: Event, minutes: int) -> bool:
+        """True when another escalation notice of this incident went out less than
+        `minutes` ago (an incident given a fresh budget that escalates again at once
+        does not page twice). A redelivery of the same event is not held back, and an
+        all-clear always goes out."""
+        incident_id = str((event.data.get("incident") or {}).get("incidentId", ""))
+        if not minutes or event.data.get("kind") == "all_clear" or not incident_id:
+            return False
+        latch = self.bus.keys.notified(incident_id)
+        if await self.bus.client.set(latch, event.id, nx=True, px=minutes * 60_000):
+            return False
+        holder = await self.bus.client.get(latch)
+        if holder is not None and as_text(holder) == event.id:
+            return False
+        self.quieted += 1
+        log.info(
+            "escalation of %s not announced again: one was sent within quietWindowMinutes (%d)",
+            incident_id,
+            minutes,
+        )
+        return True
