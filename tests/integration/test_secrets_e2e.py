@@ -1,10 +1,10 @@
 """No configured secret leaves the real daemon: log, spans, status, config show, dead letters.
 
-Every secret-bearing setting is configured with a distinctive value; the daemon then
-sends one escalation to every notifier (after one advisor call) and backs up its
-Redis (which wants a password). Each place the daemon writes to is searched for
-every value, and shown to hold the data around it, so the search cannot pass on an
-empty or missing source.
+Every secret-bearing setting is configured with a distinctive value (the webhook's
+query code by a reload); the daemon then sends one escalation to every notifier
+(after one advisor call) and backs up its Redis (which wants a password). Each place
+the daemon writes to is searched for every value, and shown to hold the data around
+it, so the search cannot pass on an empty or missing source.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def guarded_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop(kill=True)
 
 
-def config(base: str, redis: RedisServer, nas: Path, known_hosts: Path) -> dict[str, Any]:
+def config(
+    base: str, redis: RedisServer, nas: Path, known_hosts: Path, *, hook: str
+) -> dict[str, Any]:
     return {
         "backupTransport": {
             # Never used: the marked NAS folder is reachable.
@@ -94,7 +96,7 @@ def config(base: str, redis: RedisServer, nas: Path, known_hosts: Path) -> dict[
             },
             "notifiers": {
                 "webhook": {
-                    "url": f"{base}/hook?code={CODE}",
+                    "url": f"{base}{hook}",
                     "headers": {"X-Signature": SECRETS["webhook header"]},
                 },
                 "ntfy": {"url": base, "topic": "nas-alerts", "token": SECRETS["ntfy token"]},
@@ -167,12 +169,17 @@ def test_no_configured_secret_leaves_the_daemon(
     known_hosts.touch()
     base = stand_in.base
     daemon = daemon_factory.start(
-        config=config(base, guarded_redis, nas, known_hosts),
+        # The webhook's code arrives with a reload: its secrets must be registered too.
+        config=config(base, guarded_redis, nas, known_hosts, hook="/hook"),
         # The Typesense key comes from the environment; httpx's request lines are asked
         # for, so the log has the URLs that held the Telegram token and the query keys.
         env={"TYPESENSE_API_KEY": SECRETS["typesense api key"], "SELFHEAL_HTTP_LOG_LEVEL": "INFO"},
     )
     run = Cli(daemon)
+    daemon.write_config(config(base, guarded_redis, nas, known_hosts, hook=f"/hook?code={CODE}"))
+    reloaded = run.json("reload")
+    # The watcher may have applied the edit first; either way it is in force now.
+    assert reloaded["ok"] and daemon.status()["config"]["generation"] == 2, reloaded
 
     # One escalation (the advisor says so at once), one dead letter, one backup.
     run.send(failure())
