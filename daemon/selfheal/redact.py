@@ -73,13 +73,14 @@ MIN_KNOWN_SECRET = 6
 @dataclass(frozen=True)
 class _KnownSecrets:
     values: frozenset[str]
-    pattern: (
-        re.Pattern[str] | None
-    )  # every value, longest first: a value holding another goes whole
+    # Every value, longest first: a value that holds another is masked whole.
+    pattern: re.Pattern[str] | None
     lowered: tuple[str, ...]  # for texts_to_redact's search of lowercased text
+    generation: int  # never repeats: the key of results remembered under this set
 
 
-_known = _KnownSecrets(frozenset(), None, ())
+_generations = itertools.count(1)
+_known = _KnownSecrets(frozenset(), None, (), 0)
 
 
 def _forms(value: str) -> set[str]:
@@ -110,8 +111,9 @@ def register_secrets(values: Iterable[str | None]) -> None:
         merged,
         re.compile("|".join(map(re.escape, ordered))),
         tuple(sorted({value.lower() for value in merged})),
+        next(_generations),
     )
-    cached_quick_redact_text.cache_clear()  # results computed without the new values
+    _quick_redact_cached.cache_clear()  # only frees room: the old results are unreachable
 
 
 def registered_secrets() -> frozenset[str]:
@@ -285,9 +287,18 @@ def quick_redact_text(text: str) -> str:
     return text
 
 
-# Span attribute values repeat from span to span (actions, classes, rules, routes).
-# Cleared whenever secrets are registered: a cached result may hold a new one.
-cached_quick_redact_text = functools.lru_cache(maxsize=1024)(quick_redact_text)
+@functools.lru_cache(maxsize=1024)
+def _quick_redact_cached(text: str, generation: int) -> str:
+    return quick_redact_text(text)
+
+
+def cached_quick_redact_text(text: str) -> str:
+    """quick_redact_text, remembered: span attribute values repeat from span to span.
+
+    Results are remembered per set of registered secrets, so a result computed while
+    another thread registers a secret is never served once it is registered.
+    """
+    return _quick_redact_cached(text, _known.generation)
 
 
 def texts_to_redact(texts: Iterable[str]) -> set[str]:
