@@ -319,7 +319,7 @@ def texts_to_redact(texts: Iterable[str]) -> set[str]:
         return suspects
     lowered = "\n".join(ascii_texts).lower()
     hits = [match.start() for match in _DIGIT_COLON.finditer(lowered)]
-    # A registered value found in the lowercased text is a superset of the exact matches.
+    # Registered values are looked for lowercased: every text holding one is found.
     for word in (*_HINT_WORDS, *known.lowered):  # str.find: quicker than re on an alternation
         at = lowered.find(word)
         while at >= 0:
