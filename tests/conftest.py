@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from selfheal import redact
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.telemetry import Telemetry, setup_telemetry
@@ -17,6 +18,14 @@ from tests.support.daemon import Daemons
 from tests.support.mounts import Mounts
 from tests.support.servers import RedisServer
 from tests.support.sshd import SshServer, running_sshd
+
+
+@pytest.fixture(autouse=True)
+def _secrets_registered_per_test() -> Iterator[None]:
+    """Secrets a test registers (load_config registers a config's) do not outlive it."""
+    before = redact._known
+    yield
+    redact._known = before
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ import functools
 import itertools
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote, unquote_plus
 
 MASK = "***"
 
@@ -60,8 +62,71 @@ def _mask_auth_header(match: re.Match[str]) -> str:
     return f"{match.group(1)}{scheme} {MASK}" if scheme else f"{match.group(1)}{MASK}"
 
 
+# -- secrets known by value ---------------------------------------------------------------
+# The patterns above find secrets by their shape. A configured secret can have any shape
+# (a webhook's ?code=, a password, an API key), so the configured values themselves are
+# registered here and masked wherever redaction runs: logs, spans, status, errors.
+MIN_KNOWN_SECRET = 6
+"""Shorter values are not registered: they would mask ordinary words all over the log."""
+
+
+@dataclass(frozen=True)
+class _KnownSecrets:
+    values: frozenset[str]
+    # Every value, longest first: a value that holds another is masked whole.
+    pattern: re.Pattern[str] | None
+    lowered: tuple[str, ...]  # for texts_to_redact's search of lowercased text
+    generation: int  # never repeats: the key of results remembered under this set
+
+
+_generations = itertools.count(1)
+_known = _KnownSecrets(frozenset(), None, (), 0)
+
+
+def _forms(value: str) -> set[str]:
+    """The value as configured and as it reads once percent-encoded into a URL."""
+    return {value, quote(value, safe=""), quote(value, safe="/:@")}
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Mask these literal values wherever redact_text runs, from now on.
+
+    Registered values are never forgotten: after a reload drops a secret, work begun
+    under the old config still holds it, and a rotated-out key may still be valid.
+    One reference is swapped, so threads that redact meanwhile see the old set or the
+    new one, never a mix.
+    """
+    global _known
+    new = {
+        form
+        for value in values
+        if value and len(value) >= MIN_KNOWN_SECRET and MASK not in value
+        for form in _forms(value)
+    }
+    if new <= _known.values:
+        return
+    merged = _known.values | new
+    ordered = sorted(merged, key=lambda value: (-len(value), value))
+    _known = _KnownSecrets(
+        merged,
+        re.compile("|".join(map(re.escape, ordered))),
+        tuple(sorted({value.lower() for value in merged})),
+        next(_generations),
+    )
+    _quick_redact_cached.cache_clear()  # only frees room: the old results are unreachable
+
+
+def registered_secrets() -> frozenset[str]:
+    """The literal values redact_text masks (with their URL-encoded forms)."""
+    return _known.values
+
+
 def redact_text(text: str) -> str:
     """Return free text (an error message, a URL) with embedded secrets masked."""
+    known = _known.pattern
+    if known is not None:
+        # First: a pattern masking part of a registered value would leave the rest visible.
+        text = known.sub(MASK, text)
     text = _URL_USERINFO.sub(rf"\g<head>:{MASK}@", text)
     text = _TELEGRAM_PATH.sub(f"/bot{MASK}", text)
     text = _TELEGRAM_BARE.sub(MASK, text)
@@ -70,6 +135,96 @@ def redact_text(text: str) -> str:
     if not _KEY_VALUE_HINT.search(text):
         return text  # no secret word before a separator: _KEY_VALUE cannot match
     return _KEY_VALUE.sub(rf"\1{MASK}", text)
+
+
+@dataclass(frozen=True)
+class _UrlParts:
+    scheme: str
+    userinfo: str | None  # None: no '@' in the authority
+    hosts: str
+    path: str
+    query: str | None  # None: no '?'
+    fragment: str | None  # None: no '#'
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def _split_url(url: str) -> _UrlParts | None:
+    """scheme://[userinfo@]hosts[/path][?query][#fragment], or None for anything else.
+
+    Hand-made rather than urlsplit: a password may hold '@', ':' or '#' unencoded, and
+    Redis URLs list several hosts (redis://:pw@h1:1,h2:2).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return None
+    # The authority ends at the first '/', '?' or '#' after the last '@' of the userinfo.
+    cut = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark, rest.rfind("@") + 1)
+        if found != -1:
+            cut = min(cut, found)
+    authority, tail = rest[:cut], rest[cut:]
+    userinfo, at, hosts = authority.rpartition("@")
+    tail, hash_mark, fragment = tail.partition("#")
+    path, question, query = tail.partition("?")
+    return _UrlParts(
+        scheme,
+        userinfo if at else None,
+        hosts,
+        path,
+        query if question else None,
+        fragment if hash_mark else None,
+    )
+
+
+def _query_fields(query: str) -> list[tuple[str, str]]:
+    """(name and '=', value) per '&'-separated field; a bare field is all value."""
+    fields: list[tuple[str, str]] = []
+    for field in query.split("&"):
+        name, equals, value = field.partition("=")
+        fields.append((name + equals, value) if equals else ("", field))
+    return fields
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password (or lone userinfo) and every query and fragment value masked.
+
+    Scheme, user name, hosts, path and query names stay: they say where a setting
+    points without saying how it gets in. Text that is not a URL gets redact_text.
+    """
+    parts = _split_url(url)
+    if parts is None:
+        return redact_text(url)
+    out = f"{parts.scheme}://"
+    if parts.userinfo is not None:
+        user, colon, _password = parts.userinfo.partition(":")
+        # A lone userinfo may be a token (https://TOKEN@host) or a password-only form.
+        out += f"{user}:{MASK}@" if colon else f"{MASK}@"
+    out += parts.hosts + redact_text(parts.path)
+    if parts.query is not None:
+        fields = _query_fields(parts.query)
+        out += "?" + "&".join(name + (MASK if value else "") for name, value in fields)
+    if parts.fragment is not None:
+        out += "#" + (MASK if parts.fragment else "")
+    return out
+
+
+def url_secrets(url: str) -> set[str]:
+    """What redact_url masks in `url`, each as written and decoded (to register them)."""
+    parts = _split_url(url)
+    if parts is None:
+        return set()
+    found: set[str] = set()
+    if parts.userinfo is not None:
+        user, colon, password = parts.userinfo.partition(":")
+        found.add(password if colon else user)
+    if parts.query is not None:
+        found.update(value for _name, value in _query_fields(parts.query) if value)
+    if parts.fragment:
+        found.add(parts.fragment)
+    return found | {unquote_plus(value) for value in found}
 
 
 def _mask_secret_value(value: Any) -> Any:
@@ -126,7 +281,24 @@ def quick_redact_text(text: str) -> str:
         hint = _MAY_HOLD_SECRET_LOWER.search(text.lower())
     else:
         hint = _MAY_HOLD_SECRET.search(text)
-    return redact_text(text) if hint else text
+    known = _known.pattern
+    if hint or (known is not None and known.search(text)):
+        return redact_text(text)
+    return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _quick_redact_cached(text: str, generation: int) -> str:
+    return quick_redact_text(text)
+
+
+def cached_quick_redact_text(text: str) -> str:
+    """quick_redact_text, remembered: span attribute values repeat from span to span.
+
+    Results are remembered per set of registered secrets, so a result computed while
+    another thread registers a secret is never served once it is registered.
+    """
+    return _quick_redact_cached(text, _known.generation)
 
 
 def texts_to_redact(texts: Iterable[str]) -> set[str]:
@@ -137,16 +309,18 @@ def texts_to_redact(texts: Iterable[str]) -> set[str]:
     """
     suspects: set[str] = set()
     ascii_texts: list[str] = []
+    known = _known
     for text in dict.fromkeys(texts):  # a batch repeats its actions, classes and routes
         if text.isascii():
             ascii_texts.append(text)
-        elif _MAY_HOLD_SECRET.search(text):
+        elif _MAY_HOLD_SECRET.search(text) or (known.pattern and known.pattern.search(text)):
             suspects.add(text)
     if not ascii_texts:
         return suspects
     lowered = "\n".join(ascii_texts).lower()
     hits = [match.start() for match in _DIGIT_COLON.finditer(lowered)]
-    for word in _HINT_WORDS:  # str.find is many times quicker than re on an alternation
+    # Registered values are looked for lowercased: every text holding one is found.
+    for word in (*_HINT_WORDS, *known.lowered):  # str.find: quicker than re on an alternation
         at = lowered.find(word)
         while at >= 0:
             hits.append(at)

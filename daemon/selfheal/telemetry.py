@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -30,8 +29,8 @@ from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlag
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from selfheal.redact import (
+    cached_quick_redact_text,
     is_secret_key,
-    quick_redact_text,
     redact,
     redact_text,
     texts_to_redact,
@@ -57,10 +56,6 @@ ExporterKind = Literal["otlp", "jsonl"]
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-# Attribute values repeat from span to span (actions, classes, rules, routes).
-_redacted_value = functools.lru_cache(maxsize=1024)(quick_redact_text)
-
-
 def _recorded_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """Primitive attribute values as a span records them, secrets masked (for every exporter)."""
     out: dict[str, Any] = {}
@@ -70,7 +65,7 @@ def _recorded_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
         if is_secret_key(key):
             out[key] = redact({key: value})[key]
         elif isinstance(value, str):
-            out[key] = _redacted_value(value)
+            out[key] = cached_quick_redact_text(value)
         else:
             out[key] = value
     return out
@@ -129,7 +124,7 @@ def _record_batch(
             values = recorded[index]
             if any(type(value) is str and value in suspects for value in values.values()):
                 recorded[index] = {
-                    key: _redacted_value(value) if type(value) is str else value
+                    key: cached_quick_redact_text(value) if type(value) is str else value
                     for key, value in values.items()
                 }
     return opened, recorded

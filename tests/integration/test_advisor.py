@@ -194,6 +194,26 @@ async def test_happy_path(model: Any, client: Any) -> None:
     assert (adv.status.calls, adv.status.failures, adv.status.last_model) == (1, 0, PRIMARY)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("/v1?api_key=QK-123456", "/v1/chat/completions?api_key=QK-123456"),
+        ("/v1/?api_key=QK-123456&org=o", "/v1/chat/completions?api_key=QK-123456&org=o"),
+        ("/v1/chat/completions?api_key=QK-123456", "/v1/chat/completions?api_key=QK-123456"),
+        ("/openai/v1/chat/completions/", "/openai/v1/chat/completions"),
+    ],
+)
+async def test_the_chat_path_goes_before_the_endpoint_query(
+    model: Any, client: Any, endpoint: str, expected: str
+) -> None:
+    # Some gateways take the key in the query (Azure-style ?api-key=, ?api_key=).
+    server = model(chat(VALID))
+    base = server.url.removesuffix("/v1")
+    assert await ask(advisor(client, server, endpoint=base + endpoint)) is not None
+    [(path, _headers, _body)] = server.seen
+    assert path == expected
+
+
 async def test_fenced_answer_is_accepted(model: Any, client: Any) -> None:
     fenced = "Here you go:\n```json\n" + json.dumps({**VALID, "routeTo": None}) + "\n```"
     server = model(chat(fenced))

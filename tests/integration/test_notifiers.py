@@ -221,6 +221,22 @@ async def test_telegram_posts_send_message(serve: Any, client: Any) -> None:
     assert "hunter2" not in body["text"]
 
 
+async def test_paths_go_before_the_query_of_a_configured_url(serve: Any, client: Any) -> None:
+    # ntfy takes ?auth= instead of a header; a proxy in front of the Bot API may want a key.
+    server = serve(default=telegram_reply(ok=True, result={}))
+    token = "123456789:AAH-example_token_for_tests_0123456789"
+    notifiers: list[Notifier] = [
+        NtfyNotifier(f"{server.url}/base/?auth=QmFzaWMgeHl6", "nas-alerts"),
+        TelegramNotifier(token, "42", f"{server.url}/tg?key=proxy-key"),
+    ]
+    report = await send_all(notifiers, client)
+    assert report.all_ok, report.results
+    assert sorted(seen.path for seen in server.seen) == [
+        "/base/nas-alerts?auth=QmFzaWMgeHl6",
+        f"/tg/bot{token}/sendMessage?key=proxy-key",
+    ]
+
+
 # Two token shapes: one the redaction patterns know, one only the literal scrub catches.
 TOKENS = ["123456789:AAH-example_token_for_tests_0123456789", "odd-token-shape-XYZ987"]
 

@@ -135,9 +135,10 @@ class Daemons:
         config: dict[str, Any] | None = None,
         wait: bool = True,
         log_name: str = "daemon.log",
+        env: dict[str, str] | None = None,
     ) -> DaemonProcess:
         """Start one more daemon (waiting until it answers, unless `wait` is False)."""
-        daemon = DaemonProcess(self.home, config=config)
+        daemon = DaemonProcess(self.home, config=config, env=env)
         daemon.log_path = self.home / log_name
         self.made.append(daemon)
         return daemon.start(wait=wait)

@@ -1,7 +1,7 @@
 """A real local HTTP server that plays an internet service (webhook, model endpoint).
 
-It records every POST (path, headers, JSON body) and answers with whatever the
-test's `respond` function returns.
+It records every POST (path with query, headers, JSON body or else text) and
+answers with whatever the test's `respond` function returns.
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def played_service(respond: Callable[[Posted], Reply] | None = None) -> Iterator
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            posted = Posted(self.path, dict(self.headers.items()), json.loads(raw or b"null"))
+            try:
+                body: Any = json.loads(raw or b"null")
+            except ValueError:  # ntfy posts the message as plain text
+                body = raw.decode(errors="replace")
+            posted = Posted(self.path, dict(self.headers.items()), body)
             service.posts.append(posted)
             reply = service.respond(posted)
             self.send_response(reply.status)

@@ -63,21 +63,30 @@ class RedisServer:
     """One real redis-server on a loopback TCP port."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, *, dbfilename: str | None = None
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        dbfilename: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.directory = directory
         # Set to load an existing RDB file from `directory` at start (a restore drill).
         self.dbfilename = dbfilename
+        self.password = password  # requirepass: clients must AUTH
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5
+        )
 
     def arguments(self) -> list[str]:
         """Loopback TCP only, no persistence: a throwaway server."""
@@ -92,6 +101,8 @@ class RedisServer:
         }
         if self.dbfilename is not None:
             options["dbfilename"] = self.dbfilename
+        if self.password is not None:
+            options["requirepass"] = self.password
         return [part for key, value in options.items() for part in (f"--{key}", value)]
 
     def start(self) -> RedisServer:

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from selfheal.config import load_config
+from selfheal.config.leaves import secret_values
 from selfheal.errors import ConfigError
+from selfheal.redact import redact_text, registered_secrets
 
 SECRETS = {
     "typesense": "ts-file-Zq81",
@@ -21,6 +23,10 @@ SECRETS = {
     "webhook": "https://hooks.example/T000/B000/wh-path-Yy77",
     "bus_password": "bus-pw-Qq11",
     "source_password": "src-pw-Jj88",
+    "endpoint_key": "ep-key-Hh31",
+    "ntfy_auth": "ntfy-auth-Uu52",
+    "ntfy_user_password": "ntfy-pw-Cc64",
+    "sdk_query": "sdk-sig-Ff09",
 }
 
 
@@ -32,9 +38,25 @@ def _config(tmp_path: Path) -> Path:
                 "typesense": {"apiKey": SECRETS["typesense"]},
                 "redis": {"source": f"redis://:{SECRETS['source_password']}@other:6379"},
             },
-            "advisor": {"apiKey": SECRETS["advisor"]},
+            "advisor": {
+                "apiKey": SECRETS["advisor"],
+                "endpoint": f"https://llm.example/v1?api_key={SECRETS['endpoint_key']}&v=2",
+            },
+            "watchdog": {
+                "workers": [
+                    {
+                        "name": "w",
+                        "sdkUrl": f"http://127.0.0.1:3111/api/inngest?sig={SECRETS['sdk_query']}",
+                    }
+                ]
+            },
             "notifiers": {
-                "ntfy": {"url": "https://ntfy.sh", "topic": "t", "token": SECRETS["ntfy"]},
+                "ntfy": {
+                    "url": f"https://me:{SECRETS['ntfy_user_password']}@ntfy.example/"
+                    f"?auth={SECRETS['ntfy_auth']}",
+                    "topic": "t",
+                    "token": SECRETS["ntfy"],
+                },
                 "telegram": {"botToken": SECRETS["telegram"], "chatId": "42"},
                 "webhook": {"url": SECRETS["webhook"], "headers": {"X-Key": SECRETS["header"]}},
             },
@@ -63,9 +85,33 @@ def test_public_dict_and_items_redact_file_and_env_secrets(tmp_path: Path) -> No
     assert public["redis"]["url"] == "redis://user:***@redis.lan:6379/0"
     assert public["notifiers"]["webhook"]["headers"] == {"X-Key": "***"}
     assert public["advisor"]["apiKey"] == "***"
+    # URL settings that are not secret as a whole: where they point stays visible.
+    assert public["advisor"]["endpoint"] == "https://llm.example/v1?api_key=***&v=***"
+    assert public["notifiers"]["ntfy"]["url"] == "https://me:***@ntfy.example/?auth=***"
+    [worker] = public["watchdog"]["workers"]
+    assert worker["sdkUrl"] == "http://127.0.0.1:3111/api/inngest?sig=***"
+    assert worker["name"] == "w"
     secret_keys = {item.key for item in loaded.effective_items() if item.secret}
     assert "selfheal.backups.typesense.apiKey" in secret_keys
     assert "selfheal.notifiers.telegram.botToken" in secret_keys
+
+
+def test_loading_registers_every_secret_for_the_redactor(tmp_path: Path) -> None:
+    env = {"HOME": "/h", "TYPESENSE_API_KEY": SECRETS["typesense_env"]}
+    loaded = load_config(_config(tmp_path), env)
+    expected = set(SECRETS.values()) - {SECRETS["typesense"]}  # the env var wins over the file
+    assert expected <= secret_values(loaded.settings)
+    assert expected <= registered_secrets()
+    for name, secret in SECRETS.items():
+        if secret in expected:
+            assert redact_text(f"<{secret}>") == "<***>", name
+    # Ordinary values are not secrets: the redactor must not hide them.
+    assert not {"2", "w", "t", "42", "https://ntfy.sh", "redis.lan"} & registered_secrets()
+
+
+def test_defaults_register_nothing(tmp_path: Path) -> None:
+    load_config(tmp_path / "absent.json", {"HOME": "/h"})
+    assert registered_secrets() == frozenset()
 
 
 def test_unset_secrets_show_as_null(tmp_path: Path) -> None:
@@ -93,6 +139,12 @@ def test_unset_secrets_show_as_null(tmp_path: Path) -> None:
         ({"notifiers": {"webhook": {"url": "ftp://" + SECRETS["header"]}}}, {}, SECRETS["header"]),
         ({"notifiers": {"webhook": {"headers": {"X": ""}}}}, {}, None),
         ({"notifiers": {"ntfy": {"token": SECRETS["ntfy"]}}}, {}, SECRETS["ntfy"]),
+        # Not a secret key, but an invalid URL's query value is still hidden.
+        (
+            {"advisor": {"endpoint": f"ftp://llm.example/?api_key={SECRETS['endpoint_key']}"}},
+            {},
+            SECRETS["endpoint_key"],
+        ),
     ],
 )
 def test_errors_about_secret_keys_do_not_echo_them(

@@ -6,7 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfheal.redact import MASK, is_secret_key, redact, redact_text
+from selfheal.redact import (
+    MASK,
+    cached_quick_redact_text,
+    is_secret_key,
+    quick_redact_text,
+    redact,
+    redact_text,
+    redact_url,
+    register_secrets,
+    registered_secrets,
+    texts_to_redact,
+    url_secrets,
+)
 
 SECRET_CHARS = st.text(
     alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=8
@@ -120,3 +132,87 @@ def test_url_passwords_never_survive(user: str, secret: str) -> None:
 def test_redact_text_is_idempotent(text: str) -> None:
     once = redact_text(text)
     assert redact_text(once) == once
+
+
+# -- URLs: password, query and fragment values ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "https://llm.example/v1?api_key=K1&model=m#frag",
+            f"https://llm.example/v1?api_key={MASK}&model={MASK}#{MASK}",
+        ),
+        ("redis://user:p@ss:w0rd@h1:1,h2:2/0", f"redis://user:{MASK}@h1:1,h2:2/0"),
+        ("https://TOKEN123@git.example/x", f"https://{MASK}@git.example/x"),
+        ("https://h/p?bare&empty=&=v", f"https://h/p?{MASK}&empty=&={MASK}"),
+        ("https://api.telegram.org/bot123:abc/send", f"https://api.telegram.org/bot{MASK}/send"),
+        ("http://localhost:8108", "http://localhost:8108"),
+        ("embedded", "embedded"),
+        ("not a url password=x", f"not a url password={MASK}"),
+    ],
+)
+def test_redact_url_keeps_where_and_hides_how(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_url_secrets_are_what_redact_url_hides_as_written_and_decoded() -> None:
+    url = "https://me:pw%40x@h/p?code=a%2Bb&n=1#frag"
+    assert url_secrets(url) == {"pw%40x", "pw@x", "a%2Bb", "a+b", "1", "frag"}
+    assert url_secrets("https://TOKEN123@h/") == {"TOKEN123"}
+    assert url_secrets("https://h/p") == set()
+    assert url_secrets("/var/run/x.sock") == set()
+
+
+# -- secrets known by value (the configured ones) ---------------------------------------
+# tests/conftest.py restores the registry after each test.
+
+
+def test_registered_values_are_masked_wherever_they_appear() -> None:
+    register_secrets(["Zq9-webhook-code", "short", None, ""])
+    text = 'POST https://h/hook?code=Zq9-webhook-code "HTTP/1.1 204"; again: Zq9-webhook-code!'
+    assert redact_text(text) == f'POST https://h/hook?code={MASK} "HTTP/1.1 204"; again: {MASK}!'
+    assert quick_redact_text("sig Zq9-webhook-code") == f"sig {MASK}"
+    # Too short to mask without hiding ordinary words; such values rely on the patterns.
+    assert redact_text("short and sweet") == "short and sweet"
+    assert "short" not in registered_secrets()
+
+
+def test_the_longest_value_and_encoded_forms_are_masked_whole() -> None:
+    register_secrets(["abc/def", "abc/def+gh1"])
+    assert redact_text("x abc/def+gh1 y abc%2Fdef%2Bgh1 z abc/def") == f"x {MASK} y {MASK} z {MASK}"
+
+
+def test_values_are_masked_before_the_patterns_could_split_them() -> None:
+    register_secrets(["hunter two 2"])
+    assert redact_text("password=hunter two 2 end") == f"password={MASK} end"
+
+
+def test_values_accumulate_and_the_span_cache_forgets_stale_results() -> None:
+    text = "seen Kx81-first and Kx82-second"
+    assert cached_quick_redact_text(text) == text  # cached before either is known
+    register_secrets(["Kx81-first"])
+    register_secrets(["Kx82-second"])
+    assert cached_quick_redact_text(text) == f"seen {MASK} and {MASK}"
+
+
+def test_values_holding_the_mask_are_not_registered() -> None:
+    register_secrets([f"pre{MASK}post"])
+    assert registered_secrets() == frozenset()
+
+
+KNOWN = ["Tok3n-Alpha", "p@ss w0rd", "ümlaut-key", "QQQQQQ"]
+
+
+@given(st.lists(st.sampled_from([*KNOWN, "tok3n-alpha", " ", "=", "x"]) | st.text(max_size=10)))
+def test_quick_paths_agree_with_redact_text_for_registered_values(parts: list[str]) -> None:
+    register_secrets(KNOWN)
+    texts = ["".join(parts), *parts]
+    suspects = texts_to_redact(texts)
+    for text in texts:
+        assert quick_redact_text(text) == redact_text(text)
+        if text not in suspects:
+            assert redact_text(text) == text
+        for secret in KNOWN:
+            assert secret not in redact_text(text)

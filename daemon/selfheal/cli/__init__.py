@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from selfheal.cli.config_cmds import nas
 from selfheal.cli.context import CliState
 from selfheal.cli.daemon_cmds import reload_cmd, run, status
 from selfheal.cli.healing_cmds import events, incidents, queue
+from selfheal.logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,10 +48,5 @@ cli.add_command(backup)
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(
-        level=os.environ.get("SELFHEAL_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # watchfiles logs every batch of changes at INFO; our watcher logs what matters.
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    setup_logging(os.environ)
     cli(prog_name="selfheal")

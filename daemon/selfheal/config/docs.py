@@ -82,8 +82,11 @@ depend on the daemon's working directory. `controlSocket` must stay within 100 b
 
 Keys marked *secret* (API keys, tokens, webhook URL and header values, passwords inside
 Redis URLs) are never shown: `config show`, `status`, logs and error messages print
-`***` instead. The file is written with mode 0600; prefer environment variables for
-secrets where the table lists one.
+`***` instead. Every other URL is shown without its password and query values
+(`https://llm.example/v1?api_key=***`): host and path say where it points. Each such
+value of six characters or more is also masked wherever it appears in selfheal's log,
+spans and answers. The file is written with mode 0600; prefer environment variables
+for secrets where the table lists one.
 
 ## Keys
 """

@@ -15,7 +15,7 @@ from pydantic_core import to_jsonable_python
 
 from selfheal.config.fields import Env, Secret
 from selfheal.config.schema import Settings
-from selfheal.redact import MASK, redact_text
+from selfheal.redact import MASK, redact_url, url_secrets
 
 # Settings fields that live in the original's sections rather than under "selfheal".
 COMPAT_SECTIONS = ("router", "transport")
@@ -113,35 +113,59 @@ LEAF_BY_KEY: dict[str, Leaf] = {leaf.key: leaf for leaf in LEAVES}
 
 
 def redact_value(secret: Secret | None, value: Any) -> Any:
-    """Hide a secret value (JSON form) as far as its kind requires; None stays None."""
-    if secret is None or value is None:
+    """Hide a secret value (JSON form) as far as its kind requires; None stays None.
+
+    A value that is not secret still has every URL in it shown without its password
+    and query values (an endpoint's ?api_key=, a webhook's ?code=).
+    """
+    if value is None:
         return value
+    if secret is None:
+        return _redact_urls(value)
     if secret.kind == "url_password" and isinstance(value, str):
-        return _redact_url(value)
+        return redact_url(value)
     if secret.kind == "mapping_values" and isinstance(value, dict):
         return {key: MASK for key in value}
     return MASK
 
 
-def _redact_url(url: str) -> str:
-    """Mask the password of scheme://user:password@host..., even one holding '@' or ':'."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return redact_text(url)
-    # The host part ends at the first '/', '?' or '#' after the last '@' of the userinfo.
-    cut = len(rest)
-    for mark in "/?#":
-        found = rest.find(mark, rest.rfind("@") + 1)
-        if found != -1:
-            cut = min(cut, found)
-    netloc, tail = rest[:cut], rest[cut:]
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hosts}"
-    elif at:
-        # A lone userinfo may be a password-only form some clients accept; hide it too.
-        netloc = f"{MASK}@{hosts}"
-    return f"{scheme}://{netloc}{redact_text(tail)}"
+def _redact_urls(value: Any) -> Any:
+    """`value` with redact_url applied to every string in it that is a URL."""
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, list):
+        return [_redact_urls(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _redact_urls(item) for key, item in value.items()}
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    return []
+
+
+def secret_values(settings: Settings) -> set[str]:
+    """Every secret value `settings` holds, for the redactor to mask wherever it appears.
+
+    That is each secret key's value (a header's credential also alone, without its
+    scheme), and what redact_value hides of any URL: passwords, query values.
+    """
+    found: set[str] = set()
+    for leaf in LEAVES:
+        value = leaf_value(settings, leaf)
+        for text in _strings(value):
+            found.update(url_secrets(text))
+            if leaf.secret is not None and leaf.secret.kind != "url_password":
+                found.add(text)
+                # "Bearer <token>" also reaches text as the token alone.
+                found.add(text.rpartition(" ")[2])
+    return found
 
 
 def show_value(secret: Secret | None, value: Any) -> str:

@@ -16,10 +16,18 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails, to_jsonable_python
 
 from selfheal.config.checks import cross_check
-from selfheal.config.leaves import LEAVES, Leaf, leaf_value, redact_value, show_value
+from selfheal.config.leaves import (
+    LEAVES,
+    Leaf,
+    leaf_value,
+    redact_value,
+    secret_values,
+    show_value,
+)
 from selfheal.config.schema import Settings
 from selfheal.config.sources import Candidate, gather_candidates
 from selfheal.errors import ConfigError
+from selfheal.redact import register_secrets
 
 DEFAULT_CONFIG = "~/.joelclaw/system-bus.config.json"
 # A complete config is a few KiB; anything near this is not a config file.
@@ -291,6 +299,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         settings = Settings.model_validate(_nest(effective), context=context)
     except ValidationError as exc:  # pragma: no cover - leaves were validated one by one
         raise ConfigError([str(e["msg"]) for e in exc.errors()], path=str(path)) from None
+    # Here rather than in each caller: every config this process reads (the daemon's at
+    # start and on each reload, a CLI command's) has its secrets masked in all it writes.
+    register_secrets(secret_values(settings))
     return LoadedConfig(
         settings=settings,
         path=path,

@@ -15,6 +15,7 @@ import httpx
 from pydantic_core import to_jsonable_python
 
 from selfheal.config.schema_healing import AdvisorSettings
+from selfheal.healing.urls import under
 from selfheal.redact import MASK, redact, redact_text
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,12 @@ class AdvisorStatus:
     breaker_open_until: float | None = None
     last_error: str | None = None
     last_model: str | None = None
+
+
+def chat_url(endpoint: str) -> httpx.URL:
+    """The chat-completions URL of an OpenAI-compatible base URL (or of the full URL)."""
+    full = httpx.URL(endpoint).path.rstrip("/").endswith(CHAT_PATH)
+    return under(endpoint, "" if full else CHAT_PATH)
 
 
 class AdviceRejected(ValueError):
@@ -270,8 +277,7 @@ class Advisor:
 
     async def _call(self, model: str, messages: list[dict[str, str]]) -> str:
         """POST the chat request; return choices[0].message.content."""
-        endpoint = (self._settings.endpoint or "").rstrip("/")
-        url = endpoint if endpoint.endswith(CHAT_PATH) else endpoint + CHAT_PATH
+        url = chat_url(self._settings.endpoint or "")
         headers = (
             {"Authorization": f"Bearer {self._settings.api_key}"}
             if (self._settings.api_key)

@@ -10,6 +10,7 @@ from selfheal.control.server import Handler
 from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.errors import ControlError
 from selfheal.healing.store import IncidentSnapshot, IncidentStore, latest
+from selfheal.redact import redact
 
 if TYPE_CHECKING:
     from selfheal.healing.plane import HealingPlane
@@ -73,7 +74,9 @@ class HealingControl:
         count = params.get("count", 50)
         if not isinstance(count, int) or not 1 <= count <= 1000:
             raise ControlError("invalid_params", "count must be an integer in 1..1000")
-        return {"deadLetters": await self.plane.bus().dead_letters(count)}
+        # A dead letter keeps the entry as the producer wrote it (evidence often quotes a
+        # URL or a log line); what leaves the daemon is redacted like everything else.
+        return {"deadLetters": redact(await self.plane.bus().dead_letters(count))}
 
     def _store(self) -> IncidentStore:
         if self.plane.router is None:

@@ -16,6 +16,7 @@ import httpx
 
 from selfheal.config.schema_healing import NotifiersSettings
 from selfheal.errors import SelfhealError
+from selfheal.healing.urls import under
 from selfheal.redact import MASK, redact_text
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,19 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 async def _post(
-    name: str, client: httpx.AsyncClient, url: str, secrets: Sequence[str | None], **kwargs: Any
+    name: str,
+    client: httpx.AsyncClient,
+    url: str,
+    secrets: Sequence[str | None],
+    path: str = "",
+    **kwargs: Any,
 ) -> httpx.Response:
-    """POST, turning transport failures into NotifyError (retryable) without leaking the URL."""
+    """POST to `url` (with `path` appended), turning failures into NotifyError without the URL.
+
+    Transport failures are retryable; the others are final.
+    """
     try:
-        return await client.post(url, **kwargs)
+        return await client.post(under(url, path) if path else url, **kwargs)
     except httpx.TransportError as exc:
         detail = f"{type(exc).__name__}: {exc}"
         raise NotifyError(name, detail, retryable=True, secrets=secrets) from None
@@ -193,10 +202,15 @@ class NtfyNotifier:
         }
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        target = f"{self.url.rstrip('/')}/{self.topic}"
         body = redact_text(n.message).encode()
         response = await _post(
-            self.name, client, target, [self.token], content=body, headers=headers
+            self.name,
+            client,
+            self.url,
+            [self.token],
+            f"/{self.topic}",
+            content=body,
+            headers=headers,
         )
         if not response.is_success:
             raise _status_error(self.name, response, "", [self.token])
@@ -215,10 +229,10 @@ class TelegramNotifier:
         """POST sendMessage; an answer with ok false fails with its (redacted) description."""
         secrets = [self.bot_token]
         text = redact_text(f"{n.title}\n\n{n.message}")[:TELEGRAM_TEXT_LIMIT]
-        # The URL embeds the token, so it never goes into an error message.
-        url = f"{self.api_base.rstrip('/')}/bot{self.bot_token}/sendMessage"
+        # The path embeds the token, so the URL never goes into an error message.
+        path = f"/bot{self.bot_token}/sendMessage"
         payload = {"chat_id": self.chat_id, "text": text, "disable_web_page_preview": True}
-        response = await _post(self.name, client, url, secrets, json=payload)
+        response = await _post(self.name, client, self.api_base, secrets, path, json=payload)
         try:
             answer = response.json()
         except ValueError:

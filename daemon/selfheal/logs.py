@@ -1,0 +1,106 @@
+"""Logging setup: every line the process logs is redacted, whichever library logs it.
+
+Redaction happens where log records are made (the record factory), not in one
+handler's formatter: a library that adds a handler of its own (redis-py does, for
+push responses), a logger that does not propagate (it ends in logging.lastResort)
+or a third-party formatter all get the already-redacted message and traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Final, TextIO
+
+from selfheal.redact import quick_redact_text
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVEL_ENV: Final = "SELFHEAL_LOG_LEVEL"
+HTTP_LOG_LEVEL_ENV: Final = "SELFHEAL_HTTP_LOG_LEVEL"
+# httpx logs every request's full URL at INFO (a Telegram bot token is in the path, a
+# webhook's token in its query) and httpcore each connection step at DEBUG: noise at
+# best, so they log warnings only unless SELFHEAL_HTTP_LOG_LEVEL says otherwise.
+HTTP_LOGGERS: Final = ("httpx", "httpcore")
+# watchfiles logs every batch of changes at INFO; our watcher logs what matters.
+QUIET_LOGGERS: Final = ("watchfiles",)
+
+_RecordFactory = Callable[..., logging.LogRecord]
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Replace the record's message, traceback and stack by their redacted text."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: logging would print msg and args raw
+        message = f"unformattable log message {record.msg!r} with arguments {record.args!r}"
+    record.msg, record.args = quick_redact_text(message), ()
+    if record.exc_info and record.exc_info[0] is not None:
+        # Formatter.format prints exc_text when set; without exc_info no handler can
+        # render the raw traceback again.
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        record.exc_text = quick_redact_text(text)
+        record.exc_info = None
+    elif record.exc_text:
+        record.exc_text = quick_redact_text(record.exc_text)
+    if record.stack_info:
+        record.stack_info = quick_redact_text(record.stack_info)
+    return record
+
+
+class _RedactingFactory:
+    """The record factory in force before, its records redacted."""
+
+    def __init__(self, make: _RecordFactory) -> None:
+        self._make = make
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        return redact_record(self._make(*args, **kwargs))
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("selfheal").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None:
+        return
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("selfheal").error(
+        "uncaught exception in thread %s",
+        thread,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def setup_logging(env: Mapping[str, str], stream: TextIO | None = None) -> logging.Handler:
+    """Log to `stream` (stderr) at SELFHEAL_LOG_LEVEL (INFO), every record redacted.
+
+    Warnings and uncaught exceptions are logged too, so they pass the same redaction.
+    Returns the handler installed on the root logger.
+    """
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _RedactingFactory):
+        logging.setLogRecordFactory(_RedactingFactory(factory))
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(env.get(LOG_LEVEL_ENV, "INFO").upper())
+    http_level = env.get(HTTP_LOG_LEVEL_ENV, "WARNING").upper()
+    for name in HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(http_level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    return handler

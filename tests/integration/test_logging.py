@@ -1,0 +1,110 @@
+"""Logging as `selfheal` sets it up: every way a line reaches stderr is redacted.
+
+Each case runs in a fresh interpreter, as the daemon does: logging setup is
+process-wide (record factory, root handler, excepthooks).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# A shape no pattern knows: only the registered value can hide it.
+SECRET = "Zz-webhook-sig-0451"
+TOKEN = "123456789:AAH-example_token_for_tests_0123456789"
+
+SCRIPT = textwrap.dedent(
+    f"""
+    import logging, os, threading, warnings
+    from selfheal.logs import setup_logging
+    from selfheal.redact import register_secrets
+
+    S, T = {SECRET!r}, {TOKEN!r}
+    register_secrets([S])
+    setup_logging(os.environ)
+    logging.getLogger("httpx").info("HTTP Request: POST https://api.telegram.org/bot%s/x", T)
+    logging.getLogger("httpx").warning("HTTP Request: POST http://h/hook?sig=%s", S)
+    logging.getLogger("httpcore.connection").debug("connect_tcp sig=%s", S)
+    logging.getLogger("asyncssh").warning("auth failed for %s", S)
+    logging.getLogger("redis.asyncio").error("redis://:%s@nas:6379/0 unreachable", S)
+    logging.getLogger("opentelemetry.sdk").warning("export to http://c/?k=%s failed", S)
+
+    # redis-py gives its push_response logger a handler of its own.
+    own = logging.getLogger("push_response")
+    own.addHandler(logging.StreamHandler())
+    own.propagate = False
+    own.warning("own handler %s", S)
+    # A logger that does not propagate and has no handler ends in logging.lastResort.
+    lone = logging.getLogger("lone")
+    lone.propagate = False
+    lone.warning("last resort %s", S)
+
+    logging.getLogger("selfheal.x").info("format %s %s", S)  # too few arguments
+    try:
+        raise RuntimeError("boom " + S)
+    except RuntimeError:
+        logging.getLogger("selfheal.x").exception("handler failed")
+    logging.getLogger("selfheal.x").warning("where %s", S, stack_info=True)
+    warnings.warn("careful with " + S)
+    thread = threading.Thread(target=lambda: int("thread " + S), name="worker-1")
+    thread.start()
+    thread.join()
+    raise KeyError(S)
+    """
+)
+
+
+def run(tmp_path: Path, **env: str) -> str:
+    script = tmp_path / "log_everything.py"
+    script.write_text(SCRIPT)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**base, "SELFHEAL_LOG_LEVEL": "DEBUG", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr  # the uncaught KeyError at the end
+    return done.stdout + done.stderr
+
+
+def test_every_line_is_redacted_whoever_writes_it(tmp_path: Path) -> None:
+    out = run(tmp_path)
+    assert SECRET not in out and TOKEN.split(":")[1] not in out
+    for line in (
+        "WARNING httpx: HTTP Request: POST http://h/hook?sig=***",
+        "WARNING asyncssh: auth failed for ***",
+        "ERROR redis.asyncio: redis://:***@nas:6379/0 unreachable",
+        "WARNING opentelemetry.sdk: export to http://c/?k=*** failed",
+        "own handler ***",
+        "last resort ***",
+        "unformattable log message 'format %s %s' with arguments ('***',)",
+        "ERROR selfheal.x: handler failed",
+        "RuntimeError: boom ***",
+        "WARNING selfheal.x: where ***",
+        "WARNING py.warnings:",
+        "careful with ***",
+        "ERROR selfheal: uncaught exception in thread worker-1",
+        "ValueError: invalid literal for int() with base 10: 'thread ***'",
+        "CRITICAL selfheal: uncaught exception",
+        "KeyError: '***'",
+    ):
+        assert line in out, f"missing {line!r} in:\n{out}"
+    # The stack and tracebacks are there (redacted), not dropped.
+    assert "Stack (most recent call last):" in out and "Traceback" in out
+    # httpx and httpcore stay at WARNING: the INFO line with the bot URL is not written.
+    assert "api.telegram.org" not in out and "connect_tcp" not in out
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_http_loggers_speak_when_asked_and_stay_redacted(tmp_path: Path, level: str) -> None:
+    out = run(tmp_path, SELFHEAL_HTTP_LOG_LEVEL=level)
+    assert "INFO httpx: HTTP Request: POST https://api.telegram.org/bot***/x" in out
+    assert ("DEBUG httpcore.connection: connect_tcp sig=***" in out) == (level == "DEBUG")
+    assert SECRET not in out and TOKEN.split(":")[1] not in out
