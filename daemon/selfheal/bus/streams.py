@@ -16,12 +16,11 @@ from typing import Any, cast
 import anyio
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import ConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
-from selfheal.bus.pipelined import packed_pool, write_packed
 from selfheal.core.events import Event, text_json
 
 # Publish one event; with dedupe, only if its idempotency key was never published.
@@ -107,6 +106,15 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def packed_pool(client: aioredis.Redis) -> ConnectionPool | None:
+    """The client's plain connection pool, on whose connections a command packed by
+    hiredis can be sent; None for a single-connection client or a cluster."""
+    pool = getattr(client, "connection_pool", None)
+    if getattr(client, "connection", None) is not None or type(pool) is not ConnectionPool:
+        return None
+    return pool
+
+
 class Bus:
     """Publish, schedule and inspect events in one namespace."""
 
@@ -140,11 +148,6 @@ class Bus:
         entry = await self._publish(keys=keys, args=args)
         return None if entry is None else as_text(entry)
 
-    async def publish_in(self, pipe: Pipeline, event: Event, *, dedupe: bool = False) -> None:
-        """Queue a publish into `pipe` (a MULTI transaction commits it with other writes)."""
-        keys, args = self._publish_args(event, dedupe)
-        await self._publish(keys=keys, args=args, client=pipe)
-
     async def publish_many(self, events: Iterable[Event], *, dedupe: bool = False) -> int:
         """Publish several events in one round trip; returns how many were appended."""
         pipe = self.client.pipeline(transaction=False)
@@ -168,11 +171,6 @@ class Bus:
         """Deliver `event` at epoch-ms `due_ms` (survives restarts; fires once)."""
         keys, args = self._schedule_args(event, due_ms)
         return bool(await self._schedule(keys=keys, args=args))
-
-    async def send_at_in(self, pipe: Pipeline, event: Event, due_ms: int) -> None:
-        """Queue a delayed delivery into `pipe`."""
-        keys, args = self._schedule_args(event, due_ms)
-        await self._schedule(keys=keys, args=args, client=pipe)
 
     async def send_after(self, event: Event, delay_ms: int, *, now_ms: int | None = None) -> bool:
         """Deliver `event` after `delay_ms` milliseconds."""
@@ -282,7 +280,7 @@ class Bus:
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
 
         async def send_and_read() -> Any:
-            await write_packed(conn, packed)
+            await conn.send_packed_command(packed, check_health=False)
             return await conn.read_response()
 
         async def reconnect(_error: Exception) -> None:

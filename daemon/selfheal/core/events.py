@@ -518,3 +518,36 @@ def new_event(
         idempotency_key=idempotency_key if idempotency_key is not None else event_id,
         traceparent=traceparent,
     )
+
+
+def wire_fields(
+    name: str,
+    data_json: str,
+    *,
+    now_ms: int,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> dict[str, str]:
+    """The stream fields of a new event whose data is JSON text already (what
+    new_event(...).to_wire() gives, without parsing and re-writing the data)."""
+    event_id = str(ULID.from_timestamp(now_ms))
+    return {
+        "id": event_id,
+        "name": name,
+        "data": data_json,
+        "ts": str(now_ms),
+        "idempotencyKey": idempotency_key if idempotency_key is not None else event_id,
+        "traceparent": traceparent or "",
+    }
+
+
+def envelope_of(event: Event) -> Envelope:
+    """The envelope of a decoded event (its data written back to JSON text)."""
+    return Envelope(
+        event.id,
+        event.name,
+        compact_json(event.data),
+        event.ts,
+        event.idempotency_key,
+        event.traceparent,
+    )

@@ -1,15 +1,21 @@
-"""The self-healing router: one consumer group, one budget per incident.
+"""The self-healing router: one consumer group, one budget per incident, one path.
 
-For each `system/self.healing.requested` it validates the contract, loads the
-incident (the only source of truth for the attempt count), takes the decision
-already stored for the incident's current step or computes and stores one, and
-then applies it in one transaction: the incident update, the retry event or
-re-check timer, the completion, the escalation entry and the (latched)
-notification. A report that arrives while a retry is still pending joins the
-incident without spending budget.
+Every request — a batch of fresh entries, a reclaimed one, one left over by a
+batch — goes the same way, in rounds:
 
-`handle_batch` does the same for a whole consumer batch in two round trips (see
-healing/batch.py); whatever it cannot settle there comes back through `handle`.
+1. one LOAD call reads each event's done marker and each incident hash, and one
+   MGET the decisions already stored for open incidents' current steps;
+2. the events are routed in order, each incident's against its state as updated
+   by the earlier ones (core/routing.py says what each step writes; the policy,
+   a probe and the advisor make the decisions);
+3. one COMMIT call applies every incident's steps as a guarded group
+   (healing/commit.py): the incident still at the version that was read, the
+   decisions to store not stored yet. A group applies whole or not at all.
+
+Incidents whose guard failed (another daemon moved them) and replays of an event
+already in the round go through another round. The incident record in Redis —
+never the request's `attempt` — is the budget, and a decision is stored with its
+effects, so a redelivery or a second daemon reuses it instead of deciding again.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Final
+
+import msgspec
 
 from selfheal.bus.consumer import Delivery, Outcome, PoisonEvent
-from selfheal.bus.streams import Bus
+from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
+from selfheal.bus.streams import Bus, timer_payload
 from selfheal.core.classify import Classification, FailureClass
 from selfheal.core.contracts import (
     Completion,
@@ -32,38 +41,48 @@ from selfheal.core.contracts import (
     invalid_completion,
     parse_request,
 )
-from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, Event, new_event
+from selfheal.core.events import (
+    SELF_HEALING_COMPLETED,
+    Envelope,
+    Event,
+    EventDecodeError,
+    compact_json,
+    envelope_of,
+    new_event,
+    wire_fields,
+)
+from selfheal.core.fast_request import decode_request
 from selfheal.core.incident import Incident, IncidentState
-from selfheal.core.policy import Action, Decision, Knobs, completion_for, decide
-from selfheal.healing.store import Commit, IncidentSnapshot, IncidentStore, manual_entry
-from selfheal.healing.wire import (
+from selfheal.core.policy import Action, Decision, Knobs, decide
+from selfheal.core.routing import (
+    Effects,
+    Meets,
+    Standing,
     all_clear_key,
     completed_key,
+    decided,
+    deciding_for,
     escalated_key,
-    escalation_notice,
-    recheck_key,
-    retry_key,
-    span_attributes,
+    joined,
+    meet,
 )
-from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
-
-if TYPE_CHECKING:
-    from selfheal.healing.batch import BatchRouter
+from selfheal.healing.commit import Group
+from selfheal.healing.store import DECISION_TTL_S, IncidentSnapshot, IncidentStore, snapshot_from
+from selfheal.telemetry import OpenSpan, Telemetry
 
 log = logging.getLogger("selfheal.router")
 
 ROUTER_GROUP = "system/self.healing.router"
-# Entries the router reads at a time. A backlog is routed a batch at a time (a few
-# LOAD calls, then COMMIT calls written as incidents are planned): larger batches
-# spread each batch's fixed costs thinner (measured: ~3-5% less CPU a decision at 500
-# than at 200; no gain at 1000). bench/bench_router.py uses it.
+# Entries the router reads at a time: each batch's fixed costs (three round trips)
+# are spread over this many decisions. bench/bench_router.py uses it.
 ROUTER_BATCH = 500
-# Requests the per-entry path handles at once (their round trips overlap).
+# Entries the consumer's per-entry path handles at once (their round trips overlap).
 ROUTER_CONCURRENCY = 16
 # Internal event: an escalation to announce (consumed by the notification sink).
 NOTIFY_REQUESTED = "system/self.healing.notify"
-# Optimistic-lock retries when two daemons update the same incident at once.
+# Rounds before an incident other daemons keep moving is left to a later delivery.
 COMMIT_ATTEMPTS = 8
+SPAN_NAME: Final = "selfheal.route.decide"
 
 Probe = Callable[[RequestView], Awaitable[bool]]
 
@@ -80,7 +99,7 @@ class RouterStats:
 
 
 class Adviser:
-    """What the router needs from the optional LLM advisor (see healing/advisor.py)."""
+    """What the router needs from the optional LLM advisor (see healing/advice.py)."""
 
     async def advise_decision(
         self, request: RequestView, decision: Decision, incident: Incident, knobs: Knobs
@@ -89,8 +108,42 @@ class Adviser:
         return decision
 
 
+class Arrival(msgspec.Struct, frozen=True):
+    """One valid request to route."""
+
+    index: int  # its position in what the caller passed
+    entry_id: str | None  # acked with its effects; None when the consumer acks it
+    envelope: Envelope
+    request: RequestView
+    # The request as the event carried it: stored and re-sent as it came (it parses
+    # to the same request).
+    request_json: str
+
+
+class Track(msgspec.Struct):
+    """One incident while its requests of a round are routed in order."""
+
+    snapshot: IncidentSnapshot
+    key: str
+    standing: Standing
+    version: int
+    stored: Decision | None = None  # stored for the loaded step, until that step moves on
+    group: Group | None = None
+    broken: bool = False  # a step raised: its later requests are left to `handle`
+
+
+class Step(msgspec.Struct):
+    """A routed request waiting for its incident's commit."""
+
+    arrival: Arrival
+    track: Track
+    span: OpenSpan
+    effects: Effects
+    reused: bool
+
+
 class Router:
-    """Handles self-healing requests; plug `handle` into a StreamConsumer."""
+    """Routes self-healing requests (plug `handle_batch` and `handle` into a StreamConsumer)."""
 
     def __init__(
         self,
@@ -105,28 +158,22 @@ class Router:
         group: str = ROUTER_GROUP,
     ) -> None:
         self.bus = bus
+        self.keys = bus.keys
         self.store = IncidentStore(bus)
         self.telemetry = telemetry
         self._knobs = knobs
         self.probes = dict(probes or {})
-        self.adviser = adviser or Adviser()
+        self.adviser = adviser
         self._clock_ms = clock_ms
         self._jitter = jitter
         self.stats = RouterStats()
-        self.group = group  # the consumer group whose entries handle_batch acks
-        self._batch: BatchRouter | None = None
+        self.group = group  # the consumer group whose entries the router acks
+        self._requests = self.keys.stream("system/self.healing.requested")
+        self._done_prefix = self.keys.done(group, "")
 
     def now_ms(self) -> int:
         """The router's clock (epoch milliseconds)."""
         return self._clock_ms()
-
-    async def handle_batch(self, entries: list[Delivery]) -> list[Outcome]:
-        """Route a batch of fresh entries; plug into StreamConsumer(batch_handler=...)."""
-        if self._batch is None:
-            from selfheal.healing.batch import BatchRouter  # batch.py builds on this module
-
-            self._batch = BatchRouter(self, NOTIFY_REQUESTED)
-        return await self._batch.handle(entries)
 
     def knobs(self) -> Knobs:
         """Current knobs, with the domains that have a registered probe."""
@@ -139,173 +186,310 @@ class Router:
             allowed_routes=base.allowed_routes,
         )
 
+    # -- entry points -------------------------------------------------------------------
+
+    async def handle_batch(self, deliveries: list[Delivery]) -> list[Outcome]:
+        """Route fresh entries; each is ACKED (effects and ack written together),
+        DUPLICATE (handled before), or SLOW (for `handle`: an invalid request, or one
+        whose routing raised or kept meeting other daemons' writes)."""
+        arrivals: list[Arrival] = []
+        for index, delivery in enumerate(deliveries):
+            request = _request_of(delivery.envelope, delivery)
+            if request is not None:
+                arrivals.append(
+                    Arrival(
+                        index,
+                        delivery.entry_id,
+                        delivery.envelope,
+                        request,
+                        delivery.envelope.data,
+                    )
+                )
+        outcomes = [Outcome.SLOW] * len(deliveries)
+        for index, outcome in (await self._route(arrivals, raise_errors=False)).items():
+            outcomes[index] = outcome
+        return outcomes
+
     async def handle(self, event: Event) -> None:
-        """Route one request event (raises PoisonEvent for an invalid contract)."""
-        parent = context_from_traceparent(event.traceparent)
-        with self.telemetry.decision_span(
-            "selfheal.route.decide", {"event_id": event.id}, context=parent
-        ) as span:
-            try:
-                request = parse_request(event.data)
-            except InvalidRequest as exc:
-                self.stats.invalid += 1
-                span.set_attribute("selfheal.action", "invalid")
-                span.set_attribute("selfheal.field", exc.field)
-                await self._complete(invalid_completion(exc, event.data), event, dedupe=True)
-                raise PoisonEvent(f"invalid request: {exc}") from None
-            span.set_attribute("selfheal.incident_id", request.resolved_incident_id)
-            decision, status = await self._route(request, event)
-            span.set_attribute("selfheal.status", str(status))
-            if decision is not None:
-                span.set_attributes(span_attributes(decision))
+        """Route one event; the consumer acks it. Raises PoisonEvent for an invalid
+        request (answered with completed{invalid} first)."""
+        envelope = envelope_of(event)
+        try:
+            request = decode_request(envelope.data) or parse_request(event.data)
+        except InvalidRequest as exc:
+            self.stats.invalid += 1
+            completion = invalid_completion(exc, event.data)
+            await self._publish_completion(completion, event)
+            raise PoisonEvent(f"invalid request: {exc}") from None
+        arrival = Arrival(0, None, envelope, request, envelope.data)
+        outcome = (await self._route([arrival], raise_errors=True)).get(0)
+        if outcome is None:
+            raise RuntimeError(f"incident {request.resolved_incident_id}: too much contention")
+
+    # -- the one path -------------------------------------------------------------------
 
     async def _route(
-        self, request: RequestView, event: Event
-    ) -> tuple[Decision | None, CompletionStatus]:
+        self, arrivals: Sequence[Arrival], *, raise_errors: bool
+    ) -> dict[int, Outcome]:
+        """Route in rounds until every arrival is settled (or the attempts run out)."""
+        outcomes: dict[int, Outcome] = {}
+        todo = list(arrivals)
         for _ in range(COMMIT_ATTEMPTS):
-            now = self._clock_ms()
-            snapshot = await self.store.load(request.resolved_incident_id)
-            incident = snapshot.incident
-            if incident is not None and incident.state == IncidentState.ESCALATED:
-                return await self._join_closed(request, snapshot, event)
-            if (
-                incident is not None
-                and not incident.closed
-                and snapshot.last_decision is not None
-                and now < snapshot.pending_until_ms
-            ):
-                return await self._join_pending(request, snapshot, event)
-            if incident is None or incident.state == IncidentState.REMEDIATED:
-                incident = Incident.new(request, now, self.knobs().recovery_window_ms)
-            decision = await self._decision_for(request, incident, now)
-            applied = await self.store.commit(
-                snapshot, self._commit(request, incident, decision, event, now)
+            if not todo:
+                break
+            todo = await self._round(todo, outcomes, raise_errors=raise_errors)
+        if todo:
+            log.warning("%d request(s) left for a later delivery: incidents kept moving", len(todo))
+        return outcomes
+
+    async def _round(
+        self, arrivals: list[Arrival], outcomes: dict[int, Outcome], *, raise_errors: bool
+    ) -> list[Arrival]:
+        """One round; returns the arrivals for the next one."""
+        now_round, later = _first_of_each_event(arrivals)
+        done, tracks = await self._load(now_round)
+        acks = Group()
+        steps: list[Step] = []
+        knobs = self.knobs()
+        for arrival in now_round:
+            track = tracks[arrival.request.resolved_incident_id]
+            if done[arrival.index]:
+                if arrival.entry_id is not None:
+                    self._ack(acks, arrival)  # handled before; only the ack was lost
+                outcomes[arrival.index] = Outcome.DUPLICATE
+                continue
+            if track.broken:
+                continue  # after a request that raised, the rest go one by one too
+            try:
+                steps.append(await self._step(track, arrival, knobs))
+            except Exception as exc:
+                if raise_errors:
+                    raise
+                log.info("request %s left for one-by-one handling: %s", arrival.envelope.id, exc)
+                track.broken = True
+        groups = [t.group for t in tracks.values() if t.group is not None]
+        if not acks.empty:
+            groups.append(acks)
+        applied = await self.store.apply(groups)
+        moved = {id(g) for g, ok in zip(groups, applied, strict=True) if not ok}
+        finished: list[tuple[OpenSpan, dict[str, Any]]] = []
+        for step in steps:
+            if id(step.track.group) in moved:
+                later.append(step.arrival)  # its span is dropped: the next round opens one
+                continue
+            outcomes[step.arrival.index] = Outcome.ACKED
+            self._count(step)
+            finished.append((step.span, step.effects.attributes))
+        self.telemetry.close_spans(finished, time.time_ns())
+        return later
+
+    async def _load(self, arrivals: list[Arrival]) -> tuple[dict[int, bool], dict[str, Track]]:
+        """Done flags (by arrival index) and a track per incident, in two round trips."""
+        incident_ids = list(dict.fromkeys(a.request.resolved_incident_id for a in arrivals))
+        keys = [self._done_prefix + a.envelope.id for a in arrivals]
+        keys += [self.keys.incident(i) for i in incident_ids]
+        flags, hashes = await self.store.load_many(keys, len(arrivals))
+        done = {a.index: bool(flag) for a, flag in zip(arrivals, flags, strict=True)}
+        tracks: dict[str, Track] = {}
+        for incident_id, flat in zip(incident_ids, hashes, strict=True):
+            snapshot = snapshot_from(incident_id, zip(flat[::2], flat[1::2], strict=True))
+            standing = Standing(
+                snapshot.incident, snapshot.pending_until_ms, snapshot.last_decision
             )
-            if applied:
-                self.stats.decisions += 1
-                if decision.action == Action.ESCALATE:
-                    self.stats.escalations += 1
-                return decision, decision.completion_status
-        raise RuntimeError(f"incident {request.resolved_incident_id}: too much contention")
+            tracks[incident_id] = Track(
+                snapshot, self.keys.incident(incident_id), standing, snapshot.version
+            )
+        # Decisions already stored for open incidents' current steps (a crash mid-way,
+        # or another daemon that decided first).
+        open_tracks = [
+            t for t in tracks.values() if t.standing.incident and not t.standing.incident.closed
+        ]
+        if open_tracks:
+            stored = await self.store.stored_decisions(
+                [t.standing.incident for t in open_tracks if t.standing.incident]
+            )
+            for track, decision in zip(open_tracks, stored, strict=True):
+                track.stored = decision
+        return done, tracks
 
-    async def _decision_for(self, request: RequestView, incident: Incident, now: int) -> Decision:
-        stored = await self.store.stored_decision(incident)
-        if stored is not None:
-            self.stats.reused += 1
-            return stored
-        decision = await self.fresh_decision(request, incident, now, self.knobs())
-        return await self.store.reserve_decision(incident, decision)
+    async def _step(self, track: Track, arrival: Arrival, knobs: Knobs) -> Step:
+        """Route one request against its incident's current state, into the track's group."""
+        envelope, request = arrival.envelope, arrival.request
+        span = self.telemetry.open_span(
+            SPAN_NAME, traceparent=envelope.traceparent, start_ns=time.time_ns()
+        )
+        now = self.now_ms()
+        meets = meet(track.standing, now)
+        reused = False
+        decision_key: str | None = None
+        if meets != Meets.DECISION:
+            effects = joined(track.standing, meets, request, envelope.id)
+        else:
+            incident = deciding_for(track.standing, request, now, knobs.recovery_window_ms)
+            decision_key = self.store.decision_key(incident)
+            if incident is track.standing.incident and track.stored is not None:
+                decision, reused = track.stored, True
+            else:
+                decision = await self.decide(request, incident, now, knobs)
+            effects = decided(
+                incident,
+                request,
+                decision,
+                stored=reused,
+                now_ms=now,
+                cause_id=envelope.id,
+                request_json=arrival.request_json,
+                notify_event=NOTIFY_REQUESTED,
+            )
+        effects.attributes["selfheal.event_id"] = envelope.id
+        traceparent = span.traceparent or envelope.traceparent
+        self._write(track, arrival, effects, decision_key, now, traceparent)
+        return Step(arrival, track, span, effects, reused)
 
-    def plain_decision(
-        self, request: RequestView, incident: Incident, now: int, knobs: Knobs
-    ) -> Decision | None:
-        """fresh_decision without awaiting, when there is no probe to run and no advisor
-        to ask (the usual case); None when there is."""
-        if type(self.adviser) is not Adviser or (
-            incident.state == IncidentState.PAUSED and incident.domain in self.probes
-        ):
-            return None
-        return decide(request, incident, now, knobs, self._jitter())
-
-    async def fresh_decision(
+    async def decide(
         self, request: RequestView, incident: Incident, now: int, knobs: Knobs
     ) -> Decision:
-        """Probe, policy and advice for the incident's current step (not stored yet)."""
-        plain = self.plain_decision(request, incident, now, knobs)
-        if plain is not None:
-            return plain
-        classification = await self._probe_classification(request, incident)
+        """The policy's decision for the incident's current step: a paused incident's
+        probe is asked first, and the advisor (if any) may adjust it within the clamps."""
+        classification: Classification | None = None
+        probe = self.probes.get(incident.domain)
+        if probe is not None and incident.state == IncidentState.PAUSED:
+            classification = await _recheck(probe, request, incident.domain)
         decision = decide(
             request, incident, now, knobs, self._jitter(), classification=classification
         )
-        if type(self.adviser) is Adviser:  # no advisor configured: nothing to ask
+        if self.adviser is None:
             return decision
         return await self.adviser.advise_decision(request, decision, incident, knobs)
 
-    async def _probe_classification(
-        self, request: RequestView, incident: Incident
-    ) -> Classification | None:
-        """A paused incident's re-check: a healthy probe turns the hold into a retry."""
-        probe = self.probes.get(incident.domain)
-        if probe is None or incident.state != IncidentState.PAUSED:
-            return None
-        try:
-            healthy = await probe(request)
-        except Exception as exc:  # a broken probe counts as "still down"
-            log.warning("probe for %s failed: %s", incident.domain, exc)
-            healthy = False
-        if healthy:
-            return Classification(FailureClass.TRANSIENT_TRANSPORT, "re-check: target healthy")
-        return None
+    def _group(self, track: Track) -> Group:
+        if track.group is None:
+            track.group = Group()
+            # Every step of the track was routed from this version; joins included.
+            track.group.expect_version(track.key, track.snapshot.version)
+        return track.group
 
-    def _commit(
+    def _write(
         self,
-        request: RequestView,
-        incident: Incident,
-        decision: Decision,
-        event: Event,
+        track: Track,
+        arrival: Arrival,
+        effects: Effects,
+        decision_key: str | None,
         now: int,
-    ) -> Commit:
-        traceparent = current_traceparent()
-        change = Commit(
-            incident=incident.after(decision, now),
-            decision=decision,
-            request=request.to_data(),
+        traceparent: str | None,
+    ) -> None:
+        """Add the step's effects to its incident's group and move the track on."""
+        # Everything is built before the group changes: a step that raises leaves it whole.
+        ops: list[Callable[[Group], None]] = []
+        completion = effects.completion
+        fields = wire_fields(
+            completion.name,
+            completion.data_json,
+            now_ms=now,
+            idempotency_key=completion.once_key,
+            traceparent=traceparent,
         )
-        # Marked published: a redelivery after a crash before the ack joins it, not repeats it.
-        change.publish_once.append(
-            self._completion_event(completion_for(decision, request), event, now, traceparent)
-        )
-        if decision.action == Action.RETRY and decision.route_event is not None:
-            retry = new_event(
-                decision.route_event,
-                decision.route_data,
-                now_ms=now,
-                idempotency_key=retry_key(decision),
-                traceparent=traceparent,
-            )
-            change.schedule.append((retry, decision.fire_at_ms))
-            change.pending_until_ms = decision.fire_at_ms
-        elif decision.action == Action.PAUSE:
-            # The re-check is the same request, delivered to the router after the hold.
-            recheck = new_event(
-                SELF_HEALING_REQUESTED,
-                request.to_data(),
-                now_ms=now,
-                idempotency_key=recheck_key(decision),
-                traceparent=traceparent,
-            )
-            change.schedule.append((recheck, decision.fire_at_ms))
-            change.pending_until_ms = decision.fire_at_ms
-        elif decision.action == Action.ESCALATE:
-            change.manual_entry = manual_entry(incident, decision, request.problem_summary)
-            if decision.notify:
-                change.publish_once.append(
-                    new_event(
-                        NOTIFY_REQUESTED,
-                        escalation_notice(change.incident, decision, request.problem_summary),
-                        now_ms=now,
-                        idempotency_key=escalated_key(incident),
-                        traceparent=traceparent,
-                    )
-                )
-        return change
+        ops.append(self._publish_once(completion.name, completion.once_key, fields))
+        record, decision = effects.record, effects.decision
+        if record is not None and decision is not None:
+            decision_json = compact_json(decision.to_dict())
+            if effects.store_decision:
+                assert decision_key is not None
+                key = decision_key
 
-    def _completion_event(
-        self, completion: Completion, cause: Event, now: int, traceparent: str | None
-    ) -> Event:
-        return new_event(
+                def store(group: Group) -> None:
+                    group.expect_absent(key)  # another daemon's decision wins; we reload
+                    group.set(key, decision_json, DECISION_TTL_S)
+
+                ops.append(store)
+            mapping = {
+                "record": compact_json(record.to_dict()),
+                "version": str(track.version + 1),
+                "pendingUntil": str(effects.pending_until_ms),
+                "request": arrival.request_json,
+                "lastDecision": decision_json,
+            }
+            incident_id = track.snapshot.incident_id
+            ops.append(lambda g: g.hset(track.key, mapping))
+            ops.append(lambda g: g.zadd(self.keys.incidents, record.updated_ms, incident_id))
+        if effects.notify is not None:
+            notify = effects.notify
+            notice = wire_fields(
+                notify.name,
+                notify.data_json,
+                now_ms=now,
+                idempotency_key=notify.once_key,
+                traceparent=traceparent,
+            )
+            ops.append(self._publish_once(notify.name, notify.once_key, notice))
+        if effects.timer is not None:
+            timer = effects.timer
+            timed = wire_fields(
+                timer.name,
+                timer.data_json,
+                now_ms=now,
+                idempotency_key=timer.once_key,
+                traceparent=traceparent,
+            )
+            payload = timer_payload(self.keys.stream(timer.name), timed)
+            ops.append(
+                lambda g: g.schedule(
+                    self.keys.timers, self.keys.timer_payloads, timed["id"], timer.due_ms, payload
+                )
+            )
+        if effects.manual_entry is not None:
+            entry = effects.manual_entry
+            ops.append(lambda g: g.xadd(self.keys.manual_queue, entry, None))
+        if arrival.entry_id is not None:
+            ops.append(lambda g: self._ack(g, arrival))
+        group = self._group(track)
+        for op in ops:
+            op(group)
+        if record is not None:
+            track.standing = Standing(record, effects.pending_until_ms, decision)
+            track.version += 1
+            track.stored = None
+
+    def _publish_once(
+        self, name: str, once_key: str, fields: dict[str, str]
+    ) -> Callable[[Group], None]:
+        marker = self.keys.published(name, once_key)
+        stream = self.keys.stream(name)
+        index = self.keys.streams_index
+        return lambda g: g.xadd_once(marker, PUBLISHED_TTL_S, stream, fields, index)
+
+    def _ack(self, group: Group, arrival: Arrival) -> None:
+        """Mark the entry handled and ack it (inside `group`)."""
+        assert arrival.entry_id is not None
+        group.complete(
+            self._done_prefix + arrival.envelope.id,
+            self._requests,
+            self.group,
+            arrival.entry_id,
+            DONE_TTL_S,
+        )
+
+    def _count(self, step: Step) -> None:
+        stats = self.stats
+        effects = step.effects
+        if effects.record is None:
+            stats.joined += 1
+        elif effects.decision is not None:
+            stats.decisions += 1
+            stats.reused += int(step.reused)
+            stats.escalations += int(effects.decision.action == Action.ESCALATE)
+
+    async def _publish_completion(self, completion: Completion, cause: Event) -> None:
+        answer = new_event(
             SELF_HEALING_COMPLETED,
             completion.to_data(),
-            now_ms=now,
+            now_ms=self.now_ms(),
             idempotency_key=completed_key(cause.id),
-            traceparent=traceparent or cause.traceparent,
+            traceparent=cause.traceparent,
         )
+        await self.bus.publish(answer, dedupe=True)
 
-    async def _complete(self, completion: Completion, cause: Event, *, dedupe: bool) -> None:
-        now = self._clock_ms()
-        event = self._completion_event(completion, cause, now, current_traceparent())
-        await self.bus.publish(event, dedupe=dedupe)
+    # -- remediation ----------------------------------------------------------------------
 
     async def remediate(self, incident_id: str, *, cause: Event) -> bool:
         """Close an incident as fixed (its target succeeded); announce the all-clear."""
@@ -314,68 +498,77 @@ class Router:
             incident = snapshot.incident
             if incident is None or incident.state == IncidentState.REMEDIATED:
                 return False
-            now = self._clock_ms()
+            now = self.now_ms()
             fixed = incident.remediated(now)
-            if not await self.store.update_record(snapshot, fixed):
-                continue
-            await self._complete(
-                Completion(
-                    incident_id=incident_id,
-                    status=CompletionStatus.REMEDIATED,
-                    reason=f"{cause.name} after {incident.retries_used} retries",
-                    source_function=incident.source_function,
-                    target_component=incident.target_component,
-                ),
-                cause,
-                dedupe=True,
+            group = self.store.record_group(snapshot, fixed)
+            completion = Completion(
+                incident_id=incident_id,
+                status=CompletionStatus.REMEDIATED,
+                reason=f"{cause.name} after {incident.retries_used} retries",
+                source_function=incident.source_function,
+                target_component=incident.target_component,
             )
-            announced = self.bus.keys.published(NOTIFY_REQUESTED, escalated_key(incident))
+            once = completed_key(cause.id)
+            fields = wire_fields(
+                SELF_HEALING_COMPLETED,
+                completion.model_dump_json(by_alias=True),
+                now_ms=now,
+                idempotency_key=once,
+                traceparent=cause.traceparent,
+            )
+            self._publish_once(SELF_HEALING_COMPLETED, once, fields)(group)
+            announced = self.keys.published(NOTIFY_REQUESTED, escalated_key(incident))
             if await self.bus.client.exists(announced):
-                await self.bus.publish(
-                    new_event(
-                        NOTIFY_REQUESTED,
-                        {"kind": "all_clear", "incident": fixed.to_dict(), "decision": {}},
-                        now_ms=now,
-                        idempotency_key=all_clear_key(incident),
-                        traceparent=cause.traceparent,
-                    ),
-                    dedupe=True,
+                notice = {"kind": "all_clear", "incident": fixed.to_dict(), "decision": {}}
+                once = all_clear_key(incident)
+                fields = wire_fields(
+                    NOTIFY_REQUESTED,
+                    compact_json(notice),
+                    now_ms=now,
+                    idempotency_key=once,
+                    traceparent=cause.traceparent,
                 )
-            return True
+                self._publish_once(NOTIFY_REQUESTED, once, fields)(group)
+            if (await self.store.apply([group]))[0]:
+                return True
         raise RuntimeError(f"incident {incident_id}: too much contention")
 
-    async def _join_pending(
-        self, request: RequestView, snapshot: IncidentSnapshot, event: Event
-    ) -> tuple[Decision | None, CompletionStatus]:
-        """Another report while a retry is pending: same loop, no budget spent."""
-        self.stats.joined += 1
-        decision = snapshot.last_decision
-        assert decision is not None
-        completion = completion_for(decision, request)
-        await self._complete(
-            completion.model_copy(update={"reason": f"joined pending step: {decision.reason}"}),
-            event,
-            dedupe=True,
-        )
-        return decision, completion.status
 
-    async def _join_closed(
-        self, request: RequestView, snapshot: IncidentSnapshot, event: Event
-    ) -> tuple[Decision | None, CompletionStatus]:
-        """A report for an escalated incident waits with it for the operator (no new alert)."""
-        self.stats.joined += 1
-        await self._complete(
-            Completion(
-                incident_id=snapshot.incident_id,
-                status=CompletionStatus.ESCALATED,
-                reason="incident already escalated; waiting for an operator",
-                source_function=request.source_function,
-                target_component=request.target_component,
-            ),
-            event,
-            dedupe=True,
-        )
-        return None, CompletionStatus.ESCALATED
+async def _recheck(probe: Probe, request: RequestView, domain: str) -> Classification | None:
+    """A paused incident's re-check: a healthy probe turns the hold into a retry."""
+    try:
+        healthy = await probe(request)
+    except Exception as exc:  # a broken probe counts as "still down"
+        log.warning("probe for %s failed: %s", domain, exc)
+        healthy = False
+    if healthy:
+        return Classification(FailureClass.TRANSIENT_TRANSPORT, "re-check: target healthy")
+    return None
+
+
+def _request_of(envelope: Envelope, delivery: Delivery) -> RequestView | None:
+    """The entry's request, or None when it is not a valid one (`handle` answers those)."""
+    request: RequestView | None = decode_request(envelope.data)
+    if request is not None:
+        return request
+    try:
+        return parse_request(delivery.event.data)  # not an ordinary request: the contract
+    except (EventDecodeError, InvalidRequest):
+        return None
+
+
+def _first_of_each_event(arrivals: list[Arrival]) -> tuple[list[Arrival], list[Arrival]]:
+    """Split off replays of an event already in the round (they follow, as duplicates)."""
+    seen: set[str] = set()
+    first: list[Arrival] = []
+    later: list[Arrival] = []
+    for arrival in arrivals:
+        if arrival.envelope.id in seen:
+            later.append(arrival)
+        else:
+            seen.add(arrival.envelope.id)
+            first.append(arrival)
+    return first, later
 
 
 __all__ = [

@@ -3,28 +3,27 @@
 An incident is one hash: the record (JSON), a version for optimistic locking, the
 time until which a scheduled retry or pause is pending, the last request (for an
 operator retry) and the last decision. A decision is stored once per incident
-step with SET NX before it is applied, so a redelivery or a second daemon reuses
-it (jitter and advice are never recomputed). Applying a decision — the new
-record, the scheduled event, the completion, the escalation entry, the
-notification — is one MULTI/EXEC guarded by WATCH: all of it happens, or none.
+step, together with its effects, so a redelivery or a second daemon reuses it
+(jitter and advice are never recomputed). Every write to an incident goes
+through `apply`: guarded groups in one Lua call (healing/commit.py), each
+applied whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
 
 from selfheal.bus.streams import Bus, as_text, cast_entries
 from selfheal.core.contracts import InvalidRequest, parse_request
-from selfheal.core.events import Event, compact_json
+from selfheal.core.events import compact_json
 from selfheal.core.incident import Incident
 from selfheal.core.policy import Decision
+from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
 
 # Stored decisions outlive any realistic incident (the recovery window is hours).
 DECISION_TTL_S = 30 * 24 * 3600
@@ -62,20 +61,6 @@ class IncidentSnapshot(msgspec.Struct, frozen=True):
             return stored
 
 
-@dataclass
-class Commit:
-    """Everything one decision writes, applied atomically."""
-
-    incident: Incident
-    decision: Decision
-    request: dict[str, Any]
-    pending_until_ms: int = 0
-    publish: list[Event] = field(default_factory=list)
-    publish_once: list[Event] = field(default_factory=list)  # deduplicated by idempotency key
-    schedule: list[tuple[Event, int]] = field(default_factory=list)
-    manual_entry: dict[str, str] | None = None
-
-
 class IncidentStore:
     """Reads and atomically updates incidents in one namespace."""
 
@@ -83,6 +68,8 @@ class IncidentStore:
         self.bus = bus
         self.keys = bus.keys
         self.client: aioredis.Redis = bus.client
+        self._load = self.client.register_script(LOAD)
+        self._commit = self.client.register_script(COMMIT)
 
     async def load(self, incident_id: str) -> IncidentSnapshot:
         """The incident's current state (an empty snapshot when unknown)."""
@@ -95,86 +82,57 @@ class IncidentStore:
         # under the same id: the opening time tells the two apart.
         return self.keys.decision(f"{incident.decision_key}@{incident.first_seen_ms}")
 
-    async def reserve_decision(self, incident: Incident, decision: Decision) -> Decision:
-        """Store the decision for its step unless one exists; return the one that counts."""
-        if decision.key != incident.decision_key:
-            raise ValueError(f"decision {decision.key} is not for step {incident.decision_key}")
-        key = self.decision_key(incident)
-        stored = await self.client.set(
-            key, compact_json(decision.to_dict()), nx=True, ex=DECISION_TTL_S
-        )
-        if stored:
-            return decision
-        existing = await self.stored_decision(incident)
-        return existing if existing is not None else decision
-
     async def stored_decision(self, incident: Incident) -> Decision | None:
         """The decision already made for the incident's current step, if any."""
         raw = await self.client.get(self.decision_key(incident))
         return None if raw is None else Decision.from_json(_text(raw) or "{}")
 
-    async def commit(self, snapshot: IncidentSnapshot, change: Commit) -> bool:
-        """Apply a decision if the incident is still at `snapshot.version`; False if not."""
+    async def stored_decisions(self, incidents: Sequence[Incident]) -> list[Decision | None]:
+        """stored_decision for several incidents in one round trip."""
+        raw = await self.bus.execute_packed("MGET", *[self.decision_key(i) for i in incidents])
+        return [None if value is None else Decision.from_json(as_text(value)) for value in raw]
+
+    async def load_many(self, keys: list[str], markers: int) -> tuple[list[int], list[list[Any]]]:
+        """The first `markers` keys' existence and the rest's hashes, in one call."""
+        flags, hashes = await self.bus.eval_packed(self._load, keys, [markers])
+        return flags, hashes
+
+    async def apply(self, groups: Sequence[Group]) -> list[bool]:
+        """Commit the groups in one call; per group, whether it applied (False: its guard
+        failed, so nothing of it was written)."""
+        if not groups:
+            return []
+        batch = CommitBatch(self.bus.maxlen)
+        for group in groups:
+            batch.add(group)
+        reply = await self.bus.eval_packed(self._commit, batch.keys, batch.argv())
+        return [status == 1 for status in statuses(reply)]
+
+    def record_group(
+        self, snapshot: IncidentSnapshot, incident: Incident, extra: dict[str, str] | None = None
+    ) -> Group:
+        """A group replacing just the record (operator actions, remediation), guarded by
+        the version that was read; callers may add more to it."""
+        group = Group()
         key = self.keys.incident(snapshot.incident_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                current = _text(await pipe.hget(key, "version"))
-                if int(current or 0) != snapshot.version:
-                    return False
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.hset(
-                    key,
-                    mapping={
-                        "record": compact_json(change.incident.to_dict()),
-                        "version": snapshot.version + 1,
-                        "pendingUntil": change.pending_until_ms,
-                        "request": compact_json(change.request),
-                        "lastDecision": compact_json(change.decision.to_dict()),
-                    },
-                )
-                pipe.zadd(self.keys.incidents, {snapshot.incident_id: change.incident.updated_ms})
-                for event in change.publish:
-                    await self.bus.publish_in(pipe, event)
-                for event in change.publish_once:
-                    await self.bus.publish_in(pipe, event, dedupe=True)
-                for event, due_ms in change.schedule:
-                    await self.bus.send_at_in(pipe, event, due_ms)
-                if change.manual_entry is not None:
-                    pipe.xadd(
-                        self.keys.manual_queue,
-                        dict[Any, Any](change.manual_entry),
-                        maxlen=self.bus.maxlen,
-                        approximate=True,
-                    )
-                await pipe.execute()
-            except WatchError:
-                return False
-        return True
+        group.expect_version(key, snapshot.version)
+        group.hset(
+            key,
+            {
+                "record": compact_json(incident.to_dict()),
+                "version": str(snapshot.version + 1),
+                "pendingUntil": "0",
+                **(extra or {}),
+            },
+        )
+        group.zadd(self.keys.incidents, incident.updated_ms, snapshot.incident_id)
+        return group
 
     async def update_record(
         self, snapshot: IncidentSnapshot, incident: Incident, extra: dict[str, str] | None = None
     ) -> bool:
-        """Replace just the record (operator actions); False if the version moved."""
-        key = self.keys.incident(snapshot.incident_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                if int(_text(await pipe.hget(key, "version")) or 0) != snapshot.version:
-                    return False
-                pipe.multi()  # type: ignore[no-untyped-call]
-                mapping: dict[Any, Any] = {
-                    "record": compact_json(incident.to_dict()),
-                    "version": snapshot.version + 1,
-                    "pendingUntil": 0,
-                    **(extra or {}),
-                }
-                pipe.hset(key, mapping=mapping)
-                pipe.zadd(self.keys.incidents, {snapshot.incident_id: incident.updated_ms})
-                await pipe.execute()
-            except WatchError:
-                return False
-        return True
+        """Replace just the record; False if the version moved."""
+        return (await self.apply([self.record_group(snapshot, incident, extra)]))[0]
 
     async def recent(self, limit: int = 50) -> list[IncidentSnapshot]:
         """The most recently updated incidents, newest first."""
@@ -223,22 +181,6 @@ def snapshot_from(
         ),
         acked=json.loads(fields["acked"]) if fields.get("acked") else None,
     )
-
-
-def manual_entry(incident: Incident, decision: Decision, summary: str) -> dict[str, str]:
-    """One manual-intervention queue entry (flat strings for the stream)."""
-    return {
-        "incidentId": incident.incident_id,
-        "domain": incident.domain,
-        "targetComponent": incident.target_component,
-        "sourceFunction": incident.source_function,
-        "failureClass": str(decision.failure_class),
-        "rule": str(decision.rule),
-        "reason": decision.reason,
-        "retriesUsed": str(incident.retries_used),
-        "problemSummary": summary[:2000],
-        "atMs": str(decision.decided_at_ms),
-    }
 
 
 def latest(items: Sequence[IncidentSnapshot], state: str | None) -> list[IncidentSnapshot]:

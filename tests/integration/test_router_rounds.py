@@ -1,4 +1,9 @@
-"""The router's batch path on a real redis-server: the effects of one by one, races, replays."""
+"""The router's one path on a real redis-server: batches of any size, rounds, races, replays.
+
+A request routed in a batch of many and the same request routed alone (the
+consumer's per-entry path) go the same way: the tests compare the two, and
+stage the races the rounds exist for.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,10 @@ from selfheal.core.events import (
     SELF_HEALING_COMPLETED,
     SELF_HEALING_REQUESTED,
     Event,
+    compact_json,
     new_event,
 )
 from selfheal.core.policy import Knobs
-from selfheal.healing import batch as batch_module
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
@@ -147,7 +152,7 @@ async def route_both_ways(
     return routers[0], routers[1]
 
 
-async def test_batch_writes_what_the_one_by_one_path_writes(
+async def test_a_batch_writes_what_requests_routed_alone_write(
     redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
     payloads = [request(incident=f"inc:{i}") for i in range(6)]
@@ -174,35 +179,9 @@ async def test_batch_writes_what_the_one_by_one_path_writes(
     assert many.stats.escalations == one.stats.escalations == 2
 
 
-async def test_a_batch_committed_in_many_chunks_writes_what_one_by_one_writes(
-    redis_client: aioredis.Redis, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Chunks of 4 incidents: each is written while the next is planned, several in flight.
-    monkeypatch.setattr(batch_module, "FLUSH_EVERY", 4)
-    payloads = [request(incident=f"inc:{i}") for i in range(30)]
-    one, many = await route_both_ways(redis_client, telemetry, payloads)
-    assert SLOW_CALLS["many"] == 0
-    for incident_id in [p["incidentId"] for p in payloads]:
-        assert await state(many, incident_id) == await state(one, incident_id)
-    assert await timers(many) == await timers(one)
-
-    # Completions come in chunk order; what each incident's completion says must not change.
-    def by_incident(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return sorted(items, key=lambda c: str(c["incidentId"]))
-
-    assert by_incident(await completions(many)) == by_incident(await completions(one))
-
-
-@pytest.mark.parametrize("load_every", [batch_module.LOAD_EVERY, 2])
 async def test_events_of_one_incident_in_a_batch_spend_the_budget_as_one_by_one(
-    redis_client: aioredis.Redis,
-    telemetry: Telemetry,
-    monkeypatch: pytest.MonkeyPatch,
-    load_every: int,
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    # With LOAD calls of 2 entries the incident's events span three of them: its hash
-    # is read by the first one only.
-    monkeypatch.setattr(batch_module, "LOAD_EVERY", load_every)
     # Each report comes after the previous retry was due: every one is a decision, so
     # one batch holds retries 1-3, the escalation and a report joining the escalation.
     payloads = [request(incident="inc:chain") for _ in range(5)]
@@ -243,36 +222,31 @@ async def test_reports_while_a_retry_is_pending_join_it(
     assert (router.stats.decisions, router.stats.joined) == (1, 2)
 
 
-async def test_version_moved_between_load_and_commit_falls_back(
+async def test_version_moved_between_load_and_commit_is_routed_again(
     redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
     router = make(redis_client, telemetry, "cas", clock_ms=stepping_clock(10_000))
     await publish(router, [request(incident="inc:cas")])
     await consumer(router, batched=True).poll_once()  # the incident exists, version 1
-    [event] = await publish(router, [request(incident="inc:cas")])
+    await publish(router, [request(incident="inc:cas")])
     key = router.bus.keys.incident("inc:cas")
-    fresh = router.fresh_decision
+    decide = router.decide
     calls = []
 
     async def racing(*args: Any) -> Any:
         calls.append(1)
-        await redis_client.hincrby(key, "version", 1)  # another daemon commits meanwhile
-        return await fresh(*args)
+        if len(calls) == 1:
+            await redis_client.hincrby(key, "version", 1)  # another daemon commits meanwhile
+        return await decide(*args)
 
-    router.fresh_decision = racing  # type: ignore[method-assign]
-    # Decide through the awaited path, where the race is staged.
-    router.plain_decision = lambda *args: None  # type: ignore[method-assign]
+    router.decide = racing  # type: ignore[method-assign]
     entries = await read(router)
-    assert await router.handle_batch(entries) == [Outcome.SLOW]
-    assert len(await completions(router)) == 1, "the losing group wrote nothing"
-    assert len(await timers(router)) == 1 and await pending(router) == 1
-    assert int(await redis_client.hget(key, "version")) == 2
-    router.fresh_decision = fresh  # type: ignore[method-assign]
-    await router.handle(entries[0].event)  # the slow path: reloads and decides again
+    assert await router.handle_batch(entries) == [Outcome.ACKED]
+    assert len(calls) == 2, "the losing round wrote nothing; the next one decided again"
     snap = await router.store.load("inc:cas")
     assert snap.version == 3 and snap.incident is not None and snap.incident.retries_used == 2
     assert [c["status"] for c in await completions(router)] == ["scheduled", "scheduled"]
-    assert calls == [1] and event.id == entries[0].event.id
+    assert len(await timers(router)) == 2 and await pending(router) == 0
 
 
 async def test_decision_stored_by_another_daemon_is_reused(
@@ -282,35 +256,29 @@ async def test_decision_stored_by_another_daemon_is_reused(
     await publish(router, [request(incident="inc:nx")])
     await consumer(router, batched=True).poll_once()
     await publish(router, [request(incident="inc:nx")])
-    fresh = router.fresh_decision
+    decide = router.decide
     theirs: list[Any] = []
 
     async def racing(request: Any, incident: Any, now: int, knobs: Knobs) -> Any:
-        # Another daemon reserves its own decision for this step (slow path) meanwhile.
-        decision = await fresh(request, incident, now - 5, knobs)
-        theirs.append(await router.store.reserve_decision(incident, decision))
-        return await fresh(request, incident, now, knobs)
+        if not theirs:
+            # Another daemon stores its own decision for this step meanwhile.
+            decision = await decide(request, incident, now - 5, knobs)
+            key = router.store.decision_key(incident)
+            await redis_client.set(key, compact_json(decision.to_dict()))
+            theirs.append(decision)
+        return await decide(request, incident, now, knobs)
 
-    router.fresh_decision = racing  # type: ignore[method-assign]
-    # Decide through the awaited path, where the race is staged.
-    router.plain_decision = lambda *args: None  # type: ignore[method-assign]
+    router.decide = racing  # type: ignore[method-assign]
     entries = await read(router)
-    assert await router.handle_batch(entries) == [Outcome.SLOW]
-    router.fresh_decision = fresh  # type: ignore[method-assign]
-    await router.handle(entries[0].event)
+    assert await router.handle_batch(entries) == [Outcome.ACKED]
     snap = await router.store.load("inc:nx")
     assert snap.last_decision == theirs[0], "the stored decision counts, not ours"
     assert router.stats.reused == 1
 
 
-@pytest.mark.parametrize("load_every", [batch_module.LOAD_EVERY, 1])
 async def test_redelivered_entries_are_acked_without_deciding_again(
-    redis_client: aioredis.Redis,
-    telemetry: Telemetry,
-    monkeypatch: pytest.MonkeyPatch,
-    load_every: int,
+    redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
-    monkeypatch.setattr(batch_module, "LOAD_EVERY", load_every)  # 1: a LOAD call per entry
     router = make(redis_client, telemetry, "dup", clock_ms=lambda: START_MS)
     [first, second] = await publish(router, [request(incident="a"), request(incident="b")])
     # `first` was handled before but its ack was lost; `second` is published twice.
@@ -396,7 +364,7 @@ async def test_a_request_is_stored_as_it_came_when_its_entry_took_the_full_decod
     assert stored.decode() == text
 
 
-async def test_batch_spans_match_the_one_by_one_spans(
+async def test_spans_of_a_batch_match_those_of_requests_routed_alone(
     redis_client: aioredis.Redis, telemetry: Telemetry
 ) -> None:
     payloads = [request(incident="inc:span"), request(incident="inc:span")]
