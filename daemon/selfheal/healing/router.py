@@ -67,7 +67,14 @@ from selfheal.core.routing import (
     meet,
 )
 from selfheal.healing.commit import Group
-from selfheal.healing.store import DECISION_TTL_S, IncidentSnapshot, IncidentStore, snapshot_from
+from selfheal.healing.store import (
+    DECISION_TTL_S,
+    IncidentSnapshot,
+    IncidentStore,
+    decision_json,
+    incident_json,
+    snapshot_from,
+)
 from selfheal.telemetry import OpenSpan, Telemetry
 
 log = logging.getLogger("selfheal.router")
@@ -392,22 +399,22 @@ class Router:
         ops.append(self._publish_once(completion.name, completion.once_key, fields))
         record, decision = effects.record, effects.decision
         if record is not None and decision is not None:
-            decision_json = compact_json(decision.to_dict())
+            stored_json = decision_json(decision)
             if effects.store_decision:
                 assert decision_key is not None
                 key = decision_key
 
                 def store(group: Group) -> None:
                     group.expect_absent(key)  # another daemon's decision wins; we reload
-                    group.set(key, decision_json, DECISION_TTL_S)
+                    group.set(key, stored_json, DECISION_TTL_S)
 
                 ops.append(store)
             mapping = {
-                "record": compact_json(record.to_dict()),
+                "record": incident_json(record),
                 "version": str(track.version + 1),
                 "pendingUntil": str(effects.pending_until_ms),
                 "request": arrival.request_json,
-                "lastDecision": decision_json,
+                "lastDecision": stored_json,
             }
             incident_id = track.snapshot.incident_id
             ops.append(lambda g: g.hset(track.key, mapping))
