@@ -38,10 +38,11 @@ import redis.asyncio as aioredis
 from selfheal.bus.consumer import ConsumerOptions, Delivery, Outcome, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
-from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
+from selfheal.core.events import BACKUP_RETRY_REQUESTED, SELF_HEALING_REQUESTED, Event, new_event
 from selfheal.core.policy import Knobs
 from selfheal.daemon import settle_heap
 from selfheal.embedded import find_redis_server
+from selfheal.healing.domains import Domain, Domains
 from selfheal.healing.router import ROUTER_BATCH, ROUTER_CONCURRENCY, ROUTER_GROUP, Router
 from selfheal.telemetry import Telemetry, setup_telemetry
 
@@ -86,6 +87,14 @@ async def raw_limit(client: aioredis.Redis, count: int, batch: int = 100) -> flo
     return (count // batch) * batch / (time.perf_counter() - started)
 
 
+def bench_domains() -> Domains:
+    """The backup domain, registered as the backup plane does."""
+    domains = Domains()
+    domains.register(Domain("backup", BACKUP_RETRY_REQUESTED))
+    domains.serve(BACKUP_RETRY_REQUESTED, "system/backup.redis")
+    return domains
+
+
 def bench_telemetry(span_file: Path) -> Telemetry:
     """Spans to a local file, as the daemon writes them without OTLP."""
     return setup_telemetry(
@@ -104,7 +113,7 @@ async def routed(
     """Decisions/s of the real consumer + router over `count` fresh incidents."""
     bus = Bus(client, Keys("bench"))
     telemetry = bench_telemetry(span_file)
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=bench_domains())
     consumer = StreamConsumer(
         bus,
         SELF_HEALING_REQUESTED,
@@ -134,7 +143,7 @@ async def latency(
     """Publish at `rate`/s; milliseconds from publish to decision committed."""
     bus = Bus(client, Keys("lat"))
     telemetry = bench_telemetry(span_file)
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=bench_domains())
     samples: list[float] = []
     sent_at: dict[str, float] = {}
 

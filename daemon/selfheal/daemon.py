@@ -94,15 +94,15 @@ class Daemon:
             telemetry=self.telemetry,
             consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
-            # A paused backup incident is re-checked by asking whether the NAS is back.
-            probes=lambda: {"backup": self.backups.nas_probe},
         )
+        # Each plane that heals a domain registers it with the router's registry.
         self.backups = BackupPlane(
             settings=lambda: self.settings,
             bus=self.plane.bus,
             telemetry=self.telemetry,
             consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
+            domains=self.plane.domains,
         )
 
     @property

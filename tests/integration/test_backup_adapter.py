@@ -21,6 +21,7 @@ from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.telemetry import Telemetry
 from tests.integration.test_router import FAST, now_ms, run_until, stream_events
+from tests.support.domains import backup_domains
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +52,7 @@ def failed(attempt: int = 0) -> dict[str, object]:
 
 
 async def test_failure_becomes_a_retry_of_that_target(bus: Bus, telemetry: Telemetry) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     await bus.publish(new_event(BACKUP_FAILED, failed(), now_ms=now_ms()))
 
     async def scheduled() -> bool:
@@ -68,7 +69,7 @@ async def test_failure_becomes_a_retry_of_that_target(bus: Bus, telemetry: Telem
 async def test_success_after_escalation_remediates_and_sends_all_clear(
     bus: Bus, telemetry: Telemetry
 ) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     hard = {**failed(), "evidence": [{"errno": "ENOSPC"}]}
     await bus.publish(new_event(BACKUP_FAILED, hard, now_ms=now_ms()))
 
@@ -100,7 +101,7 @@ async def test_success_after_escalation_remediates_and_sends_all_clear(
 
 
 async def test_malformed_backup_failure_is_dead_lettered(bus: Bus, telemetry: Telemetry) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     await bus.publish(new_event(BACKUP_FAILED, {"target": "../etc"}, now_ms=now_ms()))
 
     async def buried() -> bool:

@@ -24,6 +24,7 @@ from selfheal.core.policy import Knobs
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
+from tests.support.domains import backup_domains
 
 pytestmark = pytest.mark.anyio
 
@@ -82,7 +83,7 @@ def router_consumer(
 
 
 async def test_budget_of_three_retries_then_one_escalation(bus: Bus, telemetry: Telemetry) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     failures: list[Event] = []
 
     async def failing_backup(event: Event) -> None:
@@ -133,7 +134,7 @@ async def test_budget_of_three_retries_then_one_escalation(bus: Bus, telemetry: 
 async def test_replayed_and_duplicate_reports_do_not_spend_budget(
     bus: Bus, telemetry: Telemetry
 ) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     slow = request(
         retryPolicy={"maxRetries": 3, "sleepMinMs": 60_000, "sleepMaxMs": 120_000, "sleepStepMs": 0}
     )
@@ -159,7 +160,7 @@ async def test_replayed_and_duplicate_reports_do_not_spend_budget(
 
 
 async def test_hard_failure_escalates_at_once(bus: Bus, telemetry: Telemetry) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     data = request(incident="backup:typesense:disk", evidence=[{"errno": "ENOSPC"}])
     await bus.publish(new_event(SELF_HEALING_REQUESTED, data, now_ms=now_ms()))
 
@@ -173,7 +174,7 @@ async def test_hard_failure_escalates_at_once(bus: Bus, telemetry: Telemetry) ->
 
 
 async def test_invalid_request_answered_and_dead_lettered(bus: Bus, telemetry: Telemetry) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     bad = request()
     bad["retryPolicy"]["sleepMinMs"] = -5
     await bus.publish(new_event(SELF_HEALING_REQUESTED, bad, now_ms=now_ms()))
@@ -191,7 +192,7 @@ async def test_invalid_request_answered_and_dead_lettered(bus: Bus, telemetry: T
 
 
 async def test_free_form_route_is_refused(bus: Bus, telemetry: Telemetry) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     data = request(
         incident="backup:x:route", routeTo={"event": "system/anything.goes", "data": {"rm": "-rf"}}
     )
@@ -209,7 +210,7 @@ async def test_free_form_route_is_refused(bus: Bus, telemetry: Telemetry) -> Non
 async def test_redelivery_after_a_crash_before_the_ack_adds_no_second_completion(
     bus: Bus, telemetry: Telemetry
 ) -> None:
-    router = Router(bus, telemetry, knobs=Knobs)
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
     event = new_event(SELF_HEALING_REQUESTED, request(incident="backup:crash"), now_ms=now_ms())
     await bus.ensure_group(SELF_HEALING_REQUESTED, ROUTER_GROUP)
     await bus.publish(event)
@@ -239,7 +240,7 @@ async def test_pause_rechecks_the_probe_and_retries_once_the_target_is_back(
         checks.append(healthy[0])
         return healthy[0]
 
-    router = Router(bus, telemetry, knobs=Knobs, probes={"backup": nas_probe})
+    router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains(nas_probe))
     away = request(
         incident="backup:redis:nas-away",
         evidence=[{"kind": "transport.unavailable", "errno": "ENOTCONN"}],

@@ -22,6 +22,7 @@ from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
+from tests.support.domains import backup_domains
 from tests.support.http import PlayedService, Posted, Reply, played_service
 
 pytestmark = pytest.mark.anyio
@@ -103,7 +104,9 @@ async def test_advice_is_used_within_the_policy_clamps(
     settings = AdvisorSettings.model_validate({"enabled": True, "endpoint": model.endpoint})
     async with httpx.AsyncClient() as http:
         advisor = Advisor(settings, model="gpt-5.4", fallback_model="gpt-5.4", client=http)
-        router = Router(bus, telemetry, knobs=Knobs, adviser=LlmAdviser(advisor))
+        router = Router(
+            bus, telemetry, knobs=Knobs, domains=backup_domains(), adviser=LlmAdviser(advisor)
+        )
         await route_one(bus, router, "backup:redis:advised", batched=batched)
     snapshot = await router.store.load("backup:redis:advised")
     decision = snapshot.last_decision
@@ -131,7 +134,14 @@ async def test_garbage_from_both_models_falls_back_to_the_policy(
     )
     async with httpx.AsyncClient() as http:
         advisor = Advisor(settings, model="gpt-5.4", fallback_model="gpt-5.4-mini", client=http)
-        router = Router(bus, telemetry, knobs=Knobs, adviser=LlmAdviser(advisor), jitter=lambda: 0)
+        router = Router(
+            bus,
+            telemetry,
+            knobs=Knobs,
+            domains=backup_domains(),
+            adviser=LlmAdviser(advisor),
+            jitter=lambda: 0,
+        )
         await route_one(bus, router, "backup:redis:policy")
     assert [r["model"] for r in model.requests] == ["gpt-5.4", "gpt-5.4-mini"]
     decision = (await router.store.load("backup:redis:policy")).last_decision

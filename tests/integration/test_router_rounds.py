@@ -30,6 +30,7 @@ from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
 from tests.integration.test_router import request, stream_events
+from tests.support.domains import backup_domains
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +51,9 @@ def stepping_clock(step_ms: int) -> Callable[[], int]:
 
 def make(redis_client: aioredis.Redis, telemetry: Telemetry, namespace: str, **kw: Any) -> Router:
     kw.setdefault("jitter", lambda: 0.5)
-    return Router(Bus(redis_client, Keys(namespace)), telemetry, knobs=Knobs, **kw)
+    return Router(
+        Bus(redis_client, Keys(namespace)), telemetry, knobs=Knobs, domains=backup_domains(), **kw
+    )
 
 
 SLOW_CALLS: dict[str, int] = {}

@@ -30,7 +30,16 @@ HOUR = 3_600_000
 POLICY = {"maxRetries": 5, "sleepMinMs": 300_000, "sleepMaxMs": 14_400_000, "sleepStepMs": 30_000}
 TRANSPORT = Classification(FailureClass.TRANSIENT_TRANSPORT, "errno ETIMEDOUT")
 INFRA = Classification(FailureClass.TRANSIENT_INFRA, "errno ESTALE")
-PROBED = Knobs(domains_with_probe=frozenset({"backup", "worker"}))
+# The routes the backup and worker domains register with the router.
+ROUTES = {"backup": BACKUP_RETRY_REQUESTED, "worker": WORKER_RESTART_REQUESTED}
+
+
+def routed(**changes: Any) -> Knobs:
+    """Knobs with the registered domains' routes."""
+    return Knobs(**{"allowed_routes": ROUTES, **changes})
+
+
+PROBED = routed(domains_with_probe=frozenset({"backup", "worker"}))
 
 
 def request(**changes: Any) -> SelfHealingRequest:
@@ -117,7 +126,7 @@ def incident(req: SelfHealingRequest | None = None, **changes: Any) -> Incident:
 def test_escalation_rules(
     inc: Incident, req: SelfHealingRequest, rule: Rule, reason: str, notify: bool
 ) -> None:
-    decision = decide(req, inc, NOW, Knobs(), 0.5)
+    decision = decide(req, inc, NOW, routed(), 0.5)
     assert (decision.action, decision.rule, decision.reason) == (Action.ESCALATE, rule, reason)
     assert (decision.delay_ms, decision.fire_at_ms, decision.route_event) == (0, NOW, None)
     assert decision.notify is notify
@@ -132,7 +141,7 @@ def test_every_hard_class_escalates_at_once(hard: FailureClass) -> None:
 
 def test_retry_schedules_the_allowlisted_route() -> None:
     req = request(routeTo={"event": BACKUP_RETRY_REQUESTED, "data": {"target": "x", "attempt": 99}})
-    decision = decide(req, incident(retries_used=2), NOW, Knobs(), 0.5)
+    decision = decide(req, incident(retries_used=2), NOW, routed(), 0.5)
     assert (decision.action, decision.rule) == (Action.RETRY, Rule.RETRY)
     assert decision.delay_ms == 1_200_000 + 15_000
     assert decision.fire_at_ms == NOW + 1_215_000
@@ -151,12 +160,12 @@ def test_retry_schedules_the_allowlisted_route() -> None:
 
 def test_worker_domain_routes_to_restart() -> None:
     req = request(domain="worker")
-    decision = decide(req, incident(req), NOW, Knobs(), 0.0)
+    decision = decide(req, incident(req), NOW, routed(), 0.0)
     assert decision.route_event == WORKER_RESTART_REQUESTED
 
 
 def test_manual_fallback_does_not_stop_retries() -> None:
-    decision = decide(request(fallbackAction="manual"), incident(), NOW, Knobs(), 0.0)
+    decision = decide(request(fallbackAction="manual"), incident(), NOW, routed(), 0.0)
     assert decision.action == Action.RETRY
 
 
@@ -164,7 +173,7 @@ def test_pause_needs_a_pause_class_and_a_probe() -> None:
     paused = decide(request(), incident(pauses=1), NOW, PROBED, 0.0, classification=INFRA)
     assert (paused.action, paused.rule, paused.delay_ms) == (Action.PAUSE, Rule.PAUSE, 600_000)
     assert (paused.route_event, paused.route_data) == (None, {})
-    unprobed = decide(request(), incident(), NOW, Knobs(), 0.0, classification=INFRA)
+    unprobed = decide(request(), incident(), NOW, routed(), 0.0, classification=INFRA)
     assert unprobed.action == Action.RETRY
     transport = decide(request(), incident(), NOW, PROBED, 0.0, classification=TRANSPORT)
     assert transport.action == Action.RETRY
@@ -186,20 +195,20 @@ def test_budget_is_spent_before_pauses() -> None:
 
 def test_defect_1_replayed_attempt_zero_cannot_reset_the_budget() -> None:
     replayed = request(attempt=0)
-    decision = decide(replayed, incident(retries_used=3), NOW, Knobs(), 0.0)
+    decision = decide(replayed, incident(retries_used=3), NOW, routed(), 0.0)
     assert (decision.attempt, decision.route_data["attempt"]) == (3, 4)
     assert decision.delay_ms == 2_400_000  # backoff follows the incident, not the request
-    spent = decide(replayed, incident(retries_used=5), NOW, Knobs(), 0.0)
+    spent = decide(replayed, incident(retries_used=5), NOW, routed(), 0.0)
     assert spent.rule == Rule.BUDGET_EXHAUSTED
-    late = decide(request(attempt=40), incident(), NOW, Knobs(), 0.0)
+    late = decide(request(attempt=40), incident(), NOW, routed(), 0.0)
     assert (late.action, late.attempt) == (Action.RETRY, 0)
 
 
 def test_request_for_another_incident_is_a_bug() -> None:
     with pytest.raises(ValueError, match="inc-2"):
-        decide(request(incidentId="inc-2"), incident(), NOW, Knobs(), 0.0)
+        decide(request(incidentId="inc-2"), incident(), NOW, routed(), 0.0)
     with pytest.raises(ValueError, match="jitter"):
-        decide(request(), incident(), NOW, Knobs(), 1.0)
+        decide(request(), incident(), NOW, routed(), 1.0)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +220,7 @@ def test_request_for_another_incident_is_a_bug() -> None:
     ],
 )
 def test_completion_status(inc: Incident, status: CompletionStatus) -> None:
-    completion = completion_for(decide(request(), inc, NOW, Knobs(), 0.0), request())
+    completion = completion_for(decide(request(), inc, NOW, routed(), 0.0), request())
     assert completion.status == status
     assert completion.to_data()["incidentId"] == "inc-1"
     paused = decide(request(), incident(), NOW, PROBED, 0.0, classification=INFRA)
@@ -221,11 +230,11 @@ def test_completion_status(inc: Incident, status: CompletionStatus) -> None:
 @pytest.mark.parametrize(
     ("inc", "knobs", "found"),
     [
-        (incident(), Knobs(), TRANSPORT),
-        (incident(retries_used=5), Knobs(), TRANSPORT),
-        (incident(deadline_ms=NOW - 1), Knobs(), TRANSPORT),
+        (incident(), routed(), TRANSPORT),
+        (incident(retries_used=5), routed(), TRANSPORT),
+        (incident(deadline_ms=NOW - 1), routed(), TRANSPORT),
         (incident(), PROBED, INFRA),
-        (incident(), Knobs(), Classification(FailureClass.AUTH, 'ünïcode "quoted" reason')),
+        (incident(), routed(), Classification(FailureClass.AUTH, 'ünïcode "quoted" reason')),
     ],
 )
 def test_completion_json_is_the_completion_model_dumped(
@@ -248,13 +257,13 @@ def test_incident_new_takes_deadline_from_request_or_window() -> None:
 
 def test_transitions() -> None:
     start = incident()
-    retried = start.after(decide(request(), start, NOW, Knobs(), 0.0), NOW + 1)
+    retried = start.after(decide(request(), start, NOW, routed(), 0.0), NOW + 1)
     assert (retried.retries_used, retried.state, retried.updated_ms) == (1, "scheduled", NOW + 1)
     paused = retried.after(decide(request(), retried, NOW, PROBED, 0.0, classification=INFRA), NOW)
     assert (paused.retries_used, paused.pauses, paused.state) == (1, 1, "paused")
     assert paused.last_class == "transient_infra"
     done = replace(paused, deadline_ms=NOW)
-    escalated = done.after(decide(request(), done, NOW, Knobs(), 0.0), NOW)
+    escalated = done.after(decide(request(), done, NOW, routed(), 0.0), NOW)
     assert escalated.state == IncidentState.ESCALATED and escalated.closed
     assert [h["event"] for h in escalated.history] == ["opened", "retry", "pause", "escalate"]
     assert escalated.remediated(NOW).state == IncidentState.REMEDIATED
@@ -262,7 +271,7 @@ def test_transitions() -> None:
 
 def test_a_decision_applies_once() -> None:
     start = incident()
-    decision = decide(request(), start, NOW, Knobs(), 0.0)
+    decision = decide(request(), start, NOW, routed(), 0.0)
     once = start.after(decision, NOW)
     with pytest.raises(ValueError, match="stale or already applied"):
         once.after(decision, NOW)
@@ -270,7 +279,7 @@ def test_a_decision_applies_once() -> None:
 
 def test_closed_incidents_refuse_retries() -> None:
     closed = incident(state=IncidentState.ESCALATED)
-    again = decide(request(), closed, NOW, Knobs(), 0.0)
+    again = decide(request(), closed, NOW, routed(), 0.0)
     assert closed.after(again, NOW) is closed
     retry = replace(again, action=Action.RETRY)
     with pytest.raises(ValueError, match="escalated"):
@@ -291,7 +300,7 @@ def test_operator_reset() -> None:
         "retriesUsed": 5,
     }
     assert reset.decision_key != incident().decision_key  # old decisions cannot apply
-    assert decide(request(), reset, NOW + 10, Knobs(), 0.0).action == Action.RETRY
+    assert decide(request(), reset, NOW + 10, routed(), 0.0).action == Action.RETRY
     with pytest.raises(ValueError, match="remediated"):
         spent.remediated(NOW).reset_budget(NOW, "joel")
     with pytest.raises(ValueError, match="operator"):
@@ -328,7 +337,7 @@ def test_incident_from_dict_names_bad_fields(changes: dict[str, Any], named: str
     [({"action": "reboot"}, "action"), ({"delayMs": -1}, "delayMs"), ({"notify": 1}, "notify")],
 )
 def test_decision_from_dict_names_bad_fields(changes: dict[str, Any], named: str) -> None:
-    data = decide(request(), incident(), NOW, Knobs(), 0.0).to_dict() | changes
+    data = decide(request(), incident(), NOW, routed(), 0.0).to_dict() | changes
     with pytest.raises(ValueError, match=named):
         Decision.from_dict(data)
     with pytest.raises(ValueError, match="decision record"):
@@ -392,7 +401,7 @@ def test_advice_cannot_lift_a_policy_escalation() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "why"),
     [
-        ({"knobs": Knobs()}, "has no precondition probe"),
+        ({"knobs": routed()}, "has no precondition probe"),
         ({"advice_route": "system/anything"}, "not allowlisted"),
     ],
 )
@@ -448,7 +457,7 @@ def scenarios(draw: st.DrawFn) -> tuple[SelfHealingRequest, Knobs]:
     }
     # The window spans at most ~100 minimal delays and a hold is at least 1% of one,
     # so a pause loop ends (at the deadline) within ~10,000 re-checks.
-    knobs = Knobs(
+    knobs = routed(
         recovery_window_ms=low * draw(st.integers(1, 100)),
         max_pause_ms=draw(st.integers(max(1, low // 100), 10_000_000)),
         domains_with_probe=frozenset({"backup"}) if draw(st.booleans()) else frozenset(),

@@ -24,6 +24,7 @@ from selfheal.core.artifacts import manifest_name, parse_artifact_name
 from selfheal.core.contracts import RequestView
 from selfheal.core.events import BACKUP_REQUESTED, BACKUP_RETRY_REQUESTED, new_event
 from selfheal.errors import ControlError
+from selfheal.healing.domains import Domain, Domains
 from selfheal.supervisor import Service, ServiceSpec
 from selfheal.telemetry import Telemetry
 
@@ -59,6 +60,14 @@ class SpoolDrainer:
             await anyio.sleep(self.every_s)
 
 
+BACKUP_DOMAIN = "backup"
+
+
+def runner_group(target: str) -> str:
+    """The consumer group that runs one target's backups (both its streams)."""
+    return f"system/backup.{target}"
+
+
 class BackupPlane:
     """Owns the backup services and their control methods."""
 
@@ -70,6 +79,7 @@ class BackupPlane:
         telemetry: Telemetry,
         consumer_name: str,
         stopping: Callable[[], bool],
+        domains: Domains,
     ) -> None:
         self._settings = settings
         self._bus = bus
@@ -81,6 +91,11 @@ class BackupPlane:
         self._external_url: str | None = None
         self.drainer = SpoolDrainer(self.service)
         self.last_runs: dict[str, RunOutcome] = {}
+        # Backups retry through their retry event, served by one group per target; a
+        # paused backup incident is re-checked by asking whether the NAS is back.
+        domains.register(Domain(BACKUP_DOMAIN, BACKUP_RETRY_REQUESTED, probe=self.nas_probe))
+        for target in TARGETS:
+            domains.serve(BACKUP_RETRY_REQUESTED, runner_group(target))
 
     def _source_client(self) -> aioredis.Redis:
         url = self._settings().backups.redis.source
@@ -142,7 +157,7 @@ class BackupPlane:
         consumer = StreamConsumer(
             self._bus(),
             stream,
-            f"system/backup.{target}",
+            runner_group(target),
             self.consumer_name,
             handle,
             # A backup can take long: do not let another daemon reclaim it too soon.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from types import MappingProxyType
 from typing import Any, Final
 
 from pydantic import TypeAdapter, with_config
@@ -13,7 +12,7 @@ from pydantic import TypeAdapter, with_config
 from selfheal.core.backoff import check_jitter, retry_delay_ms
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, classify
 from selfheal.core.contracts import Completion, CompletionStatus, RequestView
-from selfheal.core.events import BACKUP_RETRY_REQUESTED, WORKER_RESTART_REQUESTED, text_json
+from selfheal.core.events import text_json
 from selfheal.core.incident import (
     RECORD_CONFIG,
     Count,
@@ -25,10 +24,6 @@ from selfheal.core.records import record_builder
 
 DEFAULT_RECOVERY_WINDOW_MS: Final = 4 * 60 * 60 * 1000  # the original's nasRecoveryWindowHours
 DEFAULT_MAX_PAUSE_MS: Final = 15 * 60 * 1000
-# The only events a retry may emit, one per domain (defect 8: never a free-form event).
-DEFAULT_ROUTES: Final[Mapping[str, str]] = MappingProxyType(
-    {"backup": BACKUP_RETRY_REQUESTED, "worker": WORKER_RESTART_REQUESTED}
-)
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,9 @@ class Knobs:
     pause_classes: frozenset[FailureClass] = frozenset({FailureClass.TRANSIENT_INFRA})
     # Pausing means "hold, then re-check a precondition", so only domains with a probe may.
     domains_with_probe: frozenset[str] = frozenset()
-    allowed_routes: Mapping[str, str] = field(default_factory=lambda: DEFAULT_ROUTES)
+    # The only event a retry may emit, per domain (defect 8: never a free-form event);
+    # the router fills it from the registered domains.
+    allowed_routes: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.recovery_window_ms <= 0 or self.max_pause_ms <= 0:

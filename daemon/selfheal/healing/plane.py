@@ -7,11 +7,13 @@ of the daemon's Redis link, and answers `events.send`, `queue.stats` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
 
 from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
 from selfheal.bus.keys import Keys
@@ -30,13 +32,13 @@ from selfheal.healing.advice import LlmAdviser
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.control import HealingControl
+from selfheal.healing.domains import Domains
 from selfheal.healing.notify_sink import NotificationSink
 from selfheal.healing.router import (
     NOTIFY_REQUESTED,
     ROUTER_BATCH,
     ROUTER_CONCURRENCY,
     ROUTER_GROUP,
-    Probe,
     Router,
 )
 from selfheal.supervisor import Service, ServiceSpec
@@ -57,10 +59,10 @@ class HealingPlane:
         telemetry: Telemetry,
         consumer_name: str,
         stopping: Callable[[], bool],
-        probes: Callable[[], Mapping[str, Probe]] = dict,
     ) -> None:
         self._settings = settings
-        self._probes = probes
+        # Domains register themselves here (see healing/domains.py) before services start.
+        self.domains = Domains()
         self._client = client
         self.telemetry = telemetry
         self.consumer_name = consumer_name
@@ -70,7 +72,6 @@ class HealingPlane:
         self.consumers: dict[str, StreamConsumer] = {}
         self.pump: TimerPump | None = None
         self.advisor: Advisor | None = None
-        self._http: httpx.AsyncClient | None = None
 
     def bus(self) -> Bus:
         """A bus over the current Redis client (rebuilt when the link reconnects anew)."""
@@ -108,7 +109,11 @@ class HealingPlane:
         return [
             ServiceSpec(name="timers", factory=self._make_pump, depends_on=depends_on),
             ServiceSpec(
-                name="router", factory=self._make_router, depends_on=depends_on, drains=True
+                name="router",
+                factory=self._make_router,
+                # A changed advisor section rebuilds the router with a new advisor.
+                depends_on=lambda: (depends_on(), self._settings().advisor),
+                drains=True,
             ),
             ServiceSpec(
                 name="notifier", factory=self._make_notifier, depends_on=depends_on, drains=True
@@ -150,9 +155,15 @@ class HealingPlane:
         return self.pump
 
     def _make_router(self) -> Service:
+        self.domains.check()  # a retry route nothing serves is refused before any request
         bus = self.bus()
+        http = httpx.AsyncClient() if self._settings().advisor.enabled else None
         self.router = Router(
-            bus, self.telemetry, knobs=self.knobs, probes=self._probes(), adviser=self._adviser()
+            bus,
+            self.telemetry,
+            knobs=self.knobs,
+            domains=self.domains,
+            adviser=self._adviser(http),
         )
         consumer = StreamConsumer(
             bus,
@@ -162,24 +173,21 @@ class HealingPlane:
             self.router.handle,
             options=self.consumer_options(batch=ROUTER_BATCH, concurrency=ROUTER_CONCURRENCY),
             stopping=self._stopping,
-            # Fresh entries are decided and committed a batch at a time; anything the
-            # batch cannot settle goes through `handle` one by one.
+            # Fresh entries are routed a batch at a time; reclaimed ones, and those a
+            # batch leaves (invalid, or whose routing raised), one by one.
             batch_handler=self.router.handle_batch,
         )
         consumer.name = "router"
         self.consumers["router"] = consumer
-        return consumer
+        return _Closing(consumer, http)
 
-    def _adviser(self) -> LlmAdviser | None:
+    def _adviser(self, http: httpx.AsyncClient | None) -> LlmAdviser | None:
         settings = self._settings()
-        if not settings.advisor.enabled:
+        if http is None:
+            self.advisor = None
             return None
         model, fallback = settings.advisor_models
-        if self._http is None:
-            self._http = httpx.AsyncClient()
-        self.advisor = Advisor(
-            settings.advisor, model=model, fallback_model=fallback, client=self._http
-        )
+        self.advisor = Advisor(settings.advisor, model=model, fallback_model=fallback, client=http)
         return LlmAdviser(self.advisor)
 
     def _make_notifier(self) -> Service:
@@ -201,3 +209,21 @@ class HealingPlane:
     def handlers(self) -> dict[str, Handler]:
         """Control-socket methods of the healing plane."""
         return HealingControl(self).handlers()
+
+
+class _Closing:
+    """A service that closes the HTTP client it was built with when it stops."""
+
+    def __init__(self, inner: StreamConsumer, http: httpx.AsyncClient | None) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._http = http
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the inner service; close the client however it ends."""
+        try:
+            await self._inner.run(task_status=task_status)
+        finally:
+            if self._http is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._http.aclose()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -67,6 +67,7 @@ from selfheal.core.routing import (
     meet,
 )
 from selfheal.healing.commit import Group
+from selfheal.healing.domains import Domains, Probe
 from selfheal.healing.store import (
     DECISION_TTL_S,
     IncidentSnapshot,
@@ -90,8 +91,6 @@ NOTIFY_REQUESTED = "system/self.healing.notify"
 # Rounds before an incident other daemons keep moving is left to a later delivery.
 COMMIT_ATTEMPTS = 8
 SPAN_NAME: Final = "selfheal.route.decide"
-
-Probe = Callable[[RequestView], Awaitable[bool]]
 
 
 @dataclass
@@ -158,7 +157,7 @@ class Router:
         telemetry: Telemetry,
         *,
         knobs: Callable[[], Knobs],
-        probes: Mapping[str, Probe] | None = None,
+        domains: Domains | None = None,
         adviser: Adviser | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         jitter: Callable[[], float] = random.random,
@@ -169,7 +168,7 @@ class Router:
         self.store = IncidentStore(bus)
         self.telemetry = telemetry
         self._knobs = knobs
-        self.probes = dict(probes or {})
+        self.domains = domains or Domains()
         self.adviser = adviser
         self._clock_ms = clock_ms
         self._jitter = jitter
@@ -183,14 +182,14 @@ class Router:
         return self._clock_ms()
 
     def knobs(self) -> Knobs:
-        """Current knobs, with the domains that have a registered probe."""
+        """Current knobs, with the registered domains' routes and probes."""
         base = self._knobs()
         return Knobs(
             recovery_window_ms=base.recovery_window_ms,
             max_pause_ms=base.max_pause_ms,
             pause_classes=base.pause_classes,
-            domains_with_probe=frozenset(self.probes) | base.domains_with_probe,
-            allowed_routes=base.allowed_routes,
+            domains_with_probe=frozenset(self.domains.probes()) | base.domains_with_probe,
+            allowed_routes={**base.allowed_routes, **self.domains.routes()},
         )
 
     # -- entry points -------------------------------------------------------------------
@@ -359,7 +358,7 @@ class Router:
         """The policy's decision for the incident's current step: a paused incident's
         probe is asked first, and the advisor (if any) may adjust it within the clamps."""
         classification: Classification | None = None
-        probe = self.probes.get(incident.domain)
+        probe = self.domains.probes().get(incident.domain)
         if probe is not None and incident.state == IncidentState.PAUSED:
             classification = await _recheck(probe, request, incident.domain)
         decision = decide(
