@@ -21,7 +21,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from selfheal.control import ControlClient, ControlServer, DaemonNotRunning, UnsafeSocketPath, acall
-from selfheal.control.protocol import API_VERSION
+from selfheal.control.protocol import API_VERSION, MAX_REQUEST_DEPTH
 from selfheal.errors import ControlError, DaemonAlreadyRunning
 from tests.support.servers import missing
 
@@ -76,8 +76,19 @@ def make_handlers(probe: Probe) -> dict[str, Any]:
         finally:
             probe.stream_closed.set()
 
+    async def circular(params: dict[str, Any]) -> Any:
+        loop: list[Any] = []
+        loop.append(loop)
+        return loop
+
+    async def circular_event(params: dict[str, Any]) -> AsyncIterator[Any]:
+        yield 1
+        yield await circular(params)
+
     return {
         "echo": echo,
+        "circular": circular,
+        "circular_event": circular_event,
         "explode": explode,
         "refuse": refuse,
         "count": count,
@@ -213,13 +224,46 @@ async def test_oversized_line_is_refused_and_skipped(socket_path: Path, probe: P
         assert (await conn.ask(b'{"id": 4, "method": "echo"}\n'))["ok"] is True
 
 
+def nested(depth: int) -> bytes:
+    """A request line whose nesting is `depth` levels in all (the request object is one)."""
+    inner = "[" * (depth - 2) + "]" * (depth - 2)
+    return b'{"id": 1, "method": "echo", "params": {"x": ' + inner.encode() + b"}}\n"
+
+
+async def test_deeply_nested_lines_are_refused_and_no_connection_is_dropped(
+    socket_path: Path, probe: Probe
+) -> None:
+    echo_line = b'{"id": 2, "method": "echo"}\n'
+    async with (
+        serving(server_at(socket_path, probe)),
+        raw_connection(socket_path) as bystander,
+        raw_connection(socket_path) as sender,
+    ):
+        assert (await bystander.ask(echo_line))["ok"] is True
+        # 971 brackets was enough for json.loads to raise RecursionError in a connection task.
+        for line in (b"[" * 971 + b"\n", b'{"a":' * 20_000 + b"\n", nested(MAX_REQUEST_DEPTH + 1)):
+            reply = await sender.ask(line)
+            assert reply["ok"] is False and reply["id"] is None
+            assert reply["error"] == {
+                "code": "bad_request",
+                "message": f"request is nested too deeply (max {MAX_REQUEST_DEPTH} levels)",
+            }
+            assert (await sender.ask(echo_line))["ok"] is True
+        # At the limit, and with brackets inside strings (which are not nesting), it is served.
+        assert (await sender.ask(nested(MAX_REQUEST_DEPTH)))["ok"] is True
+        text = b'{"id": 3, "method": "echo", "params": {"s": "' + b"[{" * 5000 + b'\\"["}}\n'
+        reply = await sender.ask(text)
+        assert reply["result"] == {"s": "[{" * 5000 + '"['}
+        assert (await bystander.ask(echo_line))["ok"] is True
+
+
 async def test_unknown_method_lists_known_methods(socket_path: Path, probe: Probe) -> None:
     async with serving(server_at(socket_path, probe)), raw_connection(socket_path) as conn:
         reply = await conn.ask(b'{"id": 1, "method": "reboot"}\n')
     assert reply["id"] == 1
     assert reply["error"]["code"] == "unknown_method"
     assert "'reboot'" in reply["error"]["message"]
-    assert "count, count_then_fail, echo" in reply["error"]["message"]
+    assert "circular_event, count, count_then_fail, echo" in reply["error"]["message"]
 
 
 async def test_handler_failures_become_replies(socket_path: Path, probe: Probe) -> None:
@@ -240,6 +284,54 @@ async def test_handler_failures_become_replies(socket_path: Path, probe: Probe) 
         assert caught.value.code == "invalid_params"
         with pytest.raises(ControlError, match="internal"):
             await acall(socket_path, "explode", timeout=WAIT_S)
+
+
+async def test_a_reply_that_cannot_be_written_becomes_an_error_reply(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        serving(server_at(socket_path, probe)),
+        raw_connection(socket_path) as bystander,
+        raw_connection(socket_path) as conn,
+    ):
+        assert (await bystander.ask(b'{"id": 1, "method": "echo"}\n'))["ok"] is True
+        reply = await conn.ask(b'{"id": 2, "method": "circular"}\n')
+        assert reply["id"] == 2 and reply["error"]["code"] == "internal"
+        assert "Circular reference" in reply["error"]["message"]
+        await conn.stream.send(b'{"id": 3, "method": "circular_event"}\n')
+        assert (await conn.reply())["event"] == 1
+        reply = await conn.reply()
+        assert reply["id"] == 3 and reply["error"]["code"] == "internal"
+        # The connection and every other one carry on.
+        assert (await conn.ask(b'{"id": 4, "method": "echo"}\n'))["ok"] is True
+        assert (await bystander.ask(b'{"id": 5, "method": "echo"}\n'))["ok"] is True
+    assert any("'circular'" in r.getMessage() for r in caplog.records)
+
+
+class FlakyPeerCheck(ControlServer):
+    """A server whose per-connection code fails once, as an unforeseen bug would."""
+
+    failed = False
+
+    def _peer_allowed(self, stream: SocketStream) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("bug while holding redis://:hunter2@nas")
+        return super()._peer_allowed(stream)
+
+
+async def test_a_failing_connection_is_logged_redacted_and_the_server_serves_on(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FlakyPeerCheck(socket_path, make_handlers(probe))
+    async with serving(server):
+        async with raw_connection(socket_path) as conn:
+            with anyio.fail_after(WAIT_S), pytest.raises(anyio.EndOfStream):
+                await conn.stream.receive()  # that connection is closed, and only it
+        assert await acall(socket_path, "echo", {"still": "up"}, timeout=WAIT_S) == {"still": "up"}
+    [failure] = [r for r in caplog.records if "control connection" in r.getMessage()]
+    assert "RuntimeError: bug while holding redis://:***@nas" in failure.getMessage()
+    assert "hunter2" not in failure.getMessage()
 
 
 async def test_streaming_method_sends_events_then_summary(socket_path: Path, probe: Probe) -> None:

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -27,6 +27,7 @@ from selfheal.control.protocol import (
     UNKNOWN_METHOD,
     LineBuffer,
     Oversized,
+    Request,
     RequestError,
     RequestId,
     encode_reply,
@@ -56,6 +57,20 @@ class UnsafeSocketPath(SelfhealError, OSError):
 
 def _describe(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+def _stack(exc: BaseException) -> str:
+    # Logged by hand so the traceback text goes through redaction too.
+    return redact_text("".join(traceback.format_exception(exc)))
+
+
+# How a client that went away shows when we write to it.
+_GONE: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError)
+
+
+class _ClientGone(Exception):
+    """Writing a reply failed because the client is gone: the conversation ends there
+    (a handler's own ConnectionError, by contrast, is that request's error reply)."""
 
 
 def prepare_socket_dir(directory: Path) -> None:
@@ -192,7 +207,9 @@ class ControlServer:
                         continue
                     number = next(self._connection_ids)
                     self._connection_opened()
-                    tg.start_soon(self._serve_connection, stream, name=f"control-conn-{number}")
+                    tg.start_soon(
+                        self._serve_connection, stream, number, name=f"control-conn-{number}"
+                    )
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
@@ -234,9 +251,13 @@ class ControlServer:
         if self._open_connections == 1:
             self._idle = anyio.Event()
 
-    async def _serve_connection(self, stream: SocketStream) -> None:
+    async def _serve_connection(self, stream: SocketStream, number: int) -> None:
         try:
             await self._converse(stream)
+        except Exception as exc:
+            # Never into the server's task group: that would drop every client and
+            # restart the service. (Cancellation, a BaseException, still goes through.)
+            log.error("control connection %d failed: %s\n%s", number, _describe(exc), _stack(exc))
         finally:
             self._open_connections -= 1
             if not self._open_connections and self._idle is not None:
@@ -244,7 +265,11 @@ class ControlServer:
 
     async def _converse(self, stream: SocketStream) -> None:
         async def send(reply: dict[str, Any]) -> None:
-            await stream.send(encode_reply(reply))
+            data = encode_reply(reply)  # a reply that cannot be encoded is the request's error
+            try:
+                await stream.send(data)
+            except _GONE as exc:
+                raise _ClientGone from exc
 
         async with stream:
             try:
@@ -263,15 +288,26 @@ class ControlServer:
                             await send(error_reply(None, TOO_LARGE, message))
                         else:
                             await self._dispatch(line, send)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            except (_ClientGone, *_GONE):
                 log.debug("control client went away mid-request")
 
     async def _dispatch(self, line: bytes, send: Send) -> None:
+        """Answer one request line: whatever goes wrong is this request's error reply."""
+        request_id: RequestId = None
+        method = "(unparsed request)"
         try:
             request = parse_request(line)
+            request_id, method = request.id, request.method
+            await self._answer(request, send)
         except RequestError as exc:
             await send(error_reply(exc.request_id, exc.code, exc.message))
-            return
+        except _ClientGone:
+            raise
+        except Exception as exc:
+            self._log_failure(method, exc)
+            await send(error_reply(request_id, INTERNAL, _describe(exc)))
+
+    async def _answer(self, request: Request, send: Send) -> None:
         handler = self.handlers.get(request.method)
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "(none)"
@@ -323,6 +359,4 @@ class ControlServer:
 
     @staticmethod
     def _log_failure(method: str, exc: Exception) -> None:
-        # Logged by hand so the traceback text goes through redaction too.
-        stack = redact_text("".join(traceback.format_exception(exc)))
-        log.error("control method %r failed: %s\n%s", method, _describe(exc), stack)
+        log.error("control method %r failed: %s\n%s", method, _describe(exc), _stack(exc))
