@@ -6,12 +6,14 @@ import fcntl
 import json
 import logging
 import os
+import resource
+import select
 import shutil
 import socket
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,15 @@ def make_handlers(probe: Probe) -> dict[str, Any]:
         finally:
             probe.stream_closed.set()
 
+    async def slow(params: dict[str, Any]) -> Any:
+        await anyio.sleep(params["s"])
+        return {"slept": params["s"]}
+
+    async def slow_count(params: dict[str, Any]) -> AsyncIterator[int]:
+        for index in range(params["n"]):
+            await anyio.sleep(params["gap"])
+            yield index
+
     async def circular(params: dict[str, Any]) -> Any:
         loop: list[Any] = []
         loop.append(loop)
@@ -87,6 +98,8 @@ def make_handlers(probe: Probe) -> dict[str, Any]:
 
     return {
         "echo": echo,
+        "slow": slow,
+        "slow_count": slow_count,
         "circular": circular,
         "circular_event": circular_event,
         "explode": explode,
@@ -479,3 +492,148 @@ async def test_clients_report_a_missing_daemon(socket_path: Path) -> None:
     assert isinstance(caught.value, ConnectionError)
     with pytest.raises(DaemonNotRunning):
         await acall(socket_path, "status", timeout=WAIT_S)
+
+
+ECHO = b'{"id": 1, "method": "echo"}\n'
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    """Poll `condition()` until true, failing after WAIT_S."""
+    with anyio.fail_after(WAIT_S):
+        while not condition():  # noqa: ASYNC110 - bounded poll of the server's state
+            await anyio.sleep(0.01)
+
+
+class SendsAfterHangUp(ControlClient):
+    """A client that sends its request only once the daemon has answered and hung up:
+    the order a busy client machine can produce, here made certain."""
+
+    def _connect(self) -> socket.socket:
+        sock = super()._connect()
+        poller = select.poll()
+        poller.register(sock, select.POLLHUP)
+        assert poller.poll(WAIT_S * 1000), "the daemon never hung up"
+        return sock
+
+
+async def test_connections_past_the_cap_are_told_so_and_closed(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = server_at(socket_path, probe, max_connections=3)
+    with caplog.at_level(logging.INFO, logger="selfheal.control"):
+        await refuse_past_the_cap(server, socket_path)
+    # A flood of refusals is one warning when it starts and one line when it ends.
+    refusing = [r.getMessage() for r in caplog.records if "refusing connections" in r.getMessage()]
+    assert len(refusing) == 2, refusing
+    assert "ended: 22 times" in refusing[1]
+
+
+async def refuse_past_the_cap(server: ControlServer, socket_path: Path) -> None:
+    """Hold the three connections `server` allows, and try more."""
+    refusal = {
+        "id": None,
+        "ok": False,
+        "error": {
+            "code": "too_many_connections",
+            "message": "too many connections (max 3); try again shortly",
+        },
+        "api_version": API_VERSION,
+    }
+    async with serving(server), AsyncExitStack() as held_open:
+        held = [await held_open.enter_async_context(raw_connection(socket_path)) for _ in range(3)]
+        for conn in held:
+            assert (await conn.ask(ECHO))["ok"] is True
+        async with raw_connection(socket_path) as extra:
+            assert await extra.reply() == refusal  # told before asking anything
+            with anyio.fail_after(WAIT_S), pytest.raises(anyio.EndOfStream):
+                await extra.stream.receive()
+        # Both clients report it by its code, however their request and the refusal cross.
+        client = ControlClient(socket_path, timeout=WAIT_S)
+        for _ in range(10):
+            with pytest.raises(ControlError) as caught:
+                await anyio.to_thread.run_sync(client.call, "echo", {})
+            assert caught.value.code == "too_many_connections"
+            with pytest.raises(ControlError) as caught:
+                await acall(socket_path, "echo", timeout=WAIT_S)
+            assert caught.value.code == "too_many_connections"
+        late = SendsAfterHangUp(socket_path, timeout=WAIT_S)
+        with pytest.raises(ControlError) as caught:
+            await anyio.to_thread.run_sync(late.call, "echo", {})
+        assert caught.value.code == "too_many_connections"
+        assert server.open_connections == 3
+        # Those held are served on, and one leaving makes room.
+        assert (await held[0].ask(ECHO))["ok"] is True
+        await held[2].stream.aclose()
+        await wait_for(lambda: server.open_connections == 2, "a connection to close")
+        assert await acall(socket_path, "echo", {"room": 1}, timeout=WAIT_S) == {"room": 1}
+
+
+async def test_idle_connections_are_closed_but_requests_in_progress_are_not(
+    socket_path: Path, probe: Probe
+) -> None:
+    server = server_at(socket_path, probe, idle_timeout_s=0.5)
+    async with serving(server):
+        async with raw_connection(socket_path) as conn:
+            started = anyio.current_time()
+            assert (await conn.reply())["error"] == {
+                "code": "idle_timeout",
+                "message": "closed after 0.5s without a request",
+            }
+            assert anyio.current_time() - started >= 0.5
+            with anyio.fail_after(WAIT_S), pytest.raises(anyio.EndOfStream):
+                await conn.stream.receive()
+        await wait_for(lambda: server.open_connections == 0, "the idle connection to close")
+        async with raw_connection(socket_path) as conn:
+            # A stream outlasting the idle time several times over is not cut...
+            await conn.stream.send(
+                b'{"id": 1, "method": "slow_count", "params": {"n": 8, "gap": 0.1}}\n'
+            )
+            replies = [await conn.reply() for _ in range(9)]
+            assert [r.get("event") for r in replies[:8]] == list(range(8))
+            assert replies[8]["result"] == {"events": 8}
+            # ...nor a slow method...
+            reply = await conn.ask(b'{"id": 2, "method": "slow", "params": {"s": 1.0}}\n')
+            assert reply["result"] == {"slept": 1.0}
+            # ...nor a request arriving in pieces, each within the idle time.
+            line = b'{"id": 3, "method": "echo", "params": {"pieces": true}}\n'
+            for start in range(0, len(line), 8):
+                await anyio.sleep(0.1)
+                await conn.stream.send(line[start : start + 8])
+            assert (await conn.reply())["result"] == {"pieces": True}
+            # And once it is idle again, it is closed.
+            assert (await conn.reply())["error"]["code"] == "idle_timeout"
+
+
+async def test_failing_accepts_are_logged_once_per_burst(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    server = server_at(socket_path, probe)
+    fillers: list[int] = []
+    with caplog.at_level(logging.INFO, logger="selfheal.control"):
+        async with serving(server):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                try:
+                    # Use up every descriptor, so the daemon's accept fails with EMFILE
+                    # (those open above the new limit stay usable).
+                    lowest_free = os.open(os.devnull, os.O_RDONLY)
+                    os.close(lowest_free)
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + 16, hard))
+                    with pytest.raises(OSError, match="Too many open files"):
+                        while True:
+                            fillers.append(os.open(os.devnull, os.O_RDONLY))
+                    client.connect(os.fspath(socket_path))
+                    await wait_for(lambda: server.failed_accepts >= 5, "accept to fail 5 times")
+                finally:
+                    for fd in fillers:
+                        os.close(fd)
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                await wait_for(lambda: server.failed_accepts == 0, "accept to work again")
+                client.settimeout(WAIT_S)
+                await anyio.to_thread.run_sync(client.sendall, ECHO)
+                answer = await anyio.to_thread.run_sync(client.recv, 4096)
+                assert json.loads(answer)["ok"] is True
+    failing = [r.getMessage() for r in caplog.records if "accept failing" in r.getMessage()]
+    assert len(failing) == 2, failing  # when it started, and when it ended
+    assert "Too many open files" in failing[0]
+    assert "ended" in failing[1]

@@ -26,6 +26,8 @@ BAD_REQUEST: Final = "bad_request"
 TOO_LARGE: Final = "too_large"
 UNKNOWN_METHOD: Final = "unknown_method"
 FORBIDDEN: Final = "forbidden"
+TOO_MANY_CONNECTIONS: Final = "too_many_connections"
+IDLE_TIMEOUT: Final = "idle_timeout"
 INTERNAL: Final = "internal"
 
 RequestId = str | int | None

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import stat
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from itertools import count
@@ -21,9 +22,11 @@ from anyio.abc import SocketAttribute, SocketStream
 from selfheal.control.peercred import peer_credentials
 from selfheal.control.protocol import (
     FORBIDDEN,
+    IDLE_TIMEOUT,
     INTERNAL,
     MAX_REQUEST_BYTES,
     TOO_LARGE,
+    TOO_MANY_CONNECTIONS,
     UNKNOWN_METHOD,
     LineBuffer,
     Oversized,
@@ -46,8 +49,22 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # How long the liveness probe of an existing socket may take before we call it alive.
 _PROBE_TIMEOUT_S = 2.0
+# Client connections served at once. The CLI opens one per command and closes it;
+# 64 leaves room for many at once and for `backup run --follow` watchers. Each holds a
+# descriptor, and at a common nofile limit of 1024 a thousand idle connections left
+# none for the spool drainer, config reloads or span writes.
+MAX_CONNECTIONS: Final = 64
+# A connection with no request in progress that sends nothing for this long is closed
+# (the CLI sends its request as soon as it connects; a streaming reply or a slow
+# method is a request in progress, never cut).
+IDLE_TIMEOUT_S: Final = 30.0
 # Pause after a failed accept (e.g. EMFILE) so a persistent error does not spin the loop.
 _ACCEPT_RETRY_S = 0.1
+# While a condition that repeats many times a second lasts (accept failing, connections
+# refused), it is logged when it starts, then at most this often, and when it ends.
+_BURST_REMIND_S: Final = 60.0
+# The most a parting reply (refused, idle) may take to write before the socket is closed.
+_PARTING_S: Final = 1.0
 _RECEIVE_CHUNK = 65536
 
 
@@ -68,9 +85,50 @@ def _stack(exc: BaseException) -> str:
 _GONE: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError)
 
 
+async def _part(stream: SocketStream, reply: dict[str, Any]) -> None:
+    """Send a last reply (best effort, briefly) and close the connection."""
+    with anyio.move_on_after(_PARTING_S):
+        try:
+            await stream.send(encode_reply(reply))
+        except _GONE:
+            pass
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
+
+
 class _ClientGone(Exception):
     """Writing a reply failed because the client is gone: the conversation ends there
     (a handler's own ConnectionError, by contrast, is that request's error reply)."""
+
+
+class _Burst:
+    """Log a condition that can repeat many times a second once per burst: when it
+    starts, again at most every _BURST_REMIND_S while it lasts, and when it ends, with
+    how often it happened."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0  # in the current burst
+        self._started = 0.0
+        self._reminded = 0.0
+
+    def happened(self, detail: str) -> None:
+        now = time.monotonic()
+        self.count += 1
+        if self.count == 1:
+            self._started = self._reminded = now
+            log.warning("%s: %s (not logged again for %.0fs)", self.what, detail, _BURST_REMIND_S)
+        elif now - self._reminded >= _BURST_REMIND_S:
+            self._reminded = now
+            log.warning(
+                "%s: %s (%d times in %.0fs)", self.what, detail, self.count, now - self._started
+            )
+
+    def over(self) -> None:
+        if self.count:
+            elapsed = time.monotonic() - self._started
+            log.info("%s ended: %d times in %.1fs", self.what, self.count, elapsed)
+            self.count = 0
 
 
 def prepare_socket_dir(directory: Path) -> None:
@@ -142,7 +200,13 @@ def _lock_socket_path(path: Path) -> int:
 
 
 class ControlServer:
-    """Serve newline-delimited JSON requests on a Unix socket until cancelled."""
+    """Serve newline-delimited JSON requests on a Unix socket until cancelled.
+
+    At most `max_connections` clients are served at once. One more is still accepted,
+    told `too_many_connections` and closed at once, rather than left unaccepted: it
+    would wait in the listen backlog until its own timeout and then report no reply,
+    which looks like a hung daemon; and accepting keeps the backlog moving.
+    """
 
     # Lets the supervisor run it as a Service (name + run) as well as via serve().
     name = "control"
@@ -154,11 +218,17 @@ class ControlServer:
         *,
         allowed_uid: int | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.path = path
         self.handlers = dict(handlers)
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.max_request_bytes = max_request_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self._accept_failing = _Burst("control socket accept failing")
+        self._refusing = _Burst("control socket refusing connections")
         self._identity: tuple[int, int] | None = None
         self._connection_ids = count(1)
         self._open_connections = 0
@@ -168,6 +238,11 @@ class ControlServer:
     def open_connections(self) -> int:
         """Number of client connections currently being served."""
         return self._open_connections
+
+    @property
+    def failed_accepts(self) -> int:
+        """Accepts that failed since the last one that worked (0 when accepting)."""
+        return self._accept_failing.count
 
     async def wait_idle(self) -> None:
         """Return once no client connection is open (for a drain before cancelling serve)."""
@@ -202,9 +277,15 @@ class ControlServer:
                         stream = await listener.accept()
                     except (OSError, anyio.BrokenResourceError) as exc:
                         # anyio wraps e.g. EMFILE in BrokenResourceError; both are transient.
-                        log.warning("control socket accept failed: %r", exc.__cause__ or exc)
+                        self._accept_failing.happened(repr(exc.__cause__ or exc))
                         await anyio.sleep(_ACCEPT_RETRY_S)
                         continue
+                    self._accept_failing.over()
+                    if self._open_connections >= self.max_connections:
+                        self._refusing.happened(f"{self._open_connections} open")
+                        await self._refuse(stream)
+                        continue
+                    self._refusing.over()
                     number = next(self._connection_ids)
                     self._connection_opened()
                     tg.start_soon(
@@ -245,6 +326,10 @@ class ControlServer:
             return False
         return True
 
+    async def _refuse(self, stream: SocketStream) -> None:
+        message = f"too many connections (max {self.max_connections}); try again shortly"
+        await _part(stream, error_reply(None, TOO_MANY_CONNECTIONS, message))
+
     def _connection_opened(self) -> None:
         # Counted at accept time so wait_idle() also covers tasks not yet started.
         self._open_connections += 1
@@ -278,9 +363,16 @@ class ControlServer:
                     return
                 lines = LineBuffer(self.max_request_bytes)
                 while True:
-                    try:
-                        data = await stream.receive(_RECEIVE_CHUNK)
-                    except anyio.EndOfStream:
+                    # Only here, between requests, does the idle clock run: a request
+                    # being answered (a stream included) is never cut by it.
+                    with anyio.move_on_after(self.idle_timeout_s) as waiting:
+                        try:
+                            data = await stream.receive(_RECEIVE_CHUNK)
+                        except anyio.EndOfStream:
+                            return
+                    if waiting.cancelled_caught:
+                        message = f"closed after {self.idle_timeout_s:g}s without a request"
+                        await _part(stream, error_reply(None, IDLE_TIMEOUT, message))
                         return
                     for line in lines.feed(data):
                         if isinstance(line, Oversized):
