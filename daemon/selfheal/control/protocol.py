@@ -23,6 +23,8 @@ MAX_REQUEST_DEPTH: Final = 128
 
 # Error codes sent in {"error": {"code": ...}}; handlers may add their own via ControlError.
 BAD_REQUEST: Final = "bad_request"
+# A method's params are not what it takes (see control/params.py).
+INVALID_PARAMS: Final = "invalid_params"
 TOO_LARGE: Final = "too_large"
 UNKNOWN_METHOD: Final = "unknown_method"
 FORBIDDEN: Final = "forbidden"

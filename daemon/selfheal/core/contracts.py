@@ -32,7 +32,8 @@ from selfheal.core.events import (
     too_large,
 )
 
-INCIDENT_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,128}$"
+INCIDENT_ID_MAX_LENGTH: Final = 128
+INCIDENT_ID_PATTERN: Final = rf"^[A-Za-z0-9_.:-]{{1,{INCIDENT_ID_MAX_LENGTH}}}$"
 DOMAIN_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}$"
 # Lengths (in characters) and numbers the contract allows; core/fast_request.py uses
 # the same names, so the two cannot drift apart.

@@ -43,6 +43,7 @@ BACKUP_FAILURE_ROUTER: Final = "system/backup.failure.router"
 EVENT_NAME_PATTERN: Final = r"^[a-z0-9_.-]+/[a-z0-9_.-]+$"
 EVENT_NAME_MIN_LENGTH: Final = 3
 EVENT_NAME_MAX_LENGTH: Final = 200
+IDEMPOTENCY_KEY_MAX_LENGTH: Final = 256
 # Canonical upper-case Crockford base32; the first digit is 0-7 because the timestamp is 48 bits.
 ULID_PATTERN: Final = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
 # W3C trace context, version 00; all-zero trace or parent ids are invalid by the spec.
@@ -162,7 +163,9 @@ class Event(BaseModel):
     )
     data: dict[str, Any]
     ts: int = Field(ge=0)
-    idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=256)
+    idempotency_key: str = Field(
+        alias="idempotencyKey", min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH
+    )
     traceparent: str | None = None
 
     @field_validator("data")
@@ -434,7 +437,7 @@ def _plain_fields(fields: WireFields) -> Envelope | None:
         and len(ts) <= 16
         and ts.isdigit()
         and ts.isascii()  # isdigit alone takes other scripts' digits too
-        and 0 < len(key) <= 256
+        and 0 < len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH
         and (key.isascii() or is_encodable(key))
         and (not trace or _TRACEPARENT.fullmatch(trace))
     ):
