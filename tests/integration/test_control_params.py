@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from selfheal.cli import cli
 from selfheal.control.params import MAX_ROWS
+from selfheal.control.protocol import MAX_REQUEST_DEPTH
 from selfheal.core.contracts import SLEEP_LIMIT_MS
 from selfheal.core.events import DATA_DEPTH_LIMIT, EVENT_DATA_LIMIT
 from selfheal.errors import ControlError
@@ -114,17 +115,18 @@ def test_a_bad_param_is_refused_by_name(
 
 def test_events_past_the_data_limits_are_refused_at_admission(daemon: DaemonProcess) -> None:
     bus = redis.Redis(unix_socket_path=str(daemon.state_dir / "redis" / "redis.sock"))
-    deep = refusal(daemon, "events.send", {"name": EVENT, "data": {"context": nested(100)}})
+    # The case reported: a context 300 deep, refused naming it and the limit.
+    deep = refusal(daemon, "events.send", {"name": EVENT, "data": {"context": nested(300)}})
     assert (deep.code, deep.message) == (
         "invalid_params",
         f"invalid event: data: member 'context' is nested too deeply (max {DATA_DEPTH_LIMIT}"
         " levels)",
     )
     # Deeper than a request line may nest at all: refused before it is parsed.
-    deeper = refusal(daemon, "events.send", {"name": EVENT, "data": {"context": nested(300)}})
+    deeper = refusal(daemon, "events.send", {"name": EVENT, "data": {"context": nested(600)}})
     assert (deeper.code, deeper.message) == (
         "bad_request",
-        "request is nested too deeply (max 128 levels)",
+        f"request is nested too deeply (max {MAX_REQUEST_DEPTH} levels)",
     )
     large = refusal(daemon, "events.send", {"name": EVENT, "data": {"x": "y" * EVENT_DATA_LIMIT}})
     assert large.code == "invalid_params"

@@ -16,10 +16,11 @@ API_VERSION: Final = 1
 MAX_REQUEST_BYTES: Final = 1 << 20
 # A request nested deeper than this is refused with bad_request before it is parsed:
 # json.loads recurses once per level and raises RecursionError near the interpreter's
-# limit (fewer than 1000 levels, less what the task's stack already holds). Room is
-# left for event data at its own limit (core.events.DATA_DEPTH_LIMIT, 64) three levels
-# down (request, params, data), so events.send refuses deeper data naming its member.
-MAX_REQUEST_DEPTH: Final = 128
+# limit (1000 frames, less what the task's stack already holds), so this stays well
+# below it. It is still far above what event data may nest (core.events.
+# DATA_DEPTH_LIMIT, 64, three levels down: request, params, data), so events.send
+# refuses such data itself, naming the member that is too deep.
+MAX_REQUEST_DEPTH: Final = 512
 
 # Error codes sent in {"error": {"code": ...}}; handlers may add their own via ControlError.
 BAD_REQUEST: Final = "bad_request"
