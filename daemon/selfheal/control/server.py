@@ -87,13 +87,17 @@ _GONE: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, Connection
 
 async def _part(stream: SocketStream, reply: dict[str, Any]) -> None:
     """Send a last reply (best effort, briefly) and close the connection."""
+    # Whatever the client did meanwhile, this must not fail: it runs in the accept loop.
     with anyio.move_on_after(_PARTING_S):
         try:
             await stream.send(encode_reply(reply))
-        except _GONE:
+        except (*_GONE, OSError):
             pass
     with anyio.CancelScope(shield=True):
-        await stream.aclose()
+        try:
+            await stream.aclose()
+        except OSError:
+            pass
 
 
 class _ClientGone(Exception):
@@ -282,7 +286,7 @@ class ControlServer:
                         continue
                     self._accept_failing.over()
                     if self._open_connections >= self.max_connections:
-                        self._refusing.happened(f"{self._open_connections} open")
+                        self._refusing.happened(f"all {self.max_connections} in use")
                         await self._refuse(stream)
                         continue
                     self._refusing.over()
