@@ -58,6 +58,8 @@ def ints(name: str, low: int, high: int) -> list[tuple[Any, str]]:
     return [
         ("abc", f'{rule} (got "abc")'),
         (1e300, f"{rule} (got 1e+300)"),
+        (1e23, f"{rule} (got 1e+23)"),
+        (-5, f"{rule} (got -5)"),
         ([1], f"{rule} (got [1])"),
         (True, f"{rule} (got true)"),
         (5.0, f"{rule} (got 5.0)"),
