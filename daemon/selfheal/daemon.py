@@ -20,6 +20,7 @@ from selfheal.bus.connection import RedisClient, RedisLink
 from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.watcher import ConfigWatcher
+from selfheal.control.params import Params
 from selfheal.control.server import ControlServer, Handler
 from selfheal.embedded import EmbeddedRedis
 from selfheal.errors import ConfigError, ControlError
@@ -288,7 +289,7 @@ class Daemon:
         return self.status()
 
     async def _config_show(self, params: dict[str, Any]) -> Any:
-        effective = bool(params.get("effective", True))
+        effective = Params(params).flag("effective", default=True)
         items = [
             {"key": i.key, "value": i.value, "source": i.source, "env": list(i.env_vars)}
             for i in self.loaded.effective_items()

@@ -12,8 +12,10 @@ from selfheal.core.events import (
     BACKUP_FAILED,
     BACKUP_FAILURE_ROUTER,
     BACKUP_RETRY_REQUESTED,
+    EVENT_DATA_LIMIT,
     SELF_HEALING_COMPLETED,
     SELF_HEALING_REQUESTED,
+    compact_json,
     new_event,
 )
 from selfheal.core.policy import Knobs
@@ -110,3 +112,23 @@ async def test_malformed_backup_failure_is_dead_lettered(bus: Bus, telemetry: Te
     await run_until(buried, *workers(bus, router))
     [dead] = await bus.dead_letters()
     assert "data.target" in dead["reason"]
+
+
+async def test_failure_whose_request_would_be_past_the_size_limit_is_dead_lettered_at_once(
+    bus: Bus, telemetry: Telemetry
+) -> None:
+    # The failure itself is at the limit; the request built from it adds its own fields.
+    data = {**failed(), "evidence": [{"message": ""}]}
+    room = EVENT_DATA_LIMIT - len(compact_json(data))
+    data["evidence"] = [{"message": "x" * room}]
+    await bus.publish(new_event(BACKUP_FAILED, data, now_ms=now_ms()))
+    router = Router(bus, telemetry, knobs=Knobs)
+
+    async def buried() -> bool:
+        return await bus.client.xlen(bus.keys.dead_letters) == 1
+
+    await run_until(buried, *workers(bus, router))
+    [dead] = await bus.dead_letters()
+    assert dead["deliveries"] == "1"
+    assert f"more than the {EVENT_DATA_LIMIT} allowed" in dead["reason"]
+    assert await bus.client.xlen(bus.keys.stream(SELF_HEALING_REQUESTED)) == 0

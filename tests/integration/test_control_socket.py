@@ -6,12 +6,14 @@ import fcntl
 import json
 import logging
 import os
+import resource
+import select
 import shutil
 import socket
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from selfheal.control import ControlClient, ControlServer, DaemonNotRunning, UnsafeSocketPath, acall
-from selfheal.control.protocol import API_VERSION
+from selfheal.control.protocol import API_VERSION, MAX_REQUEST_DEPTH
 from selfheal.errors import ControlError, DaemonAlreadyRunning
 from tests.support.servers import missing
 
@@ -76,8 +78,30 @@ def make_handlers(probe: Probe) -> dict[str, Any]:
         finally:
             probe.stream_closed.set()
 
+    async def slow(params: dict[str, Any]) -> Any:
+        await anyio.sleep(params["s"])
+        return {"slept": params["s"]}
+
+    async def slow_count(params: dict[str, Any]) -> AsyncIterator[int]:
+        for index in range(params["n"]):
+            await anyio.sleep(params["gap"])
+            yield index
+
+    async def circular(params: dict[str, Any]) -> Any:
+        loop: list[Any] = []
+        loop.append(loop)
+        return loop
+
+    async def circular_event(params: dict[str, Any]) -> AsyncIterator[Any]:
+        yield 1
+        yield await circular(params)
+
     return {
         "echo": echo,
+        "slow": slow,
+        "slow_count": slow_count,
+        "circular": circular,
+        "circular_event": circular_event,
         "explode": explode,
         "refuse": refuse,
         "count": count,
@@ -213,13 +237,46 @@ async def test_oversized_line_is_refused_and_skipped(socket_path: Path, probe: P
         assert (await conn.ask(b'{"id": 4, "method": "echo"}\n'))["ok"] is True
 
 
+def nested(depth: int) -> bytes:
+    """A request line whose nesting is `depth` levels in all (the request object is one)."""
+    inner = "[" * (depth - 2) + "]" * (depth - 2)
+    return b'{"id": 1, "method": "echo", "params": {"x": ' + inner.encode() + b"}}\n"
+
+
+async def test_deeply_nested_lines_are_refused_and_no_connection_is_dropped(
+    socket_path: Path, probe: Probe
+) -> None:
+    echo_line = b'{"id": 2, "method": "echo"}\n'
+    async with (
+        serving(server_at(socket_path, probe)),
+        raw_connection(socket_path) as bystander,
+        raw_connection(socket_path) as sender,
+    ):
+        assert (await bystander.ask(echo_line))["ok"] is True
+        # 971 brackets was enough for json.loads to raise RecursionError in a connection task.
+        for line in (b"[" * 971 + b"\n", b'{"a":' * 20_000 + b"\n", nested(MAX_REQUEST_DEPTH + 1)):
+            reply = await sender.ask(line)
+            assert reply["ok"] is False and reply["id"] is None
+            assert reply["error"] == {
+                "code": "bad_request",
+                "message": f"request is nested too deeply (max {MAX_REQUEST_DEPTH} levels)",
+            }
+            assert (await sender.ask(echo_line))["ok"] is True
+        # At the limit, and with brackets inside strings (which are not nesting), it is served.
+        assert (await sender.ask(nested(MAX_REQUEST_DEPTH)))["ok"] is True
+        text = b'{"id": 3, "method": "echo", "params": {"s": "' + b"[{" * 5000 + b'\\"["}}\n'
+        reply = await sender.ask(text)
+        assert reply["result"] == {"s": "[{" * 5000 + '"['}
+        assert (await bystander.ask(echo_line))["ok"] is True
+
+
 async def test_unknown_method_lists_known_methods(socket_path: Path, probe: Probe) -> None:
     async with serving(server_at(socket_path, probe)), raw_connection(socket_path) as conn:
         reply = await conn.ask(b'{"id": 1, "method": "reboot"}\n')
     assert reply["id"] == 1
     assert reply["error"]["code"] == "unknown_method"
     assert "'reboot'" in reply["error"]["message"]
-    assert "count, count_then_fail, echo" in reply["error"]["message"]
+    assert "circular_event, count, count_then_fail, echo" in reply["error"]["message"]
 
 
 async def test_handler_failures_become_replies(socket_path: Path, probe: Probe) -> None:
@@ -240,6 +297,54 @@ async def test_handler_failures_become_replies(socket_path: Path, probe: Probe) 
         assert caught.value.code == "invalid_params"
         with pytest.raises(ControlError, match="internal"):
             await acall(socket_path, "explode", timeout=WAIT_S)
+
+
+async def test_a_reply_that_cannot_be_written_becomes_an_error_reply(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        serving(server_at(socket_path, probe)),
+        raw_connection(socket_path) as bystander,
+        raw_connection(socket_path) as conn,
+    ):
+        assert (await bystander.ask(b'{"id": 1, "method": "echo"}\n'))["ok"] is True
+        reply = await conn.ask(b'{"id": 2, "method": "circular"}\n')
+        assert reply["id"] == 2 and reply["error"]["code"] == "internal"
+        assert "Circular reference" in reply["error"]["message"]
+        await conn.stream.send(b'{"id": 3, "method": "circular_event"}\n')
+        assert (await conn.reply())["event"] == 1
+        reply = await conn.reply()
+        assert reply["id"] == 3 and reply["error"]["code"] == "internal"
+        # The connection and every other one carry on.
+        assert (await conn.ask(b'{"id": 4, "method": "echo"}\n'))["ok"] is True
+        assert (await bystander.ask(b'{"id": 5, "method": "echo"}\n'))["ok"] is True
+    assert any("'circular'" in r.getMessage() for r in caplog.records)
+
+
+class FlakyPeerCheck(ControlServer):
+    """A server whose per-connection code fails once, as an unforeseen bug would."""
+
+    failed = False
+
+    def _peer_allowed(self, stream: SocketStream) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("bug while holding redis://:hunter2@nas")
+        return super()._peer_allowed(stream)
+
+
+async def test_a_failing_connection_is_logged_redacted_and_the_server_serves_on(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FlakyPeerCheck(socket_path, make_handlers(probe))
+    async with serving(server):
+        async with raw_connection(socket_path) as conn:
+            with anyio.fail_after(WAIT_S), pytest.raises(anyio.EndOfStream):
+                await conn.stream.receive()  # that connection is closed, and only it
+        assert await acall(socket_path, "echo", {"still": "up"}, timeout=WAIT_S) == {"still": "up"}
+    [failure] = [r for r in caplog.records if "control connection" in r.getMessage()]
+    assert "RuntimeError: bug while holding redis://:***@nas" in failure.getMessage()
+    assert "hunter2" not in failure.getMessage()
 
 
 async def test_streaming_method_sends_events_then_summary(socket_path: Path, probe: Probe) -> None:
@@ -387,3 +492,148 @@ async def test_clients_report_a_missing_daemon(socket_path: Path) -> None:
     assert isinstance(caught.value, ConnectionError)
     with pytest.raises(DaemonNotRunning):
         await acall(socket_path, "status", timeout=WAIT_S)
+
+
+ECHO = b'{"id": 1, "method": "echo"}\n'
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    """Poll `condition()` until true, failing after WAIT_S."""
+    with anyio.fail_after(WAIT_S):
+        while not condition():  # noqa: ASYNC110 - bounded poll of the server's state
+            await anyio.sleep(0.01)
+
+
+class SendsAfterHangUp(ControlClient):
+    """A client that sends its request only once the daemon has answered and hung up:
+    the order a busy client machine can produce, here made certain."""
+
+    def _connect(self) -> socket.socket:
+        sock = super()._connect()
+        poller = select.poll()
+        poller.register(sock, select.POLLHUP)
+        assert poller.poll(WAIT_S * 1000), "the daemon never hung up"
+        return sock
+
+
+async def test_connections_past_the_cap_are_told_so_and_closed(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = server_at(socket_path, probe, max_connections=3)
+    with caplog.at_level(logging.INFO, logger="selfheal.control"):
+        await refuse_past_the_cap(server, socket_path)
+    # A flood of refusals is one warning when it starts and one line when it ends.
+    refusing = [r.getMessage() for r in caplog.records if "refusing connections" in r.getMessage()]
+    assert len(refusing) == 2, refusing
+    assert "ended: 22 times" in refusing[1]
+
+
+async def refuse_past_the_cap(server: ControlServer, socket_path: Path) -> None:
+    """Hold the three connections `server` allows, and try more."""
+    refusal = {
+        "id": None,
+        "ok": False,
+        "error": {
+            "code": "too_many_connections",
+            "message": "too many connections (max 3); try again shortly",
+        },
+        "api_version": API_VERSION,
+    }
+    async with serving(server), AsyncExitStack() as held_open:
+        held = [await held_open.enter_async_context(raw_connection(socket_path)) for _ in range(3)]
+        for conn in held:
+            assert (await conn.ask(ECHO))["ok"] is True
+        async with raw_connection(socket_path) as extra:
+            assert await extra.reply() == refusal  # told before asking anything
+            with anyio.fail_after(WAIT_S), pytest.raises(anyio.EndOfStream):
+                await extra.stream.receive()
+        # Both clients report it by its code, however their request and the refusal cross.
+        client = ControlClient(socket_path, timeout=WAIT_S)
+        for _ in range(10):
+            with pytest.raises(ControlError) as caught:
+                await anyio.to_thread.run_sync(client.call, "echo", {})
+            assert caught.value.code == "too_many_connections"
+            with pytest.raises(ControlError) as caught:
+                await acall(socket_path, "echo", timeout=WAIT_S)
+            assert caught.value.code == "too_many_connections"
+        late = SendsAfterHangUp(socket_path, timeout=WAIT_S)
+        with pytest.raises(ControlError) as caught:
+            await anyio.to_thread.run_sync(late.call, "echo", {})
+        assert caught.value.code == "too_many_connections"
+        assert server.open_connections == 3
+        # Those held are served on, and one leaving makes room.
+        assert (await held[0].ask(ECHO))["ok"] is True
+        await held[2].stream.aclose()
+        await wait_for(lambda: server.open_connections == 2, "a connection to close")
+        assert await acall(socket_path, "echo", {"room": 1}, timeout=WAIT_S) == {"room": 1}
+
+
+async def test_idle_connections_are_closed_but_requests_in_progress_are_not(
+    socket_path: Path, probe: Probe
+) -> None:
+    server = server_at(socket_path, probe, idle_timeout_s=0.5)
+    async with serving(server):
+        async with raw_connection(socket_path) as conn:
+            started = anyio.current_time()
+            assert (await conn.reply())["error"] == {
+                "code": "idle_timeout",
+                "message": "closed after 0.5s without a request",
+            }
+            assert anyio.current_time() - started >= 0.5
+            with anyio.fail_after(WAIT_S), pytest.raises(anyio.EndOfStream):
+                await conn.stream.receive()
+        await wait_for(lambda: server.open_connections == 0, "the idle connection to close")
+        async with raw_connection(socket_path) as conn:
+            # A stream outlasting the idle time several times over is not cut...
+            await conn.stream.send(
+                b'{"id": 1, "method": "slow_count", "params": {"n": 8, "gap": 0.1}}\n'
+            )
+            replies = [await conn.reply() for _ in range(9)]
+            assert [r.get("event") for r in replies[:8]] == list(range(8))
+            assert replies[8]["result"] == {"events": 8}
+            # ...nor a slow method...
+            reply = await conn.ask(b'{"id": 2, "method": "slow", "params": {"s": 1.0}}\n')
+            assert reply["result"] == {"slept": 1.0}
+            # ...nor a request arriving in pieces, each within the idle time.
+            line = b'{"id": 3, "method": "echo", "params": {"pieces": true}}\n'
+            for start in range(0, len(line), 8):
+                await anyio.sleep(0.1)
+                await conn.stream.send(line[start : start + 8])
+            assert (await conn.reply())["result"] == {"pieces": True}
+            # And once it is idle again, it is closed.
+            assert (await conn.reply())["error"]["code"] == "idle_timeout"
+
+
+async def test_failing_accepts_are_logged_once_per_burst(
+    socket_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    server = server_at(socket_path, probe)
+    fillers: list[int] = []
+    with caplog.at_level(logging.INFO, logger="selfheal.control"):
+        async with serving(server):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                try:
+                    # Use up every descriptor, so the daemon's accept fails with EMFILE
+                    # (those open above the new limit stay usable).
+                    lowest_free = os.open(os.devnull, os.O_RDONLY)
+                    os.close(lowest_free)
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + 16, hard))
+                    with pytest.raises(OSError, match="Too many open files"):
+                        while True:
+                            fillers.append(os.open(os.devnull, os.O_RDONLY))
+                    client.connect(os.fspath(socket_path))
+                    await wait_for(lambda: server.failed_accepts >= 5, "accept to fail 5 times")
+                finally:
+                    for fd in fillers:
+                        os.close(fd)
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                await wait_for(lambda: server.failed_accepts == 0, "accept to work again")
+                client.settimeout(WAIT_S)
+                await anyio.to_thread.run_sync(client.sendall, ECHO)
+                answer = await anyio.to_thread.run_sync(client.recv, 4096)
+                assert json.loads(answer)["ok"] is True
+    failing = [r.getMessage() for r in caplog.records if "accept failing" in r.getMessage()]
+    assert len(failing) == 2, failing  # when it started, and when it ended
+    assert "Too many open files" in failing[0]
+    assert "ended" in failing[1]

@@ -19,6 +19,8 @@ from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.core.contracts import parse_request
 from selfheal.core.events import (
+    DATA_DEPTH_LIMIT,
+    EVENT_DATA_LIMIT,
     SELF_HEALING_COMPLETED,
     SELF_HEALING_REQUESTED,
     Event,
@@ -331,6 +333,53 @@ async def test_entries_whose_data_is_not_an_events_are_dead_lettered_by_the_batc
     assert member.stats.dead_lettered == 4 and SLOW_CALLS["rawbad"] == 0
     assert [c["incidentId"] for c in await completions(router)] == ["inc:good"]
     assert router.stats.decisions == 1 and await pending(router) == 0
+
+
+def nested(levels: int) -> Any:
+    """Objects nested `levels` deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batch", "one-by-one"])
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ({"context": nested(300)}, "context", f"nested too deeply (max {DATA_DEPTH_LIMIT} levels)"),
+        ({"context": {"pad": "x" * EVENT_DATA_LIMIT}}, "request", "characters of JSON"),
+    ],
+    ids=["deep", "large"],
+)
+async def test_a_request_past_the_data_limits_is_answered_invalid_on_its_first_delivery(
+    redis_client: aioredis.Redis,
+    telemetry: Telemetry,
+    batched: bool,
+    change: dict[str, Any],
+    field: str,
+    problem: str,
+) -> None:
+    # Publishing refuses it now; a foreign producer (or an older daemon) writing straight
+    # to the stream is how one still arrives. It used to fail serialisation in the router
+    # on every delivery (breaking the batch each time) until dead-lettered for that.
+    router = make(redis_client, telemetry, f"limit-{field}-{batched}")
+    await publish(router, [request(incident="inc:fine")])
+    wire = new_event(SELF_HEALING_REQUESTED, {}, now_ms=START_MS).to_wire()
+    data = compact_json(request(incident="inc:past", **change))
+    await redis_client.xadd(router.bus.keys.stream(SELF_HEALING_REQUESTED), {**wire, "data": data})
+    member = consumer(router, batched=batched)
+    await member.poll_once()
+    assert await pending(router) == 0, "both entries settled on their first delivery"
+    done = {c["incidentId"]: c for c in await completions(router)}
+    assert done["inc:fine"]["status"] == "scheduled"
+    assert done["inc:past"]["status"] == "invalid" and done["inc:past"]["field"] == field
+    assert problem in done["inc:past"]["reason"]
+    [dead] = await router.bus.dead_letters()
+    assert dead["deliveries"] == "1" and problem in dead["reason"]
+    assert router.stats.decisions == 1 and router.stats.invalid == 1
+    if batched:
+        assert SLOW_CALLS[router.bus.keys.namespace] == 1, "only the bad entry left the batch"
 
 
 async def test_a_bad_entry_does_not_keep_a_good_one_of_its_id_out_of_the_batch(

@@ -22,7 +22,15 @@ from selfheal.core.contracts import (
     invalid_completion,
     parse_request,
 )
-from selfheal.core.events import Event, EventDecodeError, new_event
+from selfheal.core.events import (
+    DATA_DEPTH_LIMIT,
+    EVENT_DATA_LIMIT,
+    Event,
+    EventDecodeError,
+    InvalidEvent,
+    compact_json,
+    new_event,
+)
 from tests.support.events import wire_entry
 
 # The seed ADR's contract, filled in the way the backup failure adapter sends it.
@@ -334,6 +342,50 @@ def test_event_validation(changes: dict[str, Any], field: str) -> None:
             traceparent=fields["traceparent"],
             idempotency_key=fields.get("idempotency_key"),
         )
+
+
+def nested(levels: int) -> Any:
+    """Lists nested `levels` deep."""
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_new_event_refuses_data_nested_too_deeply_naming_the_member() -> None:
+    # The data object is level 1, so its member may nest DATA_DEPTH_LIMIT - 1 levels.
+    assert new_event(events.BACKUP_FAILED, {"ok": nested(DATA_DEPTH_LIMIT - 1)}, now_ms=1)
+    for levels in (DATA_DEPTH_LIMIT, 300, 5000):  # 5000 once ended in a RecursionError
+        with pytest.raises(InvalidEvent) as caught:
+            new_event(events.BACKUP_FAILED, {"ok": 1, "context": nested(levels)}, now_ms=1)
+        assert str(caught.value) == (
+            f"data: member 'context' is nested too deeply (max {DATA_DEPTH_LIMIT} levels)"
+        )
+
+
+def test_new_event_refuses_data_past_the_size_limit() -> None:
+    room = EVENT_DATA_LIMIT - len('{"x":""}')
+    assert new_event(events.BACKUP_FAILED, {"x": "a" * room}, now_ms=1)
+    with pytest.raises(InvalidEvent) as caught:
+        new_event(events.BACKUP_FAILED, {"x": "a" * (room + 1)}, now_ms=1)
+    assert str(caught.value) == (
+        f"data: {EVENT_DATA_LIMIT + 1} characters of JSON, more than the {EVENT_DATA_LIMIT} allowed"
+    )
+    # Measured as written to the stream, where "\u00e9" takes six characters.
+    with pytest.raises(InvalidEvent, match="characters of JSON"):
+        new_event(events.BACKUP_FAILED, {"x": "\u00e9" * (room // 6 + 1)}, now_ms=1)
+
+
+def test_entries_read_from_a_stream_are_not_held_to_the_publishing_limits() -> None:
+    # Already stored: read, they are handled (a request's contract refuses them by
+    # name) or dead-lettered with their reason, never left undecided.
+    for data in (
+        {"context": nested(DATA_DEPTH_LIMIT + 10)},
+        {"x": "a" * EVENT_DATA_LIMIT},
+        {"n": float("1e300"), "context": nested(DATA_DEPTH_LIMIT + 10)},
+    ):
+        event = Event.from_wire(wire_entry(data=compact_json(data)))
+        assert event.data == data
 
 
 DATA = st.dictionaries(st.text(max_size=8), JSON, max_size=4)

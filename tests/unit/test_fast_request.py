@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from selfheal.core import fast_request
-from selfheal.core.contracts import InvalidRequest, RequestView, parse_request
+from selfheal.core.contracts import EVIDENCE_LIMIT, InvalidRequest, RequestView, parse_request
+from selfheal.core.events import DATA_DEPTH_LIMIT, EVENT_DATA_LIMIT, compact_json
 from selfheal.core.fast_request import decode_request
 from tests.integration.test_router import request
 from tests.support.values import typed
@@ -159,7 +160,9 @@ NOT_FAST = {
     "nested past the contract's serialiser": changed(
         context={"x": json.loads("[" * 256 + "]" * 256)}
     ),
-    "nested 101 containers": changed(context={"x": json.loads("[" * 100 + "]" * 100)}),
+    "101 containers, shallow": changed(context={"x": [[] for _ in range(101)]}),
+    "nested past the event data limit": changed(context={"x": json.loads("[" * 63 + "]" * 63)}),
+    "too much evidence": changed(evidence=["x"] * (EVIDENCE_LIMIT + 1)),
     "unknown field": changed(severity="high"),
     "missing playbook": json.dumps({k: v for k, v in request().items() if k != "playbook"}),
     "null playbook": changed(playbook=None),
@@ -188,7 +191,7 @@ def test_some_of_what_the_fast_path_leaves_the_contract_accepts():
         "snake case field only",
         "evidence extra",
         "playbook extra",
-        "nested 101 containers",
+        "101 containers, shallow",
     ):
         assert contract(NOT_FAST[name]) != "invalid", name
 
@@ -236,7 +239,68 @@ LIMITS = [
     ("retryPolicy.maxRetries", 100, 101),
     ("retryPolicy.sleepStepMs", 86_400_000, 86_400_001),
     ("retryPolicy.sleepMaxMs", 604_800_000, 604_800_001),
+    ("evidence", ["x"] * EVIDENCE_LIMIT, ["x"] * (EVIDENCE_LIMIT + 1)),
+    ("evidence", [{"errno": 28}] * EVIDENCE_LIMIT, [{"errno": 28}] * (EVIDENCE_LIMIT + 1)),
 ]
+
+
+def nested(levels: int) -> Any:
+    """Lists nested `levels` deep."""
+    return json.loads("[" * levels + "]" * levels)
+
+
+def test_the_nesting_limit_is_the_event_datas():
+    # The request is level 1 and its context level 2: context may hold 62 levels more.
+    at_limit = changed(context={"x": nested(DATA_DEPTH_LIMIT - 2)})
+    past_limit = changed(context={"x": nested(DATA_DEPTH_LIMIT - 1)})
+    assert contract(at_limit) != "invalid"
+    assert check(past_limit) is None and contract(past_limit) == "invalid"
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(json.loads(past_limit))
+    assert caught.value.field == "context"
+    assert f"context: nested too deeply (max {DATA_DEPTH_LIMIT} levels)" in str(caught.value)
+
+
+def _padded(pad: str, *, ascii_only: bool = True) -> str:
+    return json.dumps(request(context={"pad": pad}), ensure_ascii=ascii_only)
+
+
+def _size(text: str) -> int:
+    """The size the contract measures: the JSON of what it would store."""
+    return len(compact_json(parse_request(json.loads(text)).to_data()))
+
+
+def test_the_size_limit_is_measured_as_the_contract_measures_it():
+    room = EVENT_DATA_LIMIT - _size(_padded(""))
+    at_limit, past_limit = _padded("x" * room), _padded("x" * (room + 1))
+    assert _size(at_limit) == EVENT_DATA_LIMIT
+    assert check(at_limit) is not None
+    assert check(past_limit) is None and contract(past_limit) == "invalid"
+    with pytest.raises(InvalidRequest, match=f"more than the {EVENT_DATA_LIMIT} allowed"):
+        parse_request(json.loads(past_limit))
+    # Short text that the stored JSON makes long: each character is a 12-character escape.
+    astral = _padded("\U0001f600" * (room // 12 + 1), ascii_only=False)
+    assert check(astral) is None and contract(astral) == "invalid"
+
+
+def test_text_the_fast_path_does_not_measure_is_surely_within_the_size_limit():
+    # The most to_data adds to a request's own JSON: defaults, nulls, and bare-string
+    # evidence made items, EVIDENCE_LIMIT of them.
+    text = json.dumps(
+        {
+            "sourceFunction": "s",
+            "targetComponent": "t",
+            "problemSummary": "p",
+            "attempt": 0,
+            "retryPolicy": {"maxRetries": 0, "sleepMinMs": 1, "sleepMaxMs": 1, "sleepStepMs": 0},
+            "evidence": [""] * EVIDENCE_LIMIT,
+            "playbook": {},
+            "deadlineAt": "2026-12-01T10:00Z",
+        },
+        separators=(",", ":"),
+    )
+    added = _size(text) - len(text)
+    assert 12 * fast_request._SURELY_SMALL + added <= EVENT_DATA_LIMIT
 
 
 @pytest.mark.parametrize(("path", "at_limit", "past_limit"), LIMITS, ids=[x[0] for x in LIMITS])

@@ -19,8 +19,10 @@ from selfheal.backup.service import TARGETS, BackupService, RunOutcome, now_ms
 from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
 from selfheal.bus.streams import Bus, cast_entries
 from selfheal.config import Settings
+from selfheal.control.params import Params
+from selfheal.control.protocol import INVALID_PARAMS
 from selfheal.control.server import Handler
-from selfheal.core.artifacts import manifest_name, parse_artifact_name
+from selfheal.core.artifacts import NAME_MAX, manifest_name, parse_artifact_name
 from selfheal.core.contracts import RequestView
 from selfheal.core.events import BACKUP_REQUESTED, BACKUP_RETRY_REQUESTED, new_event
 from selfheal.errors import ControlError
@@ -189,20 +191,15 @@ class BackupPlane:
             "backup.retention": self._retention,
         }
 
-    def _target(self, params: dict[str, Any]) -> Literal["typesense", "redis"]:
-        target = params.get("target")
-        for known in TARGETS:
-            if target == known:
-                return known
-        raise ControlError("invalid_params", f"target must be one of {', '.join(TARGETS)}")
-
     async def _run(self, params: dict[str, Any]) -> Any:
-        target = self._target(params)
+        read = Params(params)
+        target = read.choice("target", TARGETS)
+        follow = read.flag("follow", default=False)
         bus = self._bus()
         event = new_event(BACKUP_REQUESTED, {"target": target, "trigger": "cli"}, now_ms=now_ms())
         event = event.model_copy(update={"data": {**event.data, "runId": event.id}})
         await bus.publish(event)
-        if not params.get("follow"):
+        if not follow:
             return {"target": target, "runId": event.id}
         return self._follow(bus, event.id)
 
@@ -235,7 +232,8 @@ class BackupPlane:
         raise ControlError("unavailable", "no transport reaches the NAS right now")
 
     async def _list(self, params: dict[str, Any]) -> Any:
-        targets = [self._target(params)] if params.get("target") else list(TARGETS)
+        target = Params(params).optional_choice("target", TARGETS)
+        targets = list(TARGETS) if target is None else [target]
         rows: list[dict[str, Any]] = []
         for target in targets:
             transport = await self._transport_for(target)
@@ -260,12 +258,13 @@ class BackupPlane:
         return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled}
 
     async def _verify(self, params: dict[str, Any]) -> Any:
-        name = params.get("artifact")
-        parsed = parse_artifact_name(name) if isinstance(name, str) else None
-        if parsed is None or parsed.target not in TARGETS:
-            raise ControlError("invalid_params", f"not one of our artifact names: {name!r}")
-        assert isinstance(name, str)
-        target = self._target({"target": parsed.target})
+        name = Params(params).text("artifact", max_length=NAME_MAX, meaning="a file name")
+        parsed = parse_artifact_name(name)
+        target = next((t for t in TARGETS if parsed is not None and parsed.target == t), None)
+        if target is None:
+            raise ControlError(
+                INVALID_PARAMS, f"artifact {name!r} is not one of our artifact names"
+            )
         transport = await self._transport_for(target)
         folder = PurePosixPath(target)
         raw = await transport.read_small(folder / manifest_name(name))
@@ -281,8 +280,9 @@ class BackupPlane:
         }
 
     async def _retention(self, params: dict[str, Any]) -> Any:
-        target = self._target(params)
+        read = Params(params)
+        target = read.choice("target", TARGETS)
+        dry_run = read.flag("dryRun", default=True)
         transport = await self._transport_for(target)
-        dry_run = bool(params.get("dryRun", True))
         plan = await self.service().apply_retention(target, transport, dry_run=dry_run)
         return {"target": target, "dryRun": dry_run, **plan}

@@ -11,6 +11,8 @@ import click
 
 from selfheal.cli.context import EXIT_CONFIG, CliState
 from selfheal.cli.output import emit_json, fail, table
+from selfheal.control.params import MAX_ROWS
+from selfheal.core.contracts import SLEEP_LIMIT_MS
 
 pass_state = click.make_pass_decorator(CliState)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -31,7 +33,9 @@ def events() -> None:
 @click.argument("name")
 @click.option("--data", "data_text", default="{}", help="Event data as a JSON object.")
 @click.option("--idempotency-key", help="Publish at most once per key.")
-@click.option("--delay-ms", type=click.IntRange(min=0), default=0, help="Deliver later.")
+@click.option(
+    "--delay-ms", type=click.IntRange(0, SLEEP_LIMIT_MS), default=0, help="Deliver later."
+)
 @json_option
 @pass_state
 def send(
@@ -47,6 +51,8 @@ def send(
         data = json.loads(data_text)
     except json.JSONDecodeError as exc:
         fail(f"--data is not JSON: {exc}", EXIT_CONFIG)
+    except RecursionError:
+        fail("--data is nested too deeply", EXIT_CONFIG)
     if not isinstance(data, dict):
         fail("--data must be a JSON object", EXIT_CONFIG)
     params: dict[str, Any] = {"name": name, "data": data, "delayMs": delay_ms}
@@ -92,7 +98,7 @@ def stats(state: CliState, as_json: bool) -> None:
 
 
 @queue.command("dead")
-@click.option("--count", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--count", type=click.IntRange(1, MAX_ROWS), default=20, show_default=True)
 @json_option
 @pass_state
 def dead(state: CliState, count: int, as_json: bool) -> None:
@@ -120,7 +126,7 @@ def incidents() -> None:
     type=click.Choice(["open", "scheduled", "paused", "escalated", "remediated"]),
     help="Only incidents in this state.",
 )
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_ROWS), default=50, show_default=True)
 @json_option
 @pass_state
 def list_cmd(state: CliState, incident_state: str | None, limit: int, as_json: bool) -> None:

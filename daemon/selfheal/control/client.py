@@ -93,7 +93,10 @@ class ControlClient:
         request_id = next(self._ids)
         with self._connect() as sock:
             try:
-                sock.sendall(_request_line(request_id, method, params))
+                try:
+                    sock.sendall(_request_line(request_id, method, params))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # it may have answered before closing (too many connections): read on
                 sock.settimeout(idle_timeout)
                 reader: IO[bytes] = sock.makefile("rb")
                 with reader:
@@ -151,7 +154,10 @@ async def acall(
     async with stream:
         try:
             with anyio.fail_after(timeout):
-                await stream.send(_request_line(request_id, method, params))
+                try:
+                    await stream.send(_request_line(request_id, method, params))
+                except anyio.BrokenResourceError:
+                    pass  # it may have answered before closing (too many connections): read on
                 reader = BufferedByteReceiveStream(stream)
                 while True:
                     reply = _decode(await reader.receive_until(b"\n", MAX_REPLY_BYTES))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Final
 
 from selfheal.errors import ControlError
@@ -12,12 +14,23 @@ from selfheal.errors import ControlError
 API_VERSION: Final = 1
 # A request larger than this is refused with too_large (and the rest of its line discarded).
 MAX_REQUEST_BYTES: Final = 1 << 20
+# A request nested deeper than this is refused with bad_request before it is parsed:
+# json.loads recurses once per level and raises RecursionError near the interpreter's
+# limit (1000 frames, less what the task's stack already holds), so this stays well
+# below it. It is still far above what event data may nest (core.events.
+# DATA_DEPTH_LIMIT, 64, three levels down: request, params, data), so events.send
+# refuses such data itself, naming the member that is too deep.
+MAX_REQUEST_DEPTH: Final = 512
 
 # Error codes sent in {"error": {"code": ...}}; handlers may add their own via ControlError.
 BAD_REQUEST: Final = "bad_request"
+# A method's params are not what it takes (see control/params.py).
+INVALID_PARAMS: Final = "invalid_params"
 TOO_LARGE: Final = "too_large"
 UNKNOWN_METHOD: Final = "unknown_method"
 FORBIDDEN: Final = "forbidden"
+TOO_MANY_CONNECTIONS: Final = "too_many_connections"
+IDLE_TIMEOUT: Final = "idle_timeout"
 INTERNAL: Final = "internal"
 
 RequestId = str | int | None
@@ -40,6 +53,26 @@ class Request:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+# A JSON string (escapes included), possessive so a long one is matched without
+# backtracking; and a table that keeps only brackets, and one that scores them.
+_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP: Final = tuple(1 if b in b"[{" else -1 for b in range(256))
+
+
+def nests_deeper(line: bytes, limit: int) -> bool:
+    """True when the JSON text `line` nests deeper than `limit` levels (checked on the
+    text, before any parsing)."""
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+    # Brackets inside strings are text, not nesting; of the rest only brackets are kept,
+    # and the running sum of their steps is the depth at each: the first one past the
+    # limit answers (every step runs in C).
+    brackets = _JSON_STRING.sub(b"", line).translate(None, _NOT_BRACKETS)
+    depths = accumulate(map(_BRACKET_STEP.__getitem__, brackets))
+    return next(filter(limit.__lt__, depths), None) is not None
+
+
 def _valid_id(value: Any) -> bool:
     # bool is an int subclass but never a sensible request id.
     return isinstance(value, str | int) and not isinstance(value, bool)
@@ -47,10 +80,15 @@ def _valid_id(value: Any) -> bool:
 
 def parse_request(line: bytes) -> Request:
     """Parse one request line; raise RequestError (code bad_request) naming the bad field."""
+    too_deep = f"request is nested too deeply (max {MAX_REQUEST_DEPTH} levels)"
+    if nests_deeper(line, MAX_REQUEST_DEPTH):
+        raise RequestError(BAD_REQUEST, too_deep)
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(BAD_REQUEST, f"request is not valid JSON: {exc}") from None
+    except RecursionError:  # not expected under the depth check; refused all the same
+        raise RequestError(BAD_REQUEST, too_deep) from None
     if not isinstance(obj, dict):
         raise RequestError(BAD_REQUEST, f"request must be a JSON object, not {type(obj).__name__}")
     raw_id = obj.get("id")

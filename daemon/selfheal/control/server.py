@@ -8,11 +8,12 @@ import logging
 import os
 import socket
 import stat
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -21,12 +22,15 @@ from anyio.abc import SocketAttribute, SocketStream
 from selfheal.control.peercred import peer_credentials
 from selfheal.control.protocol import (
     FORBIDDEN,
+    IDLE_TIMEOUT,
     INTERNAL,
     MAX_REQUEST_BYTES,
     TOO_LARGE,
+    TOO_MANY_CONNECTIONS,
     UNKNOWN_METHOD,
     LineBuffer,
     Oversized,
+    Request,
     RequestError,
     RequestId,
     encode_reply,
@@ -45,8 +49,22 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # How long the liveness probe of an existing socket may take before we call it alive.
 _PROBE_TIMEOUT_S = 2.0
+# Client connections served at once. The CLI opens one per command and closes it;
+# 64 leaves room for many at once and for `backup run --follow` watchers. Each holds a
+# descriptor, and at a common nofile limit of 1024 a thousand idle connections left
+# none for the spool drainer, config reloads or span writes.
+MAX_CONNECTIONS: Final = 64
+# A connection with no request in progress that sends nothing for this long is closed
+# (the CLI sends its request as soon as it connects; a streaming reply or a slow
+# method is a request in progress, never cut).
+IDLE_TIMEOUT_S: Final = 30.0
 # Pause after a failed accept (e.g. EMFILE) so a persistent error does not spin the loop.
 _ACCEPT_RETRY_S = 0.1
+# While a condition that repeats many times a second lasts (accept failing, connections
+# refused), it is logged when it starts, then at most this often, and when it ends.
+_BURST_REMIND_S: Final = 60.0
+# The most a parting reply (refused, idle) may take to write before the socket is closed.
+_PARTING_S: Final = 1.0
 _RECEIVE_CHUNK = 65536
 # How often the socket file's presence is checked (one lstat).
 SOCKET_CHECK_S = 2.0
@@ -62,6 +80,65 @@ class UnsafeSocketPath(SelfhealError, OSError):
 
 def _describe(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+def _stack(exc: BaseException) -> str:
+    # Logged by hand so the traceback text goes through redaction too.
+    return redact_text("".join(traceback.format_exception(exc)))
+
+
+# How a client that went away shows when we write to it.
+_GONE: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError)
+
+
+async def _part(stream: SocketStream, reply: dict[str, Any]) -> None:
+    """Send a last reply (best effort, briefly) and close the connection."""
+    # Whatever the client did meanwhile, this must not fail: it runs in the accept loop.
+    with anyio.move_on_after(_PARTING_S):
+        try:
+            await stream.send(encode_reply(reply))
+        except (*_GONE, OSError):
+            pass
+    with anyio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except OSError:
+            pass
+
+
+class _ClientGone(Exception):
+    """Writing a reply failed because the client is gone: the conversation ends there
+    (a handler's own ConnectionError, by contrast, is that request's error reply)."""
+
+
+class _Burst:
+    """Log a condition that can repeat many times a second once per burst: when it
+    starts, again at most every _BURST_REMIND_S while it lasts, and when it ends, with
+    how often it happened."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0  # in the current burst
+        self._started = 0.0
+        self._reminded = 0.0
+
+    def happened(self, detail: str) -> None:
+        now = time.monotonic()
+        self.count += 1
+        if self.count == 1:
+            self._started = self._reminded = now
+            log.warning("%s: %s (not logged again for %.0fs)", self.what, detail, _BURST_REMIND_S)
+        elif now - self._reminded >= _BURST_REMIND_S:
+            self._reminded = now
+            log.warning(
+                "%s: %s (%d times in %.0fs)", self.what, detail, self.count, now - self._started
+            )
+
+    def over(self) -> None:
+        if self.count:
+            elapsed = time.monotonic() - self._started
+            log.info("%s ended: %d times in %.1fs", self.what, self.count, elapsed)
+            self.count = 0
 
 
 def prepare_socket_dir(directory: Path) -> None:
@@ -133,7 +210,13 @@ def _lock_socket_path(path: Path) -> int:
 
 
 class ControlServer:
-    """Serve newline-delimited JSON requests on a Unix socket until cancelled."""
+    """Serve newline-delimited JSON requests on a Unix socket until cancelled.
+
+    At most `max_connections` clients are served at once. One more is still accepted,
+    told `too_many_connections` and closed at once, rather than left unaccepted: it
+    would wait in the listen backlog until its own timeout and then report no reply,
+    which looks like a hung daemon; and accepting keeps the backlog moving.
+    """
 
     # Lets the supervisor run it as a Service (name + run) as well as via serve().
     name = "control"
@@ -145,11 +228,17 @@ class ControlServer:
         *,
         allowed_uid: int | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.path = path
         self.handlers = dict(handlers)
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.max_request_bytes = max_request_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self._accept_failing = _Burst("control socket accept failing")
+        self._refusing = _Burst("control socket refusing connections")
         self._identity: tuple[int, int] | None = None
         self._connection_ids = count(1)
         self._open_connections = 0
@@ -159,6 +248,11 @@ class ControlServer:
     def open_connections(self) -> int:
         """Number of client connections currently being served."""
         return self._open_connections
+
+    @property
+    def failed_accepts(self) -> int:
+        """Accepts that failed since the last one that worked (0 when accepting)."""
+        return self._accept_failing.count
 
     async def wait_idle(self) -> None:
         """Return once no client connection is open (for a drain before cancelling serve)."""
@@ -194,12 +288,20 @@ class ControlServer:
                         stream = await listener.accept()
                     except (OSError, anyio.BrokenResourceError) as exc:
                         # anyio wraps e.g. EMFILE in BrokenResourceError; both are transient.
-                        log.warning("control socket accept failed: %r", exc.__cause__ or exc)
+                        self._accept_failing.happened(repr(exc.__cause__ or exc))
                         await anyio.sleep(_ACCEPT_RETRY_S)
                         continue
+                    self._accept_failing.over()
+                    if self._open_connections >= self.max_connections:
+                        self._refusing.happened(f"all {self.max_connections} in use")
+                        await self._refuse(stream)
+                        continue
+                    self._refusing.over()
                     number = next(self._connection_ids)
                     self._connection_opened()
-                    tg.start_soon(self._serve_connection, stream, name=f"control-conn-{number}")
+                    tg.start_soon(
+                        self._serve_connection, stream, number, name=f"control-conn-{number}"
+                    )
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
@@ -253,15 +355,23 @@ class ControlServer:
             return False
         return True
 
+    async def _refuse(self, stream: SocketStream) -> None:
+        message = f"too many connections (max {self.max_connections}); try again shortly"
+        await _part(stream, error_reply(None, TOO_MANY_CONNECTIONS, message))
+
     def _connection_opened(self) -> None:
         # Counted at accept time so wait_idle() also covers tasks not yet started.
         self._open_connections += 1
         if self._open_connections == 1:
             self._idle = anyio.Event()
 
-    async def _serve_connection(self, stream: SocketStream) -> None:
+    async def _serve_connection(self, stream: SocketStream, number: int) -> None:
         try:
             await self._converse(stream)
+        except Exception as exc:
+            # Never into the server's task group: that would drop every client and
+            # restart the service. (Cancellation, a BaseException, still goes through.)
+            log.error("control connection %d failed: %s\n%s", number, _describe(exc), _stack(exc))
         finally:
             self._open_connections -= 1
             if not self._open_connections and self._idle is not None:
@@ -269,7 +379,11 @@ class ControlServer:
 
     async def _converse(self, stream: SocketStream) -> None:
         async def send(reply: dict[str, Any]) -> None:
-            await stream.send(encode_reply(reply))
+            data = encode_reply(reply)  # a reply that cannot be encoded is the request's error
+            try:
+                await stream.send(data)
+            except _GONE as exc:
+                raise _ClientGone from exc
 
         async with stream:
             try:
@@ -278,9 +392,16 @@ class ControlServer:
                     return
                 lines = LineBuffer(self.max_request_bytes)
                 while True:
-                    try:
-                        data = await stream.receive(_RECEIVE_CHUNK)
-                    except anyio.EndOfStream:
+                    # Only here, between requests, does the idle clock run: a request
+                    # being answered (a stream included) is never cut by it.
+                    with anyio.move_on_after(self.idle_timeout_s) as waiting:
+                        try:
+                            data = await stream.receive(_RECEIVE_CHUNK)
+                        except anyio.EndOfStream:
+                            return
+                    if waiting.cancelled_caught:
+                        message = f"closed after {self.idle_timeout_s:g}s without a request"
+                        await _part(stream, error_reply(None, IDLE_TIMEOUT, message))
                         return
                     for line in lines.feed(data):
                         if isinstance(line, Oversized):
@@ -288,15 +409,26 @@ class ControlServer:
                             await send(error_reply(None, TOO_LARGE, message))
                         else:
                             await self._dispatch(line, send)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            except (_ClientGone, *_GONE):
                 log.debug("control client went away mid-request")
 
     async def _dispatch(self, line: bytes, send: Send) -> None:
+        """Answer one request line: whatever goes wrong is this request's error reply."""
+        request_id: RequestId = None
+        method = "(unparsed request)"
         try:
             request = parse_request(line)
+            request_id, method = request.id, request.method
+            await self._answer(request, send)
         except RequestError as exc:
             await send(error_reply(exc.request_id, exc.code, exc.message))
-            return
+        except _ClientGone:
+            raise
+        except Exception as exc:
+            self._log_failure(method, exc)
+            await send(error_reply(request_id, INTERNAL, _describe(exc)))
+
+    async def _answer(self, request: Request, send: Send) -> None:
         handler = self.handlers.get(request.method)
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "(none)"
@@ -348,6 +480,4 @@ class ControlServer:
 
     @staticmethod
     def _log_failure(method: str, exc: Exception) -> None:
-        # Logged by hand so the traceback text goes through redaction too.
-        stack = redact_text("".join(traceback.format_exception(exc)))
-        log.error("control method %r failed: %s\n%s", method, _describe(exc), stack)
+        log.error("control method %r failed: %s\n%s", method, _describe(exc), _stack(exc))

@@ -14,6 +14,8 @@ _NAME = re.compile(
 MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+# The longest file name the file systems we write to take.
+NAME_MAX = 255
 
 
 def validate_target(target: str) -> str:

@@ -21,9 +21,19 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from selfheal.core.events import EVENT_NAME_MAX_LENGTH, EVENT_NAME_MIN_LENGTH, EVENT_NAME_PATTERN
+from selfheal.core.events import (
+    EVENT_NAME_MAX_LENGTH,
+    EVENT_NAME_MIN_LENGTH,
+    EVENT_NAME_PATTERN,
+    compact_json,
+    plain_message,
+    too_deep,
+    too_deep_message,
+    too_large,
+)
 
-INCIDENT_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,128}$"
+INCIDENT_ID_MAX_LENGTH: Final = 128
+INCIDENT_ID_PATTERN: Final = rf"^[A-Za-z0-9_.:-]{{1,{INCIDENT_ID_MAX_LENGTH}}}$"
 DOMAIN_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}$"
 # Lengths (in characters) and numbers the contract allows; core/fast_request.py uses
 # the same names, so the two cannot drift apart.
@@ -37,6 +47,10 @@ ATTEMPT_LIMIT: Final = 1_000_000_000
 MAX_RETRIES_LIMIT: Final = 100
 SLEEP_LIMIT_MS: Final = 604_800_000  # one week: longer holds belong to an operator
 SLEEP_STEP_LIMIT_MS: Final = 86_400_000
+# Evidence items in one request: producers attach a few; the router reads each one.
+EVIDENCE_LIMIT: Final = 50
+# (How deep a request may nest, and how large it may be, are the event data limits of
+# core.events: a request is the data of its event.)
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -142,7 +156,7 @@ class SelfHealingRequest(_Contract):
     ]
     attempt: int = Field(strict=True, ge=0, le=ATTEMPT_LIMIT)
     retry_policy: RetryPolicy
-    evidence: list[Evidence]
+    evidence: list[Evidence] = Field(max_length=EVIDENCE_LIMIT)
     playbook: Playbook
     context: dict[str, Any] | None = None
     owner: Text | None = None
@@ -280,24 +294,29 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return text or "request"
 
 
-def plain_message(message: str) -> str:
-    """Drop pydantic's "Value error, " prefix from our own validators' messages."""
-    return message.removeprefix("Value error, ")
-
-
 def parse_request(data: Any) -> SelfHealingRequest:
     """Validate request data; raise InvalidRequest naming every bad field."""
+    # First, and on the data as given: free-form fields (context, routeTo.data, extras)
+    # are taken as they are, and deeper ones would fail to serialise further on.
+    member = too_deep(data)
+    if member is not None:
+        raise InvalidRequest([(_dotted((member,)), too_deep_message())])
     try:
         request = SelfHealingRequest.model_validate(data)
     except ValidationError as exc:
         problems = [(_dotted(error["loc"]), plain_message(error["msg"])) for error in exc.errors()]
         raise InvalidRequest(problems) from None
     try:
-        request.to_data()  # what the router stores and re-sends must serialise
+        stored = request.to_data()  # what the router stores and re-sends must serialise
     except UnicodeEncodeError:
         # Free-form values pass through as they are, but a key of a free-form object
         # (context, routeTo.data, extras) with a lone surrogate cannot be serialised.
         raise InvalidRequest([("request", "holds a key that is not valid Unicode")]) from None
+    # Measured as the router re-sends it (a pause's re-check, an operator's retry), so
+    # every event it derives from a valid request can be published.
+    problem = too_large(len(compact_json(stored)))
+    if problem is not None:
+        raise InvalidRequest([("request", problem)])
     return request
 
 

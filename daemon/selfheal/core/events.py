@@ -43,6 +43,7 @@ BACKUP_FAILURE_ROUTER: Final = "system/backup.failure.router"
 EVENT_NAME_PATTERN: Final = r"^[a-z0-9_.-]+/[a-z0-9_.-]+$"
 EVENT_NAME_MIN_LENGTH: Final = 3
 EVENT_NAME_MAX_LENGTH: Final = 200
+IDEMPOTENCY_KEY_MAX_LENGTH: Final = 256
 # Canonical upper-case Crockford base32; the first digit is 0-7 because the timestamp is 48 bits.
 ULID_PATTERN: Final = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
 # W3C trace context, version 00; all-zero trace or parent ids are invalid by the spec.
@@ -56,17 +57,41 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Fields a stream entry must carry; `traceparent` may be absent or empty.
 _WIRE_REQUIRED: Final = ("id", "name", "data", "ts", "idempotencyKey")
 
+# What an event we publish may carry: its data nests at most DATA_DEPTH_LIMIT levels
+# (the data object itself is level 1) and is at most EVENT_DATA_LIMIT characters of
+# JSON as it is written to the stream. Deeper data passed every check and then failed
+# to serialise in the router (pydantic stops at 255 levels), on every delivery; a
+# megabyte of data was stored, then stored again by its dead-letter copy. The size is
+# eight times the contract's longest free-text field (contracts.FREE_TEXT_LIMIT,
+# 65,536 characters), so one at that length fits even when every character is written
+# as a six-character \uXXXX escape, with room for the rest of the request.
+DATA_DEPTH_LIMIT: Final = 64
+EVENT_DATA_LIMIT: Final = 512 * 1024
+
 # Validation context from_wire passes when `data` came out of its own strict parse
 # (see _parse_plain): the data is JSON by construction, so the re-serialisation check is
 # skipped. Every other check runs as usual.
 _DATA_IS_JSON: Final = "selfheal.events.data_is_json"
 _TRUSTED_DATA: Final = {_DATA_IS_JSON: True}
+# Context from_wire passes otherwise. An entry read from a stream is already stored: the
+# publishing limits are not applied to it, so it is handled (a request's contract has
+# the same limits) or dead-lettered with its reason like any other entry.
+_WIRE_DATA: Final = {_DATA_IS_JSON: False}
 # Up to this many '{' / '[' (so at most this nesting) compact_json cannot hit the
 # recursion limit where json.loads did not; deeper text takes the full check.
 _PLAIN_MAX_OPENERS: Final = 100
 
 # Mappings are invariant in their key type, so redis-py's dict[bytes, bytes] needs its own arm.
 WireFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
+
+
+class InvalidEvent(ValueError):
+    """An event cannot be built for publishing; the message names the field and the rule."""
+
+
+def plain_message(message: str) -> str:
+    """Drop pydantic's "Value error, " prefix from our own validators' messages."""
+    return message.removeprefix("Value error, ")
 
 
 class EventDecodeError(ValueError):
@@ -138,7 +163,9 @@ class Event(BaseModel):
     )
     data: dict[str, Any]
     ts: int = Field(ge=0)
-    idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=256)
+    idempotency_key: str = Field(
+        alias="idempotencyKey", min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH
+    )
     traceparent: str | None = None
 
     @field_validator("data")
@@ -148,10 +175,18 @@ class Event(BaseModel):
         context = info.context
         if context is _TRUSTED_DATA:
             return value  # from_wire parsed it strictly: JSON by construction
+        publishing = context is not _WIRE_DATA
+        if publishing:
+            member = too_deep(value)
+            if member is not None:
+                raise ValueError(f"member {member!r} is {too_deep_message()}")
         try:
-            compact_json(value)
+            text = compact_json(value)
         except (TypeError, ValueError, RecursionError):
             raise ValueError("must be JSON-serialisable (no NaN, no custom objects)") from None
+        problem = too_large(len(text)) if publishing else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("traceparent")
@@ -192,14 +227,14 @@ class Event(BaseModel):
             if key not in text:
                 raise EventDecodeError(key, "missing")
         raw_data = text["data"]
-        context: dict[str, bool] | None = _TRUSTED_DATA
+        context: dict[str, bool] = _TRUSTED_DATA
         try:
             try:
                 data = _parse_plain(raw_data)
             except _NotPlainJson:
                 # NaN, an infinity or deep nesting: the plain parse and the full check
                 # on the data decide, exactly as without the fast path.
-                data, context = json.loads(raw_data), None
+                data, context = json.loads(raw_data), _WIRE_DATA
         except (ValueError, RecursionError):
             raise EventDecodeError("data", "not valid JSON") from None
         if not isinstance(data, dict):
@@ -225,10 +260,47 @@ class Event(BaseModel):
             raise EventDecodeError(where, first["msg"]) from None
 
 
-def few_containers(text: str) -> bool:
-    """True when the JSON `text` opens at most _PLAIN_MAX_OPENERS objects and arrays
-    (counting brackets inside strings too: a cautious count)."""
-    return text.count("{") + text.count("[") <= _PLAIN_MAX_OPENERS
+def few_containers(text: str, limit: int = _PLAIN_MAX_OPENERS) -> bool:
+    """True when the JSON `text` opens at most `limit` objects and arrays (counting
+    brackets inside strings too: a cautious count), so it nests at most that deep."""
+    return text.count("{") + text.count("[") <= limit
+
+
+def too_deep(value: Any, limit: int = DATA_DEPTH_LIMIT) -> str | int | None:
+    """The key (or index) of the member of the object or list `value` in which
+    containers nest deeper than `limit` levels, `value` itself being level 1; None when
+    none does. Iterative, so no depth makes it raise."""
+    stack: list[tuple[Any, int, str | int]]
+    if isinstance(value, dict):
+        stack = [(item, 2, key) for key, item in value.items()]
+    elif isinstance(value, list):
+        stack = [(item, 2, index) for index, item in enumerate(value)]
+    else:
+        return None
+    while stack:
+        node, depth, member = stack.pop()
+        if isinstance(node, dict):
+            inside: Any = node.values()
+        elif isinstance(node, list):
+            inside = node
+        else:
+            continue
+        if depth > limit:
+            return member
+        stack.extend((item, depth + 1, member) for item in inside)
+    return None
+
+
+def too_deep_message() -> str:
+    """The problem of data past DATA_DEPTH_LIMIT, the same wherever it is found."""
+    return f"nested too deeply (max {DATA_DEPTH_LIMIT} levels)"
+
+
+def too_large(size: int) -> str | None:
+    """The problem of data whose JSON is `size` characters, if that is past EVENT_DATA_LIMIT."""
+    if size <= EVENT_DATA_LIMIT:
+        return None
+    return f"{size} characters of JSON, more than the {EVENT_DATA_LIMIT} allowed"
 
 
 class _NotPlainJson(Exception):
@@ -365,7 +437,7 @@ def _plain_fields(fields: WireFields) -> Envelope | None:
         and len(ts) <= 16
         and ts.isdigit()
         and ts.isascii()  # isdigit alone takes other scripts' digits too
-        and 0 < len(key) <= 256
+        and 0 < len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH
         and (key.isascii() or is_encodable(key))
         and (not trace or _TRACEPARENT.fullmatch(trace))
     ):
@@ -510,14 +582,20 @@ def new_event(
     if isinstance(now_ms, bool) or not isinstance(now_ms, int) or now_ms < 0:
         raise ValueError(f"now_ms must be a non-negative int of epoch milliseconds, got {now_ms!r}")
     event_id = str(ULID.from_timestamp(now_ms))
-    return Event(
-        id=event_id,
-        name=name,
-        data=dict(data),
-        ts=now_ms,
-        idempotency_key=idempotency_key if idempotency_key is not None else event_id,
-        traceparent=traceparent,
-    )
+    try:
+        return Event(
+            id=event_id,
+            name=name,
+            data=dict(data),
+            ts=now_ms,
+            idempotency_key=idempotency_key if idempotency_key is not None else event_id,
+            traceparent=traceparent,
+        )
+    except ValidationError as exc:
+        # One line naming the field, without pydantic's echo of the (maybe huge) input.
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "event"
+        raise InvalidEvent(f"{where}: {plain_message(first['msg'])}") from None
 
 
 def wire_fields(

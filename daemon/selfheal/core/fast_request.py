@@ -17,7 +17,10 @@ How "sure" is kept narrow:
 - text must be valid Unicode: msgspec refuses a lone surrogate escape, as the contract does;
 - `deadlineAt` is checked by the contract's own datetime validator, not re-implemented;
 - the few rules limits cannot say (not blank, sleepMaxMs >= sleepMinMs) run in
-  __post_init__, and a failure there is a refusal like any other.
+  __post_init__, and a failure there is a refusal like any other;
+- the event data limits the contract applies (core.events: nesting, size) are met by
+  construction for text with few containers and of modest length, and measured as the
+  contract measures them otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from selfheal.core.contracts import (
     DOMAIN_PATTERN,
     ERRNO_BELOW,
     ERRNO_NAME_LIMIT,
+    EVIDENCE_LIMIT,
     FREE_TEXT_LIMIT,
     INCIDENT_ID_PATTERN,
     MAX_RETRIES_LIMIT,
@@ -46,10 +50,14 @@ from selfheal.core.contracts import (
     derive_incident_id,
 )
 from selfheal.core.events import (
+    DATA_DEPTH_LIMIT,
+    EVENT_DATA_LIMIT,
     EVENT_NAME_MAX_LENGTH,
     EVENT_NAME_MIN_LENGTH,
     EVENT_NAME_PATTERN,
+    compact_json,
     few_containers,
+    too_large,
 )
 
 
@@ -151,7 +159,9 @@ class FastRequest(_Fast, frozen=True):
     retry_policy: FastRetryPolicy
     # A bare string is evidence with only a message: __post_init__ turns each into one,
     # so `evidence` reads as a list of FastEvidence.
-    evidence_items: list[FastEvidence | FreeText] = msgspec.field(name="evidence")
+    evidence_items: Annotated[list[FastEvidence | FreeText], Meta(max_length=EVIDENCE_LIMIT)] = (
+        msgspec.field(name="evidence")
+    )
     playbook: FastPlaybook
     context: dict[str, Any] | None = None
     owner: Text | None = None
@@ -204,6 +214,12 @@ class FastRequest(_Fast, frozen=True):
 
 
 _DECODER: Final = msgspec.json.Decoder(FastRequest)
+# Text up to this long is sure to be within EVENT_DATA_LIMIT as the contract measures
+# it (the JSON of to_data): a character of text becomes at most 12 of that JSON (an
+# astral character, written as two \uXXXX escapes; a number such as 1e15 grows less),
+# and to_data adds its defaults and nulls, a few kilobytes with EVIDENCE_LIMIT items
+# (tests/unit/test_fast_request.py checks the margin). Longer text is measured.
+_SURELY_SMALL: Final = EVENT_DATA_LIMIT // 16
 
 
 def decode_request(text: str) -> FastRequest | None:
@@ -211,11 +227,14 @@ def decode_request(text: str) -> FastRequest | None:
 
     `text` is an event's data as it came off the wire: JSON of an object.
     """
-    if not few_containers(text):
-        # Deeper text is left to the contract: its serialiser stops at 255 levels, where
-        # to_data would fail.
+    if not few_containers(text, DATA_DEPTH_LIMIT):
+        # So no valid answer here nests deeper than the contract allows; deeper text
+        # is left to the contract, which refuses it by name.
         return None
     try:
-        return _DECODER.decode(text)
+        request = _DECODER.decode(text)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeEncodeError):
         return None  # UnicodeEncodeError: a lone surrogate in `text` itself
+    if len(text) > _SURELY_SMALL and too_large(len(compact_json(request.to_data()))):
+        return None
+    return request

@@ -12,8 +12,8 @@ from annotated_types import Ge
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic.alias_generators import to_camel
 
-from selfheal.core.contracts import RequestView, plain_message
-from selfheal.core.events import is_encodable, may_overflow
+from selfheal.core.contracts import RequestView
+from selfheal.core.events import is_encodable, may_overflow, plain_message
 from selfheal.core.records import record_builder
 
 if TYPE_CHECKING:

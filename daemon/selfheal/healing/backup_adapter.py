@@ -14,7 +14,13 @@ from selfheal.bus.consumer import PoisonEvent
 from selfheal.bus.streams import Bus
 from selfheal.config.schema import RouterSettings
 from selfheal.core.artifacts import validate_target
-from selfheal.core.events import BACKUP_RETRY_REQUESTED, SELF_HEALING_REQUESTED, Event, new_event
+from selfheal.core.events import (
+    BACKUP_RETRY_REQUESTED,
+    SELF_HEALING_REQUESTED,
+    Event,
+    InvalidEvent,
+    new_event,
+)
 from selfheal.healing.router import Router
 
 
@@ -78,16 +84,20 @@ class BackupFailureAdapter:
     async def on_failed(self, event: Event) -> None:
         """Turn a failure into the incident's next self-healing request."""
         request = healing_request(event, self._settings())
-        await self.bus.publish(
-            new_event(
+        try:
+            healing = new_event(
                 SELF_HEALING_REQUESTED,
                 request,
                 now_ms=event.ts,
                 idempotency_key=f"{event.id}/healing",
                 traceparent=event.traceparent,
-            ),
-            dedupe=True,
-        )
+            )
+        except InvalidEvent as exc:
+            # Past the event data limits: no delivery would do better.
+            raise PoisonEvent(
+                f"{event.name}: cannot publish its self-healing request: {exc}"
+            ) from None
+        await self.bus.publish(healing, dedupe=True)
 
     async def on_completed(self, event: Event) -> None:
         """A verified backup closes the target's incident."""

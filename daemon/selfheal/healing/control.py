@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from selfheal.control.params import MAX_ROWS, Params
+from selfheal.control.protocol import INVALID_PARAMS
 from selfheal.control.server import Handler
-from selfheal.core.events import SELF_HEALING_REQUESTED, Event, new_event
+from selfheal.core.contracts import (
+    INCIDENT_ID_MAX_LENGTH,
+    INCIDENT_ID_PATTERN,
+    SLEEP_LIMIT_MS,
+    TEXT_LIMIT,
+)
+from selfheal.core.events import (
+    EVENT_NAME_MAX_LENGTH,
+    EVENT_NAME_PATTERN,
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    SELF_HEALING_REQUESTED,
+    InvalidEvent,
+    new_event,
+)
+from selfheal.core.incident import IncidentState
 from selfheal.errors import ControlError
 from selfheal.healing.store import IncidentSnapshot, IncidentStore, latest
 from selfheal.redact import redact
 
 if TYPE_CHECKING:
     from selfheal.healing.plane import HealingPlane
+
+
+# An operator's note on an acknowledgement.
+ACK_NOTE_LIMIT: Final = 500
+_STATES: Final = tuple(state.value for state in IncidentState)
 
 
 def _now_ms() -> int:
@@ -39,20 +60,23 @@ class HealingControl:
         }
 
     async def _events_send(self, params: dict[str, Any]) -> Any:
-        name = _param(params, "name", str)
-        data = params.get("data", {})
-        if not isinstance(data, dict):
-            raise ControlError("invalid_params", "data must be a JSON object")
-        key = params.get("idempotencyKey")
-        if key is not None and not isinstance(key, str):
-            raise ControlError("invalid_params", "idempotencyKey must be a string")
-        delay = params.get("delayMs", 0)
-        if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
-            raise ControlError("invalid_params", "delayMs must be a non-negative integer")
+        read = Params(params)
+        name = read.text(
+            "name",
+            max_length=EVENT_NAME_MAX_LENGTH,
+            pattern=EVENT_NAME_PATTERN,
+            meaning="an event name (domain/name in lower case)",
+        )
+        data = read.mapping("data")
+        key = read.optional_text(
+            "idempotencyKey", min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH
+        )
+        # A delayed event waits as a timer; the router holds none longer than this.
+        delay = read.integer("delayMs", low=0, high=SLEEP_LIMIT_MS, default=0)
         try:
             event = new_event(name, data, now_ms=_now_ms(), idempotency_key=key)
-        except ValueError as exc:
-            raise ControlError("invalid_params", f"invalid event: {exc}") from None
+        except InvalidEvent as exc:
+            raise ControlError(INVALID_PARAMS, f"invalid event: {exc}") from None
         bus = self.plane.bus()
         if delay:
             await bus.send_after(event, delay)
@@ -71,9 +95,7 @@ class HealingControl:
         return stats
 
     async def _queue_dead(self, params: dict[str, Any]) -> Any:
-        count = params.get("count", 50)
-        if not isinstance(count, int) or not 1 <= count <= 1000:
-            raise ControlError("invalid_params", "count must be an integer in 1..1000")
+        count = Params(params).integer("count", low=1, high=MAX_ROWS, default=50)
         # A dead letter keeps the entry as the producer wrote it (evidence often quotes a
         # URL or a log line); what leaves the daemon is redacted like everything else.
         return {"deadLetters": redact(await self.plane.bus().dead_letters(count))}
@@ -84,14 +106,19 @@ class HealingControl:
         return self.plane.router.store
 
     async def _incidents_list(self, params: dict[str, Any]) -> Any:
-        state = params.get("state")
-        if state is not None and not isinstance(state, str):
-            raise ControlError("invalid_params", "state must be a string")
-        snapshots = latest(await self._store().recent(int(params.get("limit", 50))), state)
+        read = Params(params)
+        state = read.optional_choice("state", _STATES)
+        limit = read.integer("limit", low=1, high=MAX_ROWS, default=50)
+        snapshots = latest(await self._store().recent(limit), state)
         return {"incidents": [_incident_row(s) for s in snapshots]}
 
     async def _snapshot(self, params: dict[str, Any]) -> IncidentSnapshot:
-        incident_id = _param(params, "id", str)
+        incident_id = Params(params).text(
+            "id",
+            max_length=INCIDENT_ID_MAX_LENGTH,
+            pattern=INCIDENT_ID_PATTERN,
+            meaning="an incident id (letters, digits, '_', '.', ':' or '-')",
+        )
         snapshot: IncidentSnapshot = await self._store().load(incident_id)
         if snapshot.incident is None:
             raise ControlError("not_found", f"no incident {incident_id!r}")
@@ -114,10 +141,11 @@ class HealingControl:
         }
 
     async def _incidents_ack(self, params: dict[str, Any]) -> Any:
+        read = Params(params)
+        by = read.text("by", max_length=TEXT_LIMIT)
+        note = read.optional_text("note", max_length=ACK_NOTE_LIMIT) or ""
         snapshot = await self._snapshot(params)
-        by = _param(params, "by", str)
-        note = params.get("note") or ""
-        acked = {"by": by, "atMs": _now_ms(), "note": str(note)[:500]}
+        acked = {"by": by, "atMs": _now_ms(), "note": note}
         await self.plane.bus().client.hset(
             self.plane.bus().keys.incident(snapshot.incident_id), "acked", json.dumps(acked)
         )
@@ -126,12 +154,19 @@ class HealingControl:
         return {"incidentId": snapshot.incident_id, "acked": acked, "manualEntriesCleared": cleared}
 
     async def _incidents_retry(self, params: dict[str, Any]) -> Any:
+        by = Params(params).text("by", max_length=TEXT_LIMIT)
         snapshot = await self._snapshot(params)
         assert snapshot.incident is not None
         if snapshot.request is None:
             raise ControlError("conflict", "the incident has no stored request to retry")
-        by = _param(params, "by", str)
         now = _now_ms()
+        # Built before the budget is reset, so a request that cannot be re-sent resets nothing.
+        try:
+            event = new_event(
+                SELF_HEALING_REQUESTED, {**snapshot.request, "attempt": 0}, now_ms=now
+            )
+        except InvalidEvent as exc:
+            raise ControlError("conflict", f"the stored request cannot be re-sent: {exc}") from None
         try:
             reset = snapshot.incident.reset_budget(
                 now, by, deadline_ms=now + self.plane.knobs().recovery_window_ms
@@ -141,8 +176,6 @@ class HealingControl:
         store = self._store()
         if not await store.update_record(snapshot, reset, {"acked": ""}):
             raise ControlError("conflict", "the incident changed meanwhile; try again")
-        request = {**snapshot.request, "attempt": 0}
-        event: Event = new_event(SELF_HEALING_REQUESTED, request, now_ms=now)
         await self.plane.bus().publish(event)
         cleared = await store.clear_manual_entries(snapshot.incident_id)
         return {
@@ -151,13 +184,6 @@ class HealingControl:
             "resetBy": by,
             "manualEntriesCleared": cleared,
         }
-
-
-def _param(params: dict[str, Any], name: str, kind: type) -> Any:
-    value = params.get(name)
-    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
-        raise ControlError("invalid_params", f"{name} is required ({kind.__name__})")
-    return value
 
 
 def _incident_row(snapshot: IncidentSnapshot) -> dict[str, Any]:
