@@ -11,8 +11,6 @@ drainer delivers it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from selfheal.bus.consumer import PoisonEvent
 from selfheal.bus.lock import LockBusy, RedisLock
 from selfheal.bus.streams import Bus
 from selfheal.config import Settings
-from selfheal.core.artifacts import manifest_name, validate_target
+from selfheal.core.artifacts import validate_target
 from selfheal.core.events import BACKUP_COMPLETED, BACKUP_FAILED, Event, new_event
 from selfheal.redact import redact_text
 from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
@@ -203,6 +201,7 @@ class BackupService:
             )
             await self._after_delivery(target, artifact, result.delivery)
             artifact.path.unlink(missing_ok=True)
+            artifact.manifest_path.unlink(missing_ok=True)
             log.info(
                 "backup %s delivered: %s via %s (%d bytes, %d transfer attempts)",
                 target,
@@ -233,19 +232,8 @@ class BackupService:
     async def _after_delivery(
         self, target: Literal["typesense", "redis"], artifact: Artifact, delivery: Delivery
     ) -> None:
-        """Manifest beside the artifact, retention on the NAS, source snapshot pruning."""
+        """Retention on the NAS, source snapshot pruning (the manifest came with the copy)."""
         transport = next(t for t in self.transports(target) if t.mode == delivery.mode)
-        manifest = self.staging_dir() / manifest_name(artifact.name)
-        manifest.write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True))
-        try:
-            await transport.put(
-                manifest,
-                artifact.remote_path.with_name(manifest.name),
-                sha256=_sha256_of(manifest),
-                size=manifest.stat().st_size,
-            )
-        finally:
-            manifest.unlink(missing_ok=True)
         await UnverifiedSnapshots(self.bus, target).forget(artifact)
         await self.apply_retention(target, transport)
         if target == "typesense":
@@ -357,7 +345,3 @@ class BackupService:
             traceparent=current_traceparent() or cause.traceparent,
         )
         await self.bus.publish(event, dedupe=True)
-
-
-def _sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

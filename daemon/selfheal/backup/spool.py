@@ -207,6 +207,8 @@ class Spool:
             raise
         if not moved:
             artifact.path.unlink()
+        # The spool keeps its own manifest copy; the producer's one beside the file goes.
+        artifact.manifest_path.unlink(missing_ok=True)
         _fsync_path(artifact.path.parent)
         log.info("spooled %s as %s", artifact.name, entry_id)
         return _parse_entry(directory, record)
