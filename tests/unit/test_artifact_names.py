@@ -60,6 +60,8 @@ def test_names_from_before_the_suffix_are_still_ours() -> None:
         "redis-20250101T033000Z-123.rdb",  # the suffix comes whole or not at all
         "redis-20250101T033000Z-123-0A1B2C.rdb",
         "redis-20251301T033000Z.rdb",
+        "redis-20250101T033000Z.rdb.tmp",  # not what our sources write
+        "redis-20250101T033000Z.bak",
     ],
 )
 def test_other_names_are_not_artifacts(name: str) -> None:

@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 from selfheal.backup.progress import LIVE, progress_key
 from selfheal.backup.scheduler import Scheduler
 from selfheal.backup.service import TARGETS, BackupService, RunOutcome, now_ms
+from selfheal.backup.upkeep import scan_folder
 from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
 from selfheal.bus.streams import Bus, cast_entries
 from selfheal.config import Settings
@@ -222,27 +223,34 @@ class BackupPlane:
     async def _list(self, params: dict[str, Any]) -> Any:
         targets = [self._target(params)] if params.get("target") else list(TARGETS)
         rows: list[dict[str, Any]] = []
+        ignored: list[dict[str, Any]] = []
         for target in targets:
             transport = await self._transport_for(target)
-            for entry in await transport.list_dir(PurePosixPath(target)):
-                parsed = parse_artifact_name(entry.name)
-                if parsed is None or parsed.target != target:
-                    continue
+            # Only what a manifest vouches for is a backup (the same rule as retention).
+            scan = await scan_folder(transport, target)
+            for listed in scan.artifacts:
+                parsed = parse_artifact_name(listed.entry.name)
+                assert parsed is not None  # scan_folder lists only our names
                 rows.append(
                     {
                         "target": target,
-                        "name": entry.name,
-                        "size": entry.size,
+                        "name": listed.entry.name,
+                        "size": listed.entry.size,
+                        "sha256": listed.manifest["sha256"],
                         "created": parsed.created.isoformat(),
                         "where": transport.mode,
                     }
                 )
+            ignored += [
+                {"target": target, "name": name, "reason": why, "where": transport.mode}
+                for name, why in sorted(scan.ignored.items())
+            ]
         spooled = [
             {"target": e.target, "name": e.name, "size": e.size, "where": "spool"}
             for e in await self.service().spool().entries()
             if e.target in targets
         ]
-        return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled}
+        return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled, "ignored": ignored}
 
     async def _verify(self, params: dict[str, Any]) -> Any:
         name = params.get("artifact")
@@ -253,8 +261,21 @@ class BackupPlane:
         target = self._target({"target": parsed.target})
         transport = await self._transport_for(target)
         folder = PurePosixPath(target)
-        raw = await transport.read_small(folder / manifest_name(name))
-        manifest = json.loads(raw)
+        raw = (await transport.read_many([folder / manifest_name(name)])).get(
+            folder / manifest_name(name)
+        )
+        if raw is None:
+            raise ControlError(
+                "not_found",
+                f"{name} has no manifest on the NAS (via {transport.mode}): nothing to verify "
+                "it against, and it is not counted as a backup",
+            )
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise ControlError("invalid_manifest", f"{manifest_name(name)}: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise ControlError("invalid_manifest", f"{manifest_name(name)} is not a JSON object")
         actual = await transport.sha256(folder / name)
         return {
             "artifact": name,

@@ -73,6 +73,9 @@ def list_cmd(state: CliState, target: str | None, as_json: bool) -> None:
         return
     rows = [[a["target"], a["name"], a["size"], a["where"]] for a in result["artifacts"]]
     click.echo(table(["target", "artifact", "bytes", "where"], rows))
+    for item in result.get("ignored", []):
+        # Ours by name, but no manifest vouches for it: not a backup to count on.
+        click.echo(f"not a verified backup ({item['reason']}): {item['target']}/{item['name']}")
 
 
 @backup.command("verify")
@@ -104,6 +107,7 @@ def retention(state: CliState, target: str, apply_plan: bool, as_json: bool) -> 
         return
     rows = [[name, "keep", result["reasons"].get(name, "")] for name in result["keep"]]
     rows += [[name, "DELETE", result["reasons"].get(name, "")] for name in result["delete"]]
+    rows += [[name, "ignore", why] for name, why in result.get("ignored", {}).items()]
     click.echo(table(["file", "action", "why"], rows))
     if not apply_plan:
         click.echo("(dry run; --apply deletes the files marked DELETE)")

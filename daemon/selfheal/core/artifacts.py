@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 
 TARGET_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 UNIQUE_PATTERN = re.compile(r"^[0-9a-f]{6}$")
-# <target>-<UTC yyyymmddThhmmssZ>-<milliseconds>-<6 hex>.<ext>; ext is e.g. "tar", "tar.gz",
-# "tar.zst", "rdb". Two runs in one second (or one millisecond) get different names; names
-# still sort by time. Names from before the suffix (no "-<ms>-<hex>") are still ours.
+# <target>-<UTC yyyymmddThhmmssZ>-<milliseconds>-<6 hex>.<ext>; ext is what our sources
+# write: tar or rdb, maybe .gz or .zst. Two runs in one second (or one millisecond) get
+# different names; names still sort by time. Names from before the suffix (no
+# "-<ms>-<hex>") are still ours. Anything else (a ".rdb.tmp", a ".bak") is not.
 _NAME = re.compile(
     r"^(?P<target>[a-z][a-z0-9_-]{0,31})-(?P<stamp>\d{8}T\d{6}Z)"
     r"(?:-(?P<ms>\d{3})-(?P<unique>[0-9a-f]{6}))?"
-    r"\.(?P<ext>[a-z0-9]+(?:\.[a-z0-9]+)?)$"
+    r"\.(?P<ext>(?:tar|rdb)(?:\.gz|\.zst)?)$"
 )
 MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
@@ -45,7 +46,7 @@ def artifact_name(target: str, created: datetime, ext: str, *, unique: str) -> s
     """The artifact's file name for a UTC creation time and a random `unique` part."""
     validate_target(target)
     name = f"{target}-{artifact_stamp(created, unique)}.{ext}"
-    if not _NAME.fullmatch(name) or is_leftover(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"invalid artifact extension {ext!r}")
     return name
 
@@ -59,19 +60,10 @@ class ParsedName:
     ext: str
 
 
-def is_leftover(name: str) -> bool:
-    """A temporary or manifest name, never an artifact.
-
-    They can still fit the artifact pattern when the extension is short
-    ("redis-<stamp>.rdb.partial" has the two-part extension "rdb.partial").
-    """
-    return name.endswith((PARTIAL_SUFFIX, MANIFEST_SUFFIX))
-
-
 def parse_artifact_name(name: str) -> ParsedName | None:
     """Parse our own artifact name; None for anything else (manifests, `.partial` included)."""
     match = _NAME.fullmatch(name)
-    if match is None or is_leftover(name):
+    if match is None:
         return None
     try:
         created = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
