@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 from selfheal.backup.progress import LIVE, progress_key
 from selfheal.backup.scheduler import Scheduler
 from selfheal.backup.service import TARGETS, BackupService, RunOutcome, now_ms
+from selfheal.backup.spool import SpoolEntry
 from selfheal.backup.upkeep import scan_folder
 from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
 from selfheal.bus.streams import Bus, cast_entries
@@ -44,9 +45,17 @@ class SpoolDrainer:
         self.every_s = every_s
         self.delivered = 0
         self.last_error: str | None = None
+        self.recovered = False  # start-up recovery ran (once per process, not per restart)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Drain periodically until cancelled."""
+        """Recover what a crash left (first start only), then drain periodically until
+        cancelled."""
+        stranded: list[SpoolEntry] = []
+        if not self.recovered:
+            # Before readiness: the runners start after this service, so no run is
+            # writing to staging while it is sorted.
+            stranded = await self._service().recover()
+            self.recovered = True
         task_status.started()
         while True:
             service = self._service()
@@ -57,6 +66,10 @@ class SpoolDrainer:
                 except Exception as exc:  # keep trying; the spool is durable
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.warning("spool drain failed: %s", self.last_error)
+            if stranded:
+                # Recovered artifacts the first drain did not deliver become the incident.
+                await service.report_stranded(stranded)
+                stranded = []
             await anyio.sleep(self.every_s)
 
 
