@@ -15,7 +15,14 @@ from anyio.abc import TaskStatus
 
 from selfheal.backup.progress import LIVE, progress_key
 from selfheal.backup.scheduler import Scheduler
-from selfheal.backup.service import TARGETS, BackupService, RunOutcome, now_ms
+from selfheal.backup.service import (
+    TARGETS,
+    BackupService,
+    RunOutcome,
+    backup_lock_key,
+    disabled_detail,
+    now_ms,
+)
 from selfheal.backup.spool import SpoolEntry
 from selfheal.backup.upkeep import scan_folder
 from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
@@ -32,7 +39,13 @@ from selfheal.telemetry import Telemetry
 log = logging.getLogger("selfheal.backup")
 
 DRAIN_EVERY_S = 30.0
+# `backup run --follow` ends with an error rather than wait forever: after this long in
+# all, or once nothing has happened for FOLLOW_IDLE_S (no progress from the run, and no
+# run of the target holding its lock, which a queued run waits behind).
 FOLLOW_LIMIT_S = 6 * 3600.0
+FOLLOW_IDLE_S = 60.0
+# While waiting, a heartbeat keeps the client's idle timeout from cutting the stream.
+FOLLOW_HEARTBEAT_S = 10.0
 
 
 class SpoolDrainer:
@@ -95,6 +108,8 @@ class BackupPlane:
         self._external_url: str | None = None
         self.drainer = SpoolDrainer(self.service)
         self.last_runs: dict[str, RunOutcome] = {}
+        self.follow_limit_s = FOLLOW_LIMIT_S
+        self.follow_idle_s = FOLLOW_IDLE_S
 
     def _source_client(self) -> aioredis.Redis:
         url = self._settings().backups.redis.source
@@ -193,39 +208,68 @@ class BackupPlane:
         for known in TARGETS:
             if target == known:
                 return known
-        raise ControlError("invalid_params", f"target must be one of {', '.join(TARGETS)}")
+        raise ControlError(
+            "invalid_params", f"unknown backup target {target!r}: one of {', '.join(TARGETS)}"
+        )
 
     async def _run(self, params: dict[str, Any]) -> Any:
         target = self._target(params)
+        if not getattr(self._settings().backups, target).enabled:
+            # Refused here, with or without --follow: a request the runner would skip has
+            # nothing to show and must not look accepted.
+            raise ControlError("disabled", disabled_detail(target))
         bus = self._bus()
         event = new_event(BACKUP_REQUESTED, {"target": target, "trigger": "cli"}, now_ms=now_ms())
         event = event.model_copy(update={"data": {**event.data, "runId": event.id}})
         await bus.publish(event)
         if not params.get("follow"):
             return {"target": target, "runId": event.id}
-        return self._follow(bus, event.id)
+        return self._follow(bus, event.id, target)
 
-    async def _follow(self, bus: Bus, run_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def _follow(self, bus: Bus, run_id: str, target: str) -> AsyncIterator[dict[str, Any]]:
+        """The run's progress until it is done; a ControlError when it cannot be (bounded)."""
         key = progress_key(bus, run_id)
         last = "0-0"
-        with anyio.move_on_after(FOLLOW_LIMIT_S):
-            while True:
-                reply = await bus.client.xread({key: last}, count=20, block=250)
-                for _stream, entries in cast(list[tuple[Any, Any]], reply or []):
-                    for entry_id, fields in cast_entries(entries):
-                        last = entry_id
-                        yield {"runId": run_id, **fields}
-                        if fields.get("stage") == "done":
-                            return
-                live = LIVE.get(run_id)
-                if live is not None and live.stage == "ship":
-                    yield {
-                        "runId": run_id,
-                        "stage": "ship",
-                        "done": live.done,
-                        "total": live.total,
-                        "rateBps": int(live.rate()),
-                    }
+        stage = "queued"
+        began = active = sent = anyio.current_time()
+        while True:
+            reply = await bus.client.xread({key: last}, count=20, block=250)
+            now = anyio.current_time()
+            for _stream, entries in cast(list[tuple[Any, Any]], reply or []):
+                for entry_id, fields in cast_entries(entries):
+                    last, active, sent = entry_id, now, now
+                    stage = fields.get("stage", stage)
+                    yield {"runId": run_id, **fields}
+                    if stage == "done":
+                        return
+            live = LIVE.get(run_id)
+            if live is not None and live.stage == "ship":
+                active = sent = now
+                yield {
+                    "runId": run_id,
+                    "stage": "ship",
+                    "done": live.done,
+                    "total": live.total,
+                    "rateBps": int(live.rate()),
+                }
+            elif await bus.client.exists(backup_lock_key(bus, target)):
+                active = now  # our run, or the one ours is queued behind, is working
+            if now - active > self.follow_idle_s:
+                raise ControlError(
+                    "timeout",
+                    f"backup {target} run {run_id}: no progress for {self.follow_idle_s:g}s "
+                    f"(last stage: {stage}) and no {target} backup is running; is the backup "
+                    "runner up (selfheal status)? The run may still happen later.",
+                )
+            if now - began > self.follow_limit_s:
+                raise ControlError(
+                    "timeout",
+                    f"backup {target} run {run_id} did not finish within "
+                    f"{self.follow_limit_s:g}s (last stage: {stage}); see selfheal status",
+                )
+            if now - sent >= FOLLOW_HEARTBEAT_S:
+                sent = now
+                yield {"runId": run_id, "stage": stage, "heartbeat": True}
 
     async def _transport_for(self, target: Literal["typesense", "redis"]) -> Any:
         for transport in self.service().transports(target):

@@ -64,6 +64,16 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def backup_lock_key(bus: Bus, target: str) -> str:
+    """The lock a target's run holds (one run per target, across daemons)."""
+    return f"{bus.keys.tag}:lock:backup:{target}"
+
+
+def disabled_detail(target: str) -> str:
+    """Why a disabled target does not run, naming the key that turns it on."""
+    return f"backup target {target!r} is disabled (selfheal.backups.{target}.enabled is false)"
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """What one run did."""
@@ -153,8 +163,14 @@ class BackupService:
             raise PoisonEvent(f"{event.name}: data.target must be one of {', '.join(TARGETS)}")
         settings = getattr(self._settings().backups, target)
         if not settings.enabled:
+            # Disabled after it was requested: still end the run's progress, so that
+            # `backup run --follow` ends too.
             log.info("backup %s requested but disabled in config; skipped", target)
             self.last[target] = RunOutcome(target, "skipped", detail="disabled")
+            run_id = str(event.data.get("runId") or event.id)
+            await ProgressReporter(self.bus, run_id=run_id).finish(
+                "skipped", disabled_detail(target)
+            )
             return
         attempt = event.data.get("attempt", 0)
         await self.run(target, event, attempt=attempt if isinstance(attempt, int) else 0)
@@ -164,7 +180,7 @@ class BackupService:
     ) -> RunOutcome:
         """One locked run of `target`."""
         validate_target(target)
-        lock = RedisLock(self.bus.client, f"{self.bus.keys.tag}:lock:backup:{target}")
+        lock = RedisLock(self.bus.client, backup_lock_key(self.bus, target))
         reporter = ProgressReporter(self.bus, run_id=str(cause.data.get("runId") or cause.id))
         marker = marker_path(self._settings().state_dir, target)
         try:

@@ -43,21 +43,27 @@ def run(state: CliState, target: str, follow: bool, as_json: bool) -> None:
             click.echo(f"backup of {target} requested (run {result['runId']})")
         return
     final: dict[str, Any] = {}
+    shown: str | None = None
     for item in state.stream("backup.run", {"target": target, "follow": True}):
+        if item.get("heartbeat"):
+            continue  # the daemon is still waiting on the run: nothing new to show
+        stage = item.get("stage")
+        if stage == "done":
+            final = item
         if as_json:
             emit_json(item)
-        elif item.get("stage") == "ship" and "done" in item:
+        elif stage == "ship" and "done" in item:
             click.echo(
                 "\r" + _bar(int(item["done"]), int(item["total"]), int(item["rateBps"])), nl=False
             )
-        elif item.get("stage") != "done":
-            click.echo(
-                f"\n{item['stage']}..." if item.get("stage") == "ship" else f"{item['stage']}..."
-            )
-        final = item
+        elif stage != "done" and stage != shown:
+            click.echo(f"\n{stage}..." if stage == "ship" else f"{stage}...")
+        shown = stage
+    if not final:
+        fail(f"the {target} run ended without a result", EXIT_DAEMON_ERROR)
     if not as_json:
         click.echo(f"\n{target}: {final.get('status', '?')} {final.get('detail', '')}".rstrip())
-    if final.get("status") not in ("delivered", None):
+    if final.get("status") != "delivered":
         raise SystemExit(EXIT_DAEMON_ERROR if final.get("status") == "failed" else 0)
 
 
