@@ -54,13 +54,12 @@ def clear_marker(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def take_marker(path: Path) -> dict[str, Any] | None:
-    """Read and remove a marker; None when there is none. An unreadable one still counts."""
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """A marker's record; None when there is none. An unreadable one still counts."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    path.unlink(missing_ok=True)
     try:
         record = json.loads(raw)
     except ValueError:

@@ -27,8 +27,8 @@ from selfheal.backup.recovery import (
     clear_marker,
     delete_unfinished,
     marker_path,
+    read_marker,
     scan_staging,
-    take_marker,
     write_marker,
 )
 from selfheal.backup.sources.archive import SourceError
@@ -366,15 +366,23 @@ class BackupService:
         delete what interrupted runs left half-made. Local work only; run at start-up
         before any run begins."""
         for target in TARGETS:
-            record = await anyio.to_thread.run_sync(
-                take_marker, marker_path(self._settings().state_dir, target)
-            )
+            marker = marker_path(self._settings().state_dir, target)
+            record = await anyio.to_thread.run_sync(read_marker, marker)
             if record is not None:
                 await self._rerequest(target, record)
+                # Only once the request is on the bus: a failure here retries at next start.
+                await anyio.to_thread.run_sync(clear_marker, marker)
         scan = await anyio.to_thread.run_sync(scan_staging, self.staging_dir())
         spooled: list[SpoolEntry] = []
         for artifact in scan.complete:
-            entry = await self.spool().add(artifact)
+            try:
+                entry = await self.spool().add(artifact)
+            except (OSError, ValueError) as exc:
+                # Left in staging, found again at the next start; the daemon still starts.
+                log.error(
+                    "backup %s: cannot spool staged %s: %s", artifact.target, artifact.name, exc
+                )
+                continue
             log.warning(
                 "backup %s: %s was made but not delivered before the daemon stopped; "
                 "it waits in the spool (entry %s)",
