@@ -123,6 +123,32 @@ def same_manifest(a: bytes, b: bytes) -> bool:
         return False
 
 
+def manifest_problem(entry: RemoteEntry, raw: bytes | None) -> tuple[dict[str, Any], str | None]:
+    """The manifest beside an artifact, and why it does not vouch for it (None: it does).
+
+    It must name the artifact (when it carries a name), give its size and a sha256.
+    Hashing every artifact on every listing would read the whole NAS; `verify` does that.
+    """
+    if raw is None:
+        return {}, "no manifest"
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        return {}, "manifest is not JSON"
+    if not isinstance(manifest, dict):
+        return {}, "manifest is not a JSON object"
+    named = manifest.get("name", entry.name)
+    size = manifest.get("size")
+    sha256 = manifest.get("sha256")
+    if named != entry.name:
+        return manifest, f"manifest names {named!r}"
+    if not isinstance(size, int) or isinstance(size, bool) or size != entry.size:
+        return manifest, f"manifest size {size!r} differs from the file's {entry.size}"
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        return manifest, "manifest has no sha256"
+    return manifest, None
+
+
 def name_taken(mode: str, path: object) -> TransportError:
     """A different file already has the final name: a delivery never replaces one.
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from selfheal.backup.model import Artifact
+from selfheal.backup.model import Artifact, RemoteEntry, manifest_problem
 from selfheal.backup.spool import write_atomic
 from selfheal.bus.lock import RedisLock
 from selfheal.core.artifacts import manifest_name, parse_artifact_name
@@ -93,16 +93,13 @@ def _complete(folder: Path, name: str, names: set[str]) -> Artifact | None:
         return None
     path = folder / name
     try:
-        manifest = json.loads((folder / manifest_name(name)).read_bytes())
-        size = path.stat().st_size
-    except (OSError, ValueError):
+        raw = (folder / manifest_name(name)).read_bytes()
+        stat = path.stat()
+    except OSError:
         return None
-    if not isinstance(manifest, dict) or manifest.get("size") != size:
-        return None
-    if manifest.get("name", name) != name or not isinstance(manifest.get("sha256"), str):
-        return None
+    manifest, problem = manifest_problem(RemoteEntry(name, stat.st_size, stat.st_mtime), raw)
     # The spool re-hashes it against the manifest before it is delivered.
-    return Artifact(parsed.target, name, path, manifest)
+    return Artifact(parsed.target, name, path, manifest) if problem is None else None
 
 
 def scan_staging(folder: Path) -> StagingScan:

@@ -4,7 +4,6 @@ kept because their NAS copy is not verified yet."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from selfheal.backup.model import Artifact, RemoteEntry, Transport
+from selfheal.backup.model import Artifact, RemoteEntry, Transport, manifest_problem
 from selfheal.bus.streams import Bus, as_text
 from selfheal.config.schema_backups import RetentionSettings
 from selfheal.core.artifacts import manifest_name, parse_artifact_name, unfinished_artifact
@@ -21,32 +20,6 @@ from selfheal.core.retention import RetentionPolicy, plan_retention
 # An upload writes its .partial all the time and publishes it within moments of the last
 # write: one untouched this long was abandoned (a killed daemon, a lost link).
 STALE_AFTER_S: Final = 3600.0
-
-
-def manifest_problem(entry: RemoteEntry, raw: bytes | None) -> tuple[dict[str, Any], str | None]:
-    """The manifest beside an artifact, and why it does not vouch for it (None: it does).
-
-    It must name the artifact (when it carries a name), give its size and a sha256.
-    Hashing every artifact on every listing would read the whole NAS; `verify` does that.
-    """
-    if raw is None:
-        return {}, "no manifest"
-    try:
-        manifest = json.loads(raw)
-    except ValueError:
-        return {}, "manifest is not JSON"
-    if not isinstance(manifest, dict):
-        return {}, "manifest is not a JSON object"
-    named = manifest.get("name", entry.name)
-    size = manifest.get("size")
-    sha256 = manifest.get("sha256")
-    if named != entry.name:
-        return manifest, f"manifest names {named!r}"
-    if not isinstance(size, int) or isinstance(size, bool) or size != entry.size:
-        return manifest, f"manifest size {size!r} differs from the file's {entry.size}"
-    if not isinstance(sha256, str) or len(sha256) != 64:
-        return manifest, "manifest has no sha256"
-    return manifest, None
 
 
 def stale_leftovers(
