@@ -43,7 +43,8 @@ class FakeTime:
 def make_artifact(folder: Path, size: int = 200_000, *, second: int = 0) -> Artifact:
     """A real artifact file with its manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = artifact_name("redis", datetime(2025, 1, 1, 3, 30, second, tzinfo=UTC), "rdb")
+    created = datetime(2025, 1, 1, 3, 30, second, tzinfo=UTC)
+    name = artifact_name("redis", created, "rdb", unique=f"{second:06x}")
     data = os.urandom(size)
     (folder / name).write_bytes(data)
     manifest = {"sha256": hashlib.sha256(data).hexdigest(), "size": size, "source": "redis"}

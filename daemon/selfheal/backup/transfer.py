@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import math
-import os
 import random
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final, Literal
 
 import anyio
@@ -77,11 +72,6 @@ class ShipResult:
     attempts: int
     errors: list[str] = field(default_factory=list)
     spool_entry: SpoolEntry | None = None
-
-
-def manifest_bytes(artifact: Artifact) -> bytes:
-    """The manifest file's content, as it lands beside the artifact."""
-    return (json.dumps(artifact.manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
 class TransferManager:
@@ -162,17 +152,6 @@ class TransferManager:
         log.warning("spooled %s after %d attempts (entry %s)", artifact.name, attempts, entry.id)
         return ShipResult("spooled", None, attempts, errors, entry)
 
-    async def ship_manifest(self, artifact: Artifact, transport: Transport) -> Delivery:
-        """Upload `<name>.manifest.json` beside a verified artifact, via the same transport."""
-        body = manifest_bytes(artifact)
-        digest = hashlib.sha256(body).hexdigest()
-        local = await anyio.to_thread.run_sync(_write_temp, body)
-        try:
-            remote = artifact.remote_path.with_name(artifact.manifest_name)
-            return await transport.put(local, remote, sha256=digest, size=len(body))
-        finally:
-            local.unlink(missing_ok=True)
-
     async def _deliver(
         self, transport: Transport, artifact: Artifact, progress: ProgressFn | None
     ) -> Delivery:
@@ -182,6 +161,9 @@ class TransferManager:
             sha256=artifact.sha256,
             size=artifact.size,
             progress=progress,
+            # Written before the artifact takes its final name: a final name on the NAS
+            # always has its manifest beside it, even if we are killed in between.
+            manifest=artifact.manifest_bytes(),
         )
         if not delivery.verified:
             raise TransportError(
@@ -190,8 +172,6 @@ class TransferManager:
                 exception="IntegrityError",
                 kind="integrity",
             )
-        # The manifest goes second, so a manifest on the NAS always means a verified artifact.
-        await self.ship_manifest(artifact, transport)
         return delivery
 
     async def _pick(
@@ -256,14 +236,3 @@ class TransferManager:
             await self.spool.remove(entry)
             delivered += 1
         return delivered
-
-
-def _write_temp(body: bytes) -> Path:
-    fd, name = tempfile.mkstemp(prefix="selfheal-manifest-", suffix=".json")
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    return Path(name)
