@@ -110,5 +110,5 @@ def test_a_disabled_or_unknown_target_is_refused_with_and_without_follow(
     with pytest.raises(ControlError) as caught:
         daemon.call("backup.run", {"target": "mysql", "follow": True})
     assert caught.value.code == "invalid_params"
-    assert "unknown backup target 'mysql'" in caught.value.message
+    assert 'target must be one of typesense, redis (got "mysql")' in caught.value.message
     assert daemon.stop() == 0

@@ -18,6 +18,7 @@ from selfheal.bus.streams import Bus
 from selfheal.config import Settings, load_config
 from selfheal.core.events import BACKUP_REQUESTED, new_event
 from selfheal.errors import ControlError
+from selfheal.healing.domains import Domains
 from selfheal.telemetry import Telemetry
 
 pytestmark = pytest.mark.anyio
@@ -44,6 +45,7 @@ def plane(bus: Bus, telemetry: Telemetry, cfg: Settings) -> BackupPlane:
         telemetry=telemetry,
         consumer_name="test",
         stopping=lambda: False,
+        domains=Domains(),
     )
     made.follow_idle_s = IDLE_S
     return made
