@@ -95,6 +95,7 @@ class Daemon:
             telemetry=self.telemetry,
             consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
+            wait_stopping=lambda: self.supervisor.wait_stopping(),
         )
         # Each plane that heals a domain registers it with the router's registry.
         self.backups = BackupPlane(
@@ -103,6 +104,7 @@ class Daemon:
             telemetry=self.telemetry,
             consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
+            wait_stopping=lambda: self.supervisor.wait_stopping(),
             domains=self.plane.domains,
         )
 

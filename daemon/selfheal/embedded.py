@@ -37,7 +37,7 @@ STOP_TIMEOUT_S = 10.0
 RESTART_BACKOFF_MAX_S = 10.0
 # How often the data dir's presence is checked (one stat), and how long moving the
 # data into a re-created one may take.
-DATA_DIR_CHECK_S = 2.0
+DATA_DIR_CHECK_S = 5.0
 AOF_REWRITE_TIMEOUT_S = 60.0
 PR_SET_PDEATHSIG = 1
 
@@ -250,7 +250,7 @@ class EmbeddedRedis:
         """
         while True:
             await anyio.sleep(DATA_DIR_CHECK_S)
-            if not await anyio.to_thread.run_sync(self._data_dir_lost):
+            if not self._data_dir_lost():  # one stat, on the loop
                 continue
             log.warning("embedded Redis data dir %s was removed; re-creating it", self.data_dir)
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import PurePosixPath
 from typing import Any, Literal, cast
 
@@ -25,7 +25,7 @@ from selfheal.backup.service import (
 )
 from selfheal.backup.spool import SpoolEntry
 from selfheal.backup.upkeep import scan_folder
-from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, StreamConsumer
 from selfheal.bus.streams import Bus, cast_entries
 from selfheal.config import Settings
 from selfheal.control.params import Params
@@ -109,8 +109,10 @@ class BackupPlane:
         consumer_name: str,
         stopping: Callable[[], bool],
         domains: Domains,
+        wait_stopping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
+        self._wait_stopping = wait_stopping
         self._bus = bus
         self.telemetry = telemetry
         self.consumer_name = consumer_name
@@ -192,8 +194,11 @@ class BackupPlane:
             self.consumer_name,
             handle,
             # A backup can take long: do not let another daemon reclaim it too soon.
-            options=ConsumerOptions(batch=10, reclaim_idle_ms=30 * 60_000, max_deliveries=3),
+            options=ConsumerOptions(
+                batch=10, reclaim_idle_ms=30 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
+            ),
             stopping=self._stopping,
+            wait_stopping=self._wait_stopping,
         )
         consumer.name = f"backup:{target}:{stream}"
         self.consumers[consumer.name] = consumer

@@ -37,7 +37,6 @@ from selfheal.backup.sources.typesense import TypesenseSource
 from selfheal.backup.spool import Spool, SpoolEntry
 from selfheal.backup.transfer import TransferManager
 from selfheal.backup.transports.mount import MountTransport
-from selfheal.backup.transports.ssh import SshTransport
 from selfheal.backup.upkeep import UnverifiedSnapshots, apply_retention
 from selfheal.bus.consumer import PoisonEvent
 from selfheal.bus.lock import LockBusy, RedisLock
@@ -121,6 +120,10 @@ class BackupService:
         mount = MountTransport(
             settings.mount_root(target), require_mount_point=target_settings.require_mount_point
         )
+        # Imported here: asyncssh and its cryptography weigh ~30 MB, which a daemon that
+        # has not needed SSH yet (an idle one, a mount-only NAS) does not carry.
+        from selfheal.backup.transports.ssh import SshTransport
+
         ssh = SshTransport(
             settings.transport.ssh_host,
             settings.transport.ssh_options,

@@ -27,7 +27,7 @@ from selfheal.redact import redact_text
 
 log = logging.getLogger("selfheal.redis")
 
-PROBE_INTERVAL_S = 2.0
+PROBE_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_MAX_S = 30.0
 

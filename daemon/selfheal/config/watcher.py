@@ -5,7 +5,7 @@ original, so the parent folder is watched (a rename replaces the file's inode).
 On Linux the watch is an inotify descriptor the event loop waits on: nothing
 wakes while nothing changes, and an event naming the file asks for a reload at
 once. Besides, and on every other platform, the file's stat signature is
-compared periodically (every second with inotify, four times a second without),
+compared periodically (every 5 s with inotify, four times a second without),
 which also covers a folder that appears later and a symlink whose target moves.
 
 Only stat() runs here: the file is read by the reload, which checks what is at
@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 log = logging.getLogger("selfheal.config.watcher")
 
 # How often the stat signature is compared, with and without inotify.
-CHECK_EVERY_S = 1.0
+CHECK_EVERY_S = 5.0
 POLL_EVERY_S = 0.25
 # Events of the folder that can change what the config path holds.
 _IN_MODIFY = 0x002

@@ -162,6 +162,7 @@ class Router:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         jitter: Callable[[], float] = random.random,
         group: str = ROUTER_GROUP,
+        on_timers: Callable[[], None] | None = None,
     ) -> None:
         self.bus = bus
         self.keys = bus.keys
@@ -174,6 +175,9 @@ class Router:
         self._jitter = jitter
         self.stats = RouterStats()
         self.group = group  # the consumer group whose entries the router acks
+        # Told when a commit scheduled a retry or re-check (the timer pump then looks
+        # again instead of sleeping on until its next known due time).
+        self._on_timers = on_timers
         self._requests = self.keys.stream("system/self.healing.requested")
         self._done_prefix = self.keys.done(group, "")
 
@@ -287,6 +291,10 @@ class Router:
             self._count(step)
             finished.append((step.span, step.effects.attributes))
         self.telemetry.close_spans(finished, time.time_ns())
+        if self._on_timers is not None and any(
+            step.effects.timer is not None and step.arrival.index in outcomes for step in steps
+        ):
+            self._on_timers()
         return later
 
     async def _load(self, arrivals: list[Arrival]) -> tuple[dict[int, bool], dict[str, Track]]:
