@@ -34,7 +34,7 @@ from selfheal.core.events import BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_REQUEST
 from selfheal.telemetry import Telemetry
 from tests.support.mounts import Mounts
 from tests.support.servers import RedisServer
-from tests.support.sshd import SshServer
+from tests.support.sshd import SshServer, lean_send_from_env
 from tests.support.typesense import TypesenseServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -93,7 +93,11 @@ def settings(
         "backupTransport": transport,
         "selfheal": {
             "stateDir": str(tmp / "state"),
-            "nas": {"remoteRoot": remote_root, "spoolDir": str(tmp / "spool")},
+            "nas": {
+                "remoteRoot": remote_root,
+                "spoolDir": str(tmp / "spool"),
+                "leanSshSend": lean_send_from_env(),
+            },
             "backups": backups,
         },
     }
@@ -424,3 +428,13 @@ async def test_a_run_is_marked_while_it_runs_and_an_interrupted_one_is_retried(
     assert not marker.exists()
     [retry] = [e for e in await events(bus, BACKUP_REQUESTED) if e.get("trigger") == "interrupted"]
     assert retry["interruptedRunId"] == interrupted.id
+
+
+@pytest.mark.parametrize("lean", [True, False])
+async def test_the_lean_ssh_send_setting_reaches_the_ssh_transport(
+    bus: Bus, telemetry: Telemetry, tmp_path: Path, lean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SELFHEAL_SSH_LEAN_SEND", "1" if lean else "0")
+    cfg = settings(tmp_path, "redis://127.0.0.1:1/0", mount_root=tmp_path / "nas")
+    [ssh] = [t for t in service(bus, telemetry, cfg).transports("redis") if t.mode == "ssh"]
+    assert ssh.lean_send is lean

@@ -21,7 +21,7 @@ from selfheal.core.contracts import Evidence
 from selfheal.core.ssh_flags import parse_ssh_flags
 from tests.support.mounts import Mounts
 from tests.support.servers import free_port
-from tests.support.sshd import SshServer, running_sshd, transport_for
+from tests.support.sshd import SshServer, lean_send_from_env, running_sshd, transport_for
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +153,9 @@ async def test_the_manifest_lands_before_the_final_name(sshd: SshServer, tmp_pat
 async def test_original_flag_string_works_end_to_end(sshd: SshServer, tmp_path: Path) -> None:
     """Defect 8: the flags were one argv item, so the SSH fallback never worked."""
     options = parse_ssh_flags(sshd.flags())
-    transport = SshTransport(sshd.host, options, str(sshd.remote_root))
+    transport = SshTransport(
+        sshd.host, options, str(sshd.remote_root), lean_send=lean_send_from_env()
+    )
     assert (transport.port, transport.connect_timeout) == (sshd.port, 10.0)
     assert (transport.keepalive_interval, transport.keepalive_count_max) == (5.0, 2)
     assert transport.known_hosts == [sshd.known_hosts]

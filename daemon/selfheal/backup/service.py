@@ -128,6 +128,7 @@ class BackupService:
             settings.transport.ssh_host,
             settings.transport.ssh_options,
             settings.nas.remote_root,
+            lean_send=settings.nas.lean_ssh_send,
         )
         ordered: list[Transport] = [ssh, mount] if settings.nas.prefer_remote else [mount, ssh]
         return ordered

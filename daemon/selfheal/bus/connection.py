@@ -32,6 +32,7 @@ PROBE_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_MAX_S = 30.0
 
+
 class RedisUnavailable(SelfhealError, ConnectionError):
     """The link's Redis stopped answering; the service ends so the supervisor restarts it."""
 
