@@ -22,8 +22,8 @@ from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
-from tests.support.domains import backup_domains
 from tests.support.http import PlayedService, Posted, Reply, played_service
+from tests.support.routing import backup_domains
 
 pytestmark = pytest.mark.anyio
 

@@ -31,8 +31,7 @@ from selfheal.core.policy import Knobs
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
-from tests.integration.test_router import request, stream_events
-from tests.support.domains import backup_domains
+from tests.support.routing import backup_domains, request, stream_events
 
 pytestmark = pytest.mark.anyio
 

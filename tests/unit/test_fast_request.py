@@ -20,7 +20,7 @@ from selfheal.core import fast_request
 from selfheal.core.contracts import EVIDENCE_LIMIT, InvalidRequest, RequestView, parse_request
 from selfheal.core.events import DATA_DEPTH_LIMIT, EVENT_DATA_LIMIT, compact_json
 from selfheal.core.fast_request import decode_request
-from tests.integration.test_router import request
+from tests.support.routing import request
 from tests.support.values import typed
 
 EVIDENCE_FIELDS = ("kind", "message", "errno", "exception", "path", "key", "eventId", "snippet")

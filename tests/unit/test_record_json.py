@@ -10,7 +10,7 @@ import pytest
 from selfheal.core.contracts import parse_request
 from selfheal.core.incident import Incident
 from selfheal.core.policy import Decision, Knobs, decide
-from tests.integration.test_router import request
+from tests.support.routing import request
 
 NOW = 1_772_000_000_000
 # routeTo data with a float: the decision's routeData holds one.
