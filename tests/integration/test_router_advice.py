@@ -17,7 +17,7 @@ from selfheal.bus.streams import Bus
 from selfheal.config.schema_healing import AdvisorSettings
 from selfheal.core.events import SELF_HEALING_REQUESTED, new_event
 from selfheal.core.policy import Knobs
-from selfheal.healing.advice import LlmAdviser
+from selfheal.healing.advice import ModelAdvice
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
@@ -105,7 +105,7 @@ async def test_advice_is_used_within_the_policy_clamps(
     async with httpx.AsyncClient() as http:
         advisor = Advisor(settings, model="gpt-5.4", fallback_model="gpt-5.4", client=http)
         router = Router(
-            bus, telemetry, knobs=Knobs, domains=backup_domains(), adviser=LlmAdviser(advisor)
+            bus, telemetry, knobs=Knobs, domains=backup_domains(), advice=ModelAdvice(advisor)
         )
         await route_one(bus, router, "backup:redis:advised", batched=batched)
     snapshot = await router.store.load("backup:redis:advised")
@@ -139,7 +139,7 @@ async def test_garbage_from_both_models_falls_back_to_the_policy(
             telemetry,
             knobs=Knobs,
             domains=backup_domains(),
-            adviser=LlmAdviser(advisor),
+            advice=ModelAdvice(advisor),
             jitter=lambda: 0,
         )
         await route_one(bus, router, "backup:redis:policy")

@@ -20,9 +20,11 @@ from selfheal.core.contracts import Evidence
 
 log = logging.getLogger(__name__)
 
-# Retrying cannot fix these; the router escalates them at once.
+# Failures the copy gives up on at once, neither retried here nor spooled: another
+# attempt of the same copy would meet them again (the router then decides: it
+# escalates auth and full disks, and may retry a whole run after an integrity error).
 HARD_ERRNOS: Final = frozenset({"ENOSPC", "EDQUOT", "EACCES", "EPERM"})
-HARD_CLASSES: Final = frozenset(
+STOP_COPY_CLASSES: Final = frozenset(
     {FailureClass.AUTH, FailureClass.RESOURCE_EXHAUSTED, FailureClass.INTEGRITY}
 )
 # The original's "small jitter": up to a tenth of the base delay on top.
@@ -52,7 +54,7 @@ def is_hard_failure(error: TransportError) -> bool:
         found = classify_item(Evidence.model_validate(error.evidence))
     except ValidationError:
         return False
-    return found is not None and found.failure_class in HARD_CLASSES
+    return found is not None and found.failure_class in STOP_COPY_CLASSES
 
 
 def as_transport_error(mode: str, exc: TransportError | OSError) -> TransportError:

@@ -28,7 +28,7 @@ from selfheal.core.events import (
     SELF_HEALING_REQUESTED,
 )
 from selfheal.core.policy import Knobs
-from selfheal.healing.advice import LlmAdviser
+from selfheal.healing.advice import ModelAdvice
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.control import HealingControl
@@ -172,7 +172,7 @@ class HealingPlane:
             self.telemetry,
             knobs=self.knobs,
             domains=self.domains,
-            adviser=self._adviser(http),
+            advice=self._advice(http),
             on_timers=lambda: self.pump.wake() if self.pump is not None else None,
         )
         consumer = StreamConsumer(
@@ -192,14 +192,14 @@ class HealingPlane:
         self.consumers["router"] = consumer
         return _Closing(consumer, http)
 
-    def _adviser(self, http: httpx.AsyncClient | None) -> LlmAdviser | None:
+    def _advice(self, http: httpx.AsyncClient | None) -> ModelAdvice | None:
         settings = self._settings()
         if http is None:
             self.advisor = None
             return None
         model, fallback = settings.advisor_models
         self.advisor = Advisor(settings.advisor, model=model, fallback_model=fallback, client=http)
-        return LlmAdviser(self.advisor)
+        return ModelAdvice(self.advisor)
 
     def _make_notifier(self) -> Service:
         bus = self.bus()

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -104,14 +104,15 @@ class RouterStats:
     escalations: int = 0
 
 
-class Adviser:
-    """What the router needs from the optional LLM advisor (see healing/advice.py)."""
+class Advice(Protocol):
+    """A second opinion on the policy's decision (healing/advice.py asks the model);
+    the router takes None for "no advice"."""
 
-    async def advise_decision(
+    async def revise(
         self, request: RequestView, decision: Decision, incident: Incident, knobs: Knobs
     ) -> Decision:
         """Return the decision, possibly adjusted within the policy's clamps."""
-        return decision
+        ...
 
 
 class Arrival(msgspec.Struct, frozen=True):
@@ -158,7 +159,7 @@ class Router:
         *,
         knobs: Callable[[], Knobs],
         domains: Domains | None = None,
-        adviser: Adviser | None = None,
+        advice: Advice | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         jitter: Callable[[], float] = random.random,
         group: str = ROUTER_GROUP,
@@ -170,7 +171,7 @@ class Router:
         self.telemetry = telemetry
         self._knobs = knobs
         self.domains = domains or Domains()
-        self.adviser = adviser
+        self.advice = advice
         self._clock_ms = clock_ms
         self._jitter = jitter
         self.stats = RouterStats()
@@ -372,9 +373,9 @@ class Router:
         decision = decide(
             request, incident, now, knobs, self._jitter(), classification=classification
         )
-        if self.adviser is None:
+        if self.advice is None:
             return decision
-        return await self.adviser.advise_decision(request, decision, incident, knobs)
+        return await self.advice.revise(request, decision, incident, knobs)
 
     def _group(self, track: Track) -> Group:
         if track.group is None:
@@ -590,6 +591,6 @@ __all__ = [
     "ROUTER_BATCH",
     "ROUTER_CONCURRENCY",
     "ROUTER_GROUP",
-    "Adviser",
+    "Advice",
     "Router",
 ]
