@@ -16,7 +16,7 @@ import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 
-from selfheal.backup.model import Artifact
+from selfheal.backup.model import Artifact, TransportError
 from selfheal.backup.plane import SpoolDrainer
 from selfheal.backup.recovery import marker_path, write_marker
 from selfheal.backup.service import BackupService
@@ -206,6 +206,25 @@ async def test_both_down_spools_then_drains_when_the_mount_returns(
     assert artifact.name == outcome.artifact
     [done] = await events(bus, BACKUP_COMPLETED)
     assert done["fromSpool"] is True
+
+
+async def test_a_hard_failure_met_by_the_spool_drain_raises_the_incident_at_once(
+    tmp_path: Path, bus: Bus, telemetry: Telemetry, redis_server: RedisServer, mounts: Mounts
+) -> None:
+    fill(redis_server, keys=40, size=100_000)  # ~4 MB of data, incompressible
+    root = tmp_path / "nas"
+    root.mkdir()
+    svc = service(bus, telemetry, settings(tmp_path, redis_server.url, mount_root=root))
+    assert (await svc.run("redis", cause("redis"))).status == "spooled"
+    mounts.mount_at(root, size="1m")  # the NAS comes back, too full for the artifact
+    mark_nas(root, "three-body")
+    with pytest.raises(TransportError):
+        await svc.drain()
+    failed = await events(bus, BACKUP_FAILED)
+    assert [f.get("trigger") for f in failed][-1] == "spool-drain"
+    found = classify([Evidence.model_validate(e) for e in failed[-1]["evidence"]])
+    assert found.failure_class == "resource_exhausted", found
+    assert len(await svc.spool().entries()) == 1, "the artifact stays spooled"
 
 
 async def test_host_key_mismatch_is_a_hard_failure_and_nothing_is_written(

@@ -464,8 +464,31 @@ class BackupService:
                     synthetic,
                 )
 
-            delivered += await self.transfer(target).drain(done, target=target)
+            try:
+                delivered += await self.transfer(target).drain(done, target=target)
+            except TransportError as exc:
+                # A host-key, auth, integrity or full-disk failure: waiting for the next
+                # drain fixes nothing, so the incident is raised now (the router escalates).
+                await self._drain_failed(target, exc)
+                raise
         return delivered
+
+    async def _drain_failed(self, target: str, exc: TransportError) -> None:
+        message = redact_text(str(exc))
+        log.error("spool drain for %s met a hard failure: %s", target, message)
+        cause = new_event(BACKUP_FAILED, {"target": target}, now_ms=now_ms())
+        await self._publish(
+            BACKUP_FAILED,
+            {
+                "target": target,
+                "attempt": 0,
+                "error": message,
+                "evidence": [exc.evidence],
+                "transportMode": getattr(exc, "mode", None),
+                "trigger": "spool-drain",
+            },
+            cause,
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
