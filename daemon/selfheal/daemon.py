@@ -228,7 +228,10 @@ class Daemon:
                 span.set_attribute("selfheal.changed", result.changed)
                 if result.error:
                     span.set_attribute("selfheal.error", result.error)
-            self.last_reload = result
+            # The watcher also reloads on events that turn out to change nothing (a
+            # save's temp file, a second event of one rename): those are not news.
+            if not (trigger == "watch" and result.ok and not result.changed):
+                self.last_reload = result
             return result
 
     async def _reload_locked(self, trigger: str) -> ReloadResult:
