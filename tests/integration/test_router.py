@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -79,7 +80,7 @@ async def test_budget_of_three_retries_then_one_escalation(bus: Bus, telemetry: 
     spans = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
     actions = [s["attributes"].get("selfheal.action") for s in spans]
     assert actions.count("retry") == 3 and actions.count("escalate") == 1
-    assert len({s["trace_id"] for s in spans}) == 1, "one trace across retries"
+    assert len({s["context"]["trace_id"] for s in spans}) == 1, "one trace across retries"
 
 
 async def test_replayed_and_duplicate_reports_do_not_spend_budget(
@@ -217,3 +218,15 @@ async def test_pause_rechecks_the_probe_and_retries_once_the_target_is_back(
     statuses = [e.data["status"] for e in await stream_events(bus, SELF_HEALING_COMPLETED)]
     assert statuses[:2] == ["paused", "paused"] and statuses[-1] == "scheduled"
     assert checks[0] is False and checks[-1] is True
+    # Each re-check carries the span of the decision that scheduled it: the decisions
+    # of the incident are one trace, each the child of the one before.
+    assert telemetry.force_flush()
+    spans = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
+    assert len(spans) >= 3
+    assert spans[0]["parent_id"] is None
+    for before, after in itertools.pairwise(spans):
+        assert after["context"]["trace_id"] == before["context"]["trace_id"]
+        assert after["parent_id"] == before["context"]["span_id"]
+    [retry] = await stream_events(bus, BACKUP_RETRY_REQUESTED)
+    assert retry.traceparent is not None
+    assert "0x" + retry.traceparent.split("-")[2] == spans[-1]["context"]["span_id"]

@@ -25,9 +25,10 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import msgspec
+from opentelemetry.trace import Span
 
 from selfheal.bus.consumer import Delivery, Outcome, PoisonEvent
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
@@ -76,7 +77,7 @@ from selfheal.healing.store import (
     incident_json,
     snapshot_from,
 )
-from selfheal.telemetry import OpenSpan, Telemetry
+from selfheal.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger("selfheal.router")
 
@@ -144,7 +145,7 @@ class Step(msgspec.Struct):
 
     arrival: Arrival
     track: Track
-    span: OpenSpan
+    span: Span  # started, ended once its incident's group is applied
     effects: Effects
     reused: bool
 
@@ -283,15 +284,16 @@ class Router:
             groups.append(acks)
         applied = await self.store.apply(groups)
         moved = {id(g) for g, ok in zip(groups, applied, strict=True) if not ok}
-        finished: list[tuple[OpenSpan, dict[str, Any]]] = []
+        end_ns = time.time_ns()
         for step in steps:
             if id(step.track.group) in moved:
-                later.append(step.arrival)  # its span is dropped: the next round opens one
+                # Nothing it wrote was applied, so nothing carries its span: the span is
+                # never ended, so never recorded, and the next round starts another.
+                later.append(step.arrival)
                 continue
             outcomes[step.arrival.index] = Outcome.ACKED
             self._count(step)
-            finished.append((step.span, step.effects.attributes))
-        self.telemetry.close_spans(finished, time.time_ns())
+            step.span.end(end_time=end_ns)
         if self._on_timers is not None and any(
             step.effects.timer is not None and step.arrival.index in outcomes for step in steps
         ):
@@ -330,9 +332,7 @@ class Router:
     async def _step(self, track: Track, arrival: Arrival, knobs: Knobs) -> Step:
         """Route one request against its incident's current state, into the track's group."""
         envelope, request = arrival.envelope, arrival.request
-        span = self.telemetry.open_span(
-            SPAN_NAME, traceparent=envelope.traceparent, start_ns=time.time_ns()
-        )
+        start_ns = time.time_ns()
         now = self.now_ms()
         meets = meet(track.standing, now)
         reused = False
@@ -357,7 +357,15 @@ class Router:
                 notify_event=NOTIFY_REQUESTED,
             )
         effects.attributes["selfheal.event_id"] = envelope.id
-        traceparent = span.traceparent or envelope.traceparent
+        # Started once its attributes are known, with the time the step began; the
+        # events it writes carry its traceparent, so the incident stays one trace.
+        span = self.telemetry.start_span(
+            SPAN_NAME,
+            traceparent=envelope.traceparent,
+            start_ns=start_ns,
+            attributes=effects.attributes,
+        )
+        traceparent = current_traceparent(span) or envelope.traceparent
         self._write(track, arrival, effects, decision_key, now, traceparent)
         return Step(arrival, track, span, effects, reused)
 
