@@ -164,13 +164,17 @@ class Telemetry:
         attributes: Mapping[str, Any] | None = None,
         *,
         context: Context | None = None,
+        start_ns: int | None = None,
     ) -> Iterator[Span]:
-        """A span around a block (the current span inside it); an exception marks it
-        ERROR and propagates. Without `context` it is a child of the current span."""
+        """A span around a block (the current span inside it), begun at `start_ns` if
+        given; an exception marks it ERROR and propagates. Without `context` it is a
+        child of the current span. Attributes set on it later need the `selfheal.`
+        prefix; all of them are redacted when it ends."""
         with self.tracer.start_as_current_span(
             name,
             context=context,
             attributes=prefixed_attributes(attributes),
+            start_time=start_ns,
             # Only an Exception is an error: a cancellation (BaseException) is not.
             record_exception=False,
             set_status_on_exception=False,
@@ -182,24 +186,14 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 raise
 
-    def start_span(
-        self,
-        name: str,
-        *,
-        traceparent: str | None,
-        start_ns: int,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> Span:
+    def start_span(self, name: str, *, traceparent: str | None, start_ns: int) -> Span:
         """Start a span that began at `start_ns`, a child of the span `traceparent`
         names (a new trace without one); the caller ends it with span.end(end_time=...).
 
         A span that is never ended is never recorded.
         """
         return self.tracer.start_span(
-            name,
-            context=context_from_traceparent(traceparent) or _NO_PARENT,
-            attributes=attributes,
-            start_time=start_ns,
+            name, context=context_from_traceparent(traceparent) or _NO_PARENT, start_time=start_ns
         )
 
     def force_flush(self, timeout_ms: int = 5000) -> bool:

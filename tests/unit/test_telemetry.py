@@ -208,23 +208,21 @@ def test_started_spans_keep_their_times_continue_the_trace_and_are_redacted(
         carried = current_traceparent()
         # Without a traceparent a started span begins its own trace, whatever is current.
         root = telemetry.start_span(
-            "selfheal.route.decide",
-            traceparent=None,
-            start_ns=2_000_000_000,
-            attributes={
-                "selfheal.action": "escalate",
-                "selfheal.api_key": "k-123",
-                "selfheal.reason": "copy to https://backup:hunter2@nas/x failed",
-                "selfheal.note": "saw Zq9-registered-value",
-            },
+            "selfheal.route.decide", traceparent=None, start_ns=2_000_000_000
         )
+    root.set_attributes(
+        {
+            "selfheal.action": "escalate",
+            "selfheal.api_key": "k-123",
+            "selfheal.reason": "copy to https://backup:hunter2@nas/x failed",
+            "selfheal.note": "saw Zq9-registered-value",
+        }
+    )
     assert carried is not None
     child = telemetry.start_span(
-        "selfheal.route.decide",
-        traceparent=carried,
-        start_ns=1_000_000_000,
-        attributes={"selfheal.action": "retry", "selfheal.attempt": 2},
+        "selfheal.route.decide", traceparent=carried, start_ns=1_000_000_000
     )
+    child.set_attributes({"selfheal.action": "retry", "selfheal.attempt": 2})
     # Events sent inside a span carry its traceparent before the span ends.
     child_tp = current_traceparent(child)
     assert child_tp is not None and child_tp.split("-")[1] == carried.split("-")[1]

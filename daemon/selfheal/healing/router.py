@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import msgspec
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, use_span
 
 from selfheal.bus.consumer import Delivery, Outcome, PoisonEvent
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
@@ -332,7 +332,9 @@ class Router:
     async def _step(self, track: Track, arrival: Arrival, knobs: Knobs) -> Step:
         """Route one request against its incident's current state, into the track's group."""
         envelope, request = arrival.envelope, arrival.request
-        start_ns = time.time_ns()
+        span = self.telemetry.start_span(
+            SPAN_NAME, traceparent=envelope.traceparent, start_ns=time.time_ns()
+        )
         now = self.now_ms()
         meets = meet(track.standing, now)
         reused = False
@@ -345,7 +347,12 @@ class Router:
             if incident is track.standing.incident and track.stored is not None:
                 decision, reused = track.stored, True
             else:
-                decision = await self.decide(request, incident, now, knobs)
+                # Current inside: the advisor's calls are its children. A step that
+                # raises leaves it never ended, so never recorded.
+                with use_span(
+                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+                ):
+                    decision = await self.decide(request, incident, now, knobs)
             effects = decided(
                 incident,
                 request,
@@ -357,14 +364,8 @@ class Router:
                 notify_event=NOTIFY_REQUESTED,
             )
         effects.attributes["selfheal.event_id"] = envelope.id
-        # Started once its attributes are known, with the time the step began; the
-        # events it writes carry its traceparent, so the incident stays one trace.
-        span = self.telemetry.start_span(
-            SPAN_NAME,
-            traceparent=envelope.traceparent,
-            start_ns=start_ns,
-            attributes=effects.attributes,
-        )
+        span.set_attributes(effects.attributes)
+        # The events the step writes carry its span: the incident stays one trace.
         traceparent = current_traceparent(span) or envelope.traceparent
         self._write(track, arrival, effects, decision_key, now, traceparent)
         return Step(arrival, track, span, effects, reused)
