@@ -198,12 +198,18 @@ class HealingPlane:
             self.advisor = None
             return None
         model, fallback = settings.advisor_models
-        self.advisor = Advisor(settings.advisor, model=model, fallback_model=fallback, client=http)
+        self.advisor = Advisor(
+            settings.advisor,
+            model=model,
+            fallback_model=fallback,
+            client=http,
+            telemetry=self.telemetry,
+        )
         return ModelAdvice(self.advisor)
 
     def _make_notifier(self) -> Service:
         bus = self.bus()
-        sink = NotificationSink(bus, lambda: self._settings().notifiers)
+        sink = NotificationSink(bus, lambda: self._settings().notifiers, self.telemetry)
         consumer = StreamConsumer(
             bus,
             NOTIFY_REQUESTED,
