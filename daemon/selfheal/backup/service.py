@@ -143,6 +143,7 @@ class BackupService:
             retry_base_ms=transport.retry_base_ms,
             retry_max_ms=transport.retry_max_ms,
             recovery_window_s=transport.recovery_window_hours * 3600,
+            telemetry=self.telemetry,
         )
 
     def source(self, target: Literal["typesense", "redis"]) -> TypesenseSource | RedisSource:

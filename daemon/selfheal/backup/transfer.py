@@ -6,6 +6,7 @@ import errno
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -17,6 +18,7 @@ from selfheal.backup.model import Artifact, Delivery, ProgressFn, Transport, Tra
 from selfheal.backup.spool import Spool, SpoolEntry, SpoolEntryCorrupt
 from selfheal.core.classify import FailureClass, classify_item
 from selfheal.core.contracts import Evidence
+from selfheal.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class TransferManager:
         retry_base_ms: int,
         retry_max_ms: int,
         recovery_window_s: float,
+        telemetry: Telemetry,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = anyio.current_time,
@@ -104,6 +107,7 @@ class TransferManager:
         self.retry_base_ms = retry_base_ms
         self.retry_max_ms = retry_max_ms
         self.recovery_window_s = recovery_window_s
+        self.telemetry = telemetry
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
@@ -121,14 +125,23 @@ class TransferManager:
         started = self._clock()
         last: Transport | None = None
         while True:
+            picking = time.time_ns()
             transport = await self._pick(errors, after_failure_of=last)
             if transport is None:
                 break  # nothing answers: the spool takes it and the drainer carries on
+            if last is not None and transport is not last:
+                # The probes that chose another way than the one that just failed.
+                with self.telemetry.decision_span(
+                    "selfheal.backup.switch",
+                    {"artifact": artifact.name, "from": last.mode, "to": transport.mode},
+                    start_ns=picking,
+                ):
+                    pass
             attempts += 1
             remaining = self.recovery_window_s - (self._clock() - started)
             with anyio.move_on_after(max(remaining, 0.0)) as window:
                 try:
-                    delivery = await self._deliver(transport, artifact, progress)
+                    delivery = await self._attempt(transport, artifact, progress, attempts)
                     return ShipResult("delivered", delivery, attempts, errors)
                 except (TransportError, OSError) as exc:
                     error = as_transport_error(transport.mode, exc)
@@ -153,6 +166,30 @@ class TransferManager:
         entry = await self.spool.add(artifact, incident_id=incident_id)
         log.warning("spooled %s after %d attempts (entry %s)", artifact.name, attempts, entry.id)
         return ShipResult("spooled", None, attempts, errors, entry)
+
+    async def _attempt(
+        self,
+        transport: Transport,
+        artifact: Artifact,
+        progress: ProgressFn | None,
+        attempt: int,
+        *,
+        from_spool: bool = False,
+    ) -> Delivery:
+        """One delivery attempt, as a span (ERROR, with the failure, when it raises)."""
+        with self.telemetry.decision_span(
+            "selfheal.backup.transfer",
+            {
+                "artifact": artifact.name,
+                "target": artifact.target,
+                "mode": transport.mode,
+                "attempt": attempt,
+                "from_spool": from_spool,
+            },
+        ) as span:
+            delivery = await self._deliver(transport, artifact, progress)
+            span.set_attribute("selfheal.bytes", delivery.bytes)
+            return delivery
 
     async def _deliver(
         self, transport: Transport, artifact: Artifact, progress: ProgressFn | None
@@ -211,30 +248,35 @@ class TransferManager:
         entries = [e for e in await self.spool.entries() if target is None or e.target == target]
         if not entries:
             return 0
-        errors: list[str] = []
-        transport = await self._pick(errors)
-        if transport is None:
-            log.info("spool drain: no transport answers (%s)", "; ".join(errors))
-            return 0
-        delivered = 0
-        for entry in entries:
-            try:
-                artifact = await self.spool.artifact(entry)
-            except SpoolEntryCorrupt as exc:
-                log.error("spool drain: %s", exc)
-                continue
-            try:
-                delivery = await self._deliver(transport, artifact, None)
-            except (TransportError, OSError) as exc:
-                error = as_transport_error(transport.mode, exc)
-                if is_hard_failure(error):
-                    # The next entries would hit the same wall; the router escalates it.
-                    raise error from (None if error is exc else exc)
-                log.warning("spool drain: %s stays spooled: %s", entry.name, error)
-                continue
-            # Callback before removal: if it fails the entry stays and is delivered again
-            # (idempotently) next time, instead of its completion being lost.
-            await on_delivered(entry, delivery)
-            await self.spool.remove(entry)
-            delivered += 1
-        return delivered
+        with self.telemetry.decision_span(
+            "selfheal.backup.spool_drain", {"target": target, "entries": len(entries)}
+        ) as span:
+            errors: list[str] = []
+            transport = await self._pick(errors)
+            if transport is None:
+                log.info("spool drain: no transport answers (%s)", "; ".join(errors))
+                span.set_attributes({"selfheal.delivered": 0, "selfheal.error": "; ".join(errors)})
+                return 0
+            delivered = 0
+            for entry in entries:
+                try:
+                    artifact = await self.spool.artifact(entry)
+                except SpoolEntryCorrupt as exc:
+                    log.error("spool drain: %s", exc)
+                    continue
+                try:
+                    delivery = await self._attempt(transport, artifact, None, 1, from_spool=True)
+                except (TransportError, OSError) as exc:
+                    error = as_transport_error(transport.mode, exc)
+                    if is_hard_failure(error):
+                        # The next entries would hit the same wall; the router escalates it.
+                        raise error from (None if error is exc else exc)
+                    log.warning("spool drain: %s stays spooled: %s", entry.name, error)
+                    continue
+                # Callback before removal: if it fails the entry stays and is delivered
+                # again (idempotently) next time, instead of its completion being lost.
+                await on_delivered(entry, delivery)
+                await self.spool.remove(entry)
+                delivered += 1
+            span.set_attributes({"selfheal.delivered": delivered, "selfheal.mode": transport.mode})
+            return delivered
