@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -347,11 +348,20 @@ class Router:
             if incident is track.standing.incident and track.stored is not None:
                 decision, reused = track.stored, True
             else:
-                # Current inside: the advisor's calls are its children. A step that
-                # raises leaves it never ended, so never recorded.
-                with use_span(
-                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-                ):
+                # With an advisor the span is current while deciding, so the model calls
+                # are its children (making it current costs a few µs: only then). A
+                # step that raises leaves its span never ended, so never recorded.
+                current = (
+                    use_span(
+                        span,
+                        end_on_exit=False,
+                        record_exception=False,
+                        set_status_on_exception=False,
+                    )
+                    if self.advice is not None
+                    else nullcontext()
+                )
+                with current:
                     decision = await self.decide(request, incident, now, knobs)
             effects = decided(
                 incident,
