@@ -26,7 +26,7 @@ def span_line(span: ReadableSpan, resource: Any) -> bytes:
     """One line of the span file: the object `span.to_json()` gives, as compact JSON.
 
     Built from the span's public properties as to_json builds it, because to_json
-    itself costs about ten times as much: it renders the resource (the same for
+    itself costs several times as much: it renders the resource (the same for
     every span) twice per span. `resource` is that rendering, made once
     (resource_object). Floats that are not numbers (NaN, Infinity), which strict
     JSON lacks, are written as null.
