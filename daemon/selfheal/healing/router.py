@@ -59,7 +59,9 @@ from selfheal.core.policy import Action, Decision, Knobs, decide
 from selfheal.core.routing import (
     Effects,
     Meets,
+    Publish,
     Standing,
+    Timer,
     all_clear_key,
     completed_key,
     decided,
@@ -414,83 +416,70 @@ class Router:
     ) -> None:
         """Add the step's effects to its incident's group and move the track on."""
         # Everything is built before the group changes: a step that raises leaves it whole.
-        ops: list[Callable[[Group], None]] = []
-        completion = effects.completion
-        fields = wire_fields(
-            completion.name,
-            completion.data_json,
-            now_ms=now,
-            idempotency_key=completion.once_key,
-            traceparent=traceparent,
-        )
-        ops.append(self._publish_once(completion.name, completion.once_key, fields))
+        completion = self._fields(effects.completion, now, traceparent)
+        notice = self._fields(effects.notify, now, traceparent) if effects.notify else None
+        timed = self._fields(effects.timer, now, traceparent) if effects.timer else None
         record, decision = effects.record, effects.decision
+        stored_json = decision_json(decision) if decision is not None else ""
+        record_json = incident_json(record) if record is not None else ""
+        group = self._group(track)
+        self._publish_once(group, effects.completion, completion)
         if record is not None and decision is not None:
-            stored_json = decision_json(decision)
             if effects.store_decision:
                 assert decision_key is not None
-                key = decision_key
-
-                def store(group: Group) -> None:
-                    group.expect_absent(key)  # another daemon's decision wins; we reload
-                    group.set(key, stored_json, DECISION_TTL_S)
-
-                ops.append(store)
-            mapping = {
-                "record": incident_json(record),
-                "version": str(track.version + 1),
-                "pendingUntil": str(effects.pending_until_ms),
-                "request": arrival.request_json,
-                "lastDecision": stored_json,
-            }
-            incident_id = track.snapshot.incident_id
-            ops.append(lambda g: g.hset(track.key, mapping))
-            ops.append(lambda g: g.zadd(self.keys.incidents, record.updated_ms, incident_id))
-        if effects.notify is not None:
-            notify = effects.notify
-            notice = wire_fields(
-                notify.name,
-                notify.data_json,
-                now_ms=now,
-                idempotency_key=notify.once_key,
-                traceparent=traceparent,
+                group.expect_absent(decision_key)  # another daemon's decision wins; we reload
+                group.set(decision_key, stored_json, DECISION_TTL_S)
+            group.hset(
+                track.key,
+                {
+                    "record": record_json,
+                    "version": str(track.version + 1),
+                    "pendingUntil": str(effects.pending_until_ms),
+                    "request": arrival.request_json,
+                    "lastDecision": stored_json,
+                },
             )
-            ops.append(self._publish_once(notify.name, notify.once_key, notice))
-        if effects.timer is not None:
-            timer = effects.timer
-            timed = wire_fields(
-                timer.name,
-                timer.data_json,
-                now_ms=now,
-                idempotency_key=timer.once_key,
-                traceparent=traceparent,
-            )
-            payload = timer_payload(self.keys.stream(timer.name), timed)
-            ops.append(
-                lambda g: g.schedule(
-                    self.keys.timers, self.keys.timer_payloads, timed["id"], timer.due_ms, payload
-                )
+            group.zadd(self.keys.incidents, record.updated_ms, track.snapshot.incident_id)
+        if effects.notify is not None and notice is not None:
+            self._publish_once(group, effects.notify, notice)
+        if effects.timer is not None and timed is not None:
+            payload = timer_payload(self.keys.stream(effects.timer.name), timed)
+            group.schedule(
+                self.keys.timers,
+                self.keys.timer_payloads,
+                timed["id"],
+                effects.timer.due_ms,
+                payload,
             )
         if effects.manual_entry is not None:
-            entry = effects.manual_entry
-            ops.append(lambda g: g.xadd(self.keys.manual_queue, entry, None))
+            group.xadd(self.keys.manual_queue, effects.manual_entry, None)
         if arrival.entry_id is not None:
-            ops.append(lambda g: self._ack(g, arrival))
-        group = self._group(track)
-        for op in ops:
-            op(group)
+            self._ack(group, arrival)
         if record is not None:
             track.standing = Standing(record, effects.pending_until_ms, decision)
             track.version += 1
             track.stored = None
 
-    def _publish_once(
-        self, name: str, once_key: str, fields: dict[str, str]
-    ) -> Callable[[Group], None]:
-        marker = self.keys.published(name, once_key)
-        stream = self.keys.stream(name)
-        index = self.keys.streams_index
-        return lambda g: g.xadd_once(marker, PUBLISHED_TTL_S, stream, fields, index)
+    @staticmethod
+    def _fields(event: Publish | Timer, now: int, traceparent: str | None) -> dict[str, str]:
+        """The stream fields of an event a step or a remediation writes."""
+        return wire_fields(
+            event.name,
+            event.data_json,
+            now_ms=now,
+            idempotency_key=event.once_key,
+            traceparent=traceparent,
+        )
+
+    def _publish_once(self, group: Group, event: Publish, fields: dict[str, str]) -> None:
+        """XADD the event inside `group`, at most once per its idempotency key."""
+        group.xadd_once(
+            self.keys.published(event.name, event.once_key),
+            PUBLISHED_TTL_S,
+            self.keys.stream(event.name),
+            fields,
+            self.keys.streams_index,
+        )
 
     def _ack(self, group: Group, arrival: Arrival) -> None:
         """Mark the entry handled and ack it (inside `group`)."""
@@ -542,27 +531,18 @@ class Router:
                 source_function=incident.source_function,
                 target_component=incident.target_component,
             )
-            once = completed_key(cause.id)
-            fields = wire_fields(
+            answer = Publish(
                 SELF_HEALING_COMPLETED,
                 completion.model_dump_json(by_alias=True),
-                now_ms=now,
-                idempotency_key=once,
-                traceparent=cause.traceparent,
+                completed_key(cause.id),
             )
-            self._publish_once(SELF_HEALING_COMPLETED, once, fields)(group)
+            self._publish_once(group, answer, self._fields(answer, now, cause.traceparent))
             announced = self.keys.published(NOTIFY_REQUESTED, escalated_key(incident))
             if await self.bus.client.exists(announced):
                 notice = {"kind": "all_clear", "incident": fixed.to_dict(), "decision": {}}
-                once = all_clear_key(incident)
-                fields = wire_fields(
-                    NOTIFY_REQUESTED,
-                    compact_json(notice),
-                    now_ms=now,
-                    idempotency_key=once,
-                    traceparent=cause.traceparent,
-                )
-                self._publish_once(NOTIFY_REQUESTED, once, fields)(group)
+                all_clear = Publish(NOTIFY_REQUESTED, compact_json(notice), all_clear_key(incident))
+                fields = self._fields(all_clear, now, cause.traceparent)
+                self._publish_once(group, all_clear, fields)
             if (await self.store.apply([group]))[0]:
                 return True
         raise RuntimeError(f"incident {incident_id}: too much contention")
