@@ -42,6 +42,18 @@ log = logging.getLogger("selfheal.instance")
 CHECK_EVERY_S = 5.0
 
 
+def lock_exclusively(path: Path, refusal: str) -> int:
+    """flock `path` (created 0600) without waiting; the descriptor to keep open.
+    Raises DaemonAlreadyRunning with `refusal` when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonAlreadyRunning(refusal) from None
+    return fd
+
+
 def _abstract_name(state_dir: Path) -> bytes:
     digest = hashlib.sha256(os.fsencode(os.path.abspath(state_dir))).hexdigest()[:32]
     return b"\0selfheal-instance-" + digest.encode()
@@ -96,15 +108,11 @@ class InstanceLock:
 
     def _lock_file(self) -> None:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DaemonAlreadyRunning(
-                f"another selfheal daemon holds {self.lock_file}: it is already running on "
-                f"state dir {self.state_dir}"
-            ) from None
+        fd = lock_exclusively(
+            self.lock_file,
+            f"another selfheal daemon holds {self.lock_file}: it is already running on "
+            f"state dir {self.state_dir}",
+        )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         st = os.fstat(fd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import inspect
 import logging
 import os
@@ -40,6 +39,7 @@ from selfheal.control.protocol import (
     result_reply,
 )
 from selfheal.errors import ControlError, DaemonAlreadyRunning, SelfhealError
+from selfheal.instance import lock_exclusively
 from selfheal.redact import redact_text
 
 log = logging.getLogger("selfheal.control")
@@ -198,15 +198,9 @@ def _lock_socket_path(path: Path) -> int:
     """Hold an exclusive lock beside the socket so two daemons starting at once cannot
     both decide the socket is stale and bind it; returns the descriptor to keep open."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DaemonAlreadyRunning(
-            f"another selfheal daemon holds {lock_path}: it is already serving {path}"
-        ) from None
-    return fd
+    return lock_exclusively(
+        lock_path, f"another selfheal daemon holds {lock_path}: it is already serving {path}"
+    )
 
 
 class ControlServer:
