@@ -20,8 +20,8 @@ import msgspec
 
 from selfheal.core.contracts import Completion, CompletionStatus, RequestView
 from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, compact_json
-from selfheal.core.incident import Incident, IncidentState
-from selfheal.core.policy import Action, Decision, completion_for, completion_json
+from selfheal.core.incident import Action, Decision, Incident, IncidentState
+from selfheal.core.policy import completion_for, completion_json
 
 
 class Standing(msgspec.Struct):

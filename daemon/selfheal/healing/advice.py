@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from selfheal.core.contracts import RequestView
-from selfheal.core.incident import Incident
-from selfheal.core.policy import Action, Decision, Knobs, clamp_advice
+from selfheal.core.incident import Action, Decision, Incident
+from selfheal.core.policy import Knobs, clamp_advice
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import Adviser
 

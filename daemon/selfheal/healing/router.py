@@ -52,8 +52,8 @@ from selfheal.core.events import (
     wire_fields,
 )
 from selfheal.core.fast_request import decode_request
-from selfheal.core.incident import Incident, IncidentState
-from selfheal.core.policy import Action, Decision, Knobs, decide
+from selfheal.core.incident import Action, Decision, Incident, IncidentState
+from selfheal.core.policy import Knobs, decide
 from selfheal.core.routing import (
     Effects,
     Meets,
@@ -72,8 +72,6 @@ from selfheal.healing.store import (
     DECISION_TTL_S,
     IncidentSnapshot,
     IncidentStore,
-    decision_json,
-    incident_json,
     snapshot_from,
 )
 from selfheal.telemetry import OpenSpan, Telemetry
@@ -398,7 +396,7 @@ class Router:
         ops.append(self._publish_once(completion.name, completion.once_key, fields))
         record, decision = effects.record, effects.decision
         if record is not None and decision is not None:
-            stored_json = decision_json(decision)
+            stored_json = decision.to_json()
             if effects.store_decision:
                 assert decision_key is not None
                 key = decision_key
@@ -409,7 +407,7 @@ class Router:
 
                 ops.append(store)
             mapping = {
-                "record": incident_json(record),
+                "record": record.to_json(),
                 "version": str(track.version + 1),
                 "pendingUntil": str(effects.pending_until_ms),
                 "request": arrival.request_json,

@@ -13,33 +13,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
-from pydantic import TypeAdapter
 
 from selfheal.bus.streams import Bus, as_text, cast_entries
 from selfheal.core.contracts import InvalidRequest, parse_request
-from selfheal.core.incident import Incident
-from selfheal.core.policy import Decision
+from selfheal.core.incident import Decision, Incident
 from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
 
 # Stored decisions outlive any realistic incident (the recovery window is hours).
 DECISION_TTL_S = 30 * 24 * 3600
-# Stored records are written by pydantic-core's serializer straight to JSON.
-_INCIDENT_JSON: Final = TypeAdapter(Incident)
-_DECISION_JSON: Final = TypeAdapter(Decision)
-
-
-def incident_json(incident: Incident) -> str:
-    """An incident record as stored (camelCase JSON)."""
-    return _INCIDENT_JSON.dump_json(incident, by_alias=True).decode()
-
-
-def decision_json(decision: Decision) -> str:
-    """A decision as stored (camelCase JSON)."""
-    return _DECISION_JSON.dump_json(decision, by_alias=True).decode()
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -132,7 +117,7 @@ class IncidentStore:
         group.hset(
             key,
             {
-                "record": incident_json(incident),
+                "record": incident.to_json(),
                 "version": str(snapshot.version + 1),
                 "pendingUntil": "0",
                 **(extra or {}),
