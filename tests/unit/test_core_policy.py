@@ -50,7 +50,7 @@ def request(**changes: Any) -> SelfHealingRequest:
         "playbook": {},
         "incidentId": "inc-1",
     }
-    return parse_request(data | changes)
+    return parse_request(json.dumps(data | changes))
 
 
 def incident(req: SelfHealingRequest | None = None, **changes: Any) -> Incident:

@@ -13,7 +13,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic.alias_generators import to_camel
 
 from selfheal.core.classify import FailureClass
-from selfheal.core.contracts import CompletionStatus, RequestView
+from selfheal.core.contracts import CompletionStatus, SelfHealingRequest
 from selfheal.core.events import plain_message
 
 HISTORY_LIMIT: Final = 50
@@ -163,7 +163,7 @@ class Incident:
     operator_resets: Count = 0
 
     @classmethod
-    def new(cls, request: RequestView, now_ms: int, recovery_window_ms: int) -> Incident:
+    def new(cls, request: SelfHealingRequest, now_ms: int, recovery_window_ms: int) -> Incident:
         """Open an incident for a first request; the deadline defaults to the window."""
         if recovery_window_ms <= 0:
             raise ValueError(f"recovery_window_ms must be > 0, got {recovery_window_ms}")

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from selfheal.core.backoff import check_jitter, retry_delay_ms
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, classify
-from selfheal.core.contracts import Completion, RequestView
+from selfheal.core.contracts import Completion, SelfHealingRequest
 from selfheal.core.events import text_json
 from selfheal.core.incident import Action, Decision, Incident, Rule
 
@@ -47,7 +47,7 @@ def _shell(incident: Incident, now_ms: int, found: Classification) -> dict[str, 
 
 
 def _escalate(
-    request: RequestView,
+    request: SelfHealingRequest,
     incident: Incident,
     now_ms: int,
     found: Classification,
@@ -67,7 +67,7 @@ def _escalate(
     )
 
 
-def _route_data(request: RequestView, incident: Incident) -> dict[str, Any]:
+def _route_data(request: SelfHealingRequest, incident: Incident) -> dict[str, Any]:
     """routeTo.data under the fields the receiver relies on (those always win)."""
     extra = dict(request.route_to.data) if request.route_to is not None else {}
     return {
@@ -88,7 +88,7 @@ def _pause_delay(wanted: int, incident: Incident, now_ms: int, knobs: Knobs) -> 
 
 
 def decide(
-    request: RequestView,
+    request: SelfHealingRequest,
     incident: Incident,
     now_ms: int,
     knobs: Knobs,
@@ -167,7 +167,7 @@ def clamp_advice(
     decision: Decision,
     advice_action: str,
     advice_delay_ms: int | None,
-    request: RequestView,
+    request: SelfHealingRequest,
     incident: Incident,
     knobs: Knobs,
     *,
@@ -243,7 +243,7 @@ def clamp_advice(
     )
 
 
-def _completion_data(decision: Decision, request: RequestView) -> dict[str, Any]:
+def _completion_data(decision: Decision, request: SelfHealingRequest) -> dict[str, Any]:
     """The `completed` data announcing a decision, with its wire (camelCase) keys."""
     return {
         "incidentId": decision.incident_id,
@@ -259,7 +259,7 @@ def _completion_data(decision: Decision, request: RequestView) -> dict[str, Any]
     }
 
 
-def completion_json(decision: Decision, request: RequestView) -> str:
+def completion_json(decision: Decision, request: SelfHealingRequest) -> str:
     """completion_for(...).model_dump_json(by_alias=True), without building the model.
 
     The batch router announces hundreds of decisions per batch; every value here is
@@ -268,6 +268,6 @@ def completion_json(decision: Decision, request: RequestView) -> str:
     return text_json(_completion_data(decision, request))
 
 
-def completion_for(decision: Decision, request: RequestView) -> Completion:
+def completion_for(decision: Decision, request: SelfHealingRequest) -> Completion:
     """The `system/self.healing.completed` data announcing a decision."""
     return Completion.model_validate(_completion_data(decision, request))

@@ -37,7 +37,7 @@ from selfheal.core.contracts import (
     Completion,
     CompletionStatus,
     InvalidRequest,
-    RequestView,
+    SelfHealingRequest,
     invalid_completion,
     parse_request,
 )
@@ -45,13 +45,11 @@ from selfheal.core.events import (
     SELF_HEALING_COMPLETED,
     Envelope,
     Event,
-    EventDecodeError,
     compact_json,
     envelope_of,
     new_event,
     wire_fields,
 )
-from selfheal.core.fast_request import decode_request
 from selfheal.core.incident import Action, Decision, Incident, IncidentState
 from selfheal.core.policy import Knobs, decide
 from selfheal.core.routing import (
@@ -106,7 +104,7 @@ class Adviser:
     """What the router needs from the optional LLM advisor (see healing/advice.py)."""
 
     async def advise_decision(
-        self, request: RequestView, decision: Decision, incident: Incident, knobs: Knobs
+        self, request: SelfHealingRequest, decision: Decision, incident: Incident, knobs: Knobs
     ) -> Decision:
         """Return the decision, possibly adjusted within the policy's clamps."""
         return decision
@@ -118,10 +116,7 @@ class Arrival(msgspec.Struct, frozen=True):
     index: int  # its position in what the caller passed
     entry_id: str | None  # acked with its effects; None when the consumer acks it
     envelope: Envelope
-    request: RequestView
-    # The request as the event carried it: stored and re-sent as it came (it parses
-    # to the same request).
-    request_json: str
+    request: SelfHealingRequest  # read from envelope.data, which is stored and re-sent as it came
 
 
 class Track(msgspec.Struct):
@@ -198,17 +193,11 @@ class Router:
         whose routing raised or kept meeting other daemons' writes)."""
         arrivals: list[Arrival] = []
         for index, delivery in enumerate(deliveries):
-            request = _request_of(delivery.envelope, delivery)
-            if request is not None:
-                arrivals.append(
-                    Arrival(
-                        index,
-                        delivery.entry_id,
-                        delivery.envelope,
-                        request,
-                        delivery.envelope.data,
-                    )
-                )
+            try:
+                request = parse_request(delivery.envelope.data)
+            except InvalidRequest:
+                continue  # `handle` answers it
+            arrivals.append(Arrival(index, delivery.entry_id, delivery.envelope, request))
         outcomes = [Outcome.SLOW] * len(deliveries)
         for index, outcome in (await self._route(arrivals, raise_errors=False)).items():
             outcomes[index] = outcome
@@ -219,13 +208,13 @@ class Router:
         request (answered with completed{invalid} first)."""
         envelope = envelope_of(event)
         try:
-            request = decode_request(envelope.data) or parse_request(event.data)
+            request = parse_request(envelope.data)
         except InvalidRequest as exc:
             self.stats.invalid += 1
             completion = invalid_completion(exc, event.data)
             await self._publish_completion(completion, event)
             raise PoisonEvent(f"invalid request: {exc}") from None
-        arrival = Arrival(0, None, envelope, request, envelope.data)
+        arrival = Arrival(0, None, envelope, request)
         outcome = (await self._route([arrival], raise_errors=True)).get(0)
         if outcome is None:
             raise RuntimeError(f"incident {request.resolved_incident_id}: too much contention")
@@ -342,7 +331,7 @@ class Router:
                 stored=reused,
                 now_ms=now,
                 cause_id=envelope.id,
-                request_json=arrival.request_json,
+                request_json=envelope.data,
                 notify_event=NOTIFY_REQUESTED,
             )
         effects.attributes["selfheal.event_id"] = envelope.id
@@ -351,7 +340,7 @@ class Router:
         return Step(arrival, track, span, effects, reused)
 
     async def decide(
-        self, request: RequestView, incident: Incident, now: int, knobs: Knobs
+        self, request: SelfHealingRequest, incident: Incident, now: int, knobs: Knobs
     ) -> Decision:
         """The policy's decision for the incident's current step: a paused incident's
         probe is asked first, and the advisor (if any) may adjust it within the clamps."""
@@ -410,7 +399,7 @@ class Router:
                 "record": record.to_json(),
                 "version": str(track.version + 1),
                 "pendingUntil": str(effects.pending_until_ms),
-                "request": arrival.request_json,
+                "request": arrival.envelope.data,
                 "lastDecision": stored_json,
             }
             incident_id = track.snapshot.incident_id
@@ -538,7 +527,7 @@ class Router:
         raise RuntimeError(f"incident {incident_id}: too much contention")
 
 
-async def _recheck(probe: Probe, request: RequestView, domain: str) -> Classification | None:
+async def _recheck(probe: Probe, request: SelfHealingRequest, domain: str) -> Classification | None:
     """A paused incident's re-check: a healthy probe turns the hold into a retry."""
     try:
         healthy = await probe(request)
@@ -548,17 +537,6 @@ async def _recheck(probe: Probe, request: RequestView, domain: str) -> Classific
     if healthy:
         return Classification(FailureClass.TRANSIENT_TRANSPORT, "re-check: target healthy")
     return None
-
-
-def _request_of(envelope: Envelope, delivery: Delivery) -> RequestView | None:
-    """The entry's request, or None when it is not a valid one (`handle` answers those)."""
-    request: RequestView | None = decode_request(envelope.data)
-    if request is not None:
-        return request
-    try:
-        return parse_request(delivery.event.data)  # not an ordinary request: the contract
-    except (EventDecodeError, InvalidRequest):
-        return None
 
 
 def _first_of_each_event(arrivals: list[Arrival]) -> tuple[list[Arrival], list[Arrival]]:

@@ -46,17 +46,16 @@ class IncidentSnapshot(msgspec.Struct, frozen=True):
     def request(self) -> dict[str, Any] | None:
         """The last request stored with the incident, as the contract writes it.
 
-        The batch router stores a request as its event carried it, the per-entry path
-        as the model writes it; read back, both are the same. Data that does not pass
-        the contract is given as stored (routing it again names what is wrong).
+        The router stores a request as its event carried it; read back through the
+        contract, it is written the one way. Data that does not pass the contract is
+        given as stored (routing it again names what is wrong).
         """
         if self.request_json is None:
             return None
-        stored = cast(dict[str, Any], json.loads(self.request_json))
         try:
-            return parse_request(stored).to_data()
+            return parse_request(self.request_json).to_data()
         except InvalidRequest:
-            return stored
+            return cast(dict[str, Any], json.loads(self.request_json))
 
 
 class IncidentStore:
