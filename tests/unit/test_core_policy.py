@@ -136,6 +136,17 @@ def test_every_hard_class_escalates_at_once(hard: FailureClass) -> None:
     assert (decision.action, decision.reason) == (Action.ESCALATE, f"hard failure: {hard} (test)")
 
 
+def test_a_full_disk_named_in_free_form_evidence_escalates_at_once() -> None:
+    detail = {"kind": "error", "detail": "OSError: [Errno 28] No space left on device"}
+    req = request(evidence=[detail])
+    decision = decide(req, incident(req), NOW, PROBED, 0.0)
+    assert (decision.action, decision.rule) == (Action.ESCALATE, Rule.HARD_FAILURE)
+    assert decision.failure_class == FailureClass.RESOURCE_EXHAUSTED
+    assert decision.reason == (
+        "hard failure: resource_exhausted (message matches 'no space left on device')"
+    )
+
+
 def test_retry_schedules_the_allowlisted_route() -> None:
     req = request(routeTo={"event": BACKUP_RETRY_REQUESTED, "data": {"target": "x", "attempt": 99}})
     decision = decide(req, incident(retries_used=2), NOW, routed(), 0.5)

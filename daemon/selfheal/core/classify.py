@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno as errno_module
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -218,9 +218,32 @@ _CACHED_TEXT: Final = 512
 _text_class = functools.lru_cache(maxsize=2048)(_scan)
 
 
+def _texts(item: Evidence) -> Iterator[str | None]:
+    """Every text of an item that may describe the failure, in order: its message,
+    snippet and exception, then each text under its extra keys (`detail`, `log`,
+    `stderr`...), nested objects and lists included. Its kind and the names it carries
+    (path, key, eventId) label things rather than describe what went wrong (a folder
+    called "timeouts" is no timeout), so they are not read."""
+    yield item.message
+    yield item.snippet
+    yield item.exception
+    extra = item.model_extra
+    if not extra:
+        return
+    stack: list[Any] = list(reversed(extra.values()))
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            stack.extend(reversed(value.values()))
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
+
+
 def classify_item(item: Evidence) -> Classification | None:
-    """Classify one evidence item: errno first, then the exception type, then the text."""
-    return _by_errno(item) or _by_exception(item) or _by_message((item.message, item.snippet))
+    """Classify one evidence item: errno first, then the exception type, then its texts."""
+    return _by_errno(item) or _by_exception(item) or _by_message(_texts(item))
 
 
 def classify(evidence: Sequence[Evidence], *, summary: str | None = None) -> Classification:
