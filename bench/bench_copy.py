@@ -55,7 +55,7 @@ def run_anchor(source: Path, dest: Path, sha256: str) -> float:
 
 
 def run_ours(transport: MountTransport, source: Path, sha256: str, size: int) -> float:
-    """One MountTransport.put: copy to .partial, fsync, rename, fsync dir, read back, verify."""
+    """One MountTransport.put: copy to .partial, fsync, read back and verify, link, fsync dir."""
 
     async def put() -> float:
         started = time.monotonic()

@@ -95,6 +95,7 @@ class Daemon:
             telemetry=self.telemetry,
             consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
+            wait_stopping=lambda: self.supervisor.wait_stopping(),
         )
         # Each plane that heals a domain registers it with the router's registry.
         self.backups = BackupPlane(
@@ -103,6 +104,7 @@ class Daemon:
             telemetry=self.telemetry,
             consumer_name=local_consumer_name(),
             stopping=lambda: self.supervisor.stopping,
+            wait_stopping=lambda: self.supervisor.wait_stopping(),
             domains=self.plane.domains,
         )
 
@@ -226,7 +228,10 @@ class Daemon:
                 span.set_attribute("selfheal.changed", result.changed)
                 if result.error:
                     span.set_attribute("selfheal.error", result.error)
-            self.last_reload = result
+            # The watcher also reloads on events that turn out to change nothing (a
+            # save's temp file, a second event of one rename): those are not news.
+            if not (trigger == "watch" and result.ok and not result.changed):
+                self.last_reload = result
             return result
 
     async def _reload_locked(self, trigger: str) -> ReloadResult:

@@ -1,9 +1,10 @@
 """The embedded redis-server: a private Redis on a Unix socket inside the state dir.
 
 It is the default bus when `selfheal.redis.url` is "embedded": started before every
-other service, restarted if it dies, stopped last, and never left behind — on
-Linux the child gets a parent-death signal, and on every platform a pid file lets
-the next start reap a server a killed daemon could not stop.
+other service, restarted by the supervisor if it dies (the service raises, so its
+restarts show in `status` like any service's), stopped last, and never left
+behind — on Linux the child gets a parent-death signal, and on every platform a
+pid file lets the next start reap a server a killed daemon could not stop.
 """
 
 from __future__ import annotations
@@ -34,10 +35,9 @@ log = logging.getLogger("selfheal.embedded")
 # clean shutdown (AOF fsync) may take before SIGKILL.
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
-RESTART_BACKOFF_MAX_S = 10.0
 # How often the data dir's presence is checked (one stat), and how long moving the
 # data into a re-created one may take.
-DATA_DIR_CHECK_S = 2.0
+DATA_DIR_CHECK_S = 5.0
 AOF_REWRITE_TIMEOUT_S = 60.0
 PR_SET_PDEATHSIG = 1
 
@@ -93,8 +93,6 @@ class EmbeddedRedisStatus:
     binary: str | None = None
     pid: int | None = None
     socket: str | None = None
-    restarts: int = 0
-    last_exit: str | None = None
     started_at: float | None = None
 
 
@@ -135,7 +133,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Start the server, signal readiness, and keep it alive until cancelled."""
+        """Start the server, signal readiness, and run until cancelled; raise if it exits."""
         binary = self._binary or find_redis_server()
         self.status.binary = str(binary)
         if len(str(self.socket_path).encode()) > 100:
@@ -144,36 +142,19 @@ class EmbeddedRedis:
             )
         await anyio.to_thread.run_sync(self._make_data_dir)
         await anyio.to_thread.run_sync(self._reap_stale)
-        backoff = 0.25
-        started = False
         try:
-            while True:
-                await self._start(binary)
-                if not started:
-                    task_status.started()
-                    started = True
-                began = time.monotonic()
-                assert self._process is not None
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._keep_data_dir, tg.cancel_scope)
-                    code = await self._process.wait()
-                    tg.cancel_scope.cancel()
-                self.status.restarts += 1
-                self.status.pid = None
-                if self._moved_data:
-                    self._moved_data = False
-                    self.status.last_exit = "restarted on its re-created data dir"
-                    log.warning("embedded redis-server %s", self.status.last_exit)
-                    continue
-                self.status.last_exit = f"exit code {code}"
-                log.error("embedded redis-server exited (%s); restarting", self.status.last_exit)
-                # A server that ran a while gets a quick restart; a crash loop backs off.
-                backoff = (
-                    0.25
-                    if time.monotonic() - began > 30
-                    else min(backoff * 2, RESTART_BACKOFF_MAX_S)
-                )
-                await anyio.sleep(backoff)
+            await self._start(binary)
+            task_status.started()
+            assert self._process is not None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_data_dir)
+                code = await self._process.wait()
+                tg.cancel_scope.cancel()
+            self.status.pid = None
+            # The supervisor restarts the service (with its backoff, counted in status).
+            if self._moved_data:
+                raise EmbeddedRedisError("restarting on its re-created data dir")
+            raise EmbeddedRedisError(f"redis-server exited with code {code}")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop()
@@ -239,7 +220,7 @@ class EmbeddedRedis:
             return True
         return (st.st_dev, st.st_ino) != self._data_identity
 
-    async def _keep_data_dir(self, scope: anyio.CancelScope) -> None:
+    async def _keep_data_dir(self) -> None:
         """Move the server's files to a re-created data dir, then restart it there.
 
         After `rm -rf` of the state dir the server still runs with its data in
@@ -250,7 +231,7 @@ class EmbeddedRedis:
         """
         while True:
             await anyio.sleep(DATA_DIR_CHECK_S)
-            if not await anyio.to_thread.run_sync(self._data_dir_lost):
+            if not self._data_dir_lost():  # one stat, on the loop
                 continue
             log.warning("embedded Redis data dir %s was removed; re-creating it", self.data_dir)
             try:

@@ -36,9 +36,10 @@ from selfheal.errors import DaemonAlreadyRunning
 
 log = logging.getLogger("selfheal.instance")
 
-# How often the guard looks (three stat calls): fast enough that a deleted folder is
-# back before an operator's next command, slow enough to cost nothing idle.
-CHECK_EVERY_S = 2.0
+# How often the guard looks (a stat call or two, on the event loop: local metadata):
+# soon enough that a deleted folder is back before an operator's next command, rare
+# enough that an idle daemon stays asleep.
+CHECK_EVERY_S = 5.0
 
 
 def _abstract_name(state_dir: Path) -> bytes:
@@ -165,7 +166,7 @@ class StateDirGuard:
             task_status.started()
             while True:
                 await anyio.sleep(CHECK_EVERY_S)
-                await anyio.to_thread.run_sync(self.check)
+                self.check()
         finally:
             self.lock.release()
 

@@ -25,8 +25,6 @@ HTTP_LOG_LEVEL_ENV: Final = "SELFHEAL_HTTP_LOG_LEVEL"
 # webhook's token in its query) and httpcore each connection step at DEBUG: noise at
 # best, so they log warnings only unless SELFHEAL_HTTP_LOG_LEVEL says otherwise.
 HTTP_LOGGERS: Final = ("httpx", "httpcore")
-# watchfiles logs every batch of changes at INFO; our watcher logs what matters.
-QUIET_LOGGERS: Final = ("watchfiles",)
 
 _RecordFactory = Callable[..., logging.LogRecord]
 
@@ -98,8 +96,6 @@ def setup_logging(env: Mapping[str, str], stream: TextIO | None = None) -> loggi
     http_level = env.get(HTTP_LOG_LEVEL_ENV, "WARNING").upper()
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(http_level)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import copy
 import functools
 import itertools
@@ -75,12 +74,11 @@ class _KnownSecrets:
     values: frozenset[str]
     # Every value, longest first: a value that holds another is masked whole.
     pattern: re.Pattern[str] | None
-    lowered: tuple[str, ...]  # for texts_to_redact's search of lowercased text
     generation: int  # never repeats: the key of results remembered under this set
 
 
 _generations = itertools.count(1)
-_known = _KnownSecrets(frozenset(), None, (), 0)
+_known = _KnownSecrets(frozenset(), None, 0)
 
 
 def _forms(value: str) -> set[str]:
@@ -110,7 +108,6 @@ def register_secrets(values: Iterable[str | None]) -> None:
     _known = _KnownSecrets(
         merged,
         re.compile("|".join(map(re.escape, ordered))),
-        tuple(sorted({value.lower() for value in merged})),
         next(_generations),
     )
     _quick_redact_cached.cache_clear()  # only frees room: the old results are unreachable
@@ -268,8 +265,6 @@ _HINT_WORDS: Final = (
     "credential", "cookie",
 )  # fmt: skip
 _SECRET_HINTS = "|".join(map(re.escape, _HINT_WORDS)) + r"|\d:"
-# The last hint, a digit and a colon, found by its colon: re then skips to each colon.
-_DIGIT_COLON = re.compile(r":(?<=[0-9]:)")
 _MAY_HOLD_SECRET = re.compile(_SECRET_HINTS, re.IGNORECASE)
 # For ASCII text, lower() then a case-sensitive search is the same test, three times faster.
 _MAY_HOLD_SECRET_LOWER = re.compile(_SECRET_HINTS)
@@ -299,33 +294,3 @@ def cached_quick_redact_text(text: str) -> str:
     another thread registers a secret is never served once it is registered.
     """
     return _quick_redact_cached(text, _known.generation)
-
-
-def texts_to_redact(texts: Iterable[str]) -> set[str]:
-    """Those of `texts` that quick_redact_text may change; it returns the others as they are.
-
-    One search over the ASCII texts joined by newlines instead of one per text: no
-    hint holds a newline, so every match lies inside one text.
-    """
-    suspects: set[str] = set()
-    ascii_texts: list[str] = []
-    known = _known
-    for text in dict.fromkeys(texts):  # a batch repeats its actions, classes and routes
-        if text.isascii():
-            ascii_texts.append(text)
-        elif _MAY_HOLD_SECRET.search(text) or (known.pattern and known.pattern.search(text)):
-            suspects.add(text)
-    if not ascii_texts:
-        return suspects
-    lowered = "\n".join(ascii_texts).lower()
-    hits = [match.start() for match in _DIGIT_COLON.finditer(lowered)]
-    # Registered values are looked for lowercased: every text holding one is found.
-    for word in (*_HINT_WORDS, *known.lowered):  # str.find: quicker than re on an alternation
-        at = lowered.find(word)
-        while at >= 0:
-            hits.append(at)
-            at = lowered.find(word, at + 1)
-    if hits:
-        starts = list(itertools.accumulate((len(text) + 1 for text in ascii_texts), initial=0))
-        suspects.update(ascii_texts[bisect.bisect_right(starts, at) - 1] for at in hits)
-    return suspects

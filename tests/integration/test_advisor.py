@@ -16,6 +16,7 @@ import pytest
 
 from selfheal.config.schema_healing import AdvisorSettings
 from selfheal.healing.advisor import Advice, AdviceRejected, Advisor, parse_advice
+from selfheal.telemetry import Telemetry
 
 pytestmark = pytest.mark.anyio
 
@@ -146,6 +147,7 @@ def settings(server: ModelServer | None, **extra: Any) -> AdvisorSettings:
 def advisor(
     client: httpx.AsyncClient,
     server: ModelServer | None,
+    telemetry: Telemetry,
     *,
     clock: Callable[[], float] = time.monotonic,
     primary: str = PRIMARY,
@@ -153,7 +155,14 @@ def advisor(
     **extra: Any,
 ) -> Advisor:
     config = settings(server, **extra)
-    return Advisor(config, model=primary, fallback_model=fallback, client=client, clock=clock)
+    return Advisor(
+        config,
+        model=primary,
+        fallback_model=fallback,
+        client=client,
+        telemetry=telemetry,
+        clock=clock,
+    )
 
 
 async def ask(adv: Advisor, request: dict[str, Any] | None = None) -> Advice | None:
@@ -168,9 +177,9 @@ async def ask(adv: Advisor, request: dict[str, Any] | None = None) -> Advice | N
         )
 
 
-async def test_happy_path(model: Any, client: Any) -> None:
+async def test_happy_path(model: Any, client: Any, telemetry: Telemetry) -> None:
     server = model(chat({**VALID, "routeTo": ROUTE}))
-    adv = advisor(client, server)
+    adv = advisor(client, server, telemetry)
     advice = await ask(adv)
     assert advice is not None
     assert (advice.action, advice.delay_ms, advice.route_to) == ("pause", 60000, ROUTE)
@@ -204,20 +213,24 @@ async def test_happy_path(model: Any, client: Any) -> None:
     ],
 )
 async def test_the_chat_path_goes_before_the_endpoint_query(
-    model: Any, client: Any, endpoint: str, expected: str
+    model: Any,
+    client: Any,
+    endpoint: str,
+    expected: str,
+    telemetry: Telemetry,
 ) -> None:
     # Some gateways take the key in the query (Azure-style ?api-key=, ?api_key=).
     server = model(chat(VALID))
     base = server.url.removesuffix("/v1")
-    assert await ask(advisor(client, server, endpoint=base + endpoint)) is not None
+    assert await ask(advisor(client, server, telemetry, endpoint=base + endpoint)) is not None
     [(path, _headers, _body)] = server.seen
     assert path == expected
 
 
-async def test_fenced_answer_is_accepted(model: Any, client: Any) -> None:
+async def test_fenced_answer_is_accepted(model: Any, client: Any, telemetry: Telemetry) -> None:
     fenced = "Here you go:\n```json\n" + json.dumps({**VALID, "routeTo": None}) + "\n```"
     server = model(chat(fenced))
-    advice = await ask(advisor(client, server))
+    advice = await ask(advisor(client, server, telemetry))
     assert advice is not None and advice.action == "pause" and advice.route_to is None
 
 
@@ -233,9 +246,11 @@ BAD_PRIMARY = {
 
 
 @pytest.mark.parametrize("bad", list(BAD_PRIMARY))
-async def test_invalid_primary_falls_back(model: Any, client: Any, bad: str) -> None:
+async def test_invalid_primary_falls_back(
+    model: Any, client: Any, bad: str, telemetry: Telemetry
+) -> None:
     server = model(BAD_PRIMARY[bad], chat({**VALID, "action": "retry"}))
-    adv = advisor(client, server)
+    adv = advisor(client, server, telemetry)
     advice = await ask(adv)
     assert [b["model"] for b in server.bodies()] == [PRIMARY, FALLBACK]
     assert advice is not None
@@ -243,9 +258,11 @@ async def test_invalid_primary_falls_back(model: Any, client: Any, bad: str) -> 
     assert (adv.status.calls, adv.status.failures) == (2, 0)
 
 
-async def test_slow_primary_times_out_and_falls_back(model: Any, client: Any) -> None:
+async def test_slow_primary_times_out_and_falls_back(
+    model: Any, client: Any, telemetry: Telemetry
+) -> None:
     server = model(chat(VALID, delay_s=5.0), chat(VALID))
-    adv = advisor(client, server, timeoutMs=200)
+    adv = advisor(client, server, telemetry, timeoutMs=200)
     started = time.monotonic()
     advice = await ask(adv)
     assert time.monotonic() - started < 3.0
@@ -253,10 +270,12 @@ async def test_slow_primary_times_out_and_falls_back(model: Any, client: Any) ->
     assert [b["model"] for b in server.bodies()] == [PRIMARY, FALLBACK]
 
 
-async def test_both_fail_gives_none_and_never_records_the_key(model: Any, client: Any) -> None:
+async def test_both_fail_gives_none_and_never_records_the_key(
+    model: Any, client: Any, telemetry: Telemetry
+) -> None:
     # The fallback even echoes the key back as its "action".
     server = model(Reply(500), chat({**VALID, "action": KEY, "routeTo": KEY}))
-    adv = advisor(client, server)
+    adv = advisor(client, server, telemetry)
     assert await ask(adv) is None
     assert len(server.seen) == 2
     status = adv.status
@@ -265,10 +284,12 @@ async def test_both_fail_gives_none_and_never_records_the_key(model: Any, client
     assert KEY not in status.last_error and "***" in status.last_error
 
 
-async def test_breaker_opens_then_half_opens_on_the_clock(model: Any, client: Any) -> None:
+async def test_breaker_opens_then_half_opens_on_the_clock(
+    model: Any, client: Any, telemetry: Telemetry
+) -> None:
     now = [1000.0]
     server = model()  # every answer is HTTP 500 until the script changes
-    adv = advisor(client, server, clock=lambda: now[0])
+    adv = advisor(client, server, telemetry, clock=lambda: now[0])
     assert await ask(adv) is None and await ask(adv) is None
     assert len(server.seen) == 4  # primary + fallback, twice
     assert adv.status.breaker_open_until == 1060.0
@@ -288,10 +309,12 @@ async def test_breaker_opens_then_half_opens_on_the_clock(model: Any, client: An
     assert adv.status.failures == 3
 
 
-async def test_half_open_allows_one_trial_at_a_time(model: Any, client: Any) -> None:
+async def test_half_open_allows_one_trial_at_a_time(
+    model: Any, client: Any, telemetry: Telemetry
+) -> None:
     now = [0.0]
     server = model()
-    adv = advisor(client, server, clock=lambda: now[0], circuitBreakerFailures=1)
+    adv = advisor(client, server, telemetry, clock=lambda: now[0], circuitBreakerFailures=1)
     assert await ask(adv) is None and adv.status.breaker_open_until == 60.0
     now[0] = 61.0
     server.replies.append(chat(VALID, delay_s=0.3))
@@ -307,7 +330,9 @@ async def test_half_open_allows_one_trial_at_a_time(model: Any, client: Any) -> 
     assert sorted(r is None for r in results) == [False, True]
 
 
-async def test_request_secrets_never_reach_the_model(model: Any, client: Any) -> None:
+async def test_request_secrets_never_reach_the_model(
+    model: Any, client: Any, telemetry: Telemetry
+) -> None:
     server = model(chat(VALID))
     request = {
         "incidentId": "i-2",
@@ -315,7 +340,7 @@ async def test_request_secrets_never_reach_the_model(model: Any, client: Any) ->
         "context": {"apiKey": "sk-live-123", "log": "login with password=hunter2 failed"},
         "url": "sftp://backup:pw-in-url-77@nas.local/share",
     }
-    assert await ask(advisor(client, server), request) is not None
+    assert await ask(advisor(client, server, telemetry), request) is not None
     raw = server.seen[0][2].decode()
     assert "copy to nas failed" in raw
     for secret in ("sk-live-123", "hunter2", "pw-in-url-77"):
@@ -323,30 +348,34 @@ async def test_request_secrets_never_reach_the_model(model: Any, client: Any) ->
 
 
 @pytest.mark.parametrize("change", [{"enabled": False}, {"endpoint": None}])
-async def test_disabled_makes_no_request(model: Any, client: Any, change: dict[str, Any]) -> None:
+async def test_disabled_makes_no_request(
+    model: Any, client: Any, change: dict[str, Any], telemetry: Telemetry
+) -> None:
     server = model(chat(VALID))
-    adv = advisor(client, server, **change)
+    adv = advisor(client, server, telemetry, **change)
     assert not adv.enabled
     assert await ask(adv) is None
     assert server.seen == [] and adv.status.calls == 0
 
 
-async def test_models_outside_the_allowlist_are_never_called(model: Any, client: Any) -> None:
+async def test_models_outside_the_allowlist_are_never_called(
+    model: Any, client: Any, telemetry: Telemetry
+) -> None:
     server = model(default=chat(VALID))
-    adv = advisor(client, server, primary="m-rogue")
+    adv = advisor(client, server, telemetry, primary="m-rogue")
     advice = await ask(adv)
     assert advice is not None and advice.model == FALLBACK and advice.used_fallback
     assert [b["model"] for b in server.bodies()] == [FALLBACK]
-    both = advisor(client, server, primary="m-rogue", fallback="m-other")
+    both = advisor(client, server, telemetry, primary="m-rogue", fallback="m-other")
     assert await ask(both) is None
     assert (
         len(server.seen) == 1 and both.status.last_error == "m-other: not in the advisor allowlist"
     )
 
 
-async def test_same_fallback_is_not_retried(model: Any, client: Any) -> None:
+async def test_same_fallback_is_not_retried(model: Any, client: Any, telemetry: Telemetry) -> None:
     server = model()
-    adv = advisor(client, server, fallback=PRIMARY)
+    adv = advisor(client, server, telemetry, fallback=PRIMARY)
     assert await ask(adv) is None
     assert len(server.seen) == 1 and adv.status.last_error == f"{PRIMARY}: HTTP 500"
 

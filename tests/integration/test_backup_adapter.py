@@ -22,8 +22,7 @@ from selfheal.core.policy import Knobs
 from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.telemetry import Telemetry
-from tests.integration.test_router import FAST, now_ms, run_until, stream_events
-from tests.support.domains import backup_domains
+from tests.support.routing import FAST, backup_domains, now_ms, run_until, stream_events
 
 pytestmark = pytest.mark.anyio
 

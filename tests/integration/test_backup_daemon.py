@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from selfheal.backup.transports.mount import mark_nas
 from selfheal.cli import cli
+from selfheal.errors import ControlError
 from tests.support.daemon import Daemons
 from tests.support.servers import wait_until
 
@@ -73,4 +75,40 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     target.write_bytes(b"not an rdb")
     bad = runner.invoke(cli, ["backup", "verify", artifact["name"]], env=env)
     assert bad.exit_code == 4 and "MISMATCH" in bad.output
+    assert daemon.stop() == 0
+
+
+def test_a_disabled_or_unknown_target_is_refused_with_and_without_follow(
+    short_home: Path, daemon_factory: Daemons
+) -> None:
+    # Issue 11.10: `backup run typesense --follow` on a disabled target waited forever
+    # (and without --follow it said "requested" and exited 0).
+    nas = short_home / "nas"
+    nas.mkdir()
+    mark_nas(nas, "test-nas")
+    config = {
+        "selfheal": {
+            "backups": {
+                "redis": {"source": "bus", "mountRoot": str(nas), "requireMountPoint": False},
+                "typesense": {"enabled": False},
+            }
+        },
+    }
+    daemon = daemon_factory.start(config=config)
+    env = daemon.env()
+    runner = CliRunner()
+    for args in (["typesense"], ["typesense", "--follow"], ["typesense", "--follow", "--json"]):
+        started = time.monotonic()
+        refused = runner.invoke(cli, ["backup", "run", *args], env=env)
+        assert refused.exit_code == 4, (args, refused.output)
+        assert "'typesense' is disabled (selfheal.backups.typesense.enabled is false)" in (
+            refused.output
+        )
+        assert time.monotonic() - started < 10, "refused at once, not after a timeout"
+    unknown = runner.invoke(cli, ["backup", "run", "mysql", "--follow"], env=env)
+    assert unknown.exit_code == 2 and "'mysql' is not one of" in unknown.output
+    with pytest.raises(ControlError) as caught:
+        daemon.call("backup.run", {"target": "mysql", "follow": True})
+    assert caught.value.code == "invalid_params"
+    assert 'target must be one of typesense, redis (got "mysql")' in caught.value.message
     assert daemon.stop() == 0

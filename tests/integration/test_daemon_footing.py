@@ -161,11 +161,18 @@ def test_deleting_the_state_folder_is_repaired_and_a_second_daemon_refused(
         WAIT_S,
         "the embedded Redis AOF rewritten into the re-created data dir",
     )
+
+    def restarted_and_connected() -> bool:
+        status = daemon.status()
+        [embedded] = [s for s in status["services"] if s["name"] == "embedded-redis"]
+        return bool(
+            status["redis"]["connected"]
+            and embedded["restarts"] >= 1
+            and "re-created data dir" in (embedded["last_error"] or "")
+        )
+
     wait_until(
-        lambda: (
-            daemon.status()["redis"]["connected"] is True
-            and daemon.status()["redis"]["embedded"]["restarts"] >= 1
-        ),
+        restarted_and_connected,
         30,
         "the embedded Redis restarted on its new folder and reconnected",
     )

@@ -64,10 +64,14 @@ def test_embedded_redis_killed_comes_back(daemon_factory: Daemons) -> None:
     server.kill()  # SIGKILL
 
     def back() -> bool:
-        st = daemon.status()["redis"]
-        emb = st["embedded"]
+        status = daemon.status()
+        st, emb = status["redis"], status["redis"]["embedded"]
+        [service] = [s for s in status["services"] if s["name"] == "embedded-redis"]
         return bool(
-            emb["restarts"] >= 1 and emb["pid"] not in (None, server.pid) and st["connected"]
+            service["restarts"] >= 1
+            and "exited" in (service["last_error"] or "")
+            and emb["pid"] not in (None, server.pid)
+            and st["connected"]
         )
 
     wait_until(back, 30, "embedded redis restarted and reconnected")

@@ -15,7 +15,7 @@ from selfheal.errors import StartupError
 from selfheal.healing.domains import Domain, Domains
 from selfheal.healing.router import Router
 from selfheal.telemetry import Telemetry
-from tests.integration.test_router import now_ms, request, router_consumer, run_until, stream_events
+from tests.support.routing import now_ms, request, router_consumer, run_until, stream_events
 
 pytestmark = pytest.mark.anyio
 

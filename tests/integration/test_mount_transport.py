@@ -204,6 +204,68 @@ async def test_putting_the_same_verified_file_again_keeps_it(nas: Path, tmp_path
     assert again.verified and (nas / REMOTE).stat().st_ino == inode
 
 
+async def test_put_never_replaces_an_existing_copy(nas: Path, tmp_path: Path) -> None:
+    # Issue 11.6: a second delivery under a name already taken replaced the first backup.
+    first, second = tmp_path / "first.rdb", tmp_path / "second.rdb"
+    first_sha, second_sha = random_file(first, 3 * MIB), random_file(second, MIB)
+    transport = MountTransport(nas)
+    await transport.put(first, REMOTE, sha256=first_sha, size=3 * MIB)
+
+    with pytest.raises(TransportError) as caught:
+        await transport.put(second, REMOTE, sha256=second_sha, size=MIB, manifest=b"{}\n")
+
+    assert caught.value.kind == "integrity" and caught.value.errno_name == "EEXIST"
+    assert f"refusing to replace {nas / REMOTE}" in str(caught.value)
+    assert (nas / REMOTE).read_bytes() == first.read_bytes()
+    assert all_files(nas) == {MARKER_NAME, str(REMOTE)}
+
+
+async def test_a_name_taken_during_the_copy_is_not_replaced(nas: Path, tmp_path: Path) -> None:
+    # The last step links the copy to its name (EEXIST if taken); os.replace replaced it.
+    src = tmp_path / "a.rdb"
+    sha = random_file(src, 4 * MIB)
+    final = nas / REMOTE
+
+    def squat(done: int, total: int) -> None:
+        if not final.exists():  # someone else's file takes the name mid-copy
+            final.write_bytes(b"another backup")
+
+    with pytest.raises(TransportError) as caught:
+        await MountTransport(nas, chunk_bytes=MIB).put(
+            src, REMOTE, sha256=sha, size=4 * MIB, progress=squat, manifest=b'{"size": 1}\n'
+        )
+
+    assert caught.value.errno_name == "EEXIST"
+    assert final.read_bytes() == b"another backup"
+    # Neither our .partial nor the manifest written for it stays.
+    assert all_files(nas) == {MARKER_NAME, str(REMOTE)}
+
+
+async def test_the_manifest_lands_before_the_final_name(nas: Path, tmp_path: Path) -> None:
+    src = tmp_path / "a.rdb"
+    sha = random_file(src, 4 * MIB)
+    final = nas / REMOTE
+    manifest = final.with_name(final.name + ".manifest.json")
+    body = b'{"sha256": "%s", "size": %d}\n' % (sha.encode(), 4 * MIB)
+    seen_during_copy: list[bool] = []
+
+    def watch(done: int, total: int) -> None:
+        seen_during_copy.append(manifest.exists() or final.exists())
+
+    transport = MountTransport(nas, chunk_bytes=MIB)
+    await transport.put(src, REMOTE, sha256=sha, size=4 * MIB, progress=watch, manifest=body)
+    # Delivered again (a drain after a crash): the same manifest, even reformatted, is kept.
+    again = await transport.put(src, REMOTE, sha256=sha, size=4 * MIB, manifest=body.rstrip())
+
+    assert seen_during_copy and not any(seen_during_copy)
+    assert manifest.read_bytes() == body and again.verified
+    assert all_files(nas) == {MARKER_NAME, str(REMOTE), f"{REMOTE}.manifest.json"}
+    with pytest.raises(TransportError) as caught:
+        await transport.put(src, REMOTE, sha256=sha, size=4 * MIB, manifest=b'{"other": 1}')
+    assert caught.value.errno_name == "EEXIST" and str(manifest) in str(caught.value)
+    assert manifest.read_bytes() == body
+
+
 async def test_list_hash_read_and_remove(nas: Path, tmp_path: Path) -> None:
     src = tmp_path / "a.rdb"
     sha = random_file(src, 70_000)

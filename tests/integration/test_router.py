@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
-import anyio
 import pytest
 
-from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.bus.consumer import StreamConsumer
 from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
 from selfheal.core.events import (
@@ -24,62 +22,17 @@ from selfheal.core.policy import Knobs
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
-from tests.support.domains import backup_domains
+from tests.support.routing import (
+    FAST,
+    backup_domains,
+    now_ms,
+    request,
+    router_consumer,
+    run_until,
+    stream_events,
+)
 
 pytestmark = pytest.mark.anyio
-
-FAST = ConsumerOptions(batch=50, block_ms=50, reclaim_idle_ms=200, reclaim_every_s=0.1)
-WAIT_S = 20.0
-
-
-def request(incident: str = "backup:redis:nightly", **overrides: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "sourceFunction": "system/backup.redis",
-        "targetComponent": "redis",
-        "problemSummary": "copy to NAS failed",
-        "attempt": 0,
-        "retryPolicy": {"maxRetries": 3, "sleepMinMs": 50, "sleepMaxMs": 1000, "sleepStepMs": 10},
-        "evidence": [{"message": "ssh: connect to host nas: Connection timed out"}],
-        "playbook": {"actions": ["retry"], "runbook": "docs/runbook.md#nas"},
-        "incidentId": incident,
-        "domain": "backup",
-    }
-    data.update(overrides)
-    return data
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-async def stream_events(bus: Bus, name: str) -> list[Event]:
-    raw = await bus.client.xrange(bus.keys.stream(name))
-    return [Event.from_wire(fields) for _id, fields in raw]
-
-
-async def run_until(check: Callable[[], Any], *workers: Any, limit: float = WAIT_S) -> None:
-    """Run service loops until `await check()` is truthy."""
-    with anyio.fail_after(limit):
-        async with anyio.create_task_group() as tg:
-            for worker in workers:
-                tg.start_soon(worker.run)
-            while not await check():  # noqa: ASYNC110 - bounded poll of Redis state
-                await anyio.sleep(0.02)
-            tg.cancel_scope.cancel()
-
-
-def router_consumer(
-    bus: Bus, router: Router, name: str = "d1", *, batched: bool = False
-) -> StreamConsumer:
-    return StreamConsumer(
-        bus,
-        SELF_HEALING_REQUESTED,
-        ROUTER_GROUP,
-        name,
-        router.handle,
-        options=FAST,
-        batch_handler=router.handle_batch if batched else None,
-    )
 
 
 async def test_budget_of_three_retries_then_one_escalation(bus: Bus, telemetry: Telemetry) -> None:
@@ -128,7 +81,7 @@ async def test_budget_of_three_retries_then_one_escalation(bus: Bus, telemetry: 
     spans = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
     actions = [s["attributes"].get("selfheal.action") for s in spans]
     assert actions.count("retry") == 3 and actions.count("escalate") == 1
-    assert len({s["trace_id"] for s in spans}) == 1, "one trace across retries"
+    assert len({s["context"]["trace_id"] for s in spans}) == 1, "one trace across retries"
 
 
 async def test_replayed_and_duplicate_reports_do_not_spend_budget(
@@ -282,3 +235,15 @@ async def test_pause_rechecks_the_probe_and_retries_once_the_target_is_back(
     statuses = [e.data["status"] for e in await stream_events(bus, SELF_HEALING_COMPLETED)]
     assert statuses[:2] == ["paused", "paused"] and statuses[-1] == "scheduled"
     assert checks[0] is False and checks[-1] is True
+    # Each re-check carries the span of the decision that scheduled it: the decisions
+    # of the incident are one trace, each the child of the one before.
+    assert telemetry.force_flush()
+    spans = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
+    assert len(spans) >= 3
+    assert spans[0]["parent_id"] is None
+    for before, after in itertools.pairwise(spans):
+        assert after["context"]["trace_id"] == before["context"]["trace_id"]
+        assert after["parent_id"] == before["context"]["span_id"]
+    [retry] = await stream_events(bus, BACKUP_RETRY_REQUESTED)
+    assert retry.traceparent is not None
+    assert "0x" + retry.traceparent.split("-")[2] == spans[-1]["context"]["span_id"]

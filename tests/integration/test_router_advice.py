@@ -17,13 +17,13 @@ from selfheal.bus.streams import Bus
 from selfheal.config.schema_healing import AdvisorSettings
 from selfheal.core.events import SELF_HEALING_REQUESTED, new_event
 from selfheal.core.policy import Knobs
-from selfheal.healing.advice import LlmAdviser
+from selfheal.healing.advice import ModelAdvice
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.router import ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
-from tests.support.domains import backup_domains
 from tests.support.http import PlayedService, Posted, Reply, played_service
+from tests.support.routing import backup_domains
 
 pytestmark = pytest.mark.anyio
 
@@ -103,9 +103,11 @@ async def test_advice_is_used_within_the_policy_clamps(
     }
     settings = AdvisorSettings.model_validate({"enabled": True, "endpoint": model.endpoint})
     async with httpx.AsyncClient() as http:
-        advisor = Advisor(settings, model="gpt-5.4", fallback_model="gpt-5.4", client=http)
+        advisor = Advisor(
+            settings, model="gpt-5.4", fallback_model="gpt-5.4", client=http, telemetry=telemetry
+        )
         router = Router(
-            bus, telemetry, knobs=Knobs, domains=backup_domains(), adviser=LlmAdviser(advisor)
+            bus, telemetry, knobs=Knobs, domains=backup_domains(), advice=ModelAdvice(advisor)
         )
         await route_one(bus, router, "backup:redis:advised", batched=batched)
     snapshot = await router.store.load("backup:redis:advised")
@@ -115,9 +117,18 @@ async def test_advice_is_used_within_the_policy_clamps(
     assert decision.advisor is not None and decision.advisor["model"] == "gpt-5.4"
     assert "sk-live-should-not-leak" not in json.dumps(model.requests)
     telemetry.force_flush()
-    [span] = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
+    spans = read_spans(telemetry.span_file)
+    [span] = [s for s in spans if s["name"] == "selfheal.route.decide"]
     assert span["attributes"]["selfheal.advisor.model"] == "gpt-5.4"
     assert span["attributes"]["selfheal.advisor.usedFallback"] is False
+    # The model call is a span of its own, inside the decision's.
+    [call] = [s for s in spans if s["name"] == "selfheal.advisor.call"]
+    assert call["parent_id"] == span["context"]["span_id"]
+    assert call["context"]["trace_id"] == span["context"]["trace_id"]
+    assert call["status"] == {"status_code": "UNSET"}
+    assert call["attributes"]["selfheal.model"] == "gpt-5.4"
+    assert call["attributes"]["selfheal.action"] == "retry"
+    assert call["attributes"]["selfheal.delay_ms"] == 999_999_999  # as proposed, before clamps
 
 
 async def test_garbage_from_both_models_falls_back_to_the_policy(
@@ -133,13 +144,19 @@ async def test_garbage_from_both_models_falls_back_to_the_policy(
         }
     )
     async with httpx.AsyncClient() as http:
-        advisor = Advisor(settings, model="gpt-5.4", fallback_model="gpt-5.4-mini", client=http)
+        advisor = Advisor(
+            settings,
+            model="gpt-5.4",
+            fallback_model="gpt-5.4-mini",
+            client=http,
+            telemetry=telemetry,
+        )
         router = Router(
             bus,
             telemetry,
             knobs=Knobs,
             domains=backup_domains(),
-            adviser=LlmAdviser(advisor),
+            advice=ModelAdvice(advisor),
             jitter=lambda: 0,
         )
         await route_one(bus, router, "backup:redis:policy")
@@ -147,3 +164,18 @@ async def test_garbage_from_both_models_falls_back_to_the_policy(
     decision = (await router.store.load("backup:redis:policy")).last_decision
     assert decision is not None and decision.advisor is None
     assert decision.action == "retry" and decision.delay_ms == 1000, "the policy's own decision"
+    telemetry.force_flush()
+    spans = read_spans(telemetry.span_file)
+    [span] = [s for s in spans if s["name"] == "selfheal.route.decide"]
+    calls = [s for s in spans if s["name"] == "selfheal.advisor.call"]
+    assert [
+        (c["attributes"]["selfheal.model"], c["attributes"]["selfheal.fallback"]) for c in calls
+    ] == [
+        ("gpt-5.4", False),
+        ("gpt-5.4-mini", True),
+    ]
+    for call in calls:
+        assert call["parent_id"] == span["context"]["span_id"]
+        assert call["status"]["status_code"] == "ERROR"
+        model_name = call["attributes"]["selfheal.model"]
+        assert call["status"]["description"].startswith(f"{model_name}: ")

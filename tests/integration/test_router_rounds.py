@@ -31,8 +31,7 @@ from selfheal.core.policy import Knobs
 from selfheal.healing.router import NOTIFY_REQUESTED, ROUTER_GROUP, Router
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
-from tests.integration.test_router import request, stream_events
-from tests.support.domains import backup_domains
+from tests.support.routing import backup_domains, request, stream_events
 
 pytestmark = pytest.mark.anyio
 
@@ -252,6 +251,14 @@ async def test_version_moved_between_load_and_commit_is_routed_again(
     assert snap.version == 3 and snap.incident is not None and snap.incident.retries_used == 2
     assert [c["status"] for c in await completions(router)] == ["scheduled", "scheduled"]
     assert len(await timers(router)) == 2 and await pending(router) == 0
+    # The losing round's span was never ended, so never written; the retries that were
+    # scheduled carry the spans that were.
+    assert telemetry.force_flush()
+    spans = [s for s in read_spans(telemetry.span_file) if s["name"] == "selfheal.route.decide"]
+    assert len(spans) == 2
+    payloads = (await redis_client.hgetall(router.bus.keys.timer_payloads)).values()
+    carried = {json.loads(p)["fields"]["traceparent"].split("-")[2] for p in payloads}
+    assert {"0x" + span_id for span_id in carried} == {s["context"]["span_id"] for s in spans}
 
 
 async def test_decision_stored_by_another_daemon_is_reused(
@@ -457,8 +464,8 @@ async def test_spans_of_a_batch_match_those_of_requests_routed_alone(
     s2 = Bus(redis_client, Keys("s2"))
     [payload] = (await s2.client.hgetall(s2.keys.timer_payloads)).values()
     traceparent = json.loads(payload)["fields"]["traceparent"]
-    assert traceparent.split("-")[2] == spans[2]["span_id"]
-    assert traceparent.split("-")[1] == spans[2]["trace_id"]
+    assert "0x" + traceparent.split("-")[2] == spans[2]["context"]["span_id"]
+    assert "0x" + traceparent.split("-")[1] == spans[2]["context"]["trace_id"]
 
 
 async def read(router: Router) -> list[Delivery]:

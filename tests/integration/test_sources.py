@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,17 @@ from tests.support.typesense import TypesenseServer
 
 STAMP = datetime(2026, 11, 27, 11, 0, 0, tzinfo=UTC)
 COUNTS = {"books": 50, "films": 7}
+
+
+# The fixed clock's second, then -<milliseconds>-<random 6 hex>: unique even within a second.
+NAME_STAMP = r"20261127T110000Z-000-[0-9a-f]{6}"
+
+
+def stamp_of(name: str) -> str:
+    """The time part of an artifact name: the snapshot folder of the same run."""
+    found = re.search(NAME_STAMP, name)
+    assert found is not None, name
+    return found.group(0)
 
 
 def fixed_clock() -> datetime:
@@ -113,14 +125,14 @@ async def test_typesense_artifact_manifest_and_restore_drill(
     artifact = await source.create()
 
     ext = {"none": "tar", "gzip": "tar.gz", "zstd": "tar.zst"}[compression]
-    assert artifact.name == f"typesense-20261127T110000Z.{ext}"
+    assert re.fullmatch(rf"typesense-{NAME_STAMP}\.{re.escape(ext)}", artifact.name)
     assert artifact.path == tmp_path / "staging" / artifact.name
     assert sha256_of(artifact.path) == artifact.sha256
     assert artifact.path.stat().st_size == artifact.size
     assert finals(tmp_path / "staging") == sorted([artifact.name, artifact.manifest_name])
     manifest = json.loads((tmp_path / "staging" / artifact.manifest_name).read_text())
     assert manifest == artifact.manifest
-    snapshot = tmp_path / "snapshots" / "20261127T110000Z"
+    snapshot = tmp_path / "snapshots" / stamp_of(artifact.name)
     assert manifest["snapshot_path"] == str(snapshot)
     assert manifest["source"] == "typesense"
     assert manifest["created_at"] == "2026-11-27T11:00:00Z"
@@ -164,8 +176,9 @@ async def test_typesense_falls_back_when_the_root_is_unusable(
         typesense, tmp_path, root=blocker / "snaps", snapshot_fallback_root=str(fallback)
     )
     artifact = await source.create()
-    assert artifact.manifest["snapshot_path"] == str(fallback / "20261127T110000Z")
-    assert (fallback / "20261127T110000Z" / "state" / "meta").is_dir()
+    snapshot = fallback / stamp_of(artifact.name)
+    assert artifact.manifest["snapshot_path"] == str(snapshot)
+    assert (snapshot / "state" / "meta").is_dir()
     assert not (blocker.parent / "snaps").exists()
 
 
@@ -410,7 +423,7 @@ async def test_redis_artifact_manifest_and_restore_drill(
     source, staging = redis_source(aclient, tmp_path)
     artifact = await source.create()
 
-    assert artifact.name == "redis-20261127T110000Z.rdb"
+    assert re.fullmatch(rf"redis-{NAME_STAMP}\.rdb", artifact.name)
     assert sha256_of(artifact.path) == artifact.sha256 == artifact.manifest["rdb_sha256"]
     assert finals(staging) == sorted([artifact.name, artifact.manifest_name])
     manifest = json.loads((staging / artifact.manifest_name).read_text())
@@ -450,7 +463,7 @@ async def test_redis_gzip_round_trip_with_text_client(
         artifact = await source.create()
     finally:
         await client.aclose()
-    assert artifact.name == "redis-20261127T110000Z.rdb.gz"
+    assert re.fullmatch(rf"redis-{NAME_STAMP}\.rdb\.gz", artifact.name)
     assert sha256_of(artifact.path) == artifact.sha256
     raw = gzip.decompress(artifact.path.read_bytes())
     assert hashlib.sha256(raw).hexdigest() == artifact.manifest["rdb_sha256"]

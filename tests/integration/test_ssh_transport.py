@@ -21,7 +21,7 @@ from selfheal.core.contracts import Evidence
 from selfheal.core.ssh_flags import parse_ssh_flags
 from tests.support.mounts import Mounts
 from tests.support.servers import free_port
-from tests.support.sshd import SshServer, running_sshd, transport_for
+from tests.support.sshd import SshServer, lean_send_from_env, running_sshd, transport_for
 
 pytestmark = pytest.mark.anyio
 
@@ -83,21 +83,79 @@ async def test_put_uploads_verifies_and_reports(sshd: SshServer, tmp_path: Path)
     assert set(transport.last_phases) == {"connect", "upload", "sync_verify", "rename"}
 
 
-async def test_put_replaces_an_existing_copy(sshd: SshServer, tmp_path: Path) -> None:
+async def test_put_never_replaces_an_existing_copy(sshd: SshServer, tmp_path: Path) -> None:
+    # Issue 11.6: a second delivery under a name already taken replaced the first backup.
     transport = make_transport(sshd)
-    for size in (3 << 20, 1 << 20):  # the second, shorter copy must not keep old bytes
-        local = tmp_path / f"dump-{size}.rdb"
-        digest = random_file(local, size)
-        with anyio.fail_after(WAIT_S):
-            await transport.put(local, RDB, sha256=digest, size=size)
-        final = sshd.remote_root / str(RDB)
-        assert hashlib.sha256(final.read_bytes()).hexdigest() == digest
+    first, second = tmp_path / "first.rdb", tmp_path / "second.rdb"
+    first_sha, second_sha = random_file(first, 3 << 20), random_file(second, 1 << 20)
+    final = sshd.remote_root / str(RDB)
+    with anyio.fail_after(WAIT_S):
+        await transport.put(first, RDB, sha256=first_sha, size=3 << 20)
+        with pytest.raises(TransportError) as caught:
+            await transport.put(second, RDB, sha256=second_sha, size=1 << 20, manifest=b"{}\n")
+        # The very same file again (a drain after a crash) counts as delivered.
+        again = await transport.put(first, RDB, sha256=first_sha, size=3 << 20)
+    assert caught.value.kind == "integrity" and caught.value.errno_name == "EEXIST"
+    assert "refusing to replace" in str(caught.value) and str(final) in str(caught.value)
+    assert classified(caught.value) is FailureClass.INTEGRITY
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == first_sha and again.verified
+    assert files_under(sshd.remote_root) == [str(RDB)]
+
+
+async def test_a_name_taken_during_the_upload_is_not_replaced(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    # The last step is SFTPv3 RENAME, which fails on an existing name; posix-rename (used
+    # before) silently replaced it.
+    size = 8 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    final = sshd.remote_root / str(RDB)
+
+    def squat(done: int, total: int) -> None:
+        if not final.exists():  # someone else's file takes the name mid-upload
+            final.write_bytes(b"another backup")
+
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
+        await make_transport(sshd).put(
+            local, RDB, sha256=digest, size=size, progress=squat, manifest=b'{"size": 1}\n'
+        )
+    assert caught.value.errno_name == "EEXIST" and str(final) in str(caught.value)
+    assert final.read_bytes() == b"another backup"
+    # Neither our .partial nor the manifest written for it stays.
+    assert files_under(sshd.remote_root) == [str(RDB)]
+
+
+async def test_the_manifest_lands_before_the_final_name(sshd: SshServer, tmp_path: Path) -> None:
+    size = 4 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    final = sshd.remote_root / str(RDB)
+    manifest = final.with_name(final.name + ".manifest.json")
+    body = b'{"sha256": "%s", "size": %d}\n' % (digest.encode(), size)
+    seen_before_rename: list[bool] = []
+
+    def watch(done: int, total: int) -> None:
+        seen_before_rename.append(manifest.exists() or final.exists())
+
+    with anyio.fail_after(WAIT_S):
+        await make_transport(sshd).put(
+            local, RDB, sha256=digest, size=size, progress=watch, manifest=body
+        )
+        again = await make_transport(sshd).put(
+            local, RDB, sha256=digest, size=size, manifest=body.rstrip()
+        )
+    assert not any(seen_before_rename)
+    assert manifest.read_bytes() == body and again.verified  # the same manifest is kept
+    assert files_under(sshd.remote_root) == [str(RDB), f"{RDB}.manifest.json"]
 
 
 async def test_original_flag_string_works_end_to_end(sshd: SshServer, tmp_path: Path) -> None:
     """Defect 8: the flags were one argv item, so the SSH fallback never worked."""
     options = parse_ssh_flags(sshd.flags())
-    transport = SshTransport(sshd.host, options, str(sshd.remote_root))
+    transport = SshTransport(
+        sshd.host, options, str(sshd.remote_root), lean_send=lean_send_from_env()
+    )
     assert (transport.port, transport.connect_timeout) == (sshd.port, 10.0)
     assert (transport.keepalive_interval, transport.keepalive_count_max) == (5.0, 2)
     assert transport.known_hosts == [sshd.known_hosts]
@@ -269,10 +327,11 @@ async def test_sftp_only_account_verifies_by_reading_back(
     assert delivery.verified
     assert files_under(sftp_only_sshd.remote_root) == [str(RDB)]
     assert "forced-command" in sftp_only_sshd.log()  # the exec attempt really was refused
+    other = RDB.with_name("redis-20261127T033001Z.rdb")
     with anyio.fail_after(WAIT_S), pytest.raises(TransportError) as caught:
-        await transport.put(local, RDB, sha256="f" * 64, size=size)
+        await transport.put(local, other, sha256="f" * 64, size=size)
     assert caught.value.exception == "ChecksumMismatch"  # read-back still catches a mismatch
-    assert not (sftp_only_sshd.remote_root / f"{RDB}.partial").exists()
+    assert files_under(sftp_only_sshd.remote_root) == [str(RDB)]
 
 
 async def test_list_remove_sha256_read_small(sshd: SshServer, tmp_path: Path) -> None:

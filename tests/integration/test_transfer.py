@@ -18,6 +18,8 @@ from selfheal.backup.spool import CORRUPT_DIR, Spool, SpoolEntry, SpoolEntryCorr
 from selfheal.backup.transfer import ShipResult, TransferManager, in_copy_retry_delay_s
 from selfheal.backup.transports.mount import MARKER_NAME, MountTransport, mark_nas
 from selfheal.core.artifacts import artifact_name
+from selfheal.spanfile import read_spans
+from selfheal.telemetry import Telemetry
 from tests.support.mounts import Mounts
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +45,8 @@ class FakeTime:
 def make_artifact(folder: Path, size: int = 200_000, *, second: int = 0) -> Artifact:
     """A real artifact file with its manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = artifact_name("redis", datetime(2025, 1, 1, 3, 30, second, tzinfo=UTC), "rdb")
+    created = datetime(2025, 1, 1, 3, 30, second, tzinfo=UTC)
+    name = artifact_name("redis", created, "rdb", unique=f"{second:06x}")
     data = os.urandom(size)
     (folder / name).write_bytes(data)
     manifest = {"sha256": hashlib.sha256(data).hexdigest(), "size": size, "source": "redis"}
@@ -51,7 +54,11 @@ def make_artifact(folder: Path, size: int = 200_000, *, second: int = 0) -> Arti
 
 
 def manager(
-    transports: list[MountTransport], spool: Spool, time: FakeTime, **overrides: float
+    telemetry: Telemetry,
+    transports: list[MountTransport],
+    spool: Spool,
+    time: FakeTime,
+    **overrides: float,
 ) -> TransferManager:
     options: dict[str, float] = {
         "max_attempts": 4,
@@ -67,6 +74,7 @@ def manager(
         retry_base_ms=int(options["retry_base_ms"]),
         retry_max_ms=int(options["retry_max_ms"]),
         recovery_window_s=options["recovery_window_s"],
+        telemetry=telemetry,
         sleep=time.sleep,
         jitter=lambda: 0.5,
         clock=time.clock,
@@ -101,13 +109,15 @@ def assert_on_nas(root: Path, artifact: Artifact, original: bytes) -> None:
     assert manifest == artifact.manifest
 
 
-async def test_mount_down_ships_through_the_other_transport(mounts: Mounts, tmp_path: Path) -> None:
+async def test_mount_down_ships_through_the_other_transport(
+    mounts: Mounts, tmp_path: Path, telemetry: Telemetry
+) -> None:
     other = marked_tmpfs(mounts, "nas-b")
     artifact = make_artifact(tmp_path / "out")
     original = artifact.path.read_bytes()
     time = FakeTime()
     spool = Spool(tmp_path / "spool")
-    transfer = manager([down_mount(tmp_path), MountTransport(other)], spool, time)
+    transfer = manager(telemetry, [down_mount(tmp_path), MountTransport(other)], spool, time)
 
     result = await transfer.ship(artifact)
 
@@ -119,12 +129,14 @@ async def test_mount_down_ships_through_the_other_transport(mounts: Mounts, tmp_
     assert await spool.entries() == []
 
 
-async def test_both_down_spools_then_drain_delivers(mounts: Mounts, tmp_path: Path) -> None:
+async def test_both_down_spools_then_drain_delivers(
+    mounts: Mounts, tmp_path: Path, telemetry: Telemetry
+) -> None:
     artifact = make_artifact(tmp_path / "out")
     original = artifact.path.read_bytes()
     primary = down_mount(tmp_path)
     spool = Spool(tmp_path / "spool")
-    transfer = manager([primary, down_mount(tmp_path / "b")], spool, FakeTime())
+    transfer = manager(telemetry, [primary, down_mount(tmp_path / "b")], spool, FakeTime())
 
     result = await transfer.ship(artifact, incident_id="backup:redis:1")
 
@@ -148,10 +160,22 @@ async def test_both_down_spools_then_drain_delivers(mounts: Mounts, tmp_path: Pa
     assert [(e.name, d.verified) for e, d in delivered] == [(artifact.name, True)]
     assert await spool.entries() == []
     assert not result.spool_entry.directory.exists()
+    # Two drains: the first found no transport, the second delivered, inside its span.
+    assert telemetry.force_flush()
+    spans = read_spans(telemetry.span_file)
+    drains = [s for s in spans if s["name"] == "selfheal.backup.spool_drain"]
+    assert [s["attributes"]["selfheal.delivered"] for s in drains] == [0, 1]
+    assert all(s["attributes"]["selfheal.entries"] == 1 for s in drains)
+    [attempt] = [s for s in spans if s["name"] == "selfheal.backup.transfer"]
+    assert attempt["parent_id"] == drains[1]["context"]["span_id"]
+    assert attempt["attributes"]["selfheal.from_spool"] is True
+    assert attempt["attributes"]["selfheal.bytes"] == artifact.size
 
 
 async def test_retries_follow_the_formula_switch_and_stop_at_max_attempts(
-    mounts: Mounts, tmp_path: Path
+    mounts: Mounts,
+    tmp_path: Path,
+    telemetry: Telemetry,
 ) -> None:
     nas_a, nas_b = marked_tmpfs(mounts, "nas-a"), marked_tmpfs(mounts, "nas-b")
     artifact = make_artifact(tmp_path / "out")
@@ -160,7 +184,7 @@ async def test_retries_follow_the_formula_switch_and_stop_at_max_attempts(
     time = FakeTime()
     spool = Spool(tmp_path / "spool")
     a, b = MountTransport(nas_a), MountTransport(nas_b)
-    transfer = manager([a, b], spool, time, max_attempts=4)
+    transfer = manager(telemetry, [a, b], spool, time, max_attempts=4)
 
     result = await transfer.ship(artifact)
 
@@ -174,17 +198,31 @@ async def test_retries_follow_the_formula_switch_and_stop_at_max_attempts(
         False,
     ]  # it switched to the other share after each failure
     assert len(await spool.entries()) == 1
+    # Each attempt is a span (ERROR: each failed), and so is each switch between them.
+    assert telemetry.force_flush()
+    spans = read_spans(telemetry.span_file)
+    attempts = [s for s in spans if s["name"] == "selfheal.backup.transfer"]
+    assert [s["attributes"]["selfheal.attempt"] for s in attempts] == [1, 2, 3, 4]
+    assert {s["status"]["status_code"] for s in attempts} == {"ERROR"}
+    assert all(s["attributes"]["selfheal.artifact"] == artifact.name for s in attempts)
+    switches = [s for s in spans if s["name"] == "selfheal.backup.switch"]
+    assert len(switches) == 3
+    assert all(s["start_time"] <= s["end_time"] for s in switches)
 
 
 async def test_a_transient_failure_then_the_other_transport_delivers(
-    mounts: Mounts, tmp_path: Path
+    mounts: Mounts,
+    tmp_path: Path,
+    telemetry: Telemetry,
 ) -> None:
     nas_a, nas_b = marked_tmpfs(mounts, "nas-a"), marked_tmpfs(mounts, "nas-b")
     artifact = make_artifact(tmp_path / "out")
     original = artifact.path.read_bytes()
     obstruct(nas_a, artifact)
     time = FakeTime()
-    transfer = manager([MountTransport(nas_a), MountTransport(nas_b)], Spool(tmp_path / "s"), time)
+    transfer = manager(
+        telemetry, [MountTransport(nas_a), MountTransport(nas_b)], Spool(tmp_path / "s"), time
+    )
 
     result = await transfer.ship(artifact)
 
@@ -194,12 +232,15 @@ async def test_a_transient_failure_then_the_other_transport_delivers(
     assert_on_nas(nas_b, artifact, original)
 
 
-async def test_the_recovery_window_ends_the_retries(mounts: Mounts, tmp_path: Path) -> None:
+async def test_the_recovery_window_ends_the_retries(
+    mounts: Mounts, tmp_path: Path, telemetry: Telemetry
+) -> None:
     nas = marked_tmpfs(mounts, "nas-a")
     artifact = make_artifact(tmp_path / "out")
     obstruct(nas, artifact)
     time = FakeTime()
     transfer = manager(
+        telemetry,
         [MountTransport(nas)],
         Spool(tmp_path / "spool"),
         time,
@@ -217,13 +258,15 @@ async def test_the_recovery_window_ends_the_retries(mounts: Mounts, tmp_path: Pa
 
 
 async def test_a_full_disk_raises_at_once_and_spools_nothing(
-    mounts: Mounts, tmp_path: Path
+    mounts: Mounts,
+    tmp_path: Path,
+    telemetry: Telemetry,
 ) -> None:
     tiny, spare = marked_tmpfs(mounts, "tiny", size="1m"), marked_tmpfs(mounts, "spare")
     artifact = make_artifact(tmp_path / "out", size=4 * MIB)
     time = FakeTime()
     spool = Spool(tmp_path / "spool")
-    transfer = manager([MountTransport(tiny), MountTransport(spare)], spool, time)
+    transfer = manager(telemetry, [MountTransport(tiny), MountTransport(spare)], spool, time)
 
     with pytest.raises(TransportError) as caught:
         await transfer.ship(artifact)
@@ -234,14 +277,16 @@ async def test_a_full_disk_raises_at_once_and_spools_nothing(
     assert {p.name for p in tiny.rglob("*")} == {MARKER_NAME, "redis"}
 
 
-async def test_a_checksum_mismatch_raises_at_once(mounts: Mounts, tmp_path: Path) -> None:
+async def test_a_checksum_mismatch_raises_at_once(
+    mounts: Mounts, tmp_path: Path, telemetry: Telemetry
+) -> None:
     nas = marked_tmpfs(mounts, "nas-a")
     good = make_artifact(tmp_path / "out")
     bad = Artifact(good.target, good.name, good.path, {**good.manifest, "sha256": "f" * 64})
     spool = Spool(tmp_path / "spool")
 
     with pytest.raises(TransportError) as caught:
-        await manager([MountTransport(nas)], spool, FakeTime()).ship(bad)
+        await manager(telemetry, [MountTransport(nas)], spool, FakeTime()).ship(bad)
 
     assert caught.value.kind == "integrity"
     assert not (nas / "redis" / good.name).exists() and await spool.entries() == []
@@ -299,7 +344,9 @@ async def test_spooling_across_filesystems_copies_then_removes(
 
 
 async def test_drain_skips_a_corrupt_entry_and_delivers_the_rest(
-    mounts: Mounts, tmp_path: Path
+    mounts: Mounts,
+    tmp_path: Path,
+    telemetry: Telemetry,
 ) -> None:
     nas = marked_tmpfs(mounts, "nas-a")
     spool = Spool(tmp_path / "spool")
@@ -313,7 +360,7 @@ async def test_drain_skips_a_corrupt_entry_and_delivers_the_rest(
     async def on_delivered(entry: SpoolEntry, delivery: Delivery) -> None:
         names.append(entry.name)
 
-    count = await manager([MountTransport(nas)], spool, FakeTime()).drain(on_delivered)
+    count = await manager(telemetry, [MountTransport(nas)], spool, FakeTime()).drain(on_delivered)
 
     assert count == 1 and names == [good_artifact.name]
     assert (nas / "redis" / good_artifact.name).read_bytes() == good_bytes
@@ -323,7 +370,9 @@ async def test_drain_skips_a_corrupt_entry_and_delivers_the_rest(
 
 
 async def test_drain_raises_a_hard_error_and_keeps_the_entry(
-    mounts: Mounts, tmp_path: Path
+    mounts: Mounts,
+    tmp_path: Path,
+    telemetry: Telemetry,
 ) -> None:
     tiny = marked_tmpfs(mounts, "tiny", size="1m")
     spool = Spool(tmp_path / "spool")
@@ -333,19 +382,21 @@ async def test_drain_raises_a_hard_error_and_keeps_the_entry(
         raise AssertionError("nothing was delivered")
 
     with pytest.raises(TransportError) as caught:
-        await manager([MountTransport(tiny)], spool, FakeTime()).drain(on_delivered)
+        await manager(telemetry, [MountTransport(tiny)], spool, FakeTime()).drain(on_delivered)
 
     assert caught.value.errno_name == "ENOSPC"
     assert await spool.entries() == [entry]
 
 
 async def test_a_failing_callback_keeps_the_entry_for_the_next_drain(
-    mounts: Mounts, tmp_path: Path
+    mounts: Mounts,
+    tmp_path: Path,
+    telemetry: Telemetry,
 ) -> None:
     nas = marked_tmpfs(mounts, "nas-a")
     spool = Spool(tmp_path / "spool")
     entry = await spool.add(make_artifact(tmp_path / "out"))
-    transfer = manager([MountTransport(nas)], spool, FakeTime())
+    transfer = manager(telemetry, [MountTransport(nas)], spool, FakeTime())
     calls: list[str] = []
 
     async def flaky(entry: SpoolEntry, delivery: Delivery) -> None:

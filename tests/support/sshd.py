@@ -202,6 +202,12 @@ def running_sshd(directory: Path, *, force_internal_sftp: bool = False) -> Itera
         server.stop(kill=True)
 
 
+def lean_send_from_env() -> bool:
+    """selfheal.nas.leanSshSend as CI sets it for its second SSH run
+    (SELFHEAL_SSH_LEAN_SEND=0: the stock asyncssh send path)."""
+    return os.environ.get("SELFHEAL_SSH_LEAN_SEND", "1").lower() not in ("0", "false", "no", "off")
+
+
 def transport_for(
     server: SshServer, flags: str = "-o BatchMode=yes", **overrides: object
 ) -> SshTransport:
@@ -210,6 +216,7 @@ def transport_for(
     kwargs: dict[str, object] = {
         "known_hosts": server.known_hosts,
         "client_keys": [server.user_key],
+        "lean_send": lean_send_from_env(),
         **overrides,
     }
     return SshTransport(server.host, options, str(server.remote_root), **kwargs)  # type: ignore[arg-type]

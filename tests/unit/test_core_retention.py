@@ -15,10 +15,17 @@ from selfheal.core.retention import RetentionPlan, RetentionPolicy, plan_retenti
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
+def legacy_name(target: str, created: datetime, ext: str) -> str:
+    """A name as artifacts were named before the unique suffix: still ours."""
+    return f"{target}-{created:%Y%m%dT%H%M%SZ}.{ext}"
+
+
 def daily_names(target: str, days: int, ext: str = "rdb") -> list[str]:
     """One artifact per day at 11:00 UTC, newest (today) first."""
     return [
-        artifact_name(target, NOW.replace(hour=11) - timedelta(days=back), ext)
+        artifact_name(
+            target, NOW.replace(hour=11) - timedelta(days=back), ext, unique=f"{back:06x}"
+        )
         for back in range(days)
     ]
 
@@ -40,15 +47,14 @@ def test_daily_weekly_monthly_and_keep_last_rules() -> None:
     assert kept == sorted(expected)
     assert len(plan.delete) == 100 - len(expected)
     assert plan.reasons[names[0]] == "last 1/2, daily 2026-11-27, weekly 2026-W48, monthly 2026-11"
-    assert plan.reasons[artifact_name("redis", datetime(2026, 11, 8, 11, tzinfo=UTC), "rdb")] == (
-        "weekly 2026-W45"
-    )
+    assert day(names[19]) == "11-08"
+    assert plan.reasons[names[19]] == "weekly 2026-W45"
     assert all(plan.reasons[n] == "beyond every retention rule" for n in plan.delete)
 
 
 def test_newest_of_each_day_wins() -> None:
     stamps = [NOW - timedelta(hours=h) for h in (1, 3, 5, 25, 27)]
-    names = [artifact_name("typesense", s, "tar.gz") for s in stamps]
+    names = [artifact_name("typesense", s, "tar.gz", unique="00ff00") for s in stamps]
     plan = plan_retention(names, "typesense", RetentionPolicy(keep_last=1, daily=2), NOW)
     assert plan.keep == [names[0], names[3]]
     assert plan.delete == [names[1], names[2], names[4]]
@@ -56,7 +62,7 @@ def test_newest_of_each_day_wins() -> None:
 
 def test_manifests_follow_their_artifact_and_orphans_stay() -> None:
     names = daily_names("redis", 3)
-    orphan = manifest_name(artifact_name("redis", NOW - timedelta(days=30), "rdb"))
+    orphan = manifest_name(artifact_name("redis", NOW - timedelta(days=30), "rdb", unique="abcdef"))
     listing = [*names, manifest_name(names[0]), manifest_name(names[2]), orphan]
     plan = plan_retention(listing, "redis", RetentionPolicy(keep_last=1), NOW)
     assert plan.keep == [names[0], manifest_name(names[0])]
@@ -101,11 +107,20 @@ TARGET = "redis"
 stamps = st.datetimes(
     min_value=datetime(2024, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)
 )
-our_names = st.builds(
-    artifact_name, st.just(TARGET), stamps, st.sampled_from(["rdb", "rdb.gz", "rdb.zst"])
+uniques = st.text("0123456789abcdef", min_size=6, max_size=6)
+extensions = st.sampled_from(["rdb", "rdb.gz", "rdb.zst"])
+our_names = st.one_of(
+    st.builds(artifact_name, st.just(TARGET), stamps, extensions, unique=uniques),
+    st.builds(legacy_name, st.just(TARGET), stamps, extensions),
 )
 other_names = st.one_of(
-    st.builds(artifact_name, st.sampled_from(["typesense", "redis2", "r"]), stamps, st.just("rdb")),
+    st.builds(
+        artifact_name,
+        st.sampled_from(["typesense", "redis2", "r"]),
+        stamps,
+        st.just("rdb"),
+        unique=uniques,
+    ),
     st.builds(lambda n: n + ".partial", our_names),
     st.builds(lambda n: manifest_name(n), our_names),  # orphans, unless drawn as ours too
     st.text(min_size=0, max_size=40),

@@ -16,7 +16,6 @@ from selfheal.redact import (
     redact_url,
     register_secrets,
     registered_secrets,
-    texts_to_redact,
     url_secrets,
 )
 
@@ -208,11 +207,7 @@ KNOWN = ["Tok3n-Alpha", "p@ss w0rd", "ümlaut-key", "QQQQQQ"]
 @given(st.lists(st.sampled_from([*KNOWN, "tok3n-alpha", " ", "=", "x"]) | st.text(max_size=10)))
 def test_quick_paths_agree_with_redact_text_for_registered_values(parts: list[str]) -> None:
     register_secrets(KNOWN)
-    texts = ["".join(parts), *parts]
-    suspects = texts_to_redact(texts)
-    for text in texts:
+    for text in ["".join(parts), *parts]:
         assert quick_redact_text(text) == redact_text(text)
-        if text not in suspects:
-            assert redact_text(text) == text
         for secret in KNOWN:
             assert secret not in redact_text(text)

@@ -1,10 +1,10 @@
-"""Decision spans reach the JSONL file (or an OTLP/HTTP endpoint) prefixed, redacted and linked."""
+"""Spans reach the JSONL file (or an OTLP/HTTP endpoint) through the SDK: prefixed,
+redacted by one processor, linked into traces, rotated."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import stat
 import sys
@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags, TraceState
 
-from selfheal.spanfile import JsonlSpanExporter, RedactedSpan, read_spans, span_line, span_to_dict
+from selfheal.redact import MASK, register_secrets
+from selfheal.spanfile import JsonlSpanExporter, read_spans, resource_object, span_line
 from selfheal.telemetry import (
     Telemetry,
     context_from_traceparent,
@@ -30,6 +33,8 @@ from selfheal.telemetry import (
 )
 
 FLUSH_MS = 5000
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT = "b7ad6b7169203331"
 
 MakeTelemetry = Callable[..., Telemetry]
 
@@ -64,6 +69,16 @@ def flushed_spans(telemetry: Telemetry) -> list[dict[str, Any]]:
     return read_spans(telemetry.span_file)
 
 
+def ids(span: dict[str, Any]) -> tuple[str, str, str | None]:
+    """Trace id, span id and parent span id of a span-file line, as a traceparent has them."""
+    parent = span["parent_id"]
+    return (
+        span["context"]["trace_id"].removeprefix("0x"),
+        span["context"]["span_id"].removeprefix("0x"),
+        None if parent is None else parent.removeprefix("0x"),
+    )
+
+
 def finished_spans(count: int, attribute_size: int = 0) -> list[ReadableSpan]:
     """Produce real finished SDK spans to hand straight to an exporter."""
     memory = InMemorySpanExporter()
@@ -93,7 +108,6 @@ def test_decision_span_lands_in_file_prefixed_and_redacted(make_telemetry: MakeT
         pass
 
     assert telemetry.exporter_kind == "jsonl"
-    assert telemetry.span_writer is not None
     (span,) = flushed_spans(telemetry)
     assert span["name"] == "healing.decide"
     assert span["attributes"] == {
@@ -101,21 +115,22 @@ def test_decision_span_lands_in_file_prefixed_and_redacted(make_telemetry: MakeT
         "selfheal.attempt": 3,
         "selfheal.delay_s": 1.5,
         "selfheal.action": "retry",
-        "selfheal.api_key": "***",
-        "selfheal.target": "redis://:***@nas:6379",
-        "selfheal.detail": json.dumps({"bytes": 10, "token": "***"}, sort_keys=True),
+        "selfheal.api_key": MASK,
+        "selfheal.target": f"redis://:{MASK}@nas:6379",
+        "selfheal.detail": json.dumps({"bytes": 10, "token": MASK}, sort_keys=True),
     }
-    assert len(span["trace_id"]) == 32 and int(span["trace_id"], 16)
-    assert len(span["span_id"]) == 16 and int(span["span_id"], 16)
-    assert span["parent_span_id"] is None
-    assert span["start_time"].endswith("Z") and len(span["start_time"]) == 27
-    assert span["duration_ms"] >= 0
-    assert span["status"] == {"code": "UNSET", "description": None}
-    assert span["kind"] == "INTERNAL"
-    assert span["resource"]["service.name"] == "selfheal-test"
-    assert span["resource"]["service.version"] == "9.9.9"
-    assert span["resource"]["host.name"] == socket.gethostname()
-    assert span["resource"]["process.pid"] == os.getpid()
+    trace_id, span_id, parent = ids(span)
+    assert len(trace_id) == 32 and int(trace_id, 16)
+    assert len(span_id) == 16 and int(span_id, 16)
+    assert parent is None
+    assert span["start_time"].endswith("Z") and span["start_time"] <= span["end_time"]
+    assert span["status"] == {"status_code": "UNSET"}
+    assert span["kind"] == "SpanKind.INTERNAL"
+    resource = span["resource"]["attributes"]
+    assert resource["service.name"] == "selfheal-test"
+    assert resource["service.version"] == "9.9.9"
+    assert resource["host.name"] == socket.gethostname()
+    assert resource["process.pid"] == os.getpid()
 
 
 def test_span_file_and_directory_are_private(make_telemetry: MakeTelemetry) -> None:
@@ -128,7 +143,7 @@ def test_span_file_and_directory_are_private(make_telemetry: MakeTelemetry) -> N
     assert stat.S_IMODE(telemetry.span_file.parent.stat().st_mode) == 0o700
 
 
-def test_exception_marks_span_error_and_propagates(make_telemetry: MakeTelemetry) -> None:
+def test_exception_marks_span_error_redacted_and_propagates(make_telemetry: MakeTelemetry) -> None:
     telemetry = make_telemetry()
     with (
         pytest.raises(ConnectionError, match="hunter2"),
@@ -137,21 +152,32 @@ def test_exception_marks_span_error_and_propagates(make_telemetry: MakeTelemetry
         raise ConnectionError("cannot reach redis://:hunter2@nas")
 
     (span,) = flushed_spans(telemetry)
-    assert span["status"]["code"] == "ERROR"
-    assert span["status"]["description"] == "ConnectionError: cannot reach redis://:***@nas"
+    assert span["status"] == {
+        "status_code": "ERROR",
+        "description": f"ConnectionError: cannot reach redis://:{MASK}@nas",
+    }
     (event,) = span["events"]
     assert event["name"] == "exception"
     assert event["attributes"]["exception.type"] == "ConnectionError"
+    assert event["attributes"]["exception.message"] == f"cannot reach redis://:{MASK}@nas"
     assert "hunter2" not in json.dumps(span)
+
+
+def test_a_cancellation_is_not_an_error(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    with pytest.raises(KeyboardInterrupt), telemetry.decision_span("stopped"):
+        raise KeyboardInterrupt
+    (span,) = flushed_spans(telemetry)
+    assert span["status"] == {"status_code": "UNSET"} and span["events"] == []
 
 
 def test_nested_decision_spans_are_parent_and_child(make_telemetry: MakeTelemetry) -> None:
     telemetry = make_telemetry()
     with telemetry.decision_span("outer"), telemetry.decision_span("inner"):
         pass
-    spans = {s["name"]: s for s in flushed_spans(telemetry)}
-    assert spans["inner"]["trace_id"] == spans["outer"]["trace_id"]
-    assert spans["inner"]["parent_span_id"] == spans["outer"]["span_id"]
+    spans = {s["name"]: ids(s) for s in flushed_spans(telemetry)}
+    assert spans["inner"][0] == spans["outer"][0]
+    assert spans["inner"][2] == spans["outer"][1]
 
 
 def test_traceparent_round_trip_links_child_to_parent_trace(
@@ -167,117 +193,181 @@ def test_traceparent_round_trip_links_child_to_parent_trace(
     with telemetry.decision_span("incident.retry", context=context_from_traceparent(carried)):
         pass
 
-    spans = {s["name"]: s for s in flushed_spans(telemetry)}
-    assert carried.split("-")[1] == spans["incident.open"]["trace_id"]
-    assert spans["incident.retry"]["trace_id"] == spans["incident.open"]["trace_id"]
-    assert spans["incident.retry"]["parent_span_id"] == spans["incident.open"]["span_id"]
+    spans = {s["name"]: ids(s) for s in flushed_spans(telemetry)}
+    assert carried.split("-")[1:3] == list(spans["incident.open"][:2])
+    assert spans["incident.retry"][0] == spans["incident.open"][0]
+    assert spans["incident.retry"][2] == spans["incident.open"][1]
 
 
-def test_opened_spans_continue_the_parent_trace_and_carry_their_attributes(
+def test_started_spans_keep_their_times_continue_the_trace_and_are_redacted(
     make_telemetry: MakeTelemetry,
 ) -> None:
     telemetry = make_telemetry()
+    register_secrets(["Zq9-registered-value"])
     with telemetry.decision_span("incident.open"):
         carried = current_traceparent()
+        # Without a traceparent a started span begins its own trace, whatever is current.
+        root = telemetry.start_span(
+            "selfheal.route.decide", traceparent=None, start_ns=2_000_000_000
+        )
+    root.set_attributes(
+        {
+            "selfheal.action": "escalate",
+            "selfheal.api_key": "k-123",
+            "selfheal.reason": "copy to https://backup:hunter2@nas/x failed",
+            "selfheal.note": "saw Zq9-registered-value",
+        }
+    )
     assert carried is not None
-    child = telemetry.open_span("selfheal.route.decide", traceparent=carried, start_ns=1_000)
-    root = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=2_000)
-    # Events sent inside a span carry its context before the span is recorded.
-    assert child.traceparent.split("-")[1] == carried.split("-")[1]
-    assert child.traceparent.split("-")[2] != carried.split("-")[2]
-    assert child.traceparent.split("-")[3] == carried.split("-")[3]  # sampled, as the parent
-    telemetry.close_spans(
-        [(child, {"selfheal.action": "retry", "selfheal.attempt": 2, "bad": object()}),
-         (root, {"selfheal.action": "escalate", "selfheal.api_key": "k-123",
-                 "selfheal.reason": "copy to https://backup:hunter2@nas/x failed"})],
-        end_ns=5_000_000,
-    )  # fmt: skip
+    child = telemetry.start_span(
+        "selfheal.route.decide", traceparent=carried, start_ns=1_000_000_000
+    )
+    child.set_attributes({"selfheal.action": "retry", "selfheal.attempt": 2})
+    # Events sent inside a span carry its traceparent before the span ends.
+    child_tp = current_traceparent(child)
+    assert child_tp is not None and child_tp.split("-")[1] == carried.split("-")[1]
+    child.end(end_time=1_500_000_000)
+    root.end(end_time=2_500_000_000)
 
     spans = [s for s in flushed_spans(telemetry) if s["name"] == "selfheal.route.decide"]
     by_action = {s["attributes"]["selfheal.action"]: s for s in spans}
-    assert set(by_action) == {"retry", "escalate"}
-    retry = by_action["retry"]
-    assert retry["trace_id"] == carried.split("-")[1]
-    assert retry["parent_span_id"] == carried.split("-")[2]
-    assert retry["span_id"] == child.traceparent.split("-")[2]
+    retry, escalate = by_action["retry"], by_action["escalate"]
+    assert ids(retry) == (carried.split("-")[1], child_tp.split("-")[2], carried.split("-")[2])
     assert retry["attributes"] == {"selfheal.action": "retry", "selfheal.attempt": 2}
-    assert retry["duration_ms"] == round((5_000_000 - 1_000) / 1e6, 3)
-    assert retry["resource"]["service.name"] == "selfheal-test"
-    escalate = by_action["escalate"]
-    assert escalate["parent_span_id"] is None
-    assert escalate["trace_id"] != retry["trace_id"]
-    # Secrets are masked once, when the span is recorded, whatever the exporter.
-    assert "hunter2" not in json.dumps(escalate) and "k-123" not in json.dumps(escalate)
-    assert escalate["attributes"]["selfheal.reason"].startswith("copy to https://backup:")
+    assert (retry["start_time"], retry["end_time"]) == (
+        "1970-01-01T00:00:01.000000Z",
+        "1970-01-01T00:00:01.500000Z",
+    )
+    assert ids(escalate)[2] is None and ids(escalate)[0] != ids(retry)[0]
+    assert escalate["attributes"] == {
+        "selfheal.action": "escalate",
+        "selfheal.api_key": MASK,
+        "selfheal.reason": f"copy to https://backup:{MASK}@nas/x failed",
+        "selfheal.note": f"saw {MASK}",
+    }
 
 
-TRACE = "0af7651916cd43dd8448eb211c80319c"
-PARENT = "b7ad6b7169203331"
+def test_a_span_never_ended_is_never_written(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    telemetry.start_span("selfheal.route.decide", traceparent=None, start_ns=1)
+    ended = telemetry.start_span("selfheal.route.decide", traceparent=None, start_ns=1)
+    ended.end(end_time=2)
+    assert [ids(s)[1] for s in flushed_spans(telemetry)] == [
+        f"{ended.get_span_context().span_id:016x}"
+    ]
 
 
 @pytest.mark.parametrize(
     ("given", "parent"),
     [
-        (f"00-{TRACE}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01"),
-        (f"00-{TRACE}-{PARENT}-00", f"00-{TRACE}-{PARENT}-00"),  # not sampled
-        # A later version with more fields: the propagator reads it, we keep it canonical.
-        (f"cc-{TRACE.upper()}-{PARENT}-01-what-comes-next", None),
+        (f"00-{TRACE}-{PARENT}-01", PARENT),
+        # A later version with more fields is read as version 00.
+        (f"cc-{TRACE}-{PARENT}-01-what-comes-next", PARENT),
+        (f"cc-{TRACE.upper()}-{PARENT}-01", None),  # upper-case hex is refused
         (f"00-{'0' * 32}-{PARENT}-01", None),  # all-zero ids name no span
         (f"00-{TRACE}-{'0' * 16}-01", None),
         ("garbage", None),
         ("", None),
     ],
 )
-def test_opened_span_parents(make_telemetry: MakeTelemetry, given: str, parent: str | None) -> None:
+def test_started_span_parents(
+    make_telemetry: MakeTelemetry, given: str, parent: str | None
+) -> None:
     telemetry = make_telemetry()
-    span = telemetry.open_span("selfheal.route.decide", traceparent=given, start_ns=1)
-    if given.startswith("cc-"):
-        # Upper-case hex is refused by the W3C propagator: the span starts a new trace.
-        assert span.parent_traceparent is None
-    assert span.parent_traceparent == parent
-    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", span.traceparent)
-    if parent is None:
-        assert span.parent is None and span.sampled
-        assert span.traceparent[3:35] != TRACE
-    else:
-        assert span.parent == SpanContext(
-            int(TRACE, 16),
-            int(PARENT, 16),
-            is_remote=True,
-            trace_flags=TraceFlags(int(parent[-2:])),
-        )
-        assert span.traceparent[3:35] == TRACE and span.traceparent[-2:] == parent[-2:]
-        assert span.sampled == parent.endswith("01")
-    context = span.context
-    assert f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}" == (
-        span.traceparent
-    )
+    span = telemetry.start_span("selfheal.route.decide", traceparent=given, start_ns=1)
+    span.end(end_time=2)
+    ((trace_id, span_id, parent_id),) = [ids(s) for s in flushed_spans(telemetry)]
+    assert parent_id == parent
+    assert (trace_id == TRACE) == (parent is not None)
+    traceparent = current_traceparent(span)
+    assert traceparent is not None and traceparent.split("-")[1:3] == [trace_id, span_id]
 
 
-def test_opened_span_reads_a_later_traceparent_version(make_telemetry: MakeTelemetry) -> None:
+def test_spans_under_an_unsampled_parent_are_not_written(make_telemetry: MakeTelemetry) -> None:
     telemetry = make_telemetry()
-    later = f"cc-{TRACE}-{PARENT}-01-what-comes-next"
-    span = telemetry.open_span("selfheal.route.decide", traceparent=later, start_ns=1)
-    assert span.parent_traceparent == f"00-{TRACE}-{PARENT}-01"
-    assert span.traceparent[3:35] == TRACE
+    unsampled = f"00-{TRACE}-{PARENT}-00"
+    span = telemetry.start_span("selfheal.route.decide", traceparent=unsampled, start_ns=1)
+    carried = current_traceparent(span)
+    assert carried is not None and carried.startswith(f"00-{TRACE}-") and carried.endswith("-00")
+    span.end(end_time=2)
+    telemetry.start_span("selfheal.route.decide", traceparent=None, start_ns=3).end(end_time=4)
+    assert len(flushed_spans(telemetry)) == 1
 
 
-@pytest.mark.parametrize("parent", [None, SpanContext(7, 8, is_remote=True)])
-def test_recorded_span_line_is_the_span_as_json(parent: SpanContext | None) -> None:
-    context = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
-    span = RedactedSpan(
-        "selfheal.route.décide",
-        context,
-        parent,
-        Resource.create({"service.name": "selfheal-test"}),
-        {"selfheal.reason": 'naïve "quoted"\n', "selfheal.attempt": 3, "selfheal.ok": True,
-         "selfheal.ratio": 0.5},
-        start_time=1_772_000_000_123_456_789,
-        end_time=1_772_000_001_000_000_000,
-    )  # fmt: skip
-    line = span_line(span)
-    assert line.endswith(b"}\n") and line.count(b"\n") == 1
-    assert json.loads(line) == span_to_dict(span)
+def test_nothing_is_written_when_the_sdk_is_disabled(
+    make_telemetry: MakeTelemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    telemetry = make_telemetry()
+    span = telemetry.start_span("selfheal.route.decide", traceparent=None, start_ns=1)
+    assert current_traceparent(span) is None
+    span.end(end_time=2)
+    with telemetry.decision_span("selfheal.config.reload"):
+        pass
+    assert flushed_spans(telemetry) == []
+
+
+def test_spans_after_shutdown_are_dropped(make_telemetry: MakeTelemetry) -> None:
+    telemetry = make_telemetry()
+    telemetry.start_span("before", traceparent=None, start_ns=1).end(end_time=2)
+    telemetry.shutdown()  # writes what was queued
+    assert telemetry.span_file is not None
+    assert [s["name"] for s in read_spans(telemetry.span_file)] == ["before"]
+    telemetry.start_span("after", traceparent=None, start_ns=3).end(end_time=4)
+    with telemetry.decision_span("after"):
+        pass
+    telemetry.force_flush(FLUSH_MS)
+    assert [s["name"] for s in read_spans(telemetry.span_file)] == ["before"]
+
+
+@pytest.mark.parametrize("value", [None, "", "garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])
+def test_invalid_traceparent_gives_no_context(value: str | None) -> None:
+    assert context_from_traceparent(value) is None
+
+
+RESOURCE = Resource.create({"service.name": "selfheal-test", "process.pid": 42})
+texts = st.text(st.characters(exclude_categories=()), max_size=12)  # lone surrogates too
+values = st.one_of(
+    texts,
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(texts, max_size=3).map(tuple),
+    st.lists(st.integers(min_value=0, max_value=9), max_size=3).map(tuple),
+)
+attribute_sets = st.dictionaries(texts, values, max_size=4)
+span_contexts = st.builds(
+    SpanContext,
+    trace_id=st.integers(min_value=1, max_value=2**128 - 1),
+    span_id=st.integers(min_value=1, max_value=2**64 - 1),
+    is_remote=st.booleans(),
+    trace_flags=st.sampled_from([TraceFlags(0), TraceFlags(1)]),
+    trace_state=st.sampled_from([TraceState(), TraceState([("vendor", "v1")])]),
+)
+times = st.integers(min_value=0, max_value=2**62)
+spans = st.builds(
+    ReadableSpan,
+    name=texts,
+    context=span_contexts,
+    parent=st.none() | span_contexts,
+    resource=st.just(RESOURCE),
+    attributes=attribute_sets,
+    events=st.lists(st.builds(Event, texts, attribute_sets, times), max_size=2),
+    links=st.lists(st.builds(Link, span_contexts, attribute_sets), max_size=2),
+    status=st.sampled_from(
+        [Status(), Status(StatusCode.OK), Status(StatusCode.ERROR, "boom \u00e9")]
+    ),
+    start_time=times,
+    end_time=times,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(span=spans)
+def test_a_line_is_the_sdks_json_of_the_span(span: ReadableSpan) -> None:
+    line = span_line(span, resource_object(span.resource))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == json.loads(span.to_json(indent=None))
 
 
 def test_a_span_with_text_that_is_not_unicode_is_written_with_the_rest(tmp_path: Path) -> None:
@@ -296,61 +386,6 @@ def test_a_span_with_text_that_is_not_unicode_is_written_with_the_rest(tmp_path:
     written = read_spans(tmp_path / "spans.jsonl")
     assert [s["name"] for s in written] == ["span-0", "selfheal.route.decide", "span-2"]
     assert written[1]["attributes"]["selfheal.field"] == "data.x\udcff"
-
-
-def in_memory_telemetry() -> tuple[Telemetry, InMemorySpanExporter]:
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    processor = SimpleSpanProcessor(memory)
-    provider.add_span_processor(processor)
-    return Telemetry(provider, processor, "jsonl", None), memory
-
-
-def test_recorded_spans_carry_the_same_scope_as_the_sdk_spans() -> None:
-    telemetry, memory = in_memory_telemetry()
-    with telemetry.decision_span("selfheal.route.decide"):
-        pass
-    opened = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=1)
-    telemetry.close_spans([(opened, {"selfheal.action": "retry"})], end_ns=2)
-    sdk_span, recorded = memory.get_finished_spans()
-    assert recorded.instrumentation_scope == sdk_span.instrumentation_scope
-    assert (recorded.kind, recorded.status.status_code) == (
-        sdk_span.kind,
-        sdk_span.status.status_code,
-    )
-    assert recorded.resource is sdk_span.resource
-
-
-def test_recorded_spans_are_dropped_when_the_sdk_is_disabled(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    telemetry, memory = in_memory_telemetry()
-    opened = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=1)
-    telemetry.close_spans([(opened, {"selfheal.action": "retry"})], end_ns=2)
-    with telemetry.decision_span("selfheal.route.decide"):
-        pass
-    assert memory.get_finished_spans() == ()
-
-
-def test_opened_span_under_an_unsampled_parent_is_not_recorded(
-    make_telemetry: MakeTelemetry,
-) -> None:
-    telemetry = make_telemetry()
-    unsampled = "00-" + "a" * 32 + "-" + "b" * 16 + "-00"
-    span = telemetry.open_span("selfheal.route.decide", traceparent=unsampled, start_ns=1)
-    assert span.traceparent.startswith("00-" + "a" * 32 + "-")
-    assert span.traceparent.endswith("-00")  # the parent's choice travels on
-    telemetry.close_spans([(span, {"selfheal.action": "retry"})], end_ns=2)
-    recorded = telemetry.open_span("selfheal.route.decide", traceparent=None, start_ns=3)
-    telemetry.close_spans([(recorded, {"selfheal.action": "pause"})], end_ns=4)
-    actions = [s["attributes"].get("selfheal.action") for s in flushed_spans(telemetry)]
-    assert actions == ["pause"]
-
-
-@pytest.mark.parametrize("value", [None, "", "garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])
-def test_invalid_traceparent_gives_no_context(value: str | None) -> None:
-    assert context_from_traceparent(value) is None
 
 
 @pytest.mark.parametrize("backups", [0, 1, 3])
@@ -375,6 +410,23 @@ def test_rotation_keeps_at_most_backups_and_never_splits_lines(
     assert names == [f"span-{i}" for i in range(60 - len(names), 60)]
 
 
+def test_the_span_file_rotates_under_the_sdk(make_telemetry: MakeTelemetry, tmp_path: Path) -> None:
+    telemetry = make_telemetry(max_bytes=6000, backups=2)
+    for index in range(80):
+        with telemetry.decision_span("selfheal.sdk", {"n": index, "pad": "x" * 200}):
+            pass
+    assert telemetry.force_flush(FLUSH_MS)
+    folder = tmp_path / "telemetry"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["spans.jsonl", "spans.jsonl.1", "spans.jsonl.2"]
+    for name in files:
+        raw = (folder / name).read_bytes()
+        assert 0 < len(raw) <= 6000 and raw.endswith(b"\n")
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    newest = [s["attributes"]["selfheal.n"] for s in read_spans(folder / "spans.jsonl")]
+    assert newest[-1] == 79
+
+
 def test_export_failure_is_reported_not_raised(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
@@ -392,12 +444,12 @@ def test_read_spans_tolerates_partial_last_line(tmp_path: Path) -> None:
 class _CollectorHandler(BaseHTTPRequestHandler):
     """An OTLP/HTTP collector stand-in that records what it was sent."""
 
-    received: list[tuple[str, str, int]]
+    received: list[tuple[str, str, bytes]]
     arrived: threading.Event
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.received.append((self.path, self.headers.get("Content-Type", ""), len(body)))
+        self.received.append((self.path, self.headers.get("Content-Type", ""), body))
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
@@ -420,22 +472,22 @@ def collector() -> Iterator[tuple[str, type[_CollectorHandler]]]:
     thread.join(timeout=5)
 
 
-def test_otlp_endpoint_receives_spans(
+def test_otlp_endpoint_receives_redacted_spans(
     make_telemetry: MakeTelemetry, collector: tuple[str, type[_CollectorHandler]]
 ) -> None:
     endpoint, handler = collector
     telemetry = make_telemetry(env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
     assert telemetry.exporter_kind == "otlp"
     assert telemetry.span_file is None
-    assert telemetry.span_writer is None  # decision spans keep the SDK's processor route
-    with telemetry.decision_span("healing.decide", {"attempt": 1}):
+    with telemetry.decision_span("healing.decide", {"attempt": 1, "url": "https://u:hunter2@x"}):
         pass
     assert telemetry.force_flush(FLUSH_MS)
     assert handler.arrived.wait(timeout=10)
-    path, content_type, size = handler.received[0]
+    path, content_type, body = handler.received[0]
     assert path == "/v1/traces"
     assert content_type == "application/x-protobuf"
-    assert size > 0
+    assert b"healing.decide" in body and b"https://u:***@x" in body
+    assert b"hunter2" not in body
 
 
 def test_missing_otlp_package_gives_install_hint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +38,15 @@ class Artifact:
     def manifest_name(self) -> str:
         """File name of the manifest beside the artifact."""
         return manifest_name(self.name)
+
+    @property
+    def manifest_path(self) -> Path:
+        """Where the source wrote the manifest: beside the local file."""
+        return self.path.with_name(self.manifest_name)
+
+    def manifest_bytes(self) -> bytes:
+        """The manifest file's content, as it lands beside the artifact."""
+        return (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode()
 
     @property
     def remote_path(self) -> PurePosixPath:
@@ -103,8 +113,60 @@ class TransportError(SelfhealError):
         return item
 
 
+def same_manifest(a: bytes, b: bytes) -> bool:
+    """Whether two manifest files say the same (older ones lack the final newline)."""
+    if a == b:
+        return True
+    try:
+        return bool(json.loads(a) == json.loads(b))
+    except ValueError:
+        return False
+
+
+def manifest_problem(entry: RemoteEntry, raw: bytes | None) -> tuple[dict[str, Any], str | None]:
+    """The manifest beside an artifact, and why it does not vouch for it (None: it does).
+
+    It must name the artifact (when it carries a name), give its size and a sha256.
+    Hashing every artifact on every listing would read the whole NAS; `verify` does that.
+    """
+    if raw is None:
+        return {}, "no manifest"
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        return {}, "manifest is not JSON"
+    if not isinstance(manifest, dict):
+        return {}, "manifest is not a JSON object"
+    named = manifest.get("name", entry.name)
+    size = manifest.get("size")
+    sha256 = manifest.get("sha256")
+    if named != entry.name:
+        return manifest, f"manifest names {named!r}"
+    if not isinstance(size, int) or isinstance(size, bool) or size != entry.size:
+        return manifest, f"manifest size {size!r} differs from the file's {entry.size}"
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        return manifest, "manifest has no sha256"
+    return manifest, None
+
+
+def name_taken(mode: str, path: object) -> TransportError:
+    """A different file already has the final name: a delivery never replaces one.
+
+    Names are unique per run, so this is not a race to retry but a file that is not the
+    one we made: an integrity failure for a human to look at (the router escalates it).
+    """
+    return TransportError(
+        mode,
+        f"refusing to replace {path}: a different file already has that name",
+        errno_name="EEXIST",
+        exception="IntegrityError",
+        kind="integrity",
+    )
+
+
 class Transport(Protocol):
-    """Carries files to the NAS root; every write lands under its final name verified."""
+    """Carries files to the NAS root; a final name only ever holds a verified file,
+    is never replaced, and (for artifacts) has its manifest beside it already."""
 
     mode: str
 
@@ -120,8 +182,15 @@ class Transport(Protocol):
         sha256: str,
         size: int,
         progress: ProgressFn | None = None,
+        manifest: bytes | None = None,
     ) -> Delivery:
-        """Copy to `<remote>.partial`, flush, rename to `remote`, verify size and sha256."""
+        """Copy to `<remote>.partial`, flush, verify size and sha256 there, write `manifest`
+        (if given) as `<remote>.manifest.json`, then rename to `remote`.
+
+        Neither rename replaces an existing file (a name already holding this very file
+        or manifest counts as delivered). A crash at any point leaves either no final
+        name or a verified file whose manifest is already in place.
+        """
         ...
 
     async def list_dir(self, remote_dir: PurePosixPath) -> list[RemoteEntry]:
@@ -138,4 +207,10 @@ class Transport(Protocol):
 
     async def read_small(self, remote: PurePosixPath, limit: int = 1 << 20) -> bytes:
         """Read a small file (a manifest) from the NAS."""
+        ...
+
+    async def read_many(
+        self, remotes: list[PurePosixPath], limit: int = 1 << 20
+    ) -> dict[PurePosixPath, bytes]:
+        """Read several small files at once; missing ones are left out of the answer."""
         ...

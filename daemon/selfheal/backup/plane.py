@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import PurePosixPath
 from typing import Any, Literal, cast
 
@@ -15,8 +15,17 @@ from anyio.abc import TaskStatus
 
 from selfheal.backup.progress import LIVE, progress_key
 from selfheal.backup.scheduler import Scheduler
-from selfheal.backup.service import TARGETS, BackupService, RunOutcome, now_ms
-from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.backup.service import (
+    TARGETS,
+    BackupService,
+    RunOutcome,
+    backup_lock_key,
+    disabled_detail,
+    now_ms,
+)
+from selfheal.backup.spool import SpoolEntry
+from selfheal.backup.upkeep import scan_folder
+from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, StreamConsumer
 from selfheal.bus.streams import Bus, cast_entries
 from selfheal.config import Settings
 from selfheal.control.params import Params
@@ -33,7 +42,13 @@ from selfheal.telemetry import Telemetry
 log = logging.getLogger("selfheal.backup")
 
 DRAIN_EVERY_S = 30.0
+# `backup run --follow` ends with an error rather than wait forever: after this long in
+# all, or once nothing has happened for FOLLOW_IDLE_S (no progress from the run, and no
+# run of the target holding its lock, which a queued run waits behind).
 FOLLOW_LIMIT_S = 6 * 3600.0
+FOLLOW_IDLE_S = 60.0
+# While waiting, a heartbeat keeps the client's idle timeout from cutting the stream.
+FOLLOW_HEARTBEAT_S = 10.0
 
 
 class SpoolDrainer:
@@ -46,9 +61,17 @@ class SpoolDrainer:
         self.every_s = every_s
         self.delivered = 0
         self.last_error: str | None = None
+        self.recovered = False  # start-up recovery ran (once per process, not per restart)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Drain periodically until cancelled."""
+        """Recover what a crash left (first start only), then drain periodically until
+        cancelled."""
+        stranded: list[SpoolEntry] = []
+        if not self.recovered:
+            # Before readiness: the runners start after this service, so no run is
+            # writing to staging while it is sorted.
+            stranded = await self._service().recover()
+            self.recovered = True
         task_status.started()
         while True:
             service = self._service()
@@ -59,6 +82,10 @@ class SpoolDrainer:
                 except Exception as exc:  # keep trying; the spool is durable
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.warning("spool drain failed: %s", self.last_error)
+            if stranded:
+                # Recovered artifacts the first drain did not deliver become the incident.
+                await service.report_stranded(stranded)
+                stranded = []
             await anyio.sleep(self.every_s)
 
 
@@ -82,8 +109,10 @@ class BackupPlane:
         consumer_name: str,
         stopping: Callable[[], bool],
         domains: Domains,
+        wait_stopping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
+        self._wait_stopping = wait_stopping
         self._bus = bus
         self.telemetry = telemetry
         self.consumer_name = consumer_name
@@ -98,6 +127,8 @@ class BackupPlane:
         domains.register(Domain(BACKUP_DOMAIN, BACKUP_RETRY_REQUESTED, probe=self.nas_probe))
         for target in TARGETS:
             domains.serve(BACKUP_RETRY_REQUESTED, runner_group(target))
+        self.follow_limit_s = FOLLOW_LIMIT_S
+        self.follow_idle_s = FOLLOW_IDLE_S
 
     def _source_client(self) -> aioredis.Redis:
         url = self._settings().backups.redis.source
@@ -163,8 +194,11 @@ class BackupPlane:
             self.consumer_name,
             handle,
             # A backup can take long: do not let another daemon reclaim it too soon.
-            options=ConsumerOptions(batch=10, reclaim_idle_ms=30 * 60_000, max_deliveries=3),
+            options=ConsumerOptions(
+                batch=10, reclaim_idle_ms=30 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
+            ),
             stopping=self._stopping,
+            wait_stopping=self._wait_stopping,
         )
         consumer.name = f"backup:{target}:{stream}"
         self.consumers[consumer.name] = consumer
@@ -195,35 +229,62 @@ class BackupPlane:
         read = Params(params)
         target = read.choice("target", TARGETS)
         follow = read.flag("follow", default=False)
+        if not getattr(self._settings().backups, target).enabled:
+            # Refused here, with or without --follow: a request the runner would skip has
+            # nothing to show and must not look accepted.
+            raise ControlError("disabled", disabled_detail(target))
         bus = self._bus()
         event = new_event(BACKUP_REQUESTED, {"target": target, "trigger": "cli"}, now_ms=now_ms())
         event = event.model_copy(update={"data": {**event.data, "runId": event.id}})
         await bus.publish(event)
         if not follow:
             return {"target": target, "runId": event.id}
-        return self._follow(bus, event.id)
+        return self._follow(bus, event.id, target)
 
-    async def _follow(self, bus: Bus, run_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def _follow(self, bus: Bus, run_id: str, target: str) -> AsyncIterator[dict[str, Any]]:
+        """The run's progress until it is done; a ControlError when it cannot be (bounded)."""
         key = progress_key(bus, run_id)
         last = "0-0"
-        with anyio.move_on_after(FOLLOW_LIMIT_S):
-            while True:
-                reply = await bus.client.xread({key: last}, count=20, block=250)
-                for _stream, entries in cast(list[tuple[Any, Any]], reply or []):
-                    for entry_id, fields in cast_entries(entries):
-                        last = entry_id
-                        yield {"runId": run_id, **fields}
-                        if fields.get("stage") == "done":
-                            return
-                live = LIVE.get(run_id)
-                if live is not None and live.stage == "ship":
-                    yield {
-                        "runId": run_id,
-                        "stage": "ship",
-                        "done": live.done,
-                        "total": live.total,
-                        "rateBps": int(live.rate()),
-                    }
+        stage = "queued"
+        began = active = sent = anyio.current_time()
+        while True:
+            reply = await bus.client.xread({key: last}, count=20, block=250)
+            now = anyio.current_time()
+            for _stream, entries in cast(list[tuple[Any, Any]], reply or []):
+                for entry_id, fields in cast_entries(entries):
+                    last, active, sent = entry_id, now, now
+                    stage = fields.get("stage", stage)
+                    yield {"runId": run_id, **fields}
+                    if stage == "done":
+                        return
+            live = LIVE.get(run_id)
+            if live is not None and live.stage == "ship":
+                active = sent = now
+                yield {
+                    "runId": run_id,
+                    "stage": "ship",
+                    "done": live.done,
+                    "total": live.total,
+                    "rateBps": int(live.rate()),
+                }
+            elif await bus.client.exists(backup_lock_key(bus, target)):
+                active = now  # our run, or the one ours is queued behind, is working
+            if now - active > self.follow_idle_s:
+                raise ControlError(
+                    "timeout",
+                    f"backup {target} run {run_id}: no progress for {self.follow_idle_s:g}s "
+                    f"(last stage: {stage}) and no {target} backup is running; is the backup "
+                    "runner up (selfheal status)? The run may still happen later.",
+                )
+            if now - began > self.follow_limit_s:
+                raise ControlError(
+                    "timeout",
+                    f"backup {target} run {run_id} did not finish within "
+                    f"{self.follow_limit_s:g}s (last stage: {stage}); see selfheal status",
+                )
+            if now - sent >= FOLLOW_HEARTBEAT_S:
+                sent = now
+                yield {"runId": run_id, "stage": stage, "heartbeat": True}
 
     async def _transport_for(self, target: Literal["typesense", "redis"]) -> Any:
         for transport in self.service().transports(target):
@@ -235,27 +296,34 @@ class BackupPlane:
         target = Params(params).optional_choice("target", TARGETS)
         targets = list(TARGETS) if target is None else [target]
         rows: list[dict[str, Any]] = []
+        ignored: list[dict[str, Any]] = []
         for target in targets:
             transport = await self._transport_for(target)
-            for entry in await transport.list_dir(PurePosixPath(target)):
-                parsed = parse_artifact_name(entry.name)
-                if parsed is None or parsed.target != target:
-                    continue
+            # Only what a manifest vouches for is a backup (the same rule as retention).
+            scan = await scan_folder(transport, target)
+            for listed in scan.artifacts:
+                parsed = parse_artifact_name(listed.entry.name)
+                assert parsed is not None  # scan_folder lists only our names
                 rows.append(
                     {
                         "target": target,
-                        "name": entry.name,
-                        "size": entry.size,
+                        "name": listed.entry.name,
+                        "size": listed.entry.size,
+                        "sha256": listed.manifest["sha256"],
                         "created": parsed.created.isoformat(),
                         "where": transport.mode,
                     }
                 )
+            ignored += [
+                {"target": target, "name": name, "reason": why, "where": transport.mode}
+                for name, why in sorted(scan.ignored.items())
+            ]
         spooled = [
             {"target": e.target, "name": e.name, "size": e.size, "where": "spool"}
             for e in await self.service().spool().entries()
             if e.target in targets
         ]
-        return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled}
+        return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled, "ignored": ignored}
 
     async def _verify(self, params: dict[str, Any]) -> Any:
         name = Params(params).text("artifact", max_length=NAME_MAX, meaning="a file name")
@@ -267,8 +335,21 @@ class BackupPlane:
             )
         transport = await self._transport_for(target)
         folder = PurePosixPath(target)
-        raw = await transport.read_small(folder / manifest_name(name))
-        manifest = json.loads(raw)
+        raw = (await transport.read_many([folder / manifest_name(name)])).get(
+            folder / manifest_name(name)
+        )
+        if raw is None:
+            raise ControlError(
+                "not_found",
+                f"{name} has no manifest on the NAS (via {transport.mode}): nothing to verify "
+                "it against, and it is not counted as a backup",
+            )
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise ControlError("invalid_manifest", f"{manifest_name(name)}: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise ControlError("invalid_manifest", f"{manifest_name(name)} is not a JSON object")
         actual = await transport.sha256(folder / name)
         return {
             "artifact": name,

@@ -11,8 +11,6 @@ drainer delivers it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,24 +18,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import redis.asyncio as aioredis
 
 from selfheal.backup.model import Artifact, Delivery, Transport, TransportError
 from selfheal.backup.progress import ProgressReporter
+from selfheal.backup.recovery import (
+    clear_marker,
+    delete_unfinished,
+    marker_path,
+    read_marker,
+    scan_staging,
+    write_marker,
+)
 from selfheal.backup.sources.archive import SourceError
 from selfheal.backup.sources.redis_rdb import RedisSource
 from selfheal.backup.sources.typesense import TypesenseSource
 from selfheal.backup.spool import Spool, SpoolEntry
 from selfheal.backup.transfer import TransferManager
 from selfheal.backup.transports.mount import MountTransport
-from selfheal.backup.transports.ssh import SshTransport
 from selfheal.backup.upkeep import UnverifiedSnapshots, apply_retention
 from selfheal.bus.consumer import PoisonEvent
 from selfheal.bus.lock import LockBusy, RedisLock
 from selfheal.bus.streams import Bus
 from selfheal.config import Settings
-from selfheal.core.artifacts import manifest_name, validate_target
-from selfheal.core.events import BACKUP_COMPLETED, BACKUP_FAILED, Event, new_event
+from selfheal.core.artifacts import validate_target
+from selfheal.core.events import (
+    BACKUP_COMPLETED,
+    BACKUP_FAILED,
+    BACKUP_REQUESTED,
+    Event,
+    new_event,
+)
 from selfheal.redact import redact_text
 from selfheal.telemetry import Telemetry, context_from_traceparent, current_traceparent
 
@@ -49,6 +61,16 @@ TARGETS: tuple[Literal["typesense", "redis"], ...] = ("typesense", "redis")
 def now_ms() -> int:
     """Wall-clock epoch milliseconds."""
     return int(time.time() * 1000)
+
+
+def backup_lock_key(bus: Bus, target: str) -> str:
+    """The lock a target's run holds (one run per target, across daemons)."""
+    return f"{bus.keys.tag}:lock:backup:{target}"
+
+
+def disabled_detail(target: str) -> str:
+    """Why a disabled target does not run, naming the key that turns it on."""
+    return f"backup target {target!r} is disabled (selfheal.backups.{target}.enabled is false)"
 
 
 @dataclass(frozen=True)
@@ -98,10 +120,15 @@ class BackupService:
         mount = MountTransport(
             settings.mount_root(target), require_mount_point=target_settings.require_mount_point
         )
+        # Imported here: asyncssh and its cryptography weigh ~30 MB, which a daemon that
+        # has not needed SSH yet (an idle one, a mount-only NAS) does not carry.
+        from selfheal.backup.transports.ssh import SshTransport
+
         ssh = SshTransport(
             settings.transport.ssh_host,
             settings.transport.ssh_options,
             settings.nas.remote_root,
+            lean_send=settings.nas.lean_ssh_send,
         )
         ordered: list[Transport] = [ssh, mount] if settings.nas.prefer_remote else [mount, ssh]
         return ordered
@@ -116,6 +143,7 @@ class BackupService:
             retry_base_ms=transport.retry_base_ms,
             retry_max_ms=transport.retry_max_ms,
             recovery_window_s=transport.recovery_window_hours * 3600,
+            telemetry=self.telemetry,
         )
 
     def source(self, target: Literal["typesense", "redis"]) -> TypesenseSource | RedisSource:
@@ -140,8 +168,14 @@ class BackupService:
             raise PoisonEvent(f"{event.name}: data.target must be one of {', '.join(TARGETS)}")
         settings = getattr(self._settings().backups, target)
         if not settings.enabled:
+            # Disabled after it was requested: still end the run's progress, so that
+            # `backup run --follow` ends too.
             log.info("backup %s requested but disabled in config; skipped", target)
             self.last[target] = RunOutcome(target, "skipped", detail="disabled")
+            run_id = str(event.data.get("runId") or event.id)
+            await ProgressReporter(self.bus, run_id=run_id).finish(
+                "skipped", disabled_detail(target)
+            )
             return
         attempt = event.data.get("attempt", 0)
         await self.run(target, event, attempt=attempt if isinstance(attempt, int) else 0)
@@ -151,11 +185,23 @@ class BackupService:
     ) -> RunOutcome:
         """One locked run of `target`."""
         validate_target(target)
-        lock = RedisLock(self.bus.client, f"{self.bus.keys.tag}:lock:backup:{target}")
+        lock = RedisLock(self.bus.client, backup_lock_key(self.bus, target))
         reporter = ProgressReporter(self.bus, run_id=str(cause.data.get("runId") or cause.id))
+        marker = marker_path(self._settings().state_dir, target)
         try:
             async with lock.held():
-                outcome = await self._run_locked(target, cause, attempt, reporter)
+                # Removed when the run ends, kept when it is killed or cancelled: found at
+                # the next start-up, it makes that daemon request the run again.
+                trigger = str(cause.data.get("trigger") or cause.name)
+                await anyio.to_thread.run_sync(
+                    write_marker, marker, reporter.run_id, trigger, attempt, lock
+                )
+                try:
+                    outcome = await self._run_locked(target, cause, attempt, reporter)
+                except Exception:
+                    await anyio.to_thread.run_sync(clear_marker, marker)
+                    raise
+                await anyio.to_thread.run_sync(clear_marker, marker)
         except LockBusy:
             outcome = RunOutcome(target, "skipped", detail="another run holds the lock")
             await reporter.finish(outcome.status, outcome.detail)
@@ -203,6 +249,7 @@ class BackupService:
             )
             await self._after_delivery(target, artifact, result.delivery)
             artifact.path.unlink(missing_ok=True)
+            artifact.manifest_path.unlink(missing_ok=True)
             log.info(
                 "backup %s delivered: %s via %s (%d bytes, %d transfer attempts)",
                 target,
@@ -233,19 +280,8 @@ class BackupService:
     async def _after_delivery(
         self, target: Literal["typesense", "redis"], artifact: Artifact, delivery: Delivery
     ) -> None:
-        """Manifest beside the artifact, retention on the NAS, source snapshot pruning."""
+        """Retention on the NAS, source snapshot pruning (the manifest came with the copy)."""
         transport = next(t for t in self.transports(target) if t.mode == delivery.mode)
-        manifest = self.staging_dir() / manifest_name(artifact.name)
-        manifest.write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True))
-        try:
-            await transport.put(
-                manifest,
-                artifact.remote_path.with_name(manifest.name),
-                sha256=_sha256_of(manifest),
-                size=manifest.stat().st_size,
-            )
-        finally:
-            manifest.unlink(missing_ok=True)
         await UnverifiedSnapshots(self.bus, target).forget(artifact)
         await self.apply_retention(target, transport)
         if target == "typesense":
@@ -297,13 +333,21 @@ class BackupService:
     ) -> RunOutcome:
         detail = "; ".join(errors[-3:]) or "no transport reachable"
         log.warning("backup %s spooled (%s): %s", target, artifact.name, detail)
+        await self._report_spooled(target, cause, attempt, artifact.name, detail, reporter.run_id)
+        await reporter.finish("spooled", artifact.name)
+        return RunOutcome(target, "spooled", artifact=artifact.name, detail=detail)
+
+    async def _report_spooled(
+        self, target: str, cause: Event, attempt: int, name: str, detail: str, run_id: str
+    ) -> None:
+        """`backup.failed` for an artifact waiting in the spool: the incident stays open."""
         await self._publish(
             BACKUP_FAILED,
             {
                 "target": target,
-                "runId": reporter.run_id,
+                "runId": run_id,
                 "attempt": attempt,
-                "error": f"NAS unreachable; {artifact.name} spooled: {redact_text(detail)}",
+                "error": f"NAS unreachable; {name} spooled: {redact_text(detail)}",
                 # The NAS is away, not broken (transient infrastructure): the router
                 # holds and re-checks it with the backup probe instead of re-running.
                 "evidence": [
@@ -313,13 +357,91 @@ class BackupService:
                         "message": redact_text(detail),
                     }
                 ],
-                "spooled": artifact.name,
+                "spooled": name,
                 "trigger": cause.name,
             },
             cause,
         )
-        await reporter.finish("spooled", artifact.name)
-        return RunOutcome(target, "spooled", artifact=artifact.name, detail=detail)
+
+    # -- start-up recovery -----------------------------------------------------------------
+
+    async def recover(self) -> list[SpoolEntry]:
+        """After a crash: request interrupted runs again, move artifacts made but never
+        delivered from staging into the spool (returned: the drainer delivers them), and
+        delete what interrupted runs left half-made. Local work only; run at start-up
+        before any run begins."""
+        for target in TARGETS:
+            marker = marker_path(self._settings().state_dir, target)
+            record = await anyio.to_thread.run_sync(read_marker, marker)
+            if record is not None:
+                await self._rerequest(target, record)
+                # Only once the request is on the bus: a failure here retries at next start.
+                await anyio.to_thread.run_sync(clear_marker, marker)
+        scan = await anyio.to_thread.run_sync(scan_staging, self.staging_dir())
+        spooled: list[SpoolEntry] = []
+        for artifact in scan.complete:
+            try:
+                entry = await self.spool().add(artifact)
+            except (OSError, ValueError) as exc:
+                # Left in staging, found again at the next start; the daemon still starts.
+                log.error(
+                    "backup %s: cannot spool staged %s: %s", artifact.target, artifact.name, exc
+                )
+                continue
+            log.warning(
+                "backup %s: %s was made but not delivered before the daemon stopped; "
+                "it waits in the spool (entry %s)",
+                artifact.target,
+                artifact.name,
+                entry.id,
+            )
+            spooled.append(entry)
+        freed = await anyio.to_thread.run_sync(delete_unfinished, scan.unfinished)
+        if scan.unfinished:
+            log.warning(
+                "deleted %d unfinished files (%d bytes) of interrupted runs from %s",
+                len(scan.unfinished),
+                freed,
+                self.staging_dir(),
+            )
+        return spooled
+
+    async def _rerequest(self, target: str, record: dict[str, Any]) -> None:
+        run_id = str(record.get("runId") or "unknown")
+        key, token = record.get("lockKey"), record.get("lockToken")
+        if isinstance(key, str) and isinstance(token, str):
+            # Only if that dead run still holds it; a live run elsewhere has its own token.
+            await RedisLock(self.bus.client, key, token=token).release()
+        if not getattr(self._settings().backups, target).enabled:
+            log.warning("backup %s run %s was interrupted; not retried: disabled", target, run_id)
+            return
+        log.warning(
+            "backup %s run %s (started %s by pid %s) was interrupted; requesting it again",
+            target,
+            run_id,
+            record.get("startedAt", "?"),
+            record.get("pid", "?"),
+        )
+        event = new_event(
+            BACKUP_REQUESTED,
+            {"target": target, "trigger": "interrupted", "interruptedRunId": run_id},
+            now_ms=now_ms(),
+            idempotency_key=f"{target}@interrupted:{run_id}",
+        )
+        await self.bus.publish(event, dedupe=True)
+
+    async def report_stranded(self, entries: list[SpoolEntry]) -> None:
+        """Open the incident for recovered artifacts the first drain could not deliver."""
+        waiting = {e.id for e in await self.spool().entries()}
+        for entry in entries:
+            if entry.id not in waiting:
+                continue  # delivered (its completion event was sent) or moved aside as corrupt
+            cause = new_event(
+                BACKUP_REQUESTED, {"target": entry.target, "trigger": "recovery"}, now_ms=now_ms()
+            )
+            detail = "left in staging by an interrupted run; no transport delivered it at start-up"
+            log.warning("backup %s: %s %s", entry.target, entry.name, detail)
+            await self._report_spooled(entry.target, cause, 0, entry.name, detail, cause.id)
 
     async def drain(self) -> int:
         """Deliver spooled artifacts when a transport is back; each closes its incident."""
@@ -343,8 +465,31 @@ class BackupService:
                     synthetic,
                 )
 
-            delivered += await self.transfer(target).drain(done, target=target)
+            try:
+                delivered += await self.transfer(target).drain(done, target=target)
+            except TransportError as exc:
+                # A host-key, auth, integrity or full-disk failure: waiting for the next
+                # drain fixes nothing, so the incident is raised now (the router escalates).
+                await self._drain_failed(target, exc)
+                raise
         return delivered
+
+    async def _drain_failed(self, target: str, exc: TransportError) -> None:
+        message = redact_text(str(exc))
+        log.error("spool drain for %s met a hard failure: %s", target, message)
+        cause = new_event(BACKUP_FAILED, {"target": target}, now_ms=now_ms())
+        await self._publish(
+            BACKUP_FAILED,
+            {
+                "target": target,
+                "attempt": 0,
+                "error": message,
+                "evidence": [exc.evidence],
+                "transportMode": getattr(exc, "mode", None),
+                "trigger": "spool-drain",
+            },
+            cause,
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -357,7 +502,3 @@ class BackupService:
             traceparent=current_traceparent() or cause.traceparent,
         )
         await self.bus.publish(event, dedupe=True)
-
-
-def _sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -78,7 +78,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file, fsync, rename: readers see the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -186,7 +186,7 @@ class Spool:
         try:
             moved = _move_in(artifact, stored)
             manifest = json.dumps(artifact.manifest, indent=2, sort_keys=True).encode()
-            _write_atomic(directory / (name + MANIFEST_SUFFIX), manifest)
+            write_atomic(directory / (name + MANIFEST_SUFFIX), manifest)
             record: dict[str, Any] = {
                 "target": artifact.target,
                 "name": name,
@@ -196,7 +196,7 @@ class Spool:
             }
             if incident_id is not None:
                 record["incidentId"] = incident_id
-            _write_atomic(directory / ENTRY_FILE, json.dumps(record, indent=2).encode())
+            write_atomic(directory / ENTRY_FILE, json.dumps(record, indent=2).encode())
             _fsync_path(directory)
             _fsync_path(self.directory)
         except BaseException:
@@ -207,6 +207,8 @@ class Spool:
             raise
         if not moved:
             artifact.path.unlink()
+        # The spool keeps its own manifest copy; the producer's one beside the file goes.
+        artifact.manifest_path.unlink(missing_ok=True)
         _fsync_path(artifact.path.parent)
         log.info("spooled %s as %s", artifact.name, entry_id)
         return _parse_entry(directory, record)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import math
-import os
 import random
-import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final, Literal
 
 import anyio
@@ -22,12 +18,15 @@ from selfheal.backup.model import Artifact, Delivery, ProgressFn, Transport, Tra
 from selfheal.backup.spool import Spool, SpoolEntry, SpoolEntryCorrupt
 from selfheal.core.classify import FailureClass, classify_item
 from selfheal.core.contracts import Evidence
+from selfheal.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-# Retrying cannot fix these; the router escalates them at once.
+# Failures the copy gives up on at once, neither retried here nor spooled: another
+# attempt of the same copy would meet them again (the router then decides: it
+# escalates auth and full disks, and may retry a whole run after an integrity error).
 HARD_ERRNOS: Final = frozenset({"ENOSPC", "EDQUOT", "EACCES", "EPERM"})
-HARD_CLASSES: Final = frozenset(
+STOP_COPY_CLASSES: Final = frozenset(
     {FailureClass.AUTH, FailureClass.RESOURCE_EXHAUSTED, FailureClass.INTEGRITY}
 )
 # The original's "small jitter": up to a tenth of the base delay on top.
@@ -57,7 +56,7 @@ def is_hard_failure(error: TransportError) -> bool:
         found = classify_item(Evidence.model_validate(error.evidence))
     except ValidationError:
         return False
-    return found is not None and found.failure_class in HARD_CLASSES
+    return found is not None and found.failure_class in STOP_COPY_CLASSES
 
 
 def as_transport_error(mode: str, exc: TransportError | OSError) -> TransportError:
@@ -79,11 +78,6 @@ class ShipResult:
     spool_entry: SpoolEntry | None = None
 
 
-def manifest_bytes(artifact: Artifact) -> bytes:
-    """The manifest file's content, as it lands beside the artifact."""
-    return (json.dumps(artifact.manifest, indent=2, sort_keys=True) + "\n").encode()
-
-
 class TransferManager:
     """Ships artifacts over the first transport that answers, retrying and switching."""
 
@@ -96,6 +90,7 @@ class TransferManager:
         retry_base_ms: int,
         retry_max_ms: int,
         recovery_window_s: float,
+        telemetry: Telemetry,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = anyio.current_time,
@@ -112,6 +107,7 @@ class TransferManager:
         self.retry_base_ms = retry_base_ms
         self.retry_max_ms = retry_max_ms
         self.recovery_window_s = recovery_window_s
+        self.telemetry = telemetry
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
@@ -129,14 +125,23 @@ class TransferManager:
         started = self._clock()
         last: Transport | None = None
         while True:
+            picking = time.time_ns()
             transport = await self._pick(errors, after_failure_of=last)
             if transport is None:
                 break  # nothing answers: the spool takes it and the drainer carries on
+            if last is not None and transport is not last:
+                # The probes that chose another way than the one that just failed.
+                with self.telemetry.decision_span(
+                    "selfheal.backup.switch",
+                    {"artifact": artifact.name, "from": last.mode, "to": transport.mode},
+                    start_ns=picking,
+                ):
+                    pass
             attempts += 1
             remaining = self.recovery_window_s - (self._clock() - started)
             with anyio.move_on_after(max(remaining, 0.0)) as window:
                 try:
-                    delivery = await self._deliver(transport, artifact, progress)
+                    delivery = await self._attempt(transport, artifact, progress, attempts)
                     return ShipResult("delivered", delivery, attempts, errors)
                 except (TransportError, OSError) as exc:
                     error = as_transport_error(transport.mode, exc)
@@ -162,16 +167,29 @@ class TransferManager:
         log.warning("spooled %s after %d attempts (entry %s)", artifact.name, attempts, entry.id)
         return ShipResult("spooled", None, attempts, errors, entry)
 
-    async def ship_manifest(self, artifact: Artifact, transport: Transport) -> Delivery:
-        """Upload `<name>.manifest.json` beside a verified artifact, via the same transport."""
-        body = manifest_bytes(artifact)
-        digest = hashlib.sha256(body).hexdigest()
-        local = await anyio.to_thread.run_sync(_write_temp, body)
-        try:
-            remote = artifact.remote_path.with_name(artifact.manifest_name)
-            return await transport.put(local, remote, sha256=digest, size=len(body))
-        finally:
-            local.unlink(missing_ok=True)
+    async def _attempt(
+        self,
+        transport: Transport,
+        artifact: Artifact,
+        progress: ProgressFn | None,
+        attempt: int,
+        *,
+        from_spool: bool = False,
+    ) -> Delivery:
+        """One delivery attempt, as a span (ERROR, with the failure, when it raises)."""
+        with self.telemetry.decision_span(
+            "selfheal.backup.transfer",
+            {
+                "artifact": artifact.name,
+                "target": artifact.target,
+                "mode": transport.mode,
+                "attempt": attempt,
+                "from_spool": from_spool,
+            },
+        ) as span:
+            delivery = await self._deliver(transport, artifact, progress)
+            span.set_attribute("selfheal.bytes", delivery.bytes)
+            return delivery
 
     async def _deliver(
         self, transport: Transport, artifact: Artifact, progress: ProgressFn | None
@@ -182,6 +200,9 @@ class TransferManager:
             sha256=artifact.sha256,
             size=artifact.size,
             progress=progress,
+            # Written before the artifact takes its final name: a final name on the NAS
+            # always has its manifest beside it, even if we are killed in between.
+            manifest=artifact.manifest_bytes(),
         )
         if not delivery.verified:
             raise TransportError(
@@ -190,8 +211,6 @@ class TransferManager:
                 exception="IntegrityError",
                 kind="integrity",
             )
-        # The manifest goes second, so a manifest on the NAS always means a verified artifact.
-        await self.ship_manifest(artifact, transport)
         return delivery
 
     async def _pick(
@@ -229,41 +248,35 @@ class TransferManager:
         entries = [e for e in await self.spool.entries() if target is None or e.target == target]
         if not entries:
             return 0
-        errors: list[str] = []
-        transport = await self._pick(errors)
-        if transport is None:
-            log.info("spool drain: no transport answers (%s)", "; ".join(errors))
-            return 0
-        delivered = 0
-        for entry in entries:
-            try:
-                artifact = await self.spool.artifact(entry)
-            except SpoolEntryCorrupt as exc:
-                log.error("spool drain: %s", exc)
-                continue
-            try:
-                delivery = await self._deliver(transport, artifact, None)
-            except (TransportError, OSError) as exc:
-                error = as_transport_error(transport.mode, exc)
-                if is_hard_failure(error):
-                    # The next entries would hit the same wall; the router escalates it.
-                    raise error from (None if error is exc else exc)
-                log.warning("spool drain: %s stays spooled: %s", entry.name, error)
-                continue
-            # Callback before removal: if it fails the entry stays and is delivered again
-            # (idempotently) next time, instead of its completion being lost.
-            await on_delivered(entry, delivery)
-            await self.spool.remove(entry)
-            delivered += 1
-        return delivered
-
-
-def _write_temp(body: bytes) -> Path:
-    fd, name = tempfile.mkstemp(prefix="selfheal-manifest-", suffix=".json")
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    return Path(name)
+        with self.telemetry.decision_span(
+            "selfheal.backup.spool_drain", {"target": target, "entries": len(entries)}
+        ) as span:
+            errors: list[str] = []
+            transport = await self._pick(errors)
+            if transport is None:
+                log.info("spool drain: no transport answers (%s)", "; ".join(errors))
+                span.set_attributes({"selfheal.delivered": 0, "selfheal.error": "; ".join(errors)})
+                return 0
+            delivered = 0
+            for entry in entries:
+                try:
+                    artifact = await self.spool.artifact(entry)
+                except SpoolEntryCorrupt as exc:
+                    log.error("spool drain: %s", exc)
+                    continue
+                try:
+                    delivery = await self._attempt(transport, artifact, None, 1, from_spool=True)
+                except (TransportError, OSError) as exc:
+                    error = as_transport_error(transport.mode, exc)
+                    if is_hard_failure(error):
+                        # The next entries would hit the same wall; the router escalates it.
+                        raise error from (None if error is exc else exc)
+                    log.warning("spool drain: %s stays spooled: %s", entry.name, error)
+                    continue
+                # Callback before removal: if it fails the entry stays and is delivered
+                # again (idempotently) next time, instead of its completion being lost.
+                await on_delivered(entry, delivery)
+                await self.spool.remove(entry)
+                delivered += 1
+            span.set_attributes({"selfheal.delivered": delivered, "selfheal.mode": transport.mode})
+            return delivered

@@ -1,9 +1,10 @@
 """The daemon's Redis connection: embedded socket, URL, Sentinel or Cluster.
 
 `RedisLink` is a service: it connects, signals readiness once Redis answers, then
-keeps probing so `status` always tells the truth, reconnecting with backoff when
-the server drops. redis-py reconnects lazily on the next command; the probe just
-makes the state visible and bounded.
+keeps probing so `status` always tells the truth. When a probe fails after that,
+the service raises: the supervisor restarts it (a fresh client, with its restart
+backoff, counted in `status`), and the services that used the old client fail
+on it and are restarted onto the new one.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from selfheal.config.schema import RedisSettings
-from selfheal.errors import ConfigError
+from selfheal.errors import ConfigError, SelfhealError
 from selfheal.redact import redact_text
 
 log = logging.getLogger("selfheal.redis")
 
-PROBE_INTERVAL_S = 2.0
+PROBE_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_MAX_S = 30.0
+
+
+class RedisUnavailable(SelfhealError, ConnectionError):
+    """The link's Redis stopped answering; the service ends so the supervisor restarts it."""
+
 
 # The bus keeps every key in one hash slot, so the commands it uses behave the same
 # on a Cluster client; both are typed as the standalone client.
@@ -46,7 +52,6 @@ class RedisLinkStatus:
     last_error: str | None = None
     last_ok_at: float | None = None
     latency_ms: float | None = None
-    reconnects: int = 0
     server_version: str | None = None
 
 
@@ -129,22 +134,21 @@ class RedisLink:
         return self._client
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Connect, signal readiness on the first PING, then keep probing."""
+        """Connect (waiting with backoff until Redis answers), signal readiness, then
+        probe; raise RedisUnavailable once a probe fails."""
         self._client = make_client(self.settings, self._embedded_socket)
         backoff = 0.25
-        ready = False
         try:
+            while not await self._probe():
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+            task_status.started()
             while True:
-                ok = await self._probe()
-                if ok:
-                    if not ready:
-                        task_status.started()
-                        ready = True
-                    backoff = 0.25
-                    await anyio.sleep(PROBE_INTERVAL_S)
-                else:
-                    await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+                await anyio.sleep(PROBE_INTERVAL_S)
+                if not await self._probe():
+                    raise RedisUnavailable(
+                        f"redis {self.status.target} unreachable: {self.status.last_error}"
+                    )
         finally:
             with anyio.CancelScope(shield=True):
                 client, self._client = self._client, None
@@ -164,8 +168,6 @@ class RedisLink:
         except (TimeoutError, OSError, aioredis.RedisError) as exc:
             if self.status.connected or self.status.last_error is None:
                 log.warning("redis %s unreachable: %s", self.status.target, redact_text(str(exc)))
-            if self.status.connected:
-                self.status.reconnects += 1
             self.status.connected = False
             self.status.last_error = redact_text(f"{type(exc).__name__}: {exc}")
             return False

@@ -41,6 +41,10 @@ log = logging.getLogger("selfheal.bus")
 Handler = Callable[[Event], Awaitable[None]]
 
 
+# How long a daemon's idle consumer waits in one read (a stop ends the wait).
+IDLE_READ_MS = 10_000
+
+
 def local_consumer_name() -> str:
     """This process's consumer name: host and pid, so a restart can tell its own
     (and a dead local process's) entries from those of live daemons elsewhere."""
@@ -132,7 +136,9 @@ class ConsumerOptions:
     """Delivery knobs for one consumer."""
 
     batch: int = 100
-    block_ms: int = 1000  # also bounds how long a drain waits for an idle consumer
+    # How long one read waits for entries. Without `wait_stopping` it also bounds how
+    # long a stop waits for an idle consumer; with it, a stop ends the wait at once.
+    block_ms: int = 1000
     reclaim_idle_ms: int = 60_000
     reclaim_every_s: float = 5.0
     max_deliveries: int = 5
@@ -154,6 +160,7 @@ class StreamConsumer:
         *,
         options: ConsumerOptions | None = None,
         stopping: Callable[[], bool] = lambda: False,
+        wait_stopping: Callable[[], Awaitable[None]] | None = None,
         batch_handler: BatchHandler | None = None,
     ) -> None:
         self.bus = bus
@@ -165,6 +172,8 @@ class StreamConsumer:
         self._batch_handler = batch_handler
         self.options = options or ConsumerOptions()
         self._stopping = stopping
+        self._wait_stopping = wait_stopping
+        self._read_scope: anyio.CancelScope | None = None
         self.stats = ConsumerStats()
         self._stream = bus.keys.stream(event_name)
         self._next_reclaim = 0.0
@@ -175,8 +184,12 @@ class StreamConsumer:
         await self.bus.ensure_group(self.event_name, self.group)
         task_status.started()
         await self.take_over_stranded()
-        while not self._stopping():
-            await self.poll_once()
+        async with anyio.create_task_group() as tg:
+            if self._wait_stopping is not None:
+                tg.start_soon(self._end_read_when_stopping)
+            while not self._stopping():
+                await self.poll_once()
+            tg.cancel_scope.cancel()
         # Entries read ahead are delivered to us: handle them rather than leave them
         # pending until a reclaim finds them (cancelled, we do leave them to it).
         await self._handle_read_ahead()
@@ -200,9 +213,33 @@ class StreamConsumer:
         return handled + len(batch)
 
     async def _read(self, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
-        return await self.bus.read_group(
-            self._stream, self.group, self.consumer, count=self.options.batch, block_ms=block_ms
-        )
+        if block_ms is None:
+            return await self.bus.read_group(
+                self._stream, self.group, self.consumer, count=self.options.batch, block_ms=None
+            )
+        # A waiting read ends when the daemon stops. Entries Redis delivered just then
+        # stay pending on this consumer and are taken over at the next start.
+        if self._stopping():
+            return []  # no await since the check: the stop cannot slip in unseen
+        with anyio.CancelScope() as scope:
+            self._read_scope = scope
+            try:
+                return await self.bus.read_group(
+                    self._stream,
+                    self.group,
+                    self.consumer,
+                    count=self.options.batch,
+                    block_ms=block_ms,
+                )
+            finally:
+                self._read_scope = None
+        return []
+
+    async def _end_read_when_stopping(self) -> None:
+        assert self._wait_stopping is not None
+        await self._wait_stopping()
+        if self._read_scope is not None:
+            self._read_scope.cancel()
 
     async def _read_next(self) -> None:
         try:

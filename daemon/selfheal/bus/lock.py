@@ -42,11 +42,15 @@ class LockLost(SelfhealError):
 class RedisLock:
     """One named lock."""
 
-    def __init__(self, client: aioredis.Redis, key: str, *, ttl_ms: int = 60_000) -> None:
+    def __init__(
+        self, client: aioredis.Redis, key: str, *, ttl_ms: int = 60_000, token: str | None = None
+    ) -> None:
         self.client = client
         self.key = key
         self.ttl_ms = ttl_ms
-        self.token = secrets.token_hex(16)
+        # A known token names a holding that ended without releasing (a killed process),
+        # so that exactly that holding can be released; a new holding gets a fresh one.
+        self.token = token or secrets.token_hex(16)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 

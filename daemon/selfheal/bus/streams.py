@@ -263,8 +263,11 @@ class Bus:
 
     # -- large commands ------------------------------------------------------------------
 
-    async def execute_packed(self, *args: str | int | bytes) -> Any:
+    async def execute_packed(self, *args: str | int | bytes, blocks_s: float = 0.0) -> Any:
         """Run one command packed by hiredis; the raw reply (bytes, lists, ints).
+
+        `blocks_s`: how long the command may wait in Redis by design (a BLOCK), added
+        to the connection's read timeout so an idle wait is not taken for a dead server.
 
         Connection errors are retried as redis-py retries its own commands (the pool's
         retry policy, a fresh connection each time). A client without a plain
@@ -279,9 +282,12 @@ class Bus:
         packed = hiredis.pack_command(cast(Any, args))  # the stub types a 1-tuple
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
 
+        timeout = conn.socket_timeout
+        read_timeout = None if timeout is None else timeout + blocks_s
+
         async def send_and_read() -> Any:
             await conn.send_packed_command(packed, check_health=False)
-            return await conn.read_response()
+            return await conn.read_response(timeout=read_timeout)
 
         async def reconnect(_error: Exception) -> None:
             await conn.disconnect()
@@ -317,6 +323,7 @@ class Bus:
         raw = await self.execute_packed(
             "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block,
             "STREAMS", stream, ">",
+            blocks_s=(block_ms or 0) / 1000,
         )  # fmt: skip
         return stream_entries(raw)
 

@@ -43,21 +43,27 @@ def run(state: CliState, target: str, follow: bool, as_json: bool) -> None:
             click.echo(f"backup of {target} requested (run {result['runId']})")
         return
     final: dict[str, Any] = {}
+    shown: str | None = None
     for item in state.stream("backup.run", {"target": target, "follow": True}):
+        if item.get("heartbeat"):
+            continue  # the daemon is still waiting on the run: nothing new to show
+        stage = item.get("stage")
+        if stage == "done":
+            final = item
         if as_json:
             emit_json(item)
-        elif item.get("stage") == "ship" and "done" in item:
+        elif stage == "ship" and "done" in item:
             click.echo(
                 "\r" + _bar(int(item["done"]), int(item["total"]), int(item["rateBps"])), nl=False
             )
-        elif item.get("stage") != "done":
-            click.echo(
-                f"\n{item['stage']}..." if item.get("stage") == "ship" else f"{item['stage']}..."
-            )
-        final = item
+        elif stage != "done" and stage != shown:
+            click.echo(f"\n{stage}..." if stage == "ship" else f"{stage}...")
+        shown = stage
+    if not final:
+        fail(f"the {target} run ended without a result", EXIT_DAEMON_ERROR)
     if not as_json:
         click.echo(f"\n{target}: {final.get('status', '?')} {final.get('detail', '')}".rstrip())
-    if final.get("status") not in ("delivered", None):
+    if final.get("status") != "delivered":
         raise SystemExit(EXIT_DAEMON_ERROR if final.get("status") == "failed" else 0)
 
 
@@ -73,6 +79,9 @@ def list_cmd(state: CliState, target: str | None, as_json: bool) -> None:
         return
     rows = [[a["target"], a["name"], a["size"], a["where"]] for a in result["artifacts"]]
     click.echo(table(["target", "artifact", "bytes", "where"], rows))
+    for item in result.get("ignored", []):
+        # Ours by name, but no manifest vouches for it: not a backup to count on.
+        click.echo(f"not a verified backup ({item['reason']}): {item['target']}/{item['name']}")
 
 
 @backup.command("verify")
@@ -104,6 +113,7 @@ def retention(state: CliState, target: str, apply_plan: bool, as_json: bool) -> 
         return
     rows = [[name, "keep", result["reasons"].get(name, "")] for name in result["keep"]]
     rows += [[name, "DELETE", result["reasons"].get(name, "")] for name in result["delete"]]
+    rows += [[name, "ignore", why] for name, why in result.get("ignored", {}).items()]
     click.echo(table(["file", "action", "why"], rows))
     if not apply_plan:
         click.echo("(dry run; --apply deletes the files marked DELETE)")

@@ -94,8 +94,7 @@ def render_status(s: dict[str, Any]) -> str:
     )
     if embedded:
         lines.append(
-            f"embedded    pid {format_value(embedded.get('pid'))}  "
-            f"restarts {embedded.get('restarts')}  {embedded.get('binary')}"
+            f"embedded    pid {format_value(embedded.get('pid'))}  {embedded.get('binary')}"
         )
     for target, run in sorted((s.get("backups") or {}).get("last_runs", {}).items()):
         lines.append(

@@ -35,6 +35,11 @@ class NasSettings(ConfigModel):
     prefer_remote: Annotated[bool, env("NAS_BACKUP_PREFER_REMOTE")] = Field(
         False, description="Try SSH before the local mount."
     )
+    lean_ssh_send: Annotated[bool, env("SELFHEAL_SSH_LEAN_SEND")] = Field(
+        True,
+        description="Under AEAD ciphers, skip asyncssh's empty IGNORE packet before every "
+        "packet (faster uploads); false = asyncssh's stock send path.",
+    )
     spool_dir: Annotated[ConfigPath | None, env("NAS_BACKUP_QUEUE_ROOT")] = Field(
         None, description="Spool for artifacts while the NAS is down; null = <stateDir>/spool."
     )

@@ -66,8 +66,8 @@ _BURST_REMIND_S: Final = 60.0
 # The most a parting reply (refused, idle) may take to write before the socket is closed.
 _PARTING_S: Final = 1.0
 _RECEIVE_CHUNK = 65536
-# How often the socket file's presence is checked (one lstat).
-SOCKET_CHECK_S = 2.0
+# How often the socket file's presence is checked (one lstat, on the loop).
+SOCKET_CHECK_S = 5.0
 
 
 class SocketFileLost(SelfhealError, OSError):
@@ -323,7 +323,7 @@ class ControlServer:
         while True:
             await anyio.sleep(SOCKET_CHECK_S)
             try:
-                st = await anyio.to_thread.run_sync(os.lstat, self.path)
+                st = os.lstat(self.path)
                 same = (st.st_dev, st.st_ino) == self._identity
             except FileNotFoundError:
                 same = False

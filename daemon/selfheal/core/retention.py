@@ -11,13 +11,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from selfheal.core.artifacts import (
-    MANIFEST_SUFFIX,
-    PARTIAL_SUFFIX,
-    ParsedName,
-    manifest_name,
-    parse_artifact_name,
-)
+from selfheal.core.artifacts import ParsedName, manifest_name, parse_artifact_name
 
 
 @dataclass(frozen=True)
@@ -48,11 +42,7 @@ KeyFn = Callable[[datetime], Hashable]
 
 
 def _ours(name: str, target: str) -> ParsedName | None:
-    # A temporary or manifest name can still fit the artifact pattern when its
-    # extension is short ("redis-<stamp>.rdb.partial"); those are never artifacts.
-    if name.endswith(PARTIAL_SUFFIX) or name.endswith(MANIFEST_SUFFIX):
-        return None
-    parsed = parse_artifact_name(name)
+    parsed = parse_artifact_name(name)  # never a `.partial` or manifest name
     return parsed if parsed is not None and parsed.target == target else None
 
 

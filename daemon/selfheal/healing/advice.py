@@ -6,16 +6,16 @@ from selfheal.core.contracts import SelfHealingRequest
 from selfheal.core.incident import Action, Decision, Incident
 from selfheal.core.policy import Knobs, clamp_advice
 from selfheal.healing.advisor import Advisor
-from selfheal.healing.router import Adviser
 
 
-class LlmAdviser(Adviser):
-    """Asks the model about retry/pause decisions; the policy clamps what it says."""
+class ModelAdvice:
+    """Advice (healing/router.py) from the model behind the Advisor client: asked about
+    retry/pause decisions, clamped by the policy."""
 
     def __init__(self, advisor: Advisor) -> None:
         self.advisor = advisor
 
-    async def advise_decision(
+    async def revise(
         self, request: SelfHealingRequest, decision: Decision, incident: Incident, knobs: Knobs
     ) -> Decision:
         """Return the policy's decision, adjusted by allowlisted advice when there is any."""

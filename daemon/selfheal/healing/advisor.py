@@ -12,11 +12,13 @@ from typing import Any, Final
 
 import anyio
 import httpx
+from opentelemetry.trace import Status, StatusCode
 from pydantic_core import to_jsonable_python
 
 from selfheal.config.schema_healing import AdvisorSettings
 from selfheal.healing.urls import under
 from selfheal.redact import MASK, redact, redact_text
+from selfheal.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +136,11 @@ class Advisor:
         model: str,
         fallback_model: str,
         client: httpx.AsyncClient,
+        telemetry: Telemetry,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._telemetry = telemetry
         self._model = model
         self._fallback = fallback_model
         self._client = client
@@ -257,22 +261,29 @@ class Advisor:
         started = time.perf_counter()
         self.status.calls += 1
         self.status.last_model = model
-        try:
-            content = await self._call(model, messages)
-            action, delay, reason, confidence, route = parse_advice(
-                content, allowed_actions, allowed_routes
-            )
-        except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, AdviceRejected) as exc:
-            if isinstance(exc, TimeoutError | httpx.TimeoutException):
-                detail = "timed out"
-            elif isinstance(exc, AdviceRejected):
-                detail = str(exc)
-            else:
-                detail = f"{type(exc).__name__}: {exc}"
-            self.status.last_error = self._scrub(f"{model}: {detail}")[:500]
-            log.info("advisor %s failed: %s", model, self.status.last_error)
-            return None
-        latency_ms = (time.perf_counter() - started) * 1000
+        with self._telemetry.decision_span(
+            "selfheal.advisor.call", {"model": model, "fallback": is_fallback}
+        ) as span:
+            try:
+                content = await self._call(model, messages)
+                action, delay, reason, confidence, route = parse_advice(
+                    content, allowed_actions, allowed_routes
+                )
+            except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, AdviceRejected) as exc:
+                if isinstance(exc, TimeoutError | httpx.TimeoutException):
+                    detail = "timed out"
+                elif isinstance(exc, AdviceRejected):
+                    detail = str(exc)
+                else:
+                    detail = f"{type(exc).__name__}: {exc}"
+                self.status.last_error = self._scrub(f"{model}: {detail}")[:500]
+                log.info("advisor %s failed: %s", model, self.status.last_error)
+                span.set_status(Status(StatusCode.ERROR, self.status.last_error))
+                return None
+            latency_ms = (time.perf_counter() - started) * 1000
+            span.set_attributes({"selfheal.action": action, "selfheal.latency_ms": latency_ms})
+            if delay is not None:
+                span.set_attribute("selfheal.delay_ms", delay)
         return Advice(action, delay, reason, confidence, route, model, latency_ms, is_fallback)
 
     async def _call(self, model: str, messages: list[dict[str, str]]) -> str:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
+from selfheal.bus.consumer import StreamConsumer
+from selfheal.bus.streams import Bus
+from selfheal.bus.timers import TimerPump
 from selfheal.control.params import MAX_ROWS, Params
 from selfheal.control.protocol import INVALID_PARAMS
 from selfheal.control.server import Handler
@@ -24,12 +28,38 @@ from selfheal.core.events import (
     new_event,
 )
 from selfheal.core.incident import IncidentState
+from selfheal.core.policy import Knobs
 from selfheal.errors import ControlError
+from selfheal.healing.router import Router
 from selfheal.healing.store import IncidentSnapshot, IncidentStore, latest
 from selfheal.redact import redact
 
-if TYPE_CHECKING:
-    from selfheal.healing.plane import HealingPlane
+
+class PlaneView(Protocol):
+    """What the control methods read of the running healing plane."""
+
+    @property
+    def router(self) -> Router | None:
+        """The running router, once it has started."""
+        ...
+
+    @property
+    def pump(self) -> TimerPump | None:
+        """The running timer pump, once it has started."""
+        ...
+
+    @property
+    def consumers(self) -> Mapping[str, StreamConsumer]:
+        """The plane's consumers by name (for their counters)."""
+        ...
+
+    def bus(self) -> Bus:
+        """The bus over the current Redis client."""
+        ...
+
+    def knobs(self) -> Knobs:
+        """Router knobs from the live config."""
+        ...
 
 
 # An operator's note on an acknowledgement.
@@ -44,7 +74,7 @@ def _now_ms() -> int:
 class HealingControl:
     """Answers `events.send`, `queue.*` and `incidents.*` for a running plane."""
 
-    def __init__(self, plane: HealingPlane) -> None:
+    def __init__(self, plane: PlaneView) -> None:
         self.plane = plane
 
     def handlers(self) -> dict[str, Handler]:

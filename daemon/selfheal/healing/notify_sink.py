@@ -20,6 +20,7 @@ from selfheal.bus.streams import Bus, as_text
 from selfheal.config.schema_healing import NotifiersSettings
 from selfheal.core.events import Event
 from selfheal.healing.notifiers import Notification, build_notifiers, deliver
+from selfheal.telemetry import Telemetry, context_from_traceparent
 
 log = logging.getLogger("selfheal.notify")
 
@@ -66,37 +67,50 @@ def notification_from(event: Event) -> Notification:
 class NotificationSink:
     """Handler for notify events."""
 
-    def __init__(self, bus: Bus, settings: Callable[[], NotifiersSettings]) -> None:
+    def __init__(
+        self, bus: Bus, settings: Callable[[], NotifiersSettings], telemetry: Telemetry
+    ) -> None:
         self.bus = bus
         self._settings = settings
+        self.telemetry = telemetry
         self.sent = 0
         self.quieted = 0
 
     async def handle(self, event: Event) -> None:
         """Deliver to every configured notifier not yet delivered for this event."""
-        settings = self._settings()
-        notifiers = build_notifiers(settings)
-        if not notifiers:
-            log.info("escalation %s: no notifier configured", event.data.get("kind"))
-            return
-        if await self._in_quiet_window(event, settings.quiet_window_minutes):
-            return
-        done = {
-            n.name
-            for n in notifiers
-            if await self.bus.client.exists(self.bus.keys.delivered(event.id, n.name))
-        }
         notification = notification_from(event)
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
-            report = await deliver(notification, notifiers, client, skip=done)
-        for name in report.delivered:
-            await self.bus.client.set(
-                self.bus.keys.delivered(event.id, name), int(time.time()), ex=DONE_TTL_S
-            )
-        self.sent += len(report.delivered)
-        if not report.all_ok:
-            failed = {k: v for k, v in report.results.items() if v != "ok"}
-            raise NotificationFailed(f"not delivered: {failed}")
+        # The notify event carries the escalating decision's span: the same trace.
+        with self.telemetry.decision_span(
+            "selfheal.notify",
+            {"kind": notification.kind, "incident_id": notification.incident_id},
+            context=context_from_traceparent(event.traceparent),
+        ) as span:
+            settings = self._settings()
+            notifiers = build_notifiers(settings)
+            if not notifiers:
+                log.info("escalation %s: no notifier configured", event.data.get("kind"))
+                span.set_attribute("selfheal.outcome", "no notifier")
+                return
+            if await self._in_quiet_window(event, settings.quiet_window_minutes):
+                span.set_attribute("selfheal.outcome", "quiet window")
+                return
+            done = {
+                n.name
+                for n in notifiers
+                if await self.bus.client.exists(self.bus.keys.delivered(event.id, n.name))
+            }
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
+                report = await deliver(notification, notifiers, client, skip=done)
+            # "ok" or the redacted error, per notifier tried now.
+            span.set_attributes({f"selfheal.notifier.{k}": v for k, v in report.results.items()})
+            for name in report.delivered:
+                await self.bus.client.set(
+                    self.bus.keys.delivered(event.id, name), int(time.time()), ex=DONE_TTL_S
+                )
+            self.sent += len(report.delivered)
+            if not report.all_ok:
+                failed = {k: v for k, v in report.results.items() if v != "ok"}
+                raise NotificationFailed(f"not delivered: {failed}")
 
     async def _in_quiet_window(self, event: Event, minutes: int) -> bool:
         """True when another escalation notice of this incident went out less than

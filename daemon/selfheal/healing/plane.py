@@ -7,7 +7,7 @@ of the daemon's Redis link, and answers `events.send`, `queue.stats` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -15,7 +15,7 @@ import httpx
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from selfheal.bus.consumer import ConsumerOptions, StreamConsumer
+from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.bus.timers import TimerPump
@@ -28,7 +28,7 @@ from selfheal.core.events import (
     SELF_HEALING_REQUESTED,
 )
 from selfheal.core.policy import Knobs
-from selfheal.healing.advice import LlmAdviser
+from selfheal.healing.advice import ModelAdvice
 from selfheal.healing.advisor import Advisor
 from selfheal.healing.backup_adapter import BackupFailureAdapter
 from selfheal.healing.control import HealingControl
@@ -45,6 +45,8 @@ from selfheal.supervisor import Service, ServiceSpec
 from selfheal.telemetry import Telemetry
 
 NOTIFIER_GROUP = "system/self.healing.notifier"
+# How long the timer pump sleeps when no timer of ours is due sooner.
+PUMP_MAX_SLEEP_S = 30.0
 HOUR_MS = 3_600_000
 
 
@@ -59,8 +61,10 @@ class HealingPlane:
         telemetry: Telemetry,
         consumer_name: str,
         stopping: Callable[[], bool],
+        wait_stopping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
+        self._wait_stopping = wait_stopping
         # Domains register themselves here (see healing/domains.py) before services start.
         self.domains = Domains()
         self._client = client
@@ -94,6 +98,8 @@ class HealingPlane:
         base: dict[str, Any] = {
             "reclaim_idle_ms": int(bus.reclaim_idle_seconds * 1000),
             "max_deliveries": bus.max_deliveries,
+            # Reads wait long (a stop ends the wait): an idle daemon stays asleep.
+            "block_ms": IDLE_READ_MS,
         }
         return ConsumerOptions(**{**base, **overrides})
 
@@ -145,13 +151,16 @@ class HealingPlane:
             handler,
             options=self.consumer_options(),
             stopping=self._stopping,
+            wait_stopping=self._wait_stopping,
         )
         consumer.name = f"adapter:{event_name}"
         self.consumers[consumer.name] = consumer
         return consumer
 
     def _make_pump(self) -> Service:
-        self.pump = TimerPump(self.bus())
+        # Its own timers wake it (events.send, the router's commits); other daemons'
+        # timers are fired by their own pumps, so a long sleep loses nothing.
+        self.pump = TimerPump(self.bus(), max_sleep_s=PUMP_MAX_SLEEP_S)
         return self.pump
 
     def _make_router(self) -> Service:
@@ -163,7 +172,8 @@ class HealingPlane:
             self.telemetry,
             knobs=self.knobs,
             domains=self.domains,
-            adviser=self._adviser(http),
+            advice=self._advice(http),
+            on_timers=lambda: self.pump.wake() if self.pump is not None else None,
         )
         consumer = StreamConsumer(
             bus,
@@ -173,6 +183,7 @@ class HealingPlane:
             self.router.handle,
             options=self.consumer_options(batch=ROUTER_BATCH, concurrency=ROUTER_CONCURRENCY),
             stopping=self._stopping,
+            wait_stopping=self._wait_stopping,
             # Fresh entries are routed a batch at a time; reclaimed ones, and those a
             # batch leaves (invalid, or whose routing raised), one by one.
             batch_handler=self.router.handle_batch,
@@ -181,18 +192,24 @@ class HealingPlane:
         self.consumers["router"] = consumer
         return _Closing(consumer, http)
 
-    def _adviser(self, http: httpx.AsyncClient | None) -> LlmAdviser | None:
+    def _advice(self, http: httpx.AsyncClient | None) -> ModelAdvice | None:
         settings = self._settings()
         if http is None:
             self.advisor = None
             return None
         model, fallback = settings.advisor_models
-        self.advisor = Advisor(settings.advisor, model=model, fallback_model=fallback, client=http)
-        return LlmAdviser(self.advisor)
+        self.advisor = Advisor(
+            settings.advisor,
+            model=model,
+            fallback_model=fallback,
+            client=http,
+            telemetry=self.telemetry,
+        )
+        return ModelAdvice(self.advisor)
 
     def _make_notifier(self) -> Service:
         bus = self.bus()
-        sink = NotificationSink(bus, lambda: self._settings().notifiers)
+        sink = NotificationSink(bus, lambda: self._settings().notifiers, self.telemetry)
         consumer = StreamConsumer(
             bus,
             NOTIFY_REQUESTED,
@@ -201,6 +218,7 @@ class HealingPlane:
             sink.handle,
             options=self.consumer_options(),
             stopping=self._stopping,
+            wait_stopping=self._wait_stopping,
         )
         consumer.name = "notifier"
         self.consumers["notifier"] = consumer

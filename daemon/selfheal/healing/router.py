@@ -24,10 +24,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final, Protocol
 
 import msgspec
+from opentelemetry.trace import Span, use_span
 
 from selfheal.bus.consumer import Delivery, Outcome, PoisonEvent
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S
@@ -72,7 +74,7 @@ from selfheal.healing.store import (
     IncidentStore,
     snapshot_from,
 )
-from selfheal.telemetry import OpenSpan, Telemetry
+from selfheal.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger("selfheal.router")
 
@@ -100,14 +102,15 @@ class RouterStats:
     escalations: int = 0
 
 
-class Adviser:
-    """What the router needs from the optional LLM advisor (see healing/advice.py)."""
+class Advice(Protocol):
+    """A second opinion on the policy's decision (healing/advice.py asks the model);
+    the router takes None for "no advice"."""
 
-    async def advise_decision(
+    async def revise(
         self, request: SelfHealingRequest, decision: Decision, incident: Incident, knobs: Knobs
     ) -> Decision:
         """Return the decision, possibly adjusted within the policy's clamps."""
-        return decision
+        ...
 
 
 class Arrival(msgspec.Struct, frozen=True):
@@ -136,7 +139,7 @@ class Step(msgspec.Struct):
 
     arrival: Arrival
     track: Track
-    span: OpenSpan
+    span: Span  # started, ended once its incident's group is applied
     effects: Effects
     reused: bool
 
@@ -151,10 +154,11 @@ class Router:
         *,
         knobs: Callable[[], Knobs],
         domains: Domains | None = None,
-        adviser: Adviser | None = None,
+        advice: Advice | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         jitter: Callable[[], float] = random.random,
         group: str = ROUTER_GROUP,
+        on_timers: Callable[[], None] | None = None,
     ) -> None:
         self.bus = bus
         self.keys = bus.keys
@@ -162,11 +166,14 @@ class Router:
         self.telemetry = telemetry
         self._knobs = knobs
         self.domains = domains or Domains()
-        self.adviser = adviser
+        self.advice = advice
         self._clock_ms = clock_ms
         self._jitter = jitter
         self.stats = RouterStats()
         self.group = group  # the consumer group whose entries the router acks
+        # Told when a commit scheduled a retry or re-check (the timer pump then looks
+        # again instead of sleeping on until its next known due time).
+        self._on_timers = on_timers
         self._requests = self.keys.stream("system/self.healing.requested")
         self._done_prefix = self.keys.done(group, "")
 
@@ -265,15 +272,20 @@ class Router:
             groups.append(acks)
         applied = await self.store.apply(groups)
         moved = {id(g) for g, ok in zip(groups, applied, strict=True) if not ok}
-        finished: list[tuple[OpenSpan, dict[str, Any]]] = []
+        end_ns = time.time_ns()
         for step in steps:
             if id(step.track.group) in moved:
-                later.append(step.arrival)  # its span is dropped: the next round opens one
+                # Nothing it wrote was applied, so nothing carries its span: the span is
+                # never ended, so never recorded, and the next round starts another.
+                later.append(step.arrival)
                 continue
             outcomes[step.arrival.index] = Outcome.ACKED
             self._count(step)
-            finished.append((step.span, step.effects.attributes))
-        self.telemetry.close_spans(finished, time.time_ns())
+            step.span.end(end_time=end_ns)
+        if self._on_timers is not None and any(
+            step.effects.timer is not None and step.arrival.index in outcomes for step in steps
+        ):
+            self._on_timers()
         return later
 
     async def _load(self, arrivals: list[Arrival]) -> tuple[dict[int, bool], dict[str, Track]]:
@@ -308,7 +320,7 @@ class Router:
     async def _step(self, track: Track, arrival: Arrival, knobs: Knobs) -> Step:
         """Route one request against its incident's current state, into the track's group."""
         envelope, request = arrival.envelope, arrival.request
-        span = self.telemetry.open_span(
+        span = self.telemetry.start_span(
             SPAN_NAME, traceparent=envelope.traceparent, start_ns=time.time_ns()
         )
         now = self.now_ms()
@@ -323,7 +335,21 @@ class Router:
             if incident is track.standing.incident and track.stored is not None:
                 decision, reused = track.stored, True
             else:
-                decision = await self.decide(request, incident, now, knobs)
+                # With an advisor the span is current while deciding, so the model calls
+                # are its children (making it current costs a few µs: only then). A
+                # step that raises leaves its span never ended, so never recorded.
+                current = (
+                    use_span(
+                        span,
+                        end_on_exit=False,
+                        record_exception=False,
+                        set_status_on_exception=False,
+                    )
+                    if self.advice is not None
+                    else nullcontext()
+                )
+                with current:
+                    decision = await self.decide(request, incident, now, knobs)
             effects = decided(
                 incident,
                 request,
@@ -335,7 +361,9 @@ class Router:
                 notify_event=NOTIFY_REQUESTED,
             )
         effects.attributes["selfheal.event_id"] = envelope.id
-        traceparent = span.traceparent or envelope.traceparent
+        span.set_attributes(effects.attributes)
+        # The events the step writes carry its span: the incident stays one trace.
+        traceparent = current_traceparent(span) or envelope.traceparent
         self._write(track, arrival, effects, decision_key, now, traceparent)
         return Step(arrival, track, span, effects, reused)
 
@@ -351,9 +379,9 @@ class Router:
         decision = decide(
             request, incident, now, knobs, self._jitter(), classification=classification
         )
-        if self.adviser is None:
+        if self.advice is None:
             return decision
-        return await self.adviser.advise_decision(request, decision, incident, knobs)
+        return await self.advice.revise(request, decision, incident, knobs)
 
     def _group(self, track: Track) -> Group:
         if track.group is None:
@@ -558,6 +586,6 @@ __all__ = [
     "ROUTER_BATCH",
     "ROUTER_CONCURRENCY",
     "ROUTER_GROUP",
-    "Adviser",
+    "Advice",
     "Router",
 ]

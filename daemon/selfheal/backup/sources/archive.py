@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from selfheal.config.base import Compression
-from selfheal.core.artifacts import PARTIAL_SUFFIX
+from selfheal.core.artifacts import PARTIAL_SUFFIX, artifact_name, artifact_stamp
 from selfheal.errors import SelfhealError
 
 CHUNK = 1 << 20
@@ -34,6 +35,17 @@ _FILE_SUFFIX: dict[str, str] = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 def now_utc() -> datetime:
     """The current time, timezone-aware UTC (the sources' default clock)."""
     return datetime.now(UTC)
+
+
+def new_artifact_name(target: str, created: datetime, ext: str) -> tuple[str, str]:
+    """A fresh artifact name and its time part (`<stamp>-<ms>-<random>`).
+
+    Seconds alone are not unique: a second run in the same second would take the first
+    run's name. Milliseconds keep names in time order; the random part separates runs
+    in one millisecond (the NAS refuses to replace a name in any case).
+    """
+    unique = secrets.token_hex(3)
+    return artifact_name(target, created, ext, unique=unique), artifact_stamp(created, unique)
 
 
 class SourceError(SelfhealError):

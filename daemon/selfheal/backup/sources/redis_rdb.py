@@ -23,13 +23,14 @@ from selfheal.backup.sources.archive import (
     compressed_suffix,
     copy_file,
     fsync_dir,
+    new_artifact_name,
     now_utc,
     require_compression,
     write_manifest,
 )
 from selfheal.config.base import Compression
 from selfheal.config.schema_backups import RedisBackupSettings
-from selfheal.core.artifacts import PARTIAL_SUFFIX, artifact_name, manifest_name
+from selfheal.core.artifacts import PARTIAL_SUFFIX, manifest_name
 
 __all__ = ["BgsaveState", "RedisSource", "SourceError", "judge_bgsave"]
 
@@ -169,8 +170,8 @@ class RedisSource:
         """BGSAVE, wait for proof, copy and check the RDB; the artifact lands in staging."""
         compression = self.settings.compression
         require_compression(compression)
-        created = self._clock().astimezone(UTC).replace(microsecond=0)
-        name = artifact_name(self.target, created, f"rdb{compressed_suffix(compression)}")
+        created = self._clock().astimezone(UTC)
+        name, _ = new_artifact_name(self.target, created, f"rdb{compressed_suffix(compression)}")
         source = await self._rdb_path()
         facts = await self._facts()
         lastsave = await self._bgsave()

@@ -19,13 +19,14 @@ from selfheal.backup.model import Artifact
 from selfheal.backup.sources.archive import (
     SourceError,
     archive_extension,
+    new_artifact_name,
     now_utc,
     require_compression,
     write_manifest,
     write_tree_archive,
 )
 from selfheal.config.schema_backups import TypesenseBackupSettings
-from selfheal.core.artifacts import STAMP_FORMAT, artifact_name, manifest_name
+from selfheal.core.artifacts import manifest_name
 from selfheal.redact import redact_text
 
 __all__ = ["SourceError", "TypesenseSource"]
@@ -37,7 +38,8 @@ API_KEY_HEADER = "X-TYPESENSE-API-KEY"
 SNAPSHOT_TIMEOUT = httpx.Timeout(10.0, read=900.0)
 QUERY_TIMEOUT = httpx.Timeout(10.0, read=30.0)
 # Snapshot folders are named by their UTC stamp; pruning touches nothing else.
-SNAPSHOT_DIR_NAME = re.compile(r"^\d{8}T\d{6}Z$")
+# <yyyymmddThhmmssZ>, and since names carry it, -<ms>-<6 hex>: sortable either way.
+SNAPSHOT_DIR_NAME = re.compile(r"^\d{8}T\d{6}Z(?:-\d{3}-[0-9a-f]{6})?$")
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -79,12 +81,13 @@ class TypesenseSource:
         """Snapshot, archive and describe; the artifact lands in the staging dir."""
         compression = self.settings.compression
         require_compression(compression)
-        created = self._clock().astimezone(UTC).replace(microsecond=0)
-        name = artifact_name(self.target, created, archive_extension(compression))
+        created = self._clock().astimezone(UTC)
+        name, stamp = new_artifact_name(self.target, created, archive_extension(compression))
         async with self._client() as http:
             version = await self._get_json(http, "/debug")
             collections = await self._get_json(http, "/collections")
-            snapshot = await self._snapshot(http, created.strftime(STAMP_FORMAT))
+            # Named like the artifact: a second run in the same second gets its own folder.
+            snapshot = await self._snapshot(http, stamp)
         path = self.staging_dir / name
         manifest_path = self.staging_dir / manifest_name(name)
         try:

@@ -10,19 +10,30 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial as partial_call
 from pathlib import Path, PurePosixPath
 from typing import Final, TypeVar
 
 import anyio
 
-from selfheal.backup.model import Delivery, ProbeResult, ProgressFn, RemoteEntry, TransportError
-from selfheal.core.artifacts import PARTIAL_SUFFIX
+from selfheal.backup.model import (
+    Delivery,
+    ProbeResult,
+    ProgressFn,
+    RemoteEntry,
+    TransportError,
+    name_taken,
+    same_manifest,
+)
+from selfheal.backup.transports.noreplace import rename_noreplace
+from selfheal.core.artifacts import PARTIAL_SUFFIX, manifest_name
 
 MARKER_NAME: Final = ".selfheal-nas"
 CHUNK_BYTES: Final = 8 << 20  # big chunks: few thread hops, near-kernel copy speed
 PROBE_TIMEOUT_S: Final = 5.0  # a hung network mount must not hang the probe
 CLEANUP_TIMEOUT_S: Final = 10.0
 _MARKER_READ_LIMIT: Final = 64 << 10
+_MANIFEST_READ_LIMIT: Final = 1 << 20
 # copy_file_range refuses some file pairs (other filesystems, old kernels, sandboxes);
 # the plain read/write loop still works there and surfaces the real errors.
 _KERNEL_COPY_UNSUPPORTED: Final = frozenset(
@@ -231,50 +242,97 @@ class MountTransport:
         sha256: str,
         size: int,
         progress: ProgressFn | None = None,
+        manifest: bytes | None = None,
     ) -> Delivery:
-        """Copy to `<remote>.partial`, fsync, rename to `remote`, verify size and sha256."""
+        """Copy to `<remote>.partial`, fsync, verify size and sha256, write `manifest` beside
+        it, then give the copy its final name without replacing anything (model.Transport)."""
         final = self._target(remote)
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        beside = final.with_name(manifest_name(final.name))
         expected = sha256.lower()
         started = time.monotonic()
         await self._require_nas()
         try:
-            if await anyio.to_thread.run_sync(self._already_there, final, expected, size):
-                # A re-delivery (a drain after a crash) finds the verified copy in place.
-                if progress is not None:
-                    progress(size, size)
-                return Delivery(self.mode, str(final), size, time.monotonic() - started, True)
+            there = await anyio.to_thread.run_sync(self._already_there, final, expected, size)
         except OSError as exc:
             raise _os_error(exc, f"check {final}") from exc
+        if there:
+            # A re-delivery (a drain after a crash) finds the verified copy in place.
+            if manifest is not None:
+                await self._os_call(partial_call(self._place, beside, manifest), f"write {beside}")
+            if progress is not None:
+                progress(size, size)
+            return Delivery(self.mode, str(final), size, time.monotonic() - started, True)
+        placed = False
         try:
             await self._copy(local, final, partial, size, progress)
+            await self._require_nas()  # a share gone mid-copy is ENODEV, not a missing file
+            got_size, got_sha = await anyio.to_thread.run_sync(_digest, partial, self.chunk_bytes)
+            if got_size != size or got_sha != expected:
+                raise TransportError(
+                    "mount",
+                    f"checksum mismatch for {partial}: expected {size} bytes sha256 {expected}, "
+                    f"read back {got_size} bytes sha256 {got_sha}",
+                    exception="ChecksumMismatch",
+                    kind="integrity",
+                )
+            # The manifest first: whoever finds the final name finds its manifest too.
+            if manifest is not None:
+                placed = await anyio.to_thread.run_sync(self._place, beside, manifest)
             await anyio.to_thread.run_sync(self._commit, partial, final)
-            got_size, got_sha = await anyio.to_thread.run_sync(_digest, final, self.chunk_bytes)
         except BaseException as exc:
-            # Failed, refused or cancelled midway: nothing unverified may stay under either
-            # name (a verified copy already in place returned above, so none is lost here).
-            await self._discard(partial, final)
+            # Failed, refused or cancelled midway: no unverified copy stays, nor a manifest
+            # we wrote for a copy that never got its name.
+            await self._discard(partial, *([beside] if placed else []))
+            if isinstance(exc, FileExistsError):
+                raise name_taken(self.mode, final) from exc
             if isinstance(exc, OSError):
                 raise _os_error(exc, f"copy {local} to {final}") from exc
             raise
-        if got_size != size or got_sha != expected:
-            await self._discard(final)
-            raise TransportError(
-                "mount",
-                f"checksum mismatch for {final}: expected {size} bytes sha256 {expected}, "
-                f"read back {got_size} bytes sha256 {got_sha}",
-                exception="ChecksumMismatch",
-                kind="integrity",
-            )
         return Delivery(self.mode, str(final), size, time.monotonic() - started, True)
 
     def _already_there(self, final: Path, sha256: str, size: int) -> bool:
+        """True when `final` holds this very file; raises when it holds another one."""
         try:
-            if final.stat().st_size != size:
-                return False
+            if final.stat().st_size == size and _digest(final, self.chunk_bytes) == (size, sha256):
+                return True
         except FileNotFoundError:
             return False
-        return _digest(final, self.chunk_bytes) == (size, sha256)
+        raise name_taken(self.mode, final)
+
+    def _place(self, path: Path, data: bytes) -> bool:
+        """Write a small file under `path` via `<path>.partial`, fsync, read back and a
+        rename that replaces nothing. False when `path` already says the same."""
+        try:
+            with open(path, "rb") as fh:
+                existing: bytes | None = fh.read(_MANIFEST_READ_LIMIT)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            if same_manifest(existing, data):
+                return False
+            raise name_taken(self.mode, path)
+        temporary = path.with_name(path.name + PARTIAL_SUFFIX)
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                _durable_sync(fd)
+            finally:
+                os.close(fd)
+            with open(temporary, "rb") as fh:
+                if fh.read(len(data) + 1) != data:
+                    raise TransportError(
+                        "mount", f"{temporary} did not read back as written", kind="integrity"
+                    )
+            self._commit(temporary, path)
+        except FileExistsError as exc:  # another writer got there first
+            raise name_taken(self.mode, path) from exc
+        finally:
+            temporary.unlink(missing_ok=True)  # already gone when the rename happened
+        return True
 
     def _make_parent(self, final: Path) -> None:
         # Folder by folder below the root, never the root itself: should the share vanish,
@@ -325,7 +383,7 @@ class MountTransport:
             raise TransportError(
                 "mount", problem, errno_name="ENODEV", kind="transport.mount.missing"
             )
-        os.replace(partial, final)
+        rename_noreplace(partial, final)  # FileExistsError rather than replace a backup
         _fsync_dir(final.parent)
 
     async def _discard(self, *paths: Path) -> None:
@@ -381,6 +439,27 @@ class MountTransport:
                 "mount", f"{path} is larger than {limit} bytes", errno_name="EFBIG"
             )
         return data
+
+    async def read_many(
+        self, remotes: list[PurePosixPath], limit: int = 1 << 20
+    ) -> dict[PurePosixPath, bytes]:
+        """Read several small files (manifests); missing ones are left out."""
+        await self._require_nas()
+        paths = {remote: self._target(remote) for remote in remotes}
+
+        def read_all() -> dict[PurePosixPath, bytes]:
+            found: dict[PurePosixPath, bytes] = {}
+            for remote, path in paths.items():
+                try:
+                    with open(path, "rb") as fh:
+                        data = fh.read(limit + 1)
+                except FileNotFoundError:
+                    continue
+                if len(data) <= limit:  # an oversized "manifest" is none of ours
+                    found[remote] = data
+            return found
+
+        return await self._os_call(read_all, f"read manifests under {self.root}")
 
     async def _os_call(self, fn: Callable[[], T], what: str) -> T:
         try:

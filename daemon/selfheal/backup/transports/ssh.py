@@ -18,10 +18,18 @@ from typing import Final, NamedTuple, cast
 import anyio
 import asyncssh
 
-from selfheal.backup.model import Delivery, ProbeResult, ProgressFn, RemoteEntry, TransportError
+from selfheal.backup.model import (
+    Delivery,
+    ProbeResult,
+    ProgressFn,
+    RemoteEntry,
+    TransportError,
+    name_taken,
+    same_manifest,
+)
 from selfheal.backup.transports.sftp_writer import Batch, feed_blocks
 from selfheal.backup.transports.ssh_lean_send import use_lean_send
-from selfheal.core.artifacts import PARTIAL_SUFFIX
+from selfheal.core.artifacts import PARTIAL_SUFFIX, manifest_name
 from selfheal.core.ssh_flags import SshOptions
 
 log = logging.getLogger("selfheal.backup.ssh")
@@ -269,10 +277,13 @@ class SshTransport:
         sha256: str,
         size: int,
         progress: ProgressFn | None = None,
+        manifest: bytes | None = None,
     ) -> Delivery:
-        """Upload to `<remote>.partial`, fsync, verify size and sha256 there, rename to `remote`."""
+        """Upload to `<remote>.partial`, fsync, verify size and sha256 there, write `manifest`
+        beside it, then rename to `remote` without replacing anything (model.Transport)."""
         final = self._absolute(checked_relative(remote))
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        beside = final.with_name(manifest_name(final.name))
         started = mark = time.monotonic()
         phases: dict[str, float] = {}
 
@@ -283,19 +294,31 @@ class SshTransport:
         async with self._session() as link:
             lap("connect")
             sftp = link.sftp
+            if await self._already_there(link, final, sha256, size):
+                # A re-delivery (a drain after a crash) finds the verified copy in place.
+                if manifest is not None:
+                    await self._place(sftp, beside, manifest)
+                if progress is not None:
+                    progress(size, size)
+                return Delivery(MODE, str(final), size, time.monotonic() - started, True)
+            placed = False
             try:
                 with _translated(f"upload {local.name} to {self.target}:{partial}"):
                     await sftp.makedirs(final.parent, exist_ok=True)
                     async with await sftp.open(partial, "wb", block_size=0) as remote_file:
                         await self._upload(sftp, remote_file, local, size, progress)
                         lap("upload")
-                        # Verified before the rename: the final name only ever holds a good copy.
                         await self._sync_and_verify(link, remote_file, partial, sha256, size)
                         lap("sync_verify")
-                    await self._rename(sftp, partial, final)
-                    lap("rename")
+                # The manifest first: whoever finds the final name finds its manifest too.
+                if manifest is not None:
+                    placed = await self._place(sftp, beside, manifest)
+                await self._publish(sftp, partial, final)
+                lap("rename")
             except BaseException as exc:
                 await self._discard(sftp, partial)
+                if placed:  # written for a copy that never got its name
+                    await self._discard(sftp, beside)
                 if isinstance(exc, TransportError) and exc.exception == "SFTPFailure":
                     raise await self._explain_failure(sftp, exc, final.parent, size) from exc
                 raise
@@ -308,6 +331,60 @@ class SshTransport:
         return Delivery(
             mode=MODE, remote_path=str(final), bytes=size, seconds=seconds, verified=True
         )
+
+    async def _already_there(
+        self, link: _Link, final: PurePosixPath, sha256: str, size: int
+    ) -> bool:
+        """True when `final` holds this very file; raises when it holds another one."""
+        with _translated(f"stat {final}"):
+            try:
+                landed = (await link.sftp.stat(final)).size
+            except asyncssh.SFTPNoSuchFile:
+                return False
+            if landed == size and await self._hash(link, final, size) == sha256.lower():
+                return True
+        raise name_taken(MODE, f"{self.target}:{final}")
+
+    async def _place(self, sftp: asyncssh.SFTPClient, path: PurePosixPath, data: bytes) -> bool:
+        """Write a small file under `path` via `<path>.partial`, fsync, read back and a
+        rename that replaces nothing. False when `path` already says the same."""
+        with _translated(f"read {path}"):
+            try:
+                existing: bytes | None = await self._read(sftp, path, len(data) + (1 << 20))
+            except asyncssh.SFTPNoSuchFile:
+                existing = None
+        if existing is not None:
+            if same_manifest(existing, data):
+                return False
+            raise name_taken(MODE, f"{self.target}:{path}")
+        temporary = path.with_name(path.name + PARTIAL_SUFFIX)
+        try:
+            with _translated(f"write {self.target}:{temporary}"):
+                async with await sftp.open(temporary, "wb") as remote_file:
+                    await remote_file.write(data)
+                    await self._fsync(remote_file)
+                if await self._read(sftp, temporary, len(data) + 1) != data:
+                    raise integrity_error(f"{temporary} did not read back as written")
+            await self._publish(sftp, temporary, path)
+        except BaseException:
+            await self._discard(sftp, temporary)
+            raise
+        return True
+
+    async def _publish(
+        self, sftp: asyncssh.SFTPClient, src: PurePosixPath, dst: PurePosixPath
+    ) -> None:
+        """Rename without replacing: SFTPv3 RENAME fails when `dst` exists (OpenSSH's
+        sftp-server links, then unlinks), unlike the posix-rename extension, never used."""
+        try:
+            with _translated(f"rename {src} to {dst}"):
+                await sftp.rename(src, dst)
+        except TransportError as exc:
+            with _translated(f"stat {dst}"):
+                taken = await sftp.exists(dst)
+            if taken:
+                raise name_taken(MODE, f"{self.target}:{dst}") from exc
+            raise
 
     async def _upload(
         self,
@@ -361,10 +438,7 @@ class SshTransport:
         # Every write is acknowledged, so hashing can overlap the fsync: both see the
         # whole file, and the disk flush is the slow part on a NAS.
         async def sync() -> None:
-            try:
-                await remote_file.fsync()
-            except asyncssh.SFTPOpUnsupported:
-                log.info("%s has no fsync@openssh.com; relying on close()", self.target)
+            await self._fsync(remote_file)
 
         with _translated(f"stat {path}"):
             landed = (await link.sftp.stat(path)).size
@@ -379,18 +453,17 @@ class SshTransport:
         if digest != sha256.lower():
             raise integrity_error(f"checksum mismatch: {path} sha256 {digest}, expected {sha256}")
 
-    async def _rename(
-        self, sftp: asyncssh.SFTPClient, src: PurePosixPath, dst: PurePosixPath
-    ) -> None:
+    async def _fsync(self, remote_file: asyncssh.SFTPClientFile) -> None:
         try:
-            await sftp.posix_rename(src, dst)
+            await remote_file.fsync()
         except asyncssh.SFTPOpUnsupported:
-            # Plain SFTPv3 rename refuses to replace a file: drop the old one first.
-            try:
-                await sftp.remove(dst)
-            except asyncssh.SFTPNoSuchFile:
-                pass
-            await sftp.rename(src, dst)
+            log.info("%s has no fsync@openssh.com; relying on close()", self.target)
+
+    async def _read(self, sftp: asyncssh.SFTPClient, path: PurePosixPath, limit: int) -> bytes:
+        """Up to `limit` bytes of a file (SFTP errors as they come)."""
+        async with await sftp.open(path, "rb", block_size=self.block_size) as remote_file:
+            data: bytes = await remote_file.read(limit)
+        return data
 
     async def _discard(self, sftp: asyncssh.SFTPClient, path: PurePosixPath) -> None:
         # Best effort and shielded: runs while a cancelled or failed put unwinds.
@@ -498,8 +571,26 @@ class SshTransport:
         path = self._absolute(checked_relative(remote))
         async with self._session() as (_, sftp):
             with _translated(f"read {path}"):
-                async with await sftp.open(path, "rb", block_size=self.block_size) as remote_file:
-                    data: bytes = await remote_file.read(limit + 1)
+                data = await self._read(sftp, path, limit + 1)
         if len(data) > limit:
             raise TransportError(MODE, f"{path} is larger than {limit} bytes", errno_name="EFBIG")
         return data
+
+    async def read_many(
+        self, remotes: list[PurePosixPath], limit: int = 1 << 20
+    ) -> dict[PurePosixPath, bytes]:
+        """Read several small files (manifests) over one session; missing ones are left out."""
+        paths = {remote: self._absolute(checked_relative(remote)) for remote in remotes}
+        found: dict[PurePosixPath, bytes] = {}
+        if not paths:
+            return found
+        async with self._session() as (_, sftp):
+            for remote, path in paths.items():
+                with _translated(f"read {path}"):
+                    try:
+                        data = await self._read(sftp, path, limit + 1)
+                    except asyncssh.SFTPNoSuchFile:
+                        continue
+                if len(data) <= limit:  # an oversized "manifest" is none of ours
+                    found[remote] = data
+        return found
