@@ -120,7 +120,7 @@ def test_three_retries_then_escalation_with_one_notification(
     detail = json.loads(shown.output)
     assert detail["retriesUsed"] == 3 and len(detail["manualQueue"]) == 1
     # The last request, as the contract writes it (the router may store it as it came).
-    assert detail["request"] == parse_request(failure(3)).to_data()
+    assert detail["request"] == parse_request(json.dumps(failure(3))).to_data()
     assert detail["request"]["evidence"][1]["message"] == "ssh: connect to host nas: timed out"
 
     stats = json.loads(runner.invoke(cli, ["queue", "stats", "--json"], env=env).output)

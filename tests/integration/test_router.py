@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 import pytest
 
@@ -111,17 +112,33 @@ async def test_replayed_and_duplicate_reports_do_not_spend_budget(
     assert await bus.client.zcard(bus.keys.timers) == 1, "still one retry pending"
 
 
-async def test_hard_failure_escalates_at_once(bus: Bus, telemetry: Telemetry) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batch"])
+@pytest.mark.parametrize(
+    ("evidence", "why"),
+    [
+        ({"errno": "ENOSPC"}, "errno ENOSPC"),
+        # Free-form evidence: the text under a key of the producer's own counts too.
+        (
+            {"kind": "error", "detail": "OSError: [Errno 28] No space left on device"},
+            "message matches 'no space left on device'",
+        ),
+    ],
+    ids=["errno", "free-form detail"],
+)
+async def test_hard_failure_escalates_at_once(
+    bus: Bus, telemetry: Telemetry, evidence: dict[str, Any], why: str, batched: bool
+) -> None:
     router = Router(bus, telemetry, knobs=Knobs, domains=backup_domains())
-    data = request(incident="backup:typesense:disk", evidence=[{"errno": "ENOSPC"}])
+    data = request(incident="backup:typesense:disk", evidence=[evidence])
     await bus.publish(new_event(SELF_HEALING_REQUESTED, data, now_ms=now_ms()))
 
     async def escalated() -> bool:
         return await bus.client.xlen(bus.keys.manual_queue) == 1
 
-    await run_until(escalated, router_consumer(bus, router))
+    await run_until(escalated, router_consumer(bus, router, batched=batched))
     [done] = await stream_events(bus, SELF_HEALING_COMPLETED)
     assert done.data["status"] == "escalated" and done.data["failureClass"] == "resource_exhausted"
+    assert done.data["reason"] == f"hard failure: resource_exhausted ({why})"
     assert await bus.client.zcard(bus.keys.timers) == 0, "nothing retried"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -162,6 +163,41 @@ def test_message_patterns(message: str, expected: FailureClass, shown: str | Non
         assert found.reason == f"message matches {shown!r}"
     # snippets are read the same way as messages
     assert classify([Evidence(snippet=message)]).failure_class == expected
+
+
+NO_SPACE = Classification(R, "message matches 'no space left on device'")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"kind": "error", "detail": "OSError: [Errno 28] No space left on device"},
+        {"kind": "log", "stderr": "rsync: write failed: No space left on device (28)"},
+        {"log": ["copy started", "write: No space left on device"]},
+        {"output": {"step": "copy", "error": {"text": "No space left on device"}}},
+        # A type name the table does not know leaves its text to be read.
+        {"exception": "OSError: [Errno 28] No space left on device"},
+    ],
+    ids=["detail", "stderr", "a list", "nested objects", "exception text"],
+)
+def test_every_text_an_item_holds_is_read(item: dict[str, Any]) -> None:
+    evidence = Evidence.model_validate(item)
+    assert classify_item(evidence) == NO_SPACE
+    assert classify([Evidence(message="connection reset"), evidence]) == NO_SPACE
+
+
+def test_the_most_severe_text_of_an_item_wins_and_the_first_on_a_tie() -> None:
+    item = Evidence.model_validate(
+        {"message": "timed out", "stderr": ["stale file handle", "Permission denied"]}
+    )
+    assert classify_item(item) == Classification(A, "message matches 'permission denied'")
+    item = Evidence.model_validate({"detail": "no route to host", "log": "timed out"})
+    assert classify_item(item) == Classification(T, "message matches 'no route to host'")
+
+
+def test_labels_and_names_are_not_read_as_descriptions() -> None:
+    item = Evidence(kind="timeout", path="/mnt/permission denied", key="connection", event_id="x")
+    assert classify_item(item) is None
 
 
 def test_most_severe_pattern_in_one_message_wins() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +15,12 @@ from ulid import ULID
 
 from selfheal.core import events
 from selfheal.core.contracts import (
+    EVIDENCE_LIMIT,
     INCIDENT_ID_PATTERN,
     CompletionStatus,
     Evidence,
     InvalidRequest,
+    SelfHealingRequest,
     derive_incident_id,
     invalid_completion,
     parse_request,
@@ -66,6 +69,11 @@ SEED_EXAMPLE: dict[str, Any] = {
 }
 
 
+def parse(data: Any) -> SelfHealingRequest:
+    """The contract's reading of `data` sent as an event's data (JSON text)."""
+    return parse_request(json.dumps(data))
+
+
 def _without(key: str) -> dict[str, Any]:
     data = copy.deepcopy(SEED_EXAMPLE)
     del data[key]
@@ -87,20 +95,20 @@ def _with_in(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 def test_seed_example_parses_and_round_trips() -> None:
-    request = parse_request(SEED_EXAMPLE)
+    request = parse(SEED_EXAMPLE)
     assert request.retry_policy.sleep_min_ms == 300_000
     assert request.deadline_at == datetime(2026, 2, 25, 12, tzinfo=UTC)
     assert request.fallback_action == "manual"
     assert request.evidence[0] == Evidence(message=SEED_EXAMPLE["evidence"][0])
     assert request.evidence[1].event_id == "01J0000000000000000000000A"
     assert request.evidence[2].model_extra == {"lines": 40}  # free-form keys are kept
-    assert parse_request(request.to_data()) == request
+    assert parse(request.to_data()) == request
 
 
 def test_optional_fields_default() -> None:
     minimal = {k: SEED_EXAMPLE[k] for k in ("sourceFunction", "targetComponent", "problemSummary")}
     minimal |= {k: SEED_EXAMPLE[k] for k in ("attempt", "retryPolicy", "evidence", "playbook")}
-    request = parse_request(minimal | {"evidence": [], "playbook": {}})
+    request = parse(minimal | {"evidence": [], "playbook": {}})
     assert (request.domain, request.incident_id, request.route_to) == ("backup", None, None)
     assert request.evidence == []
     assert request.resolved_incident_id == derive_incident_id(
@@ -150,7 +158,7 @@ def test_optional_fields_default() -> None:
 )
 def test_invalid_request_names_the_field(data: Any, field: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        parse_request(data)
+        parse(data)
     assert caught.value.field == field
     assert caught.value.problems[0].startswith(f"{field}: ")
     assert isinstance(caught.value, ValueError)
@@ -160,20 +168,154 @@ def test_invalid_request_names_the_field(data: Any, field: str) -> None:
     ("field", "value"),
     [
         ("context", {"b": {"\udc00": 1}}),
+        ("context", {"b": "\udc00"}),
         ("routeTo", {"event": "system/backup.retry.requested", "data": {"x": {"\ud800": 1}}}),
     ],
 )
-def test_a_key_that_is_not_unicode_makes_the_request_invalid(field: str, value: Any) -> None:
-    # Such a request could be validated but never stored or re-sent: refused up front,
-    # it is answered completed{invalid} once instead of failing on every delivery.
-    with pytest.raises(InvalidRequest, match="not valid Unicode") as caught:
-        parse_request({**copy.deepcopy(SEED_EXAMPLE), field: value})
+def test_a_lone_surrogate_makes_the_request_invalid(field: str, value: Any) -> None:
+    # Not Unicode text: such a request could never be stored or re-sent. pydantic's JSON
+    # parser refuses it with the text, so it is answered completed{invalid} once.
+    with pytest.raises(InvalidRequest) as caught:
+        parse({**copy.deepcopy(SEED_EXAMPLE), field: value})
     assert caught.value.field == "request"
+    assert caught.value.problems[0].startswith("request: Invalid JSON: ")
 
 
-def test_a_value_that_is_not_unicode_is_kept_where_the_contract_allows_any() -> None:
-    request = parse_request({**copy.deepcopy(SEED_EXAMPLE), "context": {"b": "\udc00"}})
-    assert request.to_data()["context"] == {"b": "\udc00"}
+def _at(path: str, value: Any) -> dict[str, Any]:
+    """The seed example with the field at `path` (dotted; a number is a list index) set."""
+    return _with_in(_with("evidence", [{"message": "x"}]), path, value)
+
+
+def _route_event(length: int) -> str:
+    return "system/" + "r" * (length - len("system/"))
+
+
+# (field, value at the contract's limit, value just past it)
+LIMITS = [
+    ("sourceFunction", "x" * 256, "x" * 257),
+    ("targetComponent", "x" * 256, "x" * 257),
+    ("owner", "x" * 256, "x" * 257),
+    ("problemSummary", "x" * 2000, "x" * 2001),
+    ("evidence.0.message", "x" * 65_536, "x" * 65_537),
+    ("evidence.0.snippet", "x" * 65_536, "x" * 65_537),
+    ("evidence.0.kind", "x" * 4096, "x" * 4097),
+    ("evidence.0.exception", "x" * 4096, "x" * 4097),
+    ("evidence.0.path", "x" * 4096, "x" * 4097),
+    ("evidence.0.eventId", "x" * 4096, "x" * 4097),
+    ("evidence.0.errno", "E" * 64, "E" * 65),
+    ("evidence.0.errno", 99_999, 100_000),
+    ("playbook.runbook", "x" * 4096, "x" * 4097),
+    ("incidentId", "i" * 128, "i" * 129),
+    ("domain", "d" * 32, "d" * 33),
+    ("routeTo.event", _route_event(200), _route_event(201)),
+    ("attempt", 1_000_000_000, 1_000_000_001),
+    ("retryPolicy.maxRetries", 100, 101),
+    ("retryPolicy.sleepStepMs", 86_400_000, 86_400_001),
+    ("retryPolicy.sleepMaxMs", 604_800_000, 604_800_001),
+    ("evidence", ["x"] * EVIDENCE_LIMIT, ["x"] * (EVIDENCE_LIMIT + 1)),
+]
+
+
+@pytest.mark.parametrize(("path", "at_limit", "past_limit"), LIMITS, ids=[x[0] for x in LIMITS])
+def test_each_limit_holds_and_the_next_value_is_refused_by_name(
+    path: str, at_limit: Any, past_limit: Any
+) -> None:
+    parse(_at(path, at_limit))
+    with pytest.raises(InvalidRequest) as caught:
+        parse(_at(path, past_limit))
+    assert caught.value.field == re.sub(r"\.([0-9]+)", r"[\1]", path)  # evidence[0].kind
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        # The contract's patterns are whole-text: a final newline is not allowed by `$`.
+        ("incidentId", "a:b\n"),
+        ("domain", "backup\n"),
+        ("routeTo.event", "system/backup.retry.requested\n"),
+        # Blank means every character is whitespace, Unicode's included.
+        ("problemSummary", "\u00a0\u2003"),
+        ("targetComponent", "\x1c\x1f"),
+        ("owner", "\t"),
+        # Whole numbers only, in the JSON too.
+        ("attempt", 1.0),
+        ("attempt", 10**30),
+    ],
+)
+def test_near_misses_are_refused_by_name(path: str, value: Any) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse(_at(path, value))
+    assert caught.value.field == path
+
+
+def test_a_repeated_key_reads_as_its_last_value() -> None:
+    text = json.dumps(SEED_EXAMPLE)[:-1] + ', "attempt": 7}'
+    assert parse_request(text).attempt == 7
+
+
+def lists(levels: int) -> Any:
+    """Lists nested `levels` deep."""
+    return json.loads("[" * levels + "]" * levels)
+
+
+@pytest.mark.parametrize(
+    ("member", "place"),
+    [
+        # The request is level 1; each place's value sits this many levels below it.
+        ("context", lambda inner: {"context": {"x": inner}}),
+        ("routeTo", lambda inner: {"routeTo": {"event": "a/b", "data": {"x": inner}}}),
+        ("evidence", lambda inner: {"evidence": [{"message": "m", "extra": inner}]}),
+        ("playbook", lambda inner: {"playbook": {"extra": inner}}),
+    ],
+)
+def test_free_form_values_nest_within_the_event_data_limit(member: str, place: Any) -> None:
+    depth_of_value = {"context": 3, "routeTo": 4, "evidence": 4, "playbook": 3}[member]
+    room = DATA_DEPTH_LIMIT - depth_of_value + 1
+    parse({**SEED_EXAMPLE, **place(lists(room))})
+    with pytest.raises(InvalidRequest) as caught:
+        parse({**SEED_EXAMPLE, **place(lists(room + 1))})
+    assert caught.value.problems == [f"{member}: nested too deeply (max {DATA_DEPTH_LIMIT} levels)"]
+
+
+def test_text_nested_past_the_parsers_limit_is_refused_as_a_whole() -> None:
+    # pydantic's JSON parser stops at 200 levels, before any member can be named.
+    with pytest.raises(InvalidRequest) as caught:
+        parse({**SEED_EXAMPLE, "context": {"x": lists(300)}})
+    assert caught.value.field == "request"
+    assert "recursion limit exceeded" in caught.value.problems[0]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("member", ["context", "routeTo", "evidence", "playbook"])
+def test_free_form_numbers_json_cannot_hold_are_refused_by_member(number: str, member: str) -> None:
+    marker = '"@number@"'
+    data = {
+        "context": {"context": {"n": "@number@"}},
+        "routeTo": {"routeTo": {"event": "a/b", "data": {"n": ["@number@"]}}},
+        "evidence": {"evidence": [{"message": "m", "n": "@number@"}]},
+        "playbook": {"playbook": {"n": "@number@"}},
+    }[member]
+    text = json.dumps({**SEED_EXAMPLE, **data}).replace(marker, number)
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(text)
+    assert caught.value.problems == [
+        f"{member}: holds a number JSON cannot hold (NaN or an infinity)"
+    ]
+
+
+def test_the_size_limit_is_the_texts_as_it_came() -> None:
+    # The router stores the text and re-sends it as it came, so that is what is measured.
+    text = json.dumps(_with("context", {"pad": "@"}), separators=(",", ":"))
+    room = EVENT_DATA_LIMIT - len(text) + 1
+    fits = text.replace("@", "\u00e9" * room)  # as it came: not written as \u00e9 escapes
+    assert len(fits) == EVENT_DATA_LIMIT
+    parse_request(fits)
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(text.replace("@", "x" * (room + 1)))
+    assert caught.value.problems == [
+        f"request: {EVENT_DATA_LIMIT + 1} characters of JSON, more than the"
+        f" {EVENT_DATA_LIMIT} allowed"
+    ]
 
 
 def test_invalid_request_lists_every_problem_in_order() -> None:
@@ -181,7 +323,7 @@ def test_invalid_request_lists_every_problem_in_order() -> None:
     data["retryPolicy"]["sleepStepMs"] = "5"
     del data["playbook"]
     with pytest.raises(InvalidRequest) as caught:
-        parse_request(data)
+        parse(data)
     fields = [p.split(":")[0] for p in caught.value.problems]
     assert fields == ["attempt", "retryPolicy.sleepStepMs", "playbook"]
     assert "Value error" not in str(caught.value)
@@ -189,19 +331,19 @@ def test_invalid_request_lists_every_problem_in_order() -> None:
 
 def test_min_above_max_message_names_both_bounds() -> None:
     with pytest.raises(InvalidRequest) as caught:
-        parse_request(_with("retryPolicy.sleepMaxMs", 1000))
+        parse(_with("retryPolicy.sleepMaxMs", 1000))
     assert caught.value.problems == ["retryPolicy.sleepMaxMs: must be >= sleepMinMs (300000)"]
 
 
 def test_errno_accepts_numbers_and_names() -> None:
-    assert parse_request(_with("evidence.1.errno", 28)).evidence[1].errno == 28
-    assert parse_request(_with("evidence.1.errno", "ENOSPC")).evidence[1].errno == "ENOSPC"
+    assert parse(_with("evidence.1.errno", 28)).evidence[1].errno == 28
+    assert parse(_with("evidence.1.errno", "ENOSPC")).evidence[1].errno == "ENOSPC"
 
 
 def test_invalid_completion_names_the_field() -> None:
     data = _with("retryPolicy.sleepMinMs", 0)
     with pytest.raises(InvalidRequest) as caught:
-        parse_request(data)
+        parse(data)
     completion = invalid_completion(caught.value, data).to_data()
     assert completion["status"] == "invalid"
     assert CompletionStatus(completion["status"]) is CompletionStatus.INVALID
@@ -214,7 +356,7 @@ def test_invalid_completion_names_the_field() -> None:
 def test_invalid_completion_drops_an_invalid_incident_id() -> None:
     data = _with("incidentId", "bad id")
     with pytest.raises(InvalidRequest) as caught:
-        parse_request(data)
+        parse(data)
     assert invalid_completion(caught.value, data).incident_id is None
     assert invalid_completion(caught.value, "junk").source_function is None
 
@@ -265,7 +407,7 @@ PATHS = st.sampled_from(
 @given(JSON)
 def test_arbitrary_json_is_a_request_or_invalid(data: Any) -> None:
     try:
-        parse_request(data)
+        parse(data)
     except InvalidRequest as exc:
         assert exc.field and exc.problems
 
@@ -279,11 +421,11 @@ def test_mutated_seed_is_a_request_or_names_a_field(changes: list[tuple[str, Any
         except (KeyError, IndexError, TypeError):
             continue  # an earlier change replaced the parent with a non-container
     try:
-        request = parse_request(data)
+        request = parse(data)
     except InvalidRequest as exc:
         assert exc.field.split(".")[0].split("[")[0] in {*SEED_EXAMPLE, "request"}
     else:
-        assert parse_request(request.to_data()) == request
+        assert parse(request.to_data()) == request
 
 
 @pytest.mark.parametrize(
@@ -439,7 +581,7 @@ def test_from_wire_ignores_unknown_fields_and_empty_trace() -> None:
 
 
 def test_seed_example_survives_the_bus() -> None:
-    request = parse_request(SEED_EXAMPLE)
+    request = parse(SEED_EXAMPLE)
     event = new_event(events.SELF_HEALING_REQUESTED, request.to_data(), now_ms=1_772_000_000_000)
     decoded = Event.from_wire({k.encode(): v.encode() for k, v in event.to_wire().items()})
-    assert parse_request(decoded.data) == request
+    assert parse(decoded.data) == request

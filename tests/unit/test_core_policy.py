@@ -13,12 +13,9 @@ from hypothesis import strategies as st
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass
 from selfheal.core.contracts import CompletionStatus, SelfHealingRequest, parse_request
 from selfheal.core.events import BACKUP_RETRY_REQUESTED, WORKER_RESTART_REQUESTED
-from selfheal.core.incident import HISTORY_LIMIT, Incident, IncidentState
+from selfheal.core.incident import HISTORY_LIMIT, Action, Decision, Incident, IncidentState, Rule
 from selfheal.core.policy import (
-    Action,
-    Decision,
     Knobs,
-    Rule,
     clamp_advice,
     completion_for,
     completion_json,
@@ -53,7 +50,7 @@ def request(**changes: Any) -> SelfHealingRequest:
         "playbook": {},
         "incidentId": "inc-1",
     }
-    return parse_request(data | changes)
+    return parse_request(json.dumps(data | changes))
 
 
 def incident(req: SelfHealingRequest | None = None, **changes: Any) -> Incident:
@@ -137,6 +134,17 @@ def test_every_hard_class_escalates_at_once(hard: FailureClass) -> None:
     found = Classification(hard, "test")
     decision = decide(request(), incident(), NOW, PROBED, 0.0, classification=found)
     assert (decision.action, decision.reason) == (Action.ESCALATE, f"hard failure: {hard} (test)")
+
+
+def test_a_full_disk_named_in_free_form_evidence_escalates_at_once() -> None:
+    detail = {"kind": "error", "detail": "OSError: [Errno 28] No space left on device"}
+    req = request(evidence=[detail])
+    decision = decide(req, incident(req), NOW, PROBED, 0.0)
+    assert (decision.action, decision.rule) == (Action.ESCALATE, Rule.HARD_FAILURE)
+    assert decision.failure_class == FailureClass.RESOURCE_EXHAUSTED
+    assert decision.reason == (
+        "hard failure: resource_exhausted (message matches 'no space left on device')"
+    )
 
 
 def test_retry_schedules_the_allowlisted_route() -> None:
@@ -324,24 +332,34 @@ def test_history_is_capped() -> None:
         ({"state": "bogus"}, "state"),
         ({"incidentId": None}, "incidentId"),
         ({"surprise": 1}, "surprise"),
-        ({"firstSeenMs": float("nan")}, "not JSON"),
+        ({"firstSeenMs": float("nan")}, "firstSeenMs"),
     ],
 )
-def test_incident_from_dict_names_bad_fields(changes: dict[str, Any], named: str) -> None:
+def test_incident_from_json_names_bad_fields(changes: dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=named):
-        Incident.from_dict(incident().to_dict() | changes)
+        Incident.from_json(json.dumps(incident().to_dict() | changes))
 
 
 @pytest.mark.parametrize(
     ("changes", "named"),
     [({"action": "reboot"}, "action"), ({"delayMs": -1}, "delayMs"), ({"notify": 1}, "notify")],
 )
-def test_decision_from_dict_names_bad_fields(changes: dict[str, Any], named: str) -> None:
+def test_decision_from_json_names_bad_fields(changes: dict[str, Any], named: str) -> None:
     data = decide(request(), incident(), NOW, routed(), 0.0).to_dict() | changes
     with pytest.raises(ValueError, match=named):
-        Decision.from_dict(data)
-    with pytest.raises(ValueError, match="decision record"):
-        Decision.from_dict([])
+        Decision.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "text", ["", "not json", "[]", '{"incidentId": "x"}', "\ufeff{}", '{"a": 1e999}']
+)
+def test_broken_records_are_refused_with_the_record_named(text: str) -> None:
+    for kind, what in (
+        (Incident, "invalid incident record"),
+        (Decision, "invalid decision record"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            kind.from_json(text)
 
 
 def _advise(action: str, delay: int | None, inc: Incident | None = None, **kwargs: Any) -> Decision:
@@ -478,10 +496,10 @@ def test_budget_and_deadline_hold_through_the_loop(
         jitter = jitters[step % len(jitters)]
         decision = decide(req, state, now, knobs, jitter, classification=found)
         assert decision == decide(req, state, now, knobs, jitter, classification=found)
-        assert Decision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
+        assert Decision.from_json(decision.to_json()) == decision
         assert state.deadline_ms is not None and decision.fire_at_ms <= state.deadline_ms
         state = state.after(decision, now)
-        assert Incident.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+        assert Incident.from_json(state.to_json()) == state
         if decision.action == Action.ESCALATE:
             break
         retries += decision.action == Action.RETRY

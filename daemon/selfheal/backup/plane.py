@@ -32,7 +32,7 @@ from selfheal.control.params import Params
 from selfheal.control.protocol import INVALID_PARAMS
 from selfheal.control.server import Handler
 from selfheal.core.artifacts import NAME_MAX, manifest_name, parse_artifact_name
-from selfheal.core.contracts import RequestView
+from selfheal.core.contracts import SelfHealingRequest
 from selfheal.core.events import BACKUP_REQUESTED, BACKUP_RETRY_REQUESTED, new_event
 from selfheal.errors import ControlError
 from selfheal.healing.domains import Domain, Domains
@@ -204,7 +204,7 @@ class BackupPlane:
         self.consumers[consumer.name] = consumer
         return consumer
 
-    async def nas_probe(self, request: RequestView) -> bool:
+    async def nas_probe(self, request: SelfHealingRequest) -> bool:
         """Is the NAS reachable again for this request's target (any transport)?"""
         target = request.target_component
         for known in TARGETS:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import psutil
@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
 from selfheal.bus.streams import Bus, NotUtf8Fields, as_text, cast_entries
-from selfheal.core.events import Envelope, Event, EventDecodeError, compact_json, plain_envelope
+from selfheal.core.events import Envelope, Event, EventDecodeError
 from selfheal.redact import redact_text
 
 log = logging.getLogger("selfheal.bus")
@@ -74,11 +74,11 @@ class Delivery:
     """One fresh entry offered to a batch handler: its envelope checked, its event decoded
     when first asked for.
 
-    The consumer dead-letters entries that are plainly not events before the batch
-    handler sees them. An entry whose envelope is ordinary (events.plain_envelope)
-    comes with its data unparsed: a handler that reads the data text itself need not
-    pay for the event, and one that asks for `event` gets EventDecodeError if the
-    data is not an event's (then it answers SLOW and the per-entry path buries it).
+    The consumer dead-letters entries whose fields are not an event's before the batch
+    handler sees them. The data comes unparsed: a handler that reads the data text
+    itself (the router validates a request straight from it) need not pay for the
+    event, and one that asks for `event` gets EventDecodeError if the data is not an
+    event's (then it answers SLOW and the per-entry path buries it).
     """
 
     __slots__ = ("_event", "entry_id", "envelope", "fields")
@@ -106,24 +106,10 @@ class Delivery:
 
 def delivery_of(entry_id: str, fields: dict[str, str]) -> Delivery | str:
     """A fresh entry for a batch handler, or why it is not an event (a dead letter's reason)."""
-    envelope = None if isinstance(fields, NotUtf8Fields) else plain_envelope(fields)
-    if envelope is not None:
-        return Delivery(entry_id, fields, envelope, None)
-    event = _event_of(fields)
-    if isinstance(event, str):
-        return event
-    # The data as it came when it is text (the event's validation read it), so a
-    # handler that stores it stores what was sent.
-    data = fields.get("data")
-    envelope = Envelope(
-        event.id,
-        event.name,
-        data if type(data) is str else compact_json(event.data),
-        event.ts,
-        event.idempotency_key,
-        event.traceparent,
-    )
-    return Delivery(entry_id, fields, envelope, event)
+    envelope = _decoded(Envelope.from_wire, fields)
+    if isinstance(envelope, str):
+        return envelope
+    return Delivery(entry_id, fields, envelope, None)
 
 
 BatchHandler = Callable[[list[Delivery]], Awaitable[list[Outcome]]]
@@ -465,11 +451,21 @@ class StreamConsumer:
 
 def _event_of(fields: dict[str, str]) -> Event | str:
     """The entry's event, or why it is not one (the dead letter's reason)."""
+    return _decoded(Event.from_wire, fields)
+
+
+_Decoded = TypeVar("_Decoded", Envelope, Event)
+
+
+def _decoded(
+    decode: Callable[[dict[str, str]], _Decoded], fields: dict[str, str]
+) -> _Decoded | str:
+    """decode(fields), or why the entry is not an event (the dead letter's reason)."""
     if not fields:
         return "entry was trimmed from the stream"
     if isinstance(fields, NotUtf8Fields):
         return "undecodable event: not valid UTF-8"
     try:
-        return Event.from_wire(fields)
+        return decode(fields)
     except EventDecodeError as exc:
         return f"undecodable event: {exc}"

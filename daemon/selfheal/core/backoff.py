@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from selfheal.core.contracts import SLEEP_LIMIT_MS, RetryPolicyView
+from selfheal.core.contracts import SLEEP_LIMIT_MS, RetryPolicy
 
 # sleepMinMs >= 1, so 2**_MAX_EXPONENT already exceeds any allowed sleepMaxMs; capping the
 # exponent keeps huge attempt numbers from building huge integers.
@@ -19,7 +19,7 @@ def check_jitter(jitter: float) -> None:
         raise ValueError(f"jitter must be a number in [0, 1), got {jitter!r}")
 
 
-def retry_delay_ms(attempt: int, policy: RetryPolicyView, jitter: float) -> int:
+def retry_delay_ms(attempt: int, policy: RetryPolicy, jitter: float) -> int:
     """min(sleepMaxMs, sleepMinMs * 2**attempt) + floor(jitter * (sleepStepMs + 1)), clamped."""
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
         raise ValueError(f"attempt must be an int >= 0, got {attempt!r}")

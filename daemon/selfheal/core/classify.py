@@ -5,13 +5,13 @@ from __future__ import annotations
 import errno as errno_module
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
-from selfheal.core.contracts import EvidenceView
+from selfheal.core.contracts import Evidence
 
 
 class FailureClass(StrEnum):
@@ -161,7 +161,7 @@ def _errno_name(value: int | str) -> str | None:
     return _NAME_BY_NUMBER.get(number) if isinstance(number, int) else None
 
 
-def _by_errno(item: EvidenceView) -> Classification | None:
+def _by_errno(item: Evidence) -> Classification | None:
     if item.errno is None:
         return None
     name = _errno_name(item.errno)
@@ -182,7 +182,7 @@ def _is_errno(value: int | str, name: str) -> bool:
     return text == name or (text.isdecimal() and int(text) == number)
 
 
-def _by_exception(item: EvidenceView) -> Classification | None:
+def _by_exception(item: Evidence) -> Classification | None:
     if not item.exception:
         return None
     # "pkg.mod.Name: text" or "Name(args)" -> the dotted type name only.
@@ -218,12 +218,35 @@ _CACHED_TEXT: Final = 512
 _text_class = functools.lru_cache(maxsize=2048)(_scan)
 
 
-def classify_item(item: EvidenceView) -> Classification | None:
-    """Classify one evidence item: errno first, then the exception type, then the text."""
-    return _by_errno(item) or _by_exception(item) or _by_message((item.message, item.snippet))
+def _texts(item: Evidence) -> Iterator[str | None]:
+    """Every text of an item that may describe the failure, in order: its message,
+    snippet and exception, then each text under its extra keys (`detail`, `log`,
+    `stderr`...), nested objects and lists included. Its kind and the names it carries
+    (path, key, eventId) label things rather than describe what went wrong (a folder
+    called "timeouts" is no timeout), so they are not read."""
+    yield item.message
+    yield item.snippet
+    yield item.exception
+    extra = item.model_extra
+    if not extra:
+        return
+    stack: list[Any] = list(reversed(extra.values()))
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            stack.extend(reversed(value.values()))
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
 
 
-def classify(evidence: Sequence[EvidenceView], *, summary: str | None = None) -> Classification:
+def classify_item(item: Evidence) -> Classification | None:
+    """Classify one evidence item: errno first, then the exception type, then its texts."""
+    return _by_errno(item) or _by_exception(item) or _by_message(_texts(item))
+
+
+def classify(evidence: Sequence[Evidence], *, summary: str | None = None) -> Classification:
     """Classify a failure; the most severe item wins; `summary` is a last resort."""
     found = _most_severe(c for c in map(classify_item, evidence) if c is not None)
     if found is not None:

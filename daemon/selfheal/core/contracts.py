@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -35,8 +35,7 @@ from selfheal.core.events import (
 INCIDENT_ID_MAX_LENGTH: Final = 128
 INCIDENT_ID_PATTERN: Final = rf"^[A-Za-z0-9_.:-]{{1,{INCIDENT_ID_MAX_LENGTH}}}$"
 DOMAIN_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}$"
-# Lengths (in characters) and numbers the contract allows; core/fast_request.py uses
-# the same names, so the two cannot drift apart.
+# Lengths (in characters) and numbers the contract allows.
 TEXT_LIMIT: Final = 256
 SUMMARY_LIMIT: Final = 2000
 FREE_TEXT_LIMIT: Final = 65_536
@@ -190,78 +189,6 @@ class SelfHealingRequest(_Contract):
         return derive_incident_id(self.domain, self.target_component, self.source_function)
 
 
-class RetryPolicyView(Protocol):
-    """What the policy reads of a retry policy."""
-
-    @property
-    def max_retries(self) -> int: ...
-    @property
-    def sleep_min_ms(self) -> int: ...
-    @property
-    def sleep_max_ms(self) -> int: ...
-    @property
-    def sleep_step_ms(self) -> int: ...
-
-
-class EvidenceView(Protocol):
-    """What classification reads of one evidence item."""
-
-    @property
-    def kind(self) -> str | None: ...
-    @property
-    def message(self) -> str | None: ...
-    @property
-    def errno(self) -> int | str | None: ...
-    @property
-    def exception(self) -> str | None: ...
-    @property
-    def snippet(self) -> str | None: ...
-
-
-class RouteToView(Protocol):
-    """What the policy reads of routeTo."""
-
-    @property
-    def event(self) -> str: ...
-    @property
-    def data(self) -> Mapping[str, Any]: ...
-
-
-class RequestView(Protocol):
-    """A valid self-healing request as the router reads it.
-
-    Two kinds exist: SelfHealingRequest (the contract) and, on the batch path,
-    core.fast_request.FastRequest (the same request decoded straight from its text,
-    where `evidence` and `deadline_at` are properties over the wire fields).
-    """
-
-    @property
-    def source_function(self) -> str: ...
-    @property
-    def target_component(self) -> str: ...
-    @property
-    def problem_summary(self) -> str: ...
-    @property
-    def attempt(self) -> int: ...
-    @property
-    def retry_policy(self) -> RetryPolicyView: ...
-    @property
-    def evidence(self) -> Sequence[EvidenceView]: ...
-    @property
-    def deadline_at(self) -> datetime | None: ...
-    @property
-    def fallback_action(self) -> Literal["escalate", "manual"] | None: ...
-    @property
-    def incident_id(self) -> str | None: ...
-    @property
-    def domain(self) -> str: ...
-    @property
-    def route_to(self) -> RouteToView | None: ...
-    @property
-    def resolved_incident_id(self) -> str: ...
-    def to_data(self) -> dict[str, Any]: ...
-
-
 def _slug(text: str, limit: int) -> str:
     return _SLUG_UNSAFE.sub("-", text).strip("-")[:limit] or "x"
 
@@ -294,30 +221,57 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return text or "request"
 
 
-def parse_request(data: Any) -> SelfHealingRequest:
-    """Validate request data; raise InvalidRequest naming every bad field."""
-    # First, and on the data as given: free-form fields (context, routeTo.data, extras)
-    # are taken as they are, and deeper ones would fail to serialise further on.
-    member = too_deep(data)
-    if member is not None:
-        raise InvalidRequest([(_dotted((member,)), too_deep_message())])
+def parse_request(text: str) -> SelfHealingRequest:
+    """Validate a request straight from its JSON text (an event's data as it came);
+    raise InvalidRequest naming every bad field."""
+    # Measured first, and as given: the router stores the text and re-sends it as it
+    # came (a pause's re-check), so every event it derives from a valid request can be
+    # published. (An operator's retry re-sends it as the contract writes it; that event
+    # is measured when it is built.)
+    problem = too_large(len(text))
+    if problem is not None:
+        raise InvalidRequest([("request", problem)])
     try:
-        request = SelfHealingRequest.model_validate(data)
+        request = SelfHealingRequest.model_validate_json(text)
     except ValidationError as exc:
         problems = [(_dotted(error["loc"]), plain_message(error["msg"])) for error in exc.errors()]
         raise InvalidRequest(problems) from None
-    try:
-        stored = request.to_data()  # what the router stores and re-sends must serialise
-    except UnicodeEncodeError:
-        # Free-form values pass through as they are, but a key of a free-form object
-        # (context, routeTo.data, extras) with a lone surrogate cannot be serialised.
-        raise InvalidRequest([("request", "holds a key that is not valid Unicode")]) from None
-    # Measured as the router re-sends it (a pause's re-check, an operator's retry), so
-    # every event it derives from a valid request can be published.
-    problem = too_large(len(compact_json(stored)))
-    if problem is not None:
-        raise InvalidRequest([("request", problem)])
+    unwritable = _free_form_problem(request)
+    if unwritable is not None:
+        raise InvalidRequest([unwritable])
     return request
+
+
+def _free_form_problem(request: SelfHealingRequest) -> tuple[str, str] | None:
+    """(member, problem) when a value the contract takes as it is (context, routeTo.data,
+    extra keys) could not be written as event data again: containers nested past
+    DATA_DEPTH_LIMIT (the request being level 1), or a number JSON cannot hold (pydantic's
+    parser reads NaN, Infinity and an overflowing number such as 1e999 into these)."""
+    free: dict[str, Any] = {}
+    if request.context:
+        free["context"] = request.context
+    if request.route_to is not None and request.route_to.data:
+        free["routeTo"] = {"data": request.route_to.data}
+    # Each item's extras stand where the item stands, so levels count as in the request.
+    extras = [item.model_extra for item in request.evidence if item.model_extra]
+    if extras:
+        free["evidence"] = extras
+    if request.playbook.model_extra:
+        free["playbook"] = request.playbook.model_extra
+    if not free:  # as most requests: nothing to walk
+        return None
+    member = too_deep(free)
+    if member is not None:
+        return str(member), too_deep_message()
+    try:
+        compact_json(free)
+    except ValueError:
+        for name, value in free.items():
+            try:
+                compact_json(value)
+            except ValueError:
+                return name, "holds a number JSON cannot hold (NaN or an infinity)"
+    return None
 
 
 class CompletionStatus(StrEnum):

@@ -1,23 +1,20 @@
-"""The incident record: one budget per incident, changed only by pure transitions."""
+"""The stored records: an incident (one budget per incident, changed only by pure
+transitions) and the decisions applied to it."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import Annotated, Any, Final
 
 from annotated_types import Ge
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic.alias_generators import to_camel
 
-from selfheal.core.contracts import RequestView
-from selfheal.core.events import is_encodable, may_overflow, plain_message
-from selfheal.core.records import record_builder
-
-if TYPE_CHECKING:
-    from selfheal.core.policy import Decision
+from selfheal.core.classify import FailureClass
+from selfheal.core.contracts import CompletionStatus, SelfHealingRequest
+from selfheal.core.events import plain_message
 
 HISTORY_LIMIT: Final = 50
 _REASON_LIMIT: Final = 300
@@ -53,39 +50,96 @@ def epoch_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-def decode_record(adapter: TypeAdapter[Any], data: Any, what: str) -> Any:
-    """Strictly read a stored record; raise ValueError naming every bad field."""
+def read_record(adapter: TypeAdapter[Any], text: str | bytes, what: str) -> Any:
+    """Strictly read a stored record from its JSON text (enums from their values, no
+    bool-as-int, no str-as-int); raise ValueError naming every bad field."""
     try:
-        # Strict JSON mode: enums from their values, no bool-as-int, no str-as-int.
-        return adapter.validate_json(json.dumps(data, allow_nan=False))
-    except (TypeError, ValueError, RecursionError) as exc:
-        if isinstance(exc, ValidationError):
-            problems = [
-                f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {plain_message(e['msg'])}"
-                for e in exc.errors()
-            ]
-            raise ValueError(f"invalid {what}: " + "; ".join(problems)) from None
-        raise ValueError(f"invalid {what}: not JSON data ({exc})") from None
+        return adapter.validate_json(text)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {plain_message(e['msg'])}"
+            for e in exc.errors()
+        ]
+        raise ValueError(f"invalid {what}: " + "; ".join(problems)) from None
 
 
-def decode_record_json(adapter: TypeAdapter[Any], text: str, what: str) -> Any:
-    """decode_record(adapter, json.loads(text), what), in one step when it can be.
+class Action(StrEnum):
+    """What the router does with a request."""
 
-    A stored record is JSON text already: validated as it is, unless it may hold
-    something json.dumps would refuse (NaN, an infinity, a number out of range) or is
-    refused, in which case the way through Python objects decides and words why.
-    """
-    plain = "NaN" not in text and "Infinity" not in text and is_encodable(text)
-    if plain and not may_overflow(text):
-        try:
-            return adapter.validate_json(text)
-        except ValidationError:
-            pass
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"invalid {what}: not JSON data ({exc})") from None
-    return decode_record(adapter, data, what)
+    RETRY = "retry"
+    PAUSE = "pause"
+    ESCALATE = "escalate"
+
+
+class Rule(StrEnum):
+    """Which policy rule produced a decision (machine-readable twin of `reason`)."""
+
+    ALREADY_CLOSED = "already_closed"
+    DEADLINE_PASSED = "deadline_passed"
+    HARD_FAILURE = "hard_failure"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    NO_ROUTE = "no_route"
+    ROUTE_REFUSED = "route_refused"
+    RETRY_PAST_DEADLINE = "retry_past_deadline"
+    PAUSE = "pause"
+    RETRY = "retry"
+    ADVISED = "advised"  # the advisor changed the action or delay within the clamps
+
+
+@with_config(RECORD_CONFIG)
+@dataclass(frozen=True)
+class Decision:
+    """One routing decision, stored under `key` so redelivery reuses it."""
+
+    incident_id: str
+    attempt: Count  # the incident's retries_used when decided
+    action: Action
+    delay_ms: Count
+    fire_at_ms: int
+    failure_class: FailureClass
+    reason: str
+    rule: Rule
+    decided_at_ms: int
+    route_event: str | None = None
+    route_data: dict[str, Any] = field(default_factory=dict)
+    notify: bool = False
+    advisor: dict[str, Any] | None = None
+    pauses: Count = 0  # the incident's pauses when decided
+    resets: Count = 0  # the incident's operator_resets when decided
+
+    @property
+    def key(self) -> str:
+        """Same format as Incident.decision_key."""
+        return f"{self.incident_id}/r{self.resets}/a{self.attempt}/p{self.pauses}"
+
+    @property
+    def completion_status(self) -> CompletionStatus:
+        """Status for the `completed` event of this decision."""
+        if self.action == Action.RETRY:
+            return CompletionStatus.SCHEDULED
+        if self.action == Action.PAUSE:
+            return CompletionStatus.PAUSED
+        if self.rule == Rule.BUDGET_EXHAUSTED:
+            return CompletionStatus.EXHAUSTED
+        return CompletionStatus.ESCALATED
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict with camelCase keys."""
+        result: dict[str, Any] = _DECISION.dump_python(self, mode="json", by_alias=True)
+        return result
+
+    def to_json(self) -> str:
+        """The record as stored: camelCase JSON, written by pydantic-core's serializer."""
+        return _DECISION.dump_json(self, by_alias=True).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Decision:
+        """Read a stored decision from its JSON text; raise ValueError naming bad fields."""
+        result: Decision = read_record(_DECISION, text, "decision record")
+        return result
+
+
+_DECISION: Final = TypeAdapter(Decision)
 
 
 @with_config(RECORD_CONFIG)
@@ -109,25 +163,22 @@ class Incident:
     operator_resets: Count = 0
 
     @classmethod
-    def new(cls, request: RequestView, now_ms: int, recovery_window_ms: int) -> Incident:
+    def new(cls, request: SelfHealingRequest, now_ms: int, recovery_window_ms: int) -> Incident:
         """Open an incident for a first request; the deadline defaults to the window."""
         if recovery_window_ms <= 0:
             raise ValueError(f"recovery_window_ms must be > 0, got {recovery_window_ms}")
-        deadline_at = request.deadline_at  # a property on some requests: read it once
+        deadline_at = request.deadline_at
         deadline = epoch_ms(deadline_at) if deadline_at is not None else now_ms + recovery_window_ms
-        values: dict[str, Any] = {
-            "incident_id": request.resolved_incident_id,
-            "domain": request.domain,
-            "target_component": request.target_component,
-            "source_function": request.source_function,
-            "first_seen_ms": now_ms,
-            "deadline_ms": deadline,
-            "updated_ms": now_ms,
-            "history": ({"atMs": now_ms, "event": "opened", "requestAttempt": request.attempt},),
-        }
-        if cls is not Incident:
-            return cls(**values)
-        return _BUILD_INCIDENT(values)
+        return cls(
+            incident_id=request.resolved_incident_id,
+            domain=request.domain,
+            target_component=request.target_component,
+            source_function=request.source_function,
+            first_seen_ms=now_ms,
+            deadline_ms=deadline,
+            updated_ms=now_ms,
+            history=({"atMs": now_ms, "event": "opened", "requestAttempt": request.attempt},),
+        )
 
     @property
     def closed(self) -> bool:
@@ -165,7 +216,7 @@ class Incident:
         else:
             changes = {"state": IncidentState.ESCALATED}
         return self._with(
-            changes,
+            **changes,
             last_class=str(decision.failure_class),
             last_reason=decision.reason[:_REASON_LIMIT],
             updated_ms=now_ms,
@@ -179,17 +230,16 @@ class Incident:
             ),
         )
 
-    def _with(self, changes: dict[str, Any], **more: Any) -> Incident:
-        """dataclasses.replace for fields this class names itself, built the quick way
-        (core/records.py) instead of through replace()'s per-field __init__."""
-        return _BUILD_INCIDENT({**self.__dict__, **changes, **more})
+    def _with(self, **changes: Any) -> Incident:
+        """dataclasses.replace(self, **changes), which the router pays on every request:
+        replace's per-field bookkeeping costs more than building the record."""
+        return type(self)(**{**vars(self), **changes})
 
     def remediated(self, now_ms: int) -> Incident:
         """Close the incident as fixed; idempotent."""
         if self.state == IncidentState.REMEDIATED:
             return self
-        return replace(
-            self,
+        return self._with(
             state=IncidentState.REMEDIATED,
             updated_ms=now_ms,
             history=self._record(now_ms, "remediated"),
@@ -201,8 +251,7 @@ class Incident:
             raise ValueError(f"incident {self.incident_id} is remediated; nothing to retry")
         if not by.strip():
             raise ValueError("by must name the operator")
-        return replace(
-            self,
+        return self._with(
             retries_used=0,
             state=IncidentState.OPEN,
             operator_resets=self.operator_resets + 1,
@@ -218,18 +267,15 @@ class Incident:
         result: dict[str, Any] = _INCIDENT.dump_python(self, mode="json", by_alias=True)
         return result
 
-    @classmethod
-    def from_dict(cls, data: Any) -> Incident:
-        """Read a stored incident; raise ValueError naming bad fields."""
-        result: Incident = decode_record(_INCIDENT, data, "incident record")
-        return result
+    def to_json(self) -> str:
+        """The record as stored: camelCase JSON, written by pydantic-core's serializer."""
+        return _INCIDENT.dump_json(self, by_alias=True).decode()
 
     @classmethod
     def from_json(cls, text: str) -> Incident:
         """Read a stored incident from its JSON text; raise ValueError naming bad fields."""
-        result: Incident = decode_record_json(_INCIDENT, text, "incident record")
+        result: Incident = read_record(_INCIDENT, text, "incident record")
         return result
 
 
 _INCIDENT: Final = TypeAdapter(Incident)
-_BUILD_INCIDENT: Final = record_builder(Incident)

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any, Final
-
-from pydantic import TypeAdapter, with_config
 
 from selfheal.core.backoff import check_jitter, retry_delay_ms
 from selfheal.core.classify import HARD_CLASSES, Classification, FailureClass, classify
-from selfheal.core.contracts import Completion, CompletionStatus, RequestView
+from selfheal.core.contracts import Completion, SelfHealingRequest
 from selfheal.core.events import text_json
-from selfheal.core.incident import (
-    RECORD_CONFIG,
-    Count,
-    Incident,
-    decode_record,
-    decode_record_json,
-)
-from selfheal.core.records import record_builder
+from selfheal.core.incident import Action, Decision, Incident, Rule
 
 DEFAULT_RECOVERY_WINDOW_MS: Final = 4 * 60 * 60 * 1000  # the original's nasRecoveryWindowHours
 DEFAULT_MAX_PAUSE_MS: Final = 15 * 60 * 1000
@@ -44,96 +34,6 @@ class Knobs:
             raise ValueError("recovery_window_ms and max_pause_ms must be > 0")
 
 
-class Action(StrEnum):
-    """What the router does with a request."""
-
-    RETRY = "retry"
-    PAUSE = "pause"
-    ESCALATE = "escalate"
-
-
-class Rule(StrEnum):
-    """Which policy rule produced a decision (machine-readable twin of `reason`)."""
-
-    ALREADY_CLOSED = "already_closed"
-    DEADLINE_PASSED = "deadline_passed"
-    HARD_FAILURE = "hard_failure"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    NO_ROUTE = "no_route"
-    ROUTE_REFUSED = "route_refused"
-    RETRY_PAST_DEADLINE = "retry_past_deadline"
-    PAUSE = "pause"
-    RETRY = "retry"
-    ADVISED = "advised"  # the advisor changed the action or delay within the clamps
-
-
-@with_config(RECORD_CONFIG)
-@dataclass(frozen=True)
-class Decision:
-    """One routing decision, stored under `key` so redelivery reuses it."""
-
-    incident_id: str
-    attempt: Count  # the incident's retries_used when decided
-    action: Action
-    delay_ms: Count
-    fire_at_ms: int
-    failure_class: FailureClass
-    reason: str
-    rule: Rule
-    decided_at_ms: int
-    route_event: str | None = None
-    route_data: dict[str, Any] = field(default_factory=dict)
-    notify: bool = False
-    advisor: dict[str, Any] | None = None
-    pauses: Count = 0  # the incident's pauses when decided
-    resets: Count = 0  # the incident's operator_resets when decided
-
-    @property
-    def key(self) -> str:
-        """Same format as Incident.decision_key."""
-        return f"{self.incident_id}/r{self.resets}/a{self.attempt}/p{self.pauses}"
-
-    @property
-    def completion_status(self) -> CompletionStatus:
-        """Status for the `completed` event of this decision."""
-        if self.action == Action.RETRY:
-            return CompletionStatus.SCHEDULED
-        if self.action == Action.PAUSE:
-            return CompletionStatus.PAUSED
-        if self.rule == Rule.BUDGET_EXHAUSTED:
-            return CompletionStatus.EXHAUSTED
-        return CompletionStatus.ESCALATED
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict with camelCase keys."""
-        result: dict[str, Any] = _DECISION.dump_python(self, mode="json", by_alias=True)
-        return result
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Decision:
-        """Read a stored decision; raise ValueError naming bad fields."""
-        result: Decision = decode_record(_DECISION, data, "decision record")
-        return result
-
-    @classmethod
-    def from_json(cls, text: str) -> Decision:
-        """Read a stored decision from its JSON text; raise ValueError naming bad fields."""
-        result: Decision = decode_record_json(_DECISION, text, "decision record")
-        return result
-
-
-_DECISION: Final = TypeAdapter(Decision)
-_BUILD_DECISION: Final = record_builder(Decision)
-
-
-def _decision(shell: dict[str, Any], **rest: Any) -> Decision:
-    """Decision(**shell, **rest), built the quick way (see core/records.py)."""
-    if not shell.keys().isdisjoint(rest):  # as the call would refuse a repeated argument
-        raise TypeError(f"repeated decision fields: {sorted(shell.keys() & rest.keys())}")
-    shell.update(rest)
-    return _BUILD_DECISION(shell)
-
-
 def _shell(incident: Incident, now_ms: int, found: Classification) -> dict[str, Any]:
     """Fields every decision for this incident state shares."""
     return {
@@ -147,7 +47,7 @@ def _shell(incident: Incident, now_ms: int, found: Classification) -> dict[str, 
 
 
 def _escalate(
-    request: RequestView,
+    request: SelfHealingRequest,
     incident: Incident,
     now_ms: int,
     found: Classification,
@@ -156,8 +56,8 @@ def _escalate(
 ) -> Decision:
     # fallbackAction says what giving up means: "manual" queues without notifying.
     notify = rule != Rule.ALREADY_CLOSED and request.fallback_action != "manual"
-    return _decision(
-        _shell(incident, now_ms, found),
+    return Decision(
+        **_shell(incident, now_ms, found),
         action=Action.ESCALATE,
         delay_ms=0,
         fire_at_ms=now_ms,
@@ -167,7 +67,7 @@ def _escalate(
     )
 
 
-def _route_data(request: RequestView, incident: Incident) -> dict[str, Any]:
+def _route_data(request: SelfHealingRequest, incident: Incident) -> dict[str, Any]:
     """routeTo.data under the fields the receiver relies on (those always win)."""
     extra = dict(request.route_to.data) if request.route_to is not None else {}
     return {
@@ -188,7 +88,7 @@ def _pause_delay(wanted: int, incident: Incident, now_ms: int, knobs: Knobs) -> 
 
 
 def decide(
-    request: RequestView,
+    request: SelfHealingRequest,
     incident: Incident,
     now_ms: int,
     knobs: Knobs,
@@ -237,8 +137,8 @@ def decide(
         delay = _pause_delay(
             retry_delay_ms(incident.pauses, policy, jitter), incident, now_ms, knobs
         )
-        return _decision(
-            _shell(incident, now_ms, found),
+        return Decision(
+            **_shell(incident, now_ms, found),
             action=Action.PAUSE,
             delay_ms=delay,
             fire_at_ms=now_ms + delay,
@@ -251,8 +151,8 @@ def decide(
             Rule.RETRY_PAST_DEADLINE, f"next retry would pass the deadline (in {delay} ms)"
         )
     number = f"{incident.retries_used + 1} of {policy.max_retries}"
-    return _decision(
-        _shell(incident, now_ms, found),
+    return Decision(
+        **_shell(incident, now_ms, found),
         action=Action.RETRY,
         delay_ms=delay,
         fire_at_ms=now_ms + delay,
@@ -267,7 +167,7 @@ def clamp_advice(
     decision: Decision,
     advice_action: str,
     advice_delay_ms: int | None,
-    request: RequestView,
+    request: SelfHealingRequest,
     incident: Incident,
     knobs: Knobs,
     *,
@@ -343,7 +243,7 @@ def clamp_advice(
     )
 
 
-def _completion_data(decision: Decision, request: RequestView) -> dict[str, Any]:
+def _completion_data(decision: Decision, request: SelfHealingRequest) -> dict[str, Any]:
     """The `completed` data announcing a decision, with its wire (camelCase) keys."""
     return {
         "incidentId": decision.incident_id,
@@ -359,7 +259,7 @@ def _completion_data(decision: Decision, request: RequestView) -> dict[str, Any]
     }
 
 
-def completion_json(decision: Decision, request: RequestView) -> str:
+def completion_json(decision: Decision, request: SelfHealingRequest) -> str:
     """completion_for(...).model_dump_json(by_alias=True), without building the model.
 
     The batch router announces hundreds of decisions per batch; every value here is
@@ -368,6 +268,6 @@ def completion_json(decision: Decision, request: RequestView) -> str:
     return text_json(_completion_data(decision, request))
 
 
-def completion_for(decision: Decision, request: RequestView) -> Completion:
+def completion_for(decision: Decision, request: SelfHealingRequest) -> Completion:
     """The `system/self.healing.completed` data announcing a decision."""
     return Completion.model_validate(_completion_data(decision, request))

@@ -18,10 +18,10 @@ from typing import Any
 
 import msgspec
 
-from selfheal.core.contracts import Completion, CompletionStatus, RequestView
+from selfheal.core.contracts import Completion, CompletionStatus, SelfHealingRequest
 from selfheal.core.events import SELF_HEALING_COMPLETED, SELF_HEALING_REQUESTED, compact_json
-from selfheal.core.incident import Incident, IncidentState
-from selfheal.core.policy import Action, Decision, completion_for, completion_json
+from selfheal.core.incident import Action, Decision, Incident, IncidentState
+from selfheal.core.policy import completion_for, completion_json
 
 
 class Standing(msgspec.Struct):
@@ -56,7 +56,7 @@ def meet(standing: Standing, now_ms: int) -> Meets:
 
 
 def deciding_for(
-    standing: Standing, request: RequestView, now_ms: int, recovery_window_ms: int
+    standing: Standing, request: SelfHealingRequest, now_ms: int, recovery_window_ms: int
 ) -> Incident:
     """The incident the decision is for: the stored one, or a new one when there is
     none or the last one was remediated."""
@@ -176,7 +176,7 @@ def span_attributes(decision: Decision) -> dict[str, Any]:
     return attributes
 
 
-def joined(standing: Standing, meets: Meets, request: RequestView, cause_id: str) -> Effects:
+def joined(standing: Standing, meets: Meets, request: SelfHealingRequest, cause_id: str) -> Effects:
     """A request that joins its incident (escalated, or a step pending): it is answered
     and changes nothing else."""
     answer = completed_key(cause_id)
@@ -211,7 +211,7 @@ def joined(standing: Standing, meets: Meets, request: RequestView, cause_id: str
 
 def decided(
     incident: Incident,
-    request: RequestView,
+    request: SelfHealingRequest,
     decision: Decision,
     *,
     stored: bool,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from selfheal.core.contracts import RequestView
-from selfheal.core.incident import Incident
-from selfheal.core.policy import Action, Decision, Knobs, clamp_advice
+from selfheal.core.contracts import SelfHealingRequest
+from selfheal.core.incident import Action, Decision, Incident
+from selfheal.core.policy import Knobs, clamp_advice
 from selfheal.healing.advisor import Advisor
 
 
@@ -16,7 +16,7 @@ class ModelAdvice:
         self.advisor = advisor
 
     async def revise(
-        self, request: RequestView, decision: Decision, incident: Incident, knobs: Knobs
+        self, request: SelfHealingRequest, decision: Decision, incident: Incident, knobs: Knobs
     ) -> Decision:
         """Return the policy's decision, adjusted by allowlisted advice when there is any."""
         # An escalation stands whatever the model says: asking would only cost a call.

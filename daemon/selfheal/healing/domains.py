@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from selfheal.core.contracts import RequestView
+from selfheal.core.contracts import SelfHealingRequest
 from selfheal.errors import StartupError
 
-Probe = Callable[[RequestView], Awaitable[bool]]
+Probe = Callable[[SelfHealingRequest], Awaitable[bool]]
 
 
 @dataclass(frozen=True)

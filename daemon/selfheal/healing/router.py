@@ -39,7 +39,7 @@ from selfheal.core.contracts import (
     Completion,
     CompletionStatus,
     InvalidRequest,
-    RequestView,
+    SelfHealingRequest,
     invalid_completion,
     parse_request,
 )
@@ -47,15 +47,13 @@ from selfheal.core.events import (
     SELF_HEALING_COMPLETED,
     Envelope,
     Event,
-    EventDecodeError,
     compact_json,
     envelope_of,
     new_event,
     wire_fields,
 )
-from selfheal.core.fast_request import decode_request
-from selfheal.core.incident import Incident, IncidentState
-from selfheal.core.policy import Action, Decision, Knobs, decide
+from selfheal.core.incident import Action, Decision, Incident, IncidentState
+from selfheal.core.policy import Knobs, decide
 from selfheal.core.routing import (
     Effects,
     Meets,
@@ -76,8 +74,6 @@ from selfheal.healing.store import (
     DECISION_TTL_S,
     IncidentSnapshot,
     IncidentStore,
-    decision_json,
-    incident_json,
     snapshot_from,
 )
 from selfheal.telemetry import Telemetry, current_traceparent
@@ -113,7 +109,7 @@ class Advice(Protocol):
     the router takes None for "no advice"."""
 
     async def revise(
-        self, request: RequestView, decision: Decision, incident: Incident, knobs: Knobs
+        self, request: SelfHealingRequest, decision: Decision, incident: Incident, knobs: Knobs
     ) -> Decision:
         """Return the decision, possibly adjusted within the policy's clamps."""
         ...
@@ -125,10 +121,7 @@ class Arrival(msgspec.Struct, frozen=True):
     index: int  # its position in what the caller passed
     entry_id: str | None  # acked with its effects; None when the consumer acks it
     envelope: Envelope
-    request: RequestView
-    # The request as the event carried it: stored and re-sent as it came (it parses
-    # to the same request).
-    request_json: str
+    request: SelfHealingRequest  # read from envelope.data, which is stored and re-sent as it came
 
 
 class Track(msgspec.Struct):
@@ -209,17 +202,11 @@ class Router:
         whose routing raised or kept meeting other daemons' writes)."""
         arrivals: list[Arrival] = []
         for index, delivery in enumerate(deliveries):
-            request = _request_of(delivery.envelope, delivery)
-            if request is not None:
-                arrivals.append(
-                    Arrival(
-                        index,
-                        delivery.entry_id,
-                        delivery.envelope,
-                        request,
-                        delivery.envelope.data,
-                    )
-                )
+            try:
+                request = parse_request(delivery.envelope.data)
+            except InvalidRequest:
+                continue  # `handle` answers it
+            arrivals.append(Arrival(index, delivery.entry_id, delivery.envelope, request))
         outcomes = [Outcome.SLOW] * len(deliveries)
         for index, outcome in (await self._route(arrivals, raise_errors=False)).items():
             outcomes[index] = outcome
@@ -230,13 +217,13 @@ class Router:
         request (answered with completed{invalid} first)."""
         envelope = envelope_of(event)
         try:
-            request = decode_request(envelope.data) or parse_request(event.data)
+            request = parse_request(envelope.data)
         except InvalidRequest as exc:
             self.stats.invalid += 1
             completion = invalid_completion(exc, event.data)
             await self._publish_completion(completion, event)
             raise PoisonEvent(f"invalid request: {exc}") from None
-        arrival = Arrival(0, None, envelope, request, envelope.data)
+        arrival = Arrival(0, None, envelope, request)
         outcome = (await self._route([arrival], raise_errors=True)).get(0)
         if outcome is None:
             raise RuntimeError(f"incident {request.resolved_incident_id}: too much contention")
@@ -372,7 +359,7 @@ class Router:
                 stored=reused,
                 now_ms=now,
                 cause_id=envelope.id,
-                request_json=arrival.request_json,
+                request_json=envelope.data,
                 notify_event=NOTIFY_REQUESTED,
             )
         effects.attributes["selfheal.event_id"] = envelope.id
@@ -383,7 +370,7 @@ class Router:
         return Step(arrival, track, span, effects, reused)
 
     async def decide(
-        self, request: RequestView, incident: Incident, now: int, knobs: Knobs
+        self, request: SelfHealingRequest, incident: Incident, now: int, knobs: Knobs
     ) -> Decision:
         """The policy's decision for the incident's current step: a paused incident's
         probe is asked first, and the advisor (if any) may adjust it within the clamps."""
@@ -420,8 +407,8 @@ class Router:
         notice = self._fields(effects.notify, now, traceparent) if effects.notify else None
         timed = self._fields(effects.timer, now, traceparent) if effects.timer else None
         record, decision = effects.record, effects.decision
-        stored_json = decision_json(decision) if decision is not None else ""
-        record_json = incident_json(record) if record is not None else ""
+        stored_json = decision.to_json() if decision is not None else ""
+        record_json = record.to_json() if record is not None else ""
         group = self._group(track)
         self._publish_once(group, effects.completion, completion)
         if record is not None and decision is not None:
@@ -435,7 +422,7 @@ class Router:
                     "record": record_json,
                     "version": str(track.version + 1),
                     "pendingUntil": str(effects.pending_until_ms),
-                    "request": arrival.request_json,
+                    "request": arrival.envelope.data,
                     "lastDecision": stored_json,
                 },
             )
@@ -548,7 +535,7 @@ class Router:
         raise RuntimeError(f"incident {incident_id}: too much contention")
 
 
-async def _recheck(probe: Probe, request: RequestView, domain: str) -> Classification | None:
+async def _recheck(probe: Probe, request: SelfHealingRequest, domain: str) -> Classification | None:
     """A paused incident's re-check: a healthy probe turns the hold into a retry."""
     try:
         healthy = await probe(request)
@@ -558,17 +545,6 @@ async def _recheck(probe: Probe, request: RequestView, domain: str) -> Classific
     if healthy:
         return Classification(FailureClass.TRANSIENT_TRANSPORT, "re-check: target healthy")
     return None
-
-
-def _request_of(envelope: Envelope, delivery: Delivery) -> RequestView | None:
-    """The entry's request, or None when it is not a valid one (`handle` answers those)."""
-    request: RequestView | None = decode_request(envelope.data)
-    if request is not None:
-        return request
-    try:
-        return parse_request(delivery.event.data)  # not an ordinary request: the contract
-    except (EventDecodeError, InvalidRequest):
-        return None
 
 
 def _first_of_each_event(arrivals: list[Arrival]) -> tuple[list[Arrival], list[Arrival]]:

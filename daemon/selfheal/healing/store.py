@@ -13,33 +13,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
-from pydantic import TypeAdapter
 
 from selfheal.bus.streams import Bus, as_text, cast_entries
 from selfheal.core.contracts import InvalidRequest, parse_request
-from selfheal.core.incident import Incident
-from selfheal.core.policy import Decision
+from selfheal.core.incident import Decision, Incident
 from selfheal.healing.commit import COMMIT, LOAD, CommitBatch, Group, statuses
 
 # Stored decisions outlive any realistic incident (the recovery window is hours).
 DECISION_TTL_S = 30 * 24 * 3600
-# Stored records are written by pydantic-core's serializer straight to JSON.
-_INCIDENT_JSON: Final = TypeAdapter(Incident)
-_DECISION_JSON: Final = TypeAdapter(Decision)
-
-
-def incident_json(incident: Incident) -> str:
-    """An incident record as stored (camelCase JSON)."""
-    return _INCIDENT_JSON.dump_json(incident, by_alias=True).decode()
-
-
-def decision_json(decision: Decision) -> str:
-    """A decision as stored (camelCase JSON)."""
-    return _DECISION_JSON.dump_json(decision, by_alias=True).decode()
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -61,17 +46,16 @@ class IncidentSnapshot(msgspec.Struct, frozen=True):
     def request(self) -> dict[str, Any] | None:
         """The last request stored with the incident, as the contract writes it.
 
-        The batch router stores a request as its event carried it, the per-entry path
-        as the model writes it; read back, both are the same. Data that does not pass
-        the contract is given as stored (routing it again names what is wrong).
+        The router stores a request as its event carried it; read back through the
+        contract, it is written the one way. Data that does not pass the contract is
+        given as stored (routing it again names what is wrong).
         """
         if self.request_json is None:
             return None
-        stored = cast(dict[str, Any], json.loads(self.request_json))
         try:
-            return parse_request(stored).to_data()
+            return parse_request(self.request_json).to_data()
         except InvalidRequest:
-            return stored
+            return cast(dict[str, Any], json.loads(self.request_json))
 
 
 class IncidentStore:
@@ -132,7 +116,7 @@ class IncidentStore:
         group.hset(
             key,
             {
-                "record": incident_json(incident),
+                "record": incident.to_json(),
                 "version": str(snapshot.version + 1),
                 "pendingUntil": "0",
                 **(extra or {}),
