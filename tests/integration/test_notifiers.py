@@ -24,7 +24,6 @@ from selfheal.healing.notifiers import (
     NtfyNotifier,
     TelegramNotifier,
     WebhookNotifier,
-    backoff_delay_s,
     build_notifiers,
     deliver,
     parse_retry_after,
@@ -340,12 +339,7 @@ def test_build_notifiers_builds_only_configured_ones() -> None:
     assert built[2] == TelegramNotifier("1:abc", "@my_channel", "http://tg")
 
 
-def test_backoff_grows_stays_capped_and_honours_retry_after() -> None:
-    waits = [backoff_delay_s(n, 1.0, 8.0, rand=1.0) for n in range(1, 7)]
-    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    assert backoff_delay_s(3, 1.0, 8.0, rand=0.0) == 2.0  # equal jitter: at least half
-    assert backoff_delay_s(1, 1.0, 8.0, retry_after_s=5.0) == 5.0
-    assert backoff_delay_s(1, 1.0, 8.0, retry_after_s=500.0) == 8.0
+def test_retry_after_is_read_in_seconds() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past

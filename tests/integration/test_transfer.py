@@ -10,12 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from selfheal.backup.model import Artifact, Delivery, TransportError
 from selfheal.backup.spool import CORRUPT_DIR, Spool, SpoolEntry, SpoolEntryCorrupt
-from selfheal.backup.transfer import ShipResult, TransferManager, in_copy_retry_delay_s
+from selfheal.backup.transfer import ShipResult, TransferManager
 from selfheal.backup.transports.mount import MARKER_NAME, MountTransport, mark_nas
 from selfheal.core.artifacts import artifact_name
 from selfheal.spanfile import read_spans
@@ -410,33 +408,6 @@ async def test_a_failing_callback_keeps_the_entry_for_the_next_drain(
 
     assert await transfer.drain(flaky) == 1
     assert calls == [entry.id, entry.id] and await spool.entries() == []
-
-
-def test_retry_delay_formula() -> None:
-    assert in_copy_retry_delay_s(1, 10_000, 120_000, 0.0) == 10.0
-    assert in_copy_retry_delay_s(4, 10_000, 120_000, 0.0) == 80.0
-    assert in_copy_retry_delay_s(5, 10_000, 120_000, 0.0) == 120.0
-    assert in_copy_retry_delay_s(10_000, 10_000, 120_000, 0.999) == 120.999
-    assert in_copy_retry_delay_s(2, 10_000, 120_000, 0.5) == 20.5
-    with pytest.raises(ValueError):
-        in_copy_retry_delay_s(0, 10, 20, 0.0)
-    with pytest.raises(ValueError):
-        in_copy_retry_delay_s(1, 10, 20, 1.0)
-
-
-@given(
-    attempt=st.integers(1, 10_000),
-    base=st.integers(1, 3_600_000),
-    extra=st.integers(0, 86_400_000),
-    jitter=st.floats(0, 1, exclude_max=True),
-)
-def test_retry_delay_is_bounded_and_never_shrinks(
-    attempt: int, base: int, extra: int, jitter: float
-) -> None:
-    cap = base + extra
-    delay = in_copy_retry_delay_s(attempt, base, cap, jitter)
-    assert base / 1000 <= delay <= (cap + base // 10) / 1000
-    assert in_copy_retry_delay_s(attempt + 1, base, cap, jitter) >= delay
 
 
 def test_ship_result_is_frozen() -> None:

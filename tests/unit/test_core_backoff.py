@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfheal.core.backoff import retry_delay_ms
+from selfheal.core.backoff import copy_retry_delay_s, notify_retry_delay_s, retry_delay_ms
 from selfheal.core.contracts import RetryPolicy
 
 # The original's defaults: 5 min, 4 h, 30 s.
@@ -106,3 +106,43 @@ def test_delay_never_shrinks_as_attempts_grow(
 def test_jitter_adds_at_most_one_step(policy: RetryPolicy, attempt: int, jitter: float) -> None:
     without = retry_delay_ms(attempt, policy, 0.0)
     assert 0 <= retry_delay_ms(attempt, policy, jitter) - without <= policy.sleep_step_ms
+
+
+def test_copy_retry_delay_formula() -> None:
+    assert copy_retry_delay_s(1, 10_000, 120_000, 0.0) == 10.0
+    assert copy_retry_delay_s(4, 10_000, 120_000, 0.0) == 80.0
+    assert copy_retry_delay_s(5, 10_000, 120_000, 0.0) == 120.0
+    assert copy_retry_delay_s(10_000, 10_000, 120_000, 0.999) == 120.999
+    assert copy_retry_delay_s(2, 10_000, 120_000, 0.5) == 20.5
+    with pytest.raises(ValueError):
+        copy_retry_delay_s(0, 10, 20, 0.0)
+    with pytest.raises(ValueError):
+        copy_retry_delay_s(1, 10, 20, 1.0)
+
+
+@given(
+    attempt=st.integers(1, 10_000),
+    base=st.integers(1, 3_600_000),
+    extra=st.integers(0, 86_400_000),
+    jitter=st.floats(0, 1, exclude_max=True),
+)
+def test_copy_retry_delay_is_bounded_and_never_shrinks(
+    attempt: int, base: int, extra: int, jitter: float
+) -> None:
+    cap = base + extra
+    delay = copy_retry_delay_s(attempt, base, cap, jitter)
+    assert base / 1000 <= delay <= (cap + base // 10) / 1000
+    assert copy_retry_delay_s(attempt + 1, base, cap, jitter) >= delay
+
+
+def test_notify_delay_grows_stays_capped_and_honours_retry_after() -> None:
+    waits = [notify_retry_delay_s(n, 1.0, 8.0, jitter=0.999) for n in range(1, 7)]
+    assert waits == pytest.approx([1.0, 2.0, 4.0, 8.0, 8.0, 8.0], abs=0.01)
+    assert notify_retry_delay_s(3, 1.0, 8.0, jitter=0.0) == 2.0  # equal jitter: at least half
+    assert notify_retry_delay_s(1, 1.0, 8.0, retry_after_s=5.0) == 5.0
+    assert notify_retry_delay_s(1, 1.0, 8.0, retry_after_s=500.0) == 8.0
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError):
+            notify_retry_delay_s(bad, 1.0, 8.0)
+    with pytest.raises(ValueError):
+        notify_retry_delay_s(1, 1.0, 8.0, jitter=1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,9 +12,11 @@ from typing import Final, Literal
 
 import anyio
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 
 from selfheal.backup.model import Artifact, Delivery, ProgressFn, Transport, TransportError
 from selfheal.backup.spool import Spool, SpoolEntry, SpoolEntryCorrupt
+from selfheal.core.backoff import copy_retry_delay_s
 from selfheal.core.classify import FailureClass, classify_item
 from selfheal.core.contracts import Evidence
 from selfheal.telemetry import Telemetry
@@ -29,21 +30,8 @@ HARD_ERRNOS: Final = frozenset({"ENOSPC", "EDQUOT", "EACCES", "EPERM"})
 STOP_COPY_CLASSES: Final = frozenset(
     {FailureClass.AUTH, FailureClass.RESOURCE_EXHAUSTED, FailureClass.INTEGRITY}
 )
-# The original's "small jitter": up to a tenth of the base delay on top.
-JITTER_FRACTION: Final = 0.1
 # Probes promise to be cheap and bounded; this only guards against one that is not.
 PROBE_GUARD_S: Final = 30.0
-
-
-def in_copy_retry_delay_s(attempt: int, base_ms: int, max_ms: int, jitter: float) -> float:
-    """Delay after failed attempt n (1-based): min(base·2^(n-1), max) + jitter·base/10, in s."""
-    if attempt < 1:
-        raise ValueError(f"attempt must be >= 1, got {attempt}")
-    if not 0 <= jitter < 1:
-        raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
-    # Capping the exponent keeps a huge attempt number from building a huge integer.
-    backoff = min(base_ms << min(attempt - 1, max_ms.bit_length()), max_ms)
-    return (backoff + math.floor(jitter * base_ms * JITTER_FRACTION)) / 1000
 
 
 def is_hard_failure(error: TransportError) -> bool:
@@ -65,6 +53,14 @@ def as_transport_error(mode: str, exc: TransportError | OSError) -> TransportErr
         return exc
     name = errno.errorcode.get(exc.errno) if exc.errno else None
     return TransportError(mode, str(exc), errno_name=name, exception=type(exc).__name__)
+
+
+class _CopyFailed(Exception):
+    """One attempt failed transiently (the reason is in the ship's errors): retry."""
+
+
+class _Spool(Exception):
+    """Nothing answers, or the recovery window ended mid-copy: spool now."""
 
 
 @dataclass(frozen=True)
@@ -119,16 +115,22 @@ class TransferManager:
         progress: ProgressFn | None = None,
         incident_id: str | None = None,
     ) -> ShipResult:
-        """Deliver artifact + manifest verified, or spool them; hard failures raise."""
+        """Deliver artifact + manifest verified, or spool them; hard failures raise.
+
+        Transient failures are retried (tenacity; the delay is core/backoff.py's) over
+        whichever transport answers, until the attempts or the recovery window run out.
+        """
         errors: list[str] = []
         attempts = 0
         started = self._clock()
         last: Transport | None = None
-        while True:
+
+        async def once() -> Delivery:
+            nonlocal attempts, last
             picking = time.time_ns()
             transport = await self._pick(errors, after_failure_of=last)
             if transport is None:
-                break  # nothing answers: the spool takes it and the drainer carries on
+                raise _Spool  # nothing answers: the spool takes it, the drainer carries on
             if last is not None and transport is not last:
                 # The probes that chose another way than the one that just failed.
                 with self.telemetry.decision_span(
@@ -138,31 +140,44 @@ class TransferManager:
                 ):
                     pass
             attempts += 1
+            last = transport
             remaining = self.recovery_window_s - (self._clock() - started)
-            with anyio.move_on_after(max(remaining, 0.0)) as window:
+            with anyio.move_on_after(max(remaining, 0.0)):
                 try:
-                    delivery = await self._attempt(transport, artifact, progress, attempts)
-                    return ShipResult("delivered", delivery, attempts, errors)
+                    return await self._attempt(transport, artifact, progress, attempts)
                 except (TransportError, OSError) as exc:
                     error = as_transport_error(transport.mode, exc)
                     if is_hard_failure(error):
                         raise error from (None if error is exc else exc)
                     errors.append(f"attempt {attempts} via {transport.mode}: {error}")
                     log.warning("transfer of %s: %s", artifact.name, errors[-1])
-            if window.cancelled_caught:
-                errors.append(f"attempt {attempts} via {transport.mode}: recovery window ended")
-                break
-            last = transport
+                    raise _CopyFailed from None
+            errors.append(f"attempt {attempts} via {transport.mode}: recovery window ended")
+            raise _Spool
+
+        def stop(state: RetryCallState) -> bool:
             if attempts >= self.max_attempts:
                 errors.append(f"gave up after {attempts} attempts")
-                break
-            delay = in_copy_retry_delay_s(
-                attempts, self.retry_base_ms, self.retry_max_ms, self._jitter()
-            )
-            if self._clock() - started + delay > self.recovery_window_s:
+                return True
+            if self._clock() - started + state.upcoming_sleep > self.recovery_window_s:
                 errors.append("the recovery window ends before the next attempt")
-                break
-            await self._sleep(delay)
+                return True
+            return False
+
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=lambda state: copy_retry_delay_s(
+                attempts, self.retry_base_ms, self.retry_max_ms, self._jitter()
+            ),
+            retry=retry_if_exception_type(_CopyFailed),
+            sleep=self._sleep,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return ShipResult("delivered", await once(), attempts, errors)
+        except (RetryError, _Spool):
+            pass  # why is in `errors`
         entry = await self.spool.add(artifact, incident_id=incident_id)
         log.warning("spooled %s after %d attempts (entry %s)", artifact.name, attempts, entry.id)
         return ShipResult("spooled", None, attempts, errors, entry)

@@ -13,8 +13,10 @@ from typing import Any, Final, Literal, Protocol
 
 import anyio
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from selfheal.config.schema_healing import NotifiersSettings
+from selfheal.core.backoff import notify_retry_delay_s
 from selfheal.errors import SelfhealError
 from selfheal.healing.urls import under
 from selfheal.redact import MASK, redact_text
@@ -283,19 +285,19 @@ class DeliveryReport:
         return frozenset(name for name, result in self.results.items() if result == OK)
 
 
-def backoff_delay_s(
-    failures: int,
-    base_delay_s: float,
-    max_delay_s: float,
-    retry_after_s: float | None = None,
-    rand: float = 0.5,
-) -> float:
-    """Wait after `failures` failed tries: Retry-After when given, else exponential, capped."""
-    if retry_after_s is not None:
-        return min(retry_after_s, max_delay_s)
-    ceiling = min(max_delay_s, base_delay_s * 2.0 ** max(0, failures - 1))
-    # Equal jitter: half fixed so waits grow, half random so notifiers do not retry in step.
-    return ceiling / 2 + rand * ceiling / 2
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, NotifyError) and exc.retryable
+
+
+async def _send(n: Notification, notifier: Notifier, client: httpx.AsyncClient) -> None:
+    """One send; whatever goes wrong is a NotifyError (a broken notifier must not stop
+    the others)."""
+    try:
+        await notifier.send(n, client)
+    except NotifyError:
+        raise
+    except Exception as exc:
+        raise NotifyError(notifier.name, f"unexpected {type(exc).__name__}") from None
 
 
 async def _deliver_one(
@@ -306,24 +308,36 @@ async def _deliver_one(
     base_delay_s: float,
     max_delay_s: float,
 ) -> str:
-    """Send with retries; return "ok" or the last redacted error."""
-    for tried in range(1, attempts + 1):
-        try:
-            await notifier.send(n, client)
-            return OK
-        except NotifyError as exc:
-            error = exc
-        except Exception as exc:  # a broken notifier must not stop the others
-            error = NotifyError(notifier.name, f"unexpected {type(exc).__name__}")
-        if not error.retryable or tried == attempts:
-            break
-        delay = backoff_delay_s(
-            tried, base_delay_s, max_delay_s, error.retry_after_s, random.random()
+    """Send with retries (retryable errors only); return "ok" or the last redacted error."""
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        retry_after = error.retry_after_s if isinstance(error, NotifyError) else None
+        return notify_retry_delay_s(
+            state.attempt_number, base_delay_s, max_delay_s, retry_after, random.random()
         )
-        log.warning("notify %s: try %d/%d failed: %s", notifier.name, tried, attempts, error)
-        await anyio.sleep(delay)
-    log.error("notify %s gave up: %s", notifier.name, error)
-    return str(error)
+
+    def warn(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "notify %s: try %d/%d failed: %s", notifier.name, state.attempt_number, attempts, error
+        )
+
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait,
+            retry=retry_if_exception(_retryable),
+            before_sleep=warn,
+            sleep=anyio.sleep,
+            reraise=True,
+        ):
+            with attempt:
+                await _send(n, notifier, client)
+    except NotifyError as error:
+        log.error("notify %s gave up: %s", notifier.name, error)
+        return str(error)
+    return OK
 
 
 async def deliver(
