@@ -51,6 +51,7 @@ _KEY_VALUE_HINT = re.compile(
 
 
 @functools.lru_cache(maxsize=1024)  # config, span and header names repeat
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
     """Return True when a mapping key names a secret (api_key, botToken, Authorization...)."""
     return bool(_SECRET_KEY.search(_CAMEL_BOUNDARY.sub("_", name)))
@@ -270,16 +271,23 @@ _MAY_HOLD_SECRET = re.compile(_SECRET_HINTS, re.IGNORECASE)
 _MAY_HOLD_SECRET_LOWER = re.compile(_SECRET_HINTS)
 
 
-def quick_redact_text(text: str) -> str:
-    """redact_text, skipped for text none of its patterns can match."""
+def may_hold_secret(text: str) -> bool:
+    """False when redact_text would certainly return `text` unchanged.
+
+    Every test here looks for a substring, so texts joined by newlines may be asked
+    at once: what one of them holds, the joined text holds too.
+    """
     if text.isascii():
         hint = _MAY_HOLD_SECRET_LOWER.search(text.lower())
     else:
         hint = _MAY_HOLD_SECRET.search(text)
     known = _known.pattern
-    if hint or (known is not None and known.search(text)):
-        return redact_text(text)
-    return text
+    return hint is not None or (known is not None and known.search(text) is not None)
+
+
+def quick_redact_text(text: str) -> str:
+    """redact_text, skipped for text none of its patterns can match."""
+    return redact_text(text) if may_hold_secret(text) else text
 
 
 @functools.lru_cache(maxsize=1024)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from selfheal.errors import StartupError
+from selfheal.errors import StartupError, first_error
 from selfheal.redact import redact_text
 
 log = logging.getLogger("selfheal.supervisor")
@@ -276,7 +276,7 @@ class Supervisor:
                         rec.started = True
                         task_status.started()
             except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+                raise first_error(group) from None
 
     def _record_crash(self, rec: ServiceRecord, exc: BaseException | None) -> None:
         rec.restarts += 1
@@ -327,20 +327,6 @@ class Supervisor:
             if rec.spec.name == name:
                 return rec.instance
         return None
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The service's own exception out of a task-group wrapper (cancellation stays whole)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        elif not isinstance(exc, cancelled):
-            leaves.append(exc)
-    return leaves[0] if leaves else group
 
 
 async def _call_run(service: Service, *, task_status: TaskStatus[None]) -> None:

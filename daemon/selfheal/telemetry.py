@@ -27,7 +27,13 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
-from selfheal.redact import cached_quick_redact_text, is_secret_key, quick_redact_text, redact
+from selfheal.redact import (
+    cached_quick_redact_text,
+    is_secret_key,
+    may_hold_secret,
+    quick_redact_text,
+    redact,
+)
 from selfheal.spanfile import JsonlSpanExporter, plain_dict
 
 ATTRIBUTE_PREFIX = "selfheal."
@@ -58,9 +64,22 @@ def _redacted_attributes(attributes: Attributes) -> dict[str, Any]:
     return out
 
 
+def _may_need_redaction(attributes: Attributes) -> bool:
+    texts: list[str] = []
+    for key, value in (attributes or {}).items():
+        if is_secret_key(key) or isinstance(value, tuple):
+            return True
+        if isinstance(value, str):
+            texts.append(value)
+    return may_hold_secret("\n".join(texts))
+
+
 def redacted_span(span: ReadableSpan) -> ReadableSpan:
-    """The finished span with secrets masked in its attributes, events, links and status."""
+    """The finished span with secrets masked in its attributes, events, links and status
+    (the span itself when it holds nothing that could be one, as most spans do)."""
     status, events, links = span.status, span.events, span.links
+    if not (events or links or status.description) and not _may_need_redaction(span.attributes):
+        return span
     if status.description:
         status = Status(status.status_code, quick_redact_text(status.description))
     return ReadableSpan(

@@ -28,6 +28,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+import anyio
 import msgspec
 from opentelemetry.trace import Span, use_span
 
@@ -68,6 +69,7 @@ from selfheal.core.routing import (
     joined,
     meet,
 )
+from selfheal.errors import first_error
 from selfheal.healing.commit import Group
 from selfheal.healing.domains import Domains, Probe
 from selfheal.healing.store import (
@@ -90,6 +92,9 @@ ROUTER_CONCURRENCY = 16
 NOTIFY_REQUESTED = "system/self.healing.notify"
 # Rounds before an incident other daemons keep moving is left to a later delivery.
 COMMIT_ATTEMPTS = 8
+# Steps per commit within a round (see Router._round): small enough that the last
+# chunk's commit is a short wait, big enough that a round is few calls.
+COMMIT_CHUNK = 100
 SPAN_NAME: Final = "selfheal.route.decide"
 
 
@@ -144,6 +149,18 @@ class Step(msgspec.Struct):
     span: Span  # started, ended once its incident's group is applied
     effects: Effects
     reused: bool
+
+
+class _Chunk:
+    """Incidents of a round committed together, with their steps (and the round's plain
+    acks, in its last chunk)."""
+
+    __slots__ = ("extra", "steps", "tracks")
+
+    def __init__(self) -> None:
+        self.tracks: list[Track] = []
+        self.steps: list[Step] = []
+        self.extra = Group()
 
 
 class Router:
@@ -247,35 +264,67 @@ class Router:
     async def _round(
         self, arrivals: list[Arrival], outcomes: dict[int, Outcome], *, raise_errors: bool
     ) -> list[Arrival]:
-        """One round; returns the arrivals for the next one."""
+        """One round; returns the arrivals for the next one.
+
+        The round's incidents are routed in chunks, and each chunk's commit runs in
+        Redis while the next chunk is decided here: chunks share no incident, so none
+        waits for another's writes, and a big round costs its decisions plus one
+        chunk's commit instead of plus all of them.
+        """
         now_round, later = _first_of_each_event(arrivals)
         done, tracks = await self._load(now_round)
         acks = Group()
-        steps: list[Step] = []
         knobs = self.knobs()
+        by_incident: dict[str, list[Arrival]] = {}
         for arrival in now_round:
-            track = tracks[arrival.request.resolved_incident_id]
-            if done[arrival.index]:
-                if arrival.entry_id is not None:
-                    self._ack(acks, arrival)  # handled before; only the ack was lost
-                outcomes[arrival.index] = Outcome.DUPLICATE
-                continue
-            if track.broken:
-                continue  # after a request that raised, the rest go one by one too
-            try:
-                steps.append(await self._step(track, arrival, knobs))
-            except Exception as exc:
-                if raise_errors:
-                    raise
-                log.info("request %s left for one-by-one handling: %s", arrival.envelope.id, exc)
-                track.broken = True
-        groups = [t.group for t in tracks.values() if t.group is not None]
-        if not acks.empty:
-            groups.append(acks)
+            by_incident.setdefault(arrival.request.resolved_incident_id, []).append(arrival)
+        try:
+            async with anyio.create_task_group() as commits:
+                chunk = _Chunk()
+                for incident_id, queue in by_incident.items():
+                    track = tracks[incident_id]
+                    chunk.tracks.append(track)
+                    for arrival in queue:
+                        if done[arrival.index]:
+                            if arrival.entry_id is not None:
+                                self._ack(acks, arrival)  # handled before; the ack was lost
+                            outcomes[arrival.index] = Outcome.DUPLICATE
+                            continue
+                        if track.broken:
+                            continue  # after a request that raised, the rest go one by one
+                        try:
+                            chunk.steps.append(await self._step(track, arrival, knobs))
+                        except Exception as exc:
+                            if raise_errors:
+                                raise
+                            log.info(
+                                "request %s left for one-by-one handling: %s",
+                                arrival.envelope.id,
+                                exc,
+                            )
+                            track.broken = True
+                    if len(chunk.steps) >= COMMIT_CHUNK:
+                        commits.start_soon(self._commit, chunk, outcomes, later)
+                        chunk = _Chunk()
+                chunk.extra = acks
+                commits.start_soon(self._commit, chunk, outcomes, later)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None  # what a caller would meet without the chunks
+        return later
+
+    async def _commit(
+        self, chunk: _Chunk, outcomes: dict[int, Outcome], later: list[Arrival]
+    ) -> None:
+        """Commit a chunk's groups; steps whose group's guard failed go to `later`, the
+        rest are settled and their spans ended."""
+        groups = [track.group for track in chunk.tracks if track.group is not None]
+        if not chunk.extra.empty:
+            groups.append(chunk.extra)
         applied = await self.store.apply(groups)
         moved = {id(g) for g, ok in zip(groups, applied, strict=True) if not ok}
         end_ns = time.time_ns()
-        for step in steps:
+        timers = False
+        for step in chunk.steps:
             if id(step.track.group) in moved:
                 # Nothing it wrote was applied, so nothing carries its span: the span is
                 # never ended, so never recorded, and the next round starts another.
@@ -284,11 +333,9 @@ class Router:
             outcomes[step.arrival.index] = Outcome.ACKED
             self._count(step)
             step.span.end(end_time=end_ns)
-        if self._on_timers is not None and any(
-            step.effects.timer is not None and step.arrival.index in outcomes for step in steps
-        ):
+            timers = timers or step.effects.timer is not None
+        if timers and self._on_timers is not None:
             self._on_timers()
-        return later
 
     async def _load(self, arrivals: list[Arrival]) -> tuple[dict[int, bool], dict[str, Track]]:
         """Done flags (by arrival index) and a track per incident, in two round trips."""

@@ -31,6 +31,7 @@ from selfheal.backup.transports.sftp_writer import Batch, feed_blocks
 from selfheal.backup.transports.ssh_lean_send import use_lean_send
 from selfheal.core.artifacts import PARTIAL_SUFFIX, manifest_name
 from selfheal.core.ssh_flags import SshOptions
+from selfheal.errors import first_error
 
 log = logging.getLogger("selfheal.backup.ssh")
 
@@ -123,16 +124,6 @@ class _Link(NamedTuple):
 
     conn: asyncssh.SSHClientConnection
     sftp: asyncssh.SFTPClient
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The failure inside a task group's exception group, skipping sibling cancellations."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
-    return group
 
 
 class SshTransport:
@@ -423,7 +414,7 @@ class SshTransport:
                             await slots.acquire()
                             tg.start_soon(send, data, offset)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         if progress is not None and done == 0:
             progress(0, size)
 
@@ -449,7 +440,7 @@ class SshTransport:
                 tg.start_soon(sync)
                 digest = await self._hash(link, path, size)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         if digest != sha256.lower():
             raise integrity_error(f"checksum mismatch: {path} sha256 {digest}, expected {sha256}")
 
