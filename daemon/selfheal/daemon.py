@@ -29,6 +29,7 @@ from selfheal.instance import StateDirGuard
 from selfheal.redact import redact_text
 from selfheal.supervisor import Service, ServiceSpec, Supervisor
 from selfheal.telemetry import Telemetry, setup_telemetry
+from selfheal.watchdog.plane import WatchdogPlane
 
 log = logging.getLogger("selfheal.daemon")
 
@@ -107,6 +108,16 @@ class Daemon:
             wait_stopping=lambda: self.supervisor.wait_stopping(),
             domains=self.plane.domains,
         )
+        self.watchdog = WatchdogPlane(
+            settings=lambda: self.settings,
+            bus=self.plane.bus,
+            router=lambda: self.plane.router,
+            telemetry=self.telemetry,
+            consumer_name=local_consumer_name(),
+            stopping=lambda: self.supervisor.stopping,
+            wait_stopping=lambda: self.supervisor.wait_stopping(),
+            domains=self.plane.domains,
+        )
 
     @property
     def supervisor(self) -> Supervisor:
@@ -155,6 +166,7 @@ class Daemon:
             # The bus services are rebuilt whenever the link they ride on is.
             *self.plane.specs(depends_on=self._redis_dependency),
             *self.backups.specs(depends_on=self._redis_dependency),
+            *self.watchdog.specs(depends_on=self._redis_dependency),
         ]
 
     def _redis_dependency(self) -> object:
@@ -285,13 +297,16 @@ class Daemon:
             "config.reload": self._config_reload,
             **self.plane.handlers(),
             **self.backups.handlers(),
+            **self.watchdog.handlers(),
         }
 
     async def _ping(self, params: dict[str, Any]) -> Any:
         return {"pong": True, "pid": os.getpid(), "version": __version__}
 
     async def _status(self, params: dict[str, Any]) -> Any:
-        return self.status()
+        status = self.status()
+        status["watchdog"] = await self.watchdog.status()
+        return status
 
     async def _config_show(self, params: dict[str, Any]) -> Any:
         effective = Params(params).flag("effective", default=True)

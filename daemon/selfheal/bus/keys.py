@@ -88,3 +88,8 @@ class Keys:
     def delivered(self, event_id: str, notifier: str) -> str:
         """Marker: one notifier has delivered one notification event."""
         return f"{self.tag}:delivered:{event_id}:{notifier}"
+
+    def worker(self, name: str, part: str) -> str:
+        """A watchdog key of one worker: its restart lock, cooldown, restarts in the
+        window (sorted set of times), last restart (hash)."""
+        return f"{self.tag}:worker:{name}:{part}"

@@ -69,21 +69,34 @@ class NotifiersSettings(ConfigModel):
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
 
 
+# A log line holding one of these (case-sensitive, plain text) is a sign the worker is
+# unreachable; "Unable to reach SDK URL" is always looked for.
+LogPattern = Annotated[str, StringConstraints(min_length=3, max_length=200)]
+SDK_UNREACHABLE = "Unable to reach SDK URL"
+
+
 class WorkerSettings(ConfigModel):
     """One worker whose SDK endpoint the watchdog probes and may restart."""
 
     name: Name
     sdk_url: HttpUrlText = "http://127.0.0.1:3111/api/inngest"
+    health_url: HttpUrlText | None = None
     launchd_label: Name = "com.joel.system-bus-worker"
+    launchd_plist: ConfigPath | None = None
     service_manager: Literal["launchd", "systemd", "command"] = "launchd"
     restart_command: list[Token] | None = None
+    expected_program: ConfigPath | None = None
+    expected_working_directory: ConfigPath | None = None
     log_files: list[ConfigPath] = Field(default_factory=list)
-    probe_interval_seconds: float = Field(30, ge=1, le=3600)
+    log_patterns: list[LogPattern] = Field(default_factory=list, max_length=32)
+    probe_interval_seconds: float = Field(30, ge=0.2, le=3600)
+    probe_timeout_seconds: float = Field(5, ge=0.1, le=120)
     failure_threshold: int = Field(3, ge=1, le=100)
     restart_cooldown_minutes: float = Field(10, ge=0, le=1440)
     max_restarts_per_window: int = Field(3, ge=1, le=100)
-    restart_window_minutes: float = Field(60, ge=1, le=10_080)
+    restart_window_minutes: float = Field(60, ge=0.01, le=10_080)
     start_grace_seconds: float = Field(60, ge=0, le=3600)
+    verify_timeout_seconds: float = Field(60, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _restart_command_matches_manager(self) -> WorkerSettings:
@@ -117,7 +130,12 @@ WORKER_DOC = (
     f"Workers to probe, each {{{_item_doc(WorkerSettings)}}}. Names are unique; "
     "restartCommand (an argument list) is required with, and only allowed with, "
     "serviceManager 'command' (others: launchd, systemd); "
-    "launchdLabel is the unit name under systemd."
+    "launchdLabel is the unit name under systemd; healthUrl defaults to sdkUrl; "
+    "launchdPlist (for bootstrap when the job is not loaded) defaults to "
+    "~/Library/LaunchAgents/<launchdLabel>.plist; expectedProgram and "
+    "expectedWorkingDirectory, when set, must match the loaded job or no restart "
+    "happens (the incident escalates showing the drift); logPatterns are plain texts "
+    "looked for in logFiles besides 'Unable to reach SDK URL'."
 )
 
 

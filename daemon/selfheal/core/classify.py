@@ -99,6 +99,10 @@ _EXCEPTIONS: Final = {
     "ConfigError": FailureClass.CONFIG,
     "ValidationError": FailureClass.CONFIG,
     "BusyLoadingError": FailureClass.TRANSIENT_INFRA,  # redis is loading its dataset
+    # The watchdog's guarded restart: a flapping worker used up its restarts in the
+    # window (as systemd's start limit), or the loaded job is not the expected program.
+    "RestartLimitReached": FailureClass.RESOURCE_EXHAUSTED,
+    "WorkerBindingDrift": FailureClass.CONFIG,
 }
 # redis-py reuses builtin names; from redis they mean the source server is away (infra).
 _PACKAGE_EXCEPTIONS: Final = {

@@ -1,0 +1,211 @@
+"""The service managers a worker runs under: how to ask about its job and restart it.
+
+launchd (`launchctl print gui/<uid>/<label>`, `kickstart -k`, `bootstrap` when not
+loaded), systemd user units (`systemctl --user show`, `restart`), or a configured
+argument list. Every command is an argument list (never a shell string), bounded
+in time, and its failure is an error naming the command and what it said.
+Nothing here kills processes by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+import anyio
+
+from selfheal.config.schema_healing import WorkerSettings
+from selfheal.errors import SelfhealError
+from selfheal.redact import redact_text
+
+COMMAND_TIMEOUT_S: Final = 30.0
+# What an error quotes of a command's output.
+OUTPUT_LIMIT: Final = 400
+
+
+class ManagerError(SelfhealError):
+    """A service-manager command failed or could not run."""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the service manager says about the worker's job."""
+
+    loaded: bool
+    pid: int | None = None
+    program: str | None = None
+    working_directory: str | None = None
+    state: str | None = None
+
+    def public(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "loaded": self.loaded,
+            "pid": self.pid,
+            "program": self.program,
+            "working_directory": self.working_directory,
+            "state": self.state,
+        }
+
+
+class ServiceManager(Protocol):
+    """The port the guarded restart acts through."""
+
+    @property
+    def kind(self) -> str:
+        """launchd, systemd or command."""
+        ...
+
+    async def describe(self) -> JobInfo:
+        """The job as the manager has it loaded now."""
+        ...
+
+    async def restart(self, job: JobInfo) -> str:
+        """Restart (or start) the job; returns what was done, for the record."""
+        ...
+
+
+async def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    try:
+        with anyio.fail_after(COMMAND_TIMEOUT_S):
+            result = await anyio.run_process(argv, check=False, stdin=subprocess.DEVNULL)
+    except TimeoutError:
+        command = " ".join(argv[:3])
+        raise ManagerError(f"{command}: no answer in {COMMAND_TIMEOUT_S:g} s") from None
+    except OSError as exc:
+        raise ManagerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    if check and result.returncode != 0:
+        said = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
+        raise ManagerError(
+            f"{' '.join(argv)} exited {result.returncode}: {redact_text(said[:OUTPUT_LIMIT])}"
+        )
+    return result
+
+
+_LAUNCHD_FIELD = re.compile(r"^\t(program|working directory|pid|state) = (.*)$", re.MULTILINE)
+
+
+def parse_launchctl_print(text: str) -> JobInfo:
+    """The job's top-level program, working directory, pid and state from
+    `launchctl print` (nested blocks are indented deeper and not read)."""
+    found: dict[str, str] = {}
+    for match in _LAUNCHD_FIELD.finditer(text):
+        found.setdefault(match.group(1), match.group(2).strip())
+    pid = found.get("pid", "")
+    return JobInfo(
+        loaded=True,
+        pid=int(pid) if pid.isdecimal() else None,
+        program=found.get("program"),
+        working_directory=found.get("working directory"),
+        state=found.get("state"),
+    )
+
+
+class Launchd:
+    """A launchd agent in the user's GUI domain."""
+
+    kind = "launchd"
+
+    def __init__(self, label: str, plist: Path, uid: int | None = None) -> None:
+        self.label = label
+        self.plist = plist
+        self.domain = f"gui/{os.getuid() if uid is None else uid}"
+
+    async def describe(self) -> JobInfo:
+        """`launchctl print`: not loaded when it fails."""
+        result = await _run(["launchctl", "print", f"{self.domain}/{self.label}"], check=False)
+        if result.returncode != 0:
+            return JobInfo(loaded=False)
+        return parse_launchctl_print(result.stdout.decode("utf-8", "replace"))
+
+    async def restart(self, job: JobInfo) -> str:
+        """`kickstart -k` a loaded job; `bootstrap` its plist when it is not loaded."""
+        if not job.loaded:
+            if not self.plist.is_file():
+                raise ManagerError(f"{self.label} is not loaded and {self.plist} does not exist")
+            await _run(["launchctl", "bootstrap", self.domain, str(self.plist)])
+            return f"bootstrap {self.domain} {self.plist}"
+        await _run(["launchctl", "kickstart", "-k", f"{self.domain}/{self.label}"])
+        return f"kickstart -k {self.domain}/{self.label}"
+
+
+_EXEC_PATH = re.compile(r"\bpath=([^ ;]+)")
+
+
+class Systemd:
+    """A systemd user unit."""
+
+    kind = "systemd"
+
+    def __init__(self, unit: str) -> None:
+        # A label such as com.example.worker names the unit com.example.worker.service.
+        self.unit = unit if unit.endswith(".service") else f"{unit}.service"
+
+    async def describe(self) -> JobInfo:
+        """`systemctl --user show`: not loaded when the unit is not found."""
+        result = await _run(
+            [
+                "systemctl",
+                "--user",
+                "show",
+                self.unit,
+                "--property=LoadState,ActiveState,MainPID,ExecStart,WorkingDirectory",
+            ]
+        )
+        fields = dict(
+            line.partition("=")[::2]
+            for line in result.stdout.decode("utf-8", "replace").splitlines()
+        )
+        if fields.get("LoadState") != "loaded":
+            return JobInfo(loaded=False, state=fields.get("LoadState"))
+        program = _EXEC_PATH.search(fields.get("ExecStart", ""))
+        pid = fields.get("MainPID", "0")
+        return JobInfo(
+            loaded=True,
+            pid=int(pid) if pid.isdecimal() and pid != "0" else None,
+            program=program.group(1) if program else None,
+            working_directory=fields.get("WorkingDirectory") or None,
+            state=fields.get("ActiveState"),
+        )
+
+    async def restart(self, job: JobInfo) -> str:
+        """`systemctl --user restart` (which also starts a stopped unit)."""
+        if not job.loaded:
+            raise ManagerError(f"systemd user unit {self.unit} is not loaded")
+        await _run(["systemctl", "--user", "restart", self.unit])
+        return f"systemctl --user restart {self.unit}"
+
+
+class Command:
+    """A configured argument list that restarts the worker."""
+
+    kind = "command"
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    async def describe(self) -> JobInfo:
+        """Nothing to ask: the command's program is all that is known."""
+        return JobInfo(loaded=True, program=self.argv[0])
+
+    async def restart(self, job: JobInfo) -> str:
+        """Run the command."""
+        await _run(self.argv)
+        return " ".join(self.argv)
+
+
+def manager_for(worker: WorkerSettings) -> ServiceManager:
+    """The worker's service manager, as configured."""
+    if worker.service_manager == "systemd":
+        return Systemd(worker.launchd_label)
+    if worker.service_manager == "command":
+        assert worker.restart_command is not None  # the config requires it
+        return Command(list(worker.restart_command))
+    plist = worker.launchd_plist or (
+        Path.home() / "Library" / "LaunchAgents" / f"{worker.launchd_label}.plist"
+    )
+    return Launchd(worker.launchd_label, plist)

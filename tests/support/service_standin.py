@@ -1,0 +1,169 @@
+"""Stand-ins for `launchctl` and `systemctl --user` that really start and stop a worker.
+
+Only the service manager is played: the worker is a real process (worker_app.py),
+started, killed (by its recorded pid) and started again. The job's state lives in
+the JSON file named by SELFHEAL_TEST_SERVICE_STATE:
+  {"label", "loaded", "pid", "program", "working_directory", "argv", "log", "calls"}
+Every invocation is appended to "calls". `install(folder, ...)` writes the two
+commands into folder/bin, to put first on the daemon's PATH.
+
+launchctl: print gui/<uid>/<label> | kickstart -k gui/<uid>/<label> |
+           bootstrap gui/<uid> <plist> | bootout gui/<uid>/<label>
+systemctl: --user show <unit> --property=... | --user restart <unit>
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# A command-line stand-in: what it prints is what launchctl/systemctl would.
+# ruff: noqa: T201
+
+STATE_ENV = "SELFHEAL_TEST_SERVICE_STATE"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is not running
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _stop(pid: int | None) -> None:
+    if not _alive(pid):
+        return
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.02)
+
+
+def _start(state: dict[str, Any]) -> None:
+    with open(state["log"], "ab") as log:
+        process = subprocess.Popen(
+            state["argv"],
+            cwd=state["working_directory"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    state["pid"] = process.pid
+
+
+def launchctl(state: dict[str, Any], args: list[str]) -> int:
+    target = f"gui/{os.getuid()}/{state['label']}"
+    if args[:1] == ["print"] and len(args) == 2:
+        if not state["loaded"] or args[1] != target:
+            print(f'Could not find service "{args[1]}" in domain', file=sys.stderr)
+            return 113
+        running = _alive(state["pid"])
+        lines = [
+            f"{target} = {{",
+            "\tactive count = 1",
+            f"\tstate = {'running' if running else 'not running'}",
+            f"\tprogram = {state['program']}",
+            f"\tworking directory = {state['working_directory']}",
+        ]
+        if running:
+            lines.append(f"\tpid = {state['pid']}")
+        lines += ["\tenvironment = {", "\t\tprogram = not-the-top-level-one", "\t}", "}"]
+        print("\n".join(lines))
+        return 0
+    if args[:2] == ["kickstart", "-k"] and len(args) == 3:
+        if not state["loaded"] or args[2] != target:
+            print("Could not find service", file=sys.stderr)
+            return 113
+        _stop(state["pid"])
+        _start(state)
+        return 0
+    if args[:1] == ["bootstrap"] and len(args) == 3:
+        if state["loaded"]:
+            print("Bootstrap failed: 5: Input/output error", file=sys.stderr)
+            return 5
+        state["loaded"] = True
+        _start(state)
+        return 0
+    if args[:1] == ["bootout"] and len(args) == 2:
+        _stop(state["pid"])
+        state["loaded"] = False
+        return 0
+    print(f"launchctl stand-in: unsupported {args}", file=sys.stderr)
+    return 64
+
+
+def systemctl(state: dict[str, Any], args: list[str]) -> int:
+    unit = state["label"] + ".service"
+    if args[:2] == ["--user", "show"] and len(args) >= 3:
+        if args[2] != unit or not state["loaded"]:
+            print("LoadState=not-found\nActiveState=inactive\nMainPID=0")
+            return 0
+        running = _alive(state["pid"])
+        argv = " ".join(state["argv"])
+        print(
+            f"LoadState=loaded\nActiveState={'active' if running else 'failed'}\n"
+            f"MainPID={state['pid'] if running else 0}\n"
+            f"ExecStart={{ path={state['program']} ; argv[]={argv} ; ignore_errors=no }}\n"
+            f"WorkingDirectory={state['working_directory']}"
+        )
+        return 0
+    if args[:2] == ["--user", "restart"] and len(args) == 3:
+        if args[2] != unit or not state["loaded"]:
+            print(f"Failed to restart {args[2]}: Unit not found.", file=sys.stderr)
+            return 5
+        _stop(state["pid"])
+        _start(state)
+        return 0
+    print(f"systemctl stand-in: unsupported {args}", file=sys.stderr)
+    return 64
+
+
+def main() -> int:
+    command, args = sys.argv[1], sys.argv[2:]
+    path = Path(os.environ[STATE_ENV])
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(path.read_text())
+        state.setdefault("calls", []).append([command, *args])
+        code = launchctl(state, args) if command == "launchctl" else systemctl(state, args)
+        path.write_text(json.dumps(state))
+    return code
+
+
+def install(folder: Path) -> Path:
+    """Write `launchctl` and `systemctl` into folder/bin; returns that bin folder."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("launchctl", "systemctl"):
+        path = bin_dir / name
+        path.write_text(
+            f"#!{sys.executable}\nimport sys\nsys.argv[1:1] = [{name!r}]\n"
+            f"sys.path.append({str(Path(__file__).parent)!r})\n"
+            "import service_standin\nsys.exit(service_standin.main())\n"
+        )
+        path.chmod(0o755)
+    return bin_dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())
