@@ -70,6 +70,8 @@ PROBES_KEPT: Final = 10
 # Past the verify deadline a restart counts as failed; while waiting, probes this often.
 VERIFY_EVERY_S: Final = 0.25
 NAME_LIMIT: Final = 200
+# The router's first retry delay for a worker (plus up to as much jitter).
+FIRST_RESTART_DELAY_MS: Final = 200
 
 
 def worker_incident_id(name: str) -> str:
@@ -141,6 +143,12 @@ class WorkerState:
     last_restart: RestartRecord | None = None
     tail: LogTail | None = None
 
+    def answered(self) -> None:
+        """The worker answered: its failure (and the request for it) is over."""
+        self.consecutive_failures = 0
+        self.failing_since = None
+        self.reported = False
+
 
 class Outcome:
     """How one restart request ended."""
@@ -159,6 +167,7 @@ class RestartResult:
     detail: str
     action: str | None = None
     job: JobInfo | None = None
+    wait_ms: int = 0  # a skipped restart: how long until it may happen
 
     def public(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -277,9 +286,7 @@ class WatchdogPlane:
         matches = await anyio.to_thread.run_sync(state.tail.poll)
         state.log_matches.extend(matches)
         if result.ok:
-            state.consecutive_failures = 0
-            state.failing_since = None
-            state.reported = False
+            state.answered()
         else:
             state.consecutive_failures += 1
             state.failing_since = state.failing_since or result.at
@@ -307,6 +314,7 @@ class WatchdogPlane:
         evidence: list[dict[str, Any]] | None = None,
         attempt: int = 0,
         cause: Event | None = None,
+        wait_ms: int = 0,
     ) -> None:
         if evidence is None:
             evidence = [
@@ -324,7 +332,7 @@ class WatchdogPlane:
                 f"worker {worker.name} unreachable: {state.consecutive_failures} failing "
                 f"probe(s) in a row" + (f", {len(matches)} log line(s) matched" if matches else "")
             )
-        request = self._request(worker, summary, evidence, attempt)
+        request = self._request(worker, summary, evidence, attempt, wait_ms)
         key = (
             f"{cause.id}/healing"
             if cause is not None
@@ -346,7 +354,7 @@ class WatchdogPlane:
         summary: str,
         evidence: list[dict[str, Any]],
         attempt: int,
-        min_delay_ms: int = 1000,
+        wait_ms: int = 0,
     ) -> dict[str, Any]:
         cooldown_ms = int(worker.restart_cooldown_minutes * 60_000)
         return {
@@ -354,11 +362,13 @@ class WatchdogPlane:
             "targetComponent": worker.name,
             "problemSummary": summary[:2000],
             "attempt": attempt,
+            # A dead worker is restarted at once, later attempts back off up to the
+            # cooldown; a restart skipped for its cooldown or grace waits that out.
             "retryPolicy": {
                 "maxRetries": worker.max_restarts_per_window,
-                "sleepMinMs": max(1000, min_delay_ms),
-                "sleepMaxMs": max(60_000, cooldown_ms, min_delay_ms),
-                "sleepStepMs": 1000,
+                "sleepMinMs": max(FIRST_RESTART_DELAY_MS, wait_ms),
+                "sleepMaxMs": max(60_000, cooldown_ms, wait_ms),
+                "sleepStepMs": FIRST_RESTART_DELAY_MS,
             },
             "evidence": evidence or [{"kind": "watchdog", "message": summary[:2000]}],
             "playbook": {
@@ -456,7 +466,10 @@ class WatchdogPlane:
         left_ms = int(await client.pttl(cooldown_key))
         if left_ms > 0 and not force:
             return RestartResult(
-                Outcome.SKIPPED, f"in cooldown for {left_ms / 1000:.0f} s more", job=job
+                Outcome.SKIPPED,
+                f"in cooldown for {left_ms / 1000:.0f} s more",
+                job=job,
+                wait_ms=left_ms,
             )
         young = _age_s(job.pid)
         if young is not None and young < worker.start_grace_seconds:
@@ -465,6 +478,7 @@ class WatchdogPlane:
                 f"started {young:.0f} s ago, inside startGraceSeconds "
                 f"({worker.start_grace_seconds:g})",
                 job=job,
+                wait_ms=int((worker.start_grace_seconds - young) * 1000),
             )
         try:
             action = await manager.restart(job)
@@ -500,7 +514,7 @@ class WatchdogPlane:
             state = self.state(worker.name)
             state.probes.append(result)
             if result.ok:
-                state.consecutive_failures = 0
+                state.answered()
                 return True, f"healthy after restart ({result.detail}, {result.ms:.0f} ms)"
             last = result.detail
             await anyio.sleep(min(VERIFY_EVERY_S, max(0.0, deadline - time.monotonic())))
@@ -525,7 +539,6 @@ class WatchdogPlane:
         )
         incident = worker_incident_id(worker.name)
         if result.outcome == Outcome.REMEDIATED:
-            state.reported = False
             router = self._router()
             if router is not None:
                 trigger = cause or new_event(
@@ -557,6 +570,7 @@ class WatchdogPlane:
             evidence=evidence,
             attempt=attempt,
             cause=cause,
+            wait_ms=result.wait_ms,
         )
 
     # -- status and control ---------------------------------------------------------
