@@ -101,6 +101,17 @@ def render_status(s: dict[str, Any]) -> str:
             f"backup      {target}: {run['status']} {run.get('artifact') or ''} "
             f"{run.get('detail') or ''}".rstrip()
         )
+    watchdog = s.get("watchdog") or {}
+    for worker in watchdog.get("workers", []) if watchdog.get("enabled") else []:
+        probes = worker.get("probes") or []
+        last = probes[-1] if probes else None
+        restart = worker.get("last_restart")
+        lines.append(
+            f"worker      {worker['name']}: "
+            + (f"{'ok' if last['ok'] else 'FAILING'} ({last['detail']})" if last else "not probed")
+            + f", {worker['consecutive_failures']} failing in a row"
+            + (f", last restart {restart['outcome']} {_ago(restart['at'])}" if restart else "")
+        )
     tel = s.get("telemetry", {})
     lines.append(f"telemetry   {tel.get('exporter')} {tel.get('span_file') or ''}".rstrip())
     lines.append("")
