@@ -37,6 +37,7 @@ import anyio
 import httpx
 import psutil
 from anyio.abc import TaskStatus
+from redis.exceptions import RedisError
 
 from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, PoisonEvent, StreamConsumer
 from selfheal.bus.lock import RedisLock
@@ -587,7 +588,8 @@ class WatchdogPlane:
             restarts_key = bus.keys.worker(worker.name, "restarts")
             since = time.time() - worker.restart_window_minutes * 60
             in_window = int(await bus.client.zcount(restarts_key, since, "+inf"))
-        except (ControlError, OSError, ConnectionError) as exc:
+        except (ControlError, RedisError, OSError) as exc:
+            # Status answers without Redis: the Redis-kept counts are shown as unknown.
             log.debug("watchdog status without Redis: %s", exc)
         last = state.last_restart
         return {
