@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from selfheal.cli import cli
 from tests.support.daemon import DaemonProcess, Daemons
-from tests.support.http import PlayedService, played_service
+from tests.support.http import PlayedService, Posted, Reply, played_service
 from tests.support.servers import RedisServer, wait_until
 from tests.support.worker import Worker
 
@@ -216,3 +216,32 @@ def test_a_log_line_alone_raises_the_incident(
     row = daemon.call("incidents.show", {"id": INCIDENT})
     assert "Unable to reach SDK URL" in str(row["request"]) or "log line" in str(row)
     assert os.path.exists(worker.folder / "worker.log")
+
+
+def test_a_failed_inngest_run_naming_the_worker_raises_the_incident(
+    daemon_factory: Daemons, redis_server: RedisServer, worker: Worker, hook: PlayedService
+) -> None:
+    failed = {
+        "run_id": "01RUN",
+        "function_id": "system-bus/backup",
+        "status": "Failed",
+        "output": {"error": {"message": f"Unable to reach SDK URL {worker.url}"}},
+    }
+
+    def inngest_api(request: Posted) -> Reply:
+        if request.path.startswith("/v1/events?"):
+            return Reply(200, {"data": [{"internal_id": "01EVT", "name": "x"}]})
+        if request.path == "/v1/events/01EVT/runs":
+            return Reply(200, {"data": [failed]})
+        return Reply(404, {})
+
+    with played_service(inngest_api) as inngest:
+        cfg = config(redis_server, worker, hook, failureThreshold=100)
+        cfg["selfheal"]["watchdog"].update(inngestUrl=inngest.base, inngestScanSeconds=1)
+        daemon = daemon_factory.start(config=cfg, env=worker.env())
+        wait_until(lambda: worker.calls("kickstart"), 40, "a restart after the failed run")
+        wait_until(lambda: incident_state(daemon) == "remediated", 40, "the incident remediated")
+        shown = daemon.call("incidents.show", {"id": INCIDENT})
+        assert "01RUN" in str(shown["request"])
+        assert daemon.call("watchdog.status")["inngest"]["error"] is None
+    assert len(worker.calls("kickstart")) == 1  # the run was inspected once

@@ -1,7 +1,7 @@
 """A real local HTTP server that plays an internet service (webhook, model endpoint).
 
-It records every POST (path with query, headers, JSON body or else text) and
-answers with whatever the test's `respond` function returns.
+It records every POST (path with query, headers, JSON body or else text) and GET
+(body None), and answers with whatever the test's `respond` function returns.
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ def played_service(respond: Callable[[Posted], Reply] | None = None) -> Iterator
                 body: Any = json.loads(raw or b"null")
             except ValueError:  # ntfy posts the message as plain text
                 body = raw.decode(errors="replace")
+            self._answer(body)
+
+        def do_GET(self) -> None:
+            self._answer(None)
+
+        def _answer(self, body: Any) -> None:
             posted = Posted(self.path, dict(self.headers.items()), body)
             service.posts.append(posted)
             reply = service.respond(posted)

@@ -215,7 +215,7 @@ def test_watchdog_defaults_and_a_command_worker(tmp_path: Path) -> None:
     assert loaded.settings.watchdog.workers[0].probe_interval_seconds == 30
 
 
-def test_watchdog_enabled_loads_and_inngest_scanning_is_refused(tmp_path: Path) -> None:
+def test_watchdog_enabled_loads_with_its_worker_keys(tmp_path: Path) -> None:
     worker = {
         "name": "w",
         "healthUrl": "http://127.0.0.1:9/health",
@@ -227,8 +227,8 @@ def test_watchdog_enabled_loads_and_inngest_scanning_is_refused(tmp_path: Path) 
     [loaded] = settings.watchdog.workers
     assert settings.watchdog.enabled and loaded.health_url == "http://127.0.0.1:9/health"
     assert str(loaded.expected_program) == "/opt/worker/bin/node"
-    text = problems(tmp_path, {"watchdog": {"inngestUrl": "http://127.0.0.1:8288"}})
-    assert "selfheal.watchdog.inngestUrl" in text and "not available" in text
+    text = problems(tmp_path, {"watchdog": {"inngestUrl": "127.0.0.1:8288"}})
+    assert "selfheal.watchdog.inngestUrl" in text
     text = problems(tmp_path, {"watchdog": {"workers": [{"name": "w", "logPatterns": ["x"]}]}})
     assert "selfheal.watchdog.workers[0].logPatterns[0]" in text
 

@@ -98,13 +98,6 @@ def _watchdog(r: _Rules) -> None:
     for name in sorted({n for n in names if names.count(n) > 1}):
         r.add(f"{key}: worker name {name!r} is used more than once (from {r.origins[key].source})")
     enabled = "selfheal.watchdog.enabled"
-    inngest = "selfheal.watchdog.inngestUrl"
-    if r.have(inngest) and r.values[inngest] is not None:
-        # Refused rather than ignored: an operator must not believe runs are inspected.
-        r.add(
-            f"{r.cite(inngest)}: scanning Inngest runs is not available in this version "
-            "of selfheal (the watchdog probes workers and reads their logs); set it to null"
-        )
     if not names and r.have(enabled) and r.values[enabled]:
         r.add(f"{key}: must list at least one worker when {r.cite(enabled)}")
 

@@ -147,7 +147,18 @@ class WatchdogSettings(ConfigModel):
         default_factory=lambda: [WorkerSettings(name="system-bus-worker")], description=WORKER_DOC
     )
     inngest_url: HttpUrlText | None = Field(
-        None, description="Inngest server URL for scanning failed runs; null = logs only."
+        None,
+        description="Inngest server URL (dev server or API) whose failed runs are scanned for "
+        "the workers' patterns; null = probes and logs only.",
+    )
+    inngest_signing_key: Annotated[Token | None, SECRET] = Field(
+        None, description="Bearer key for the Inngest API (Inngest Cloud); null = none."
+    )
+    inngest_lookback_minutes: float = knob(
+        30, "How far back each scan looks for failed runs, minutes", ge=1, le=10_080
+    )
+    inngest_scan_seconds: float = knob(
+        60, "Seconds between two scans of Inngest's runs", ge=1, le=86_400
     )
 
 

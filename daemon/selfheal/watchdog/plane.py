@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Final
 
 import anyio
@@ -54,6 +55,7 @@ from selfheal.healing.router import Router
 from selfheal.redact import redact_text
 from selfheal.supervisor import Service, ServiceSpec
 from selfheal.telemetry import Telemetry
+from selfheal.watchdog.inngest import FailedRun, InngestError, failed_runs
 from selfheal.watchdog.logtail import LogTail
 from selfheal.watchdog.managers import (
     COMMAND_TIMEOUT_S,
@@ -141,6 +143,7 @@ class WorkerState:
     failing_since: float | None = None
     log_matches: deque[str] = field(default_factory=lambda: deque(maxlen=PROBES_KEPT))
     reported: bool = False  # a request went out for the current failure
+    failed_runs: list[FailedRun] = field(default_factory=list)  # found by the last scans
     last_restart: RestartRecord | None = None
     tail: LogTail | None = None
 
@@ -207,6 +210,9 @@ class WatchdogPlane:
         self.states: dict[str, WorkerState] = {}
         self.consumer: StreamConsumer | None = None
         self._http: httpx.AsyncClient | None = None
+        self._scanned_at: float | None = None
+        self._scan_lock = anyio.Lock()
+        self.inngest_error: str | None = None
         domains.register(Domain(WORKER_DOMAIN, WORKER_RESTART_REQUESTED, probe=self._domain_probe))
         domains.serve(WORKER_RESTART_REQUESTED, RESTART_GROUP)
 
@@ -275,8 +281,9 @@ class WatchdogPlane:
 
     # -- investigation --------------------------------------------------------------
 
-    async def investigate(self, name: str) -> dict[str, Any]:
-        """Probe the worker and read its logs now; ask for healing when it is failing."""
+    async def investigate(self, name: str, *, scan_now: bool = False) -> dict[str, Any]:
+        """Probe the worker, read its logs and (when configured, on its cadence or now)
+        Inngest's failed runs; ask for healing when it is failing."""
         worker = self.worker(name)
         state = self.state(name)
         if state.tail is None or state.tail.paths != list(worker.log_files):
@@ -285,6 +292,9 @@ class WatchdogPlane:
         result = await probe(self.http(), worker)
         state.probes.append(result)
         matches = await anyio.to_thread.run_sync(state.tail.poll)
+        await self._scan_inngest(force=scan_now)
+        runs, state.failed_runs = state.failed_runs, []
+        matches += [f"inngest run {run.run_id}: {run.quote}" for run in runs]
         state.log_matches.extend(matches)
         if result.ok:
             state.answered()
@@ -304,6 +314,57 @@ class WatchdogPlane:
             "failing": failing,
             "requested": requested,
         }
+
+    async def _scan_inngest(self, *, force: bool) -> None:
+        """When due (or `force`), look through Inngest's failed runs and hand each
+        match to the worker it names (the only worker, when it names none)."""
+        settings = self._settings().watchdog
+        if settings.inngest_url is None:
+            return
+        async with self._scan_lock:
+            due = self._scanned_at is None or (
+                time.monotonic() - self._scanned_at >= settings.inngest_scan_seconds
+            )
+            if not (due or force):
+                return
+            self._scanned_at = time.monotonic()
+            workers = settings.workers
+            patterns = sorted({SDK_UNREACHABLE, *(p for w in workers for p in w.log_patterns)})
+            bus = self._bus()
+            lookback = timedelta(minutes=settings.inngest_lookback_minutes)
+            ttl_s = int(lookback.total_seconds()) + 3600
+
+            async def seen(key: str) -> bool:
+                return bool(await bus.client.exists(bus.keys.worker("inngest", key)))
+
+            async def remember(key: str) -> None:
+                await bus.client.set(bus.keys.worker("inngest", key), "1", ex=ttl_s)
+
+            try:
+                runs = await failed_runs(
+                    self.http(),
+                    settings.inngest_url,
+                    signing_key=settings.inngest_signing_key,
+                    lookback=lookback,
+                    patterns=patterns,
+                    seen=seen,
+                    remember=remember,
+                )
+            except (InngestError, RedisError, OSError) as exc:
+                self.inngest_error = redact_text(str(exc))
+                log.warning("watchdog: Inngest scan failed: %s", self.inngest_error)
+                return
+            self.inngest_error = None
+            for run in runs:
+                named = [w for w in workers if w.sdk_url in run.quote]
+                for worker in named or (workers if len(workers) == 1 else []):
+                    self.state(worker.name).failed_runs.append(run)
+                if not named and len(workers) != 1:
+                    log.warning(
+                        "watchdog: failed Inngest run %s names no configured worker: %s",
+                        run.run_id,
+                        run.quote,
+                    )
 
     async def _request_healing(
         self,
@@ -328,6 +389,7 @@ class WatchdogPlane:
                 if not p.ok
             ]
             evidence += [{"kind": "log", "snippet": line} for line in matches[-5:]]
+            # (a failed Inngest run's line is among them, led by its run id)
         if summary is None:
             summary = (
                 f"worker {worker.name} unreachable: {state.consecutive_failures} failing "
@@ -610,7 +672,12 @@ class WatchdogPlane:
     async def status(self) -> dict[str, Any]:
         """Every configured worker."""
         workers = [await self.worker_status(w) for w in self._settings().watchdog.workers]
-        return {"enabled": self.enabled, "workers": workers}
+        inngest = self._settings().watchdog.inngest_url
+        return {
+            "enabled": self.enabled,
+            "workers": workers,
+            "inngest": None if inngest is None else {"url": inngest, "error": self.inngest_error},
+        }
 
     def handlers(self) -> dict[str, Handler]:
         """Control-socket methods: watchdog.status, watchdog.restart, watchdog.investigate."""
@@ -627,7 +694,7 @@ class WatchdogPlane:
         async def investigate(params: dict[str, Any]) -> Any:
             name = Params(params).text("name", max_length=NAME_LIMIT, meaning="a worker name")
             self.worker(name)
-            return await self.investigate(name)
+            return await self.investigate(name, scan_now=True)
 
         return {
             "watchdog.status": status,
