@@ -23,7 +23,6 @@ bounds the rate whatever the machine's other cores do.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
+from bench.report import save_and_print
 from selfheal.bus.consumer import ConsumerOptions, Delivery, Outcome, StreamConsumer
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
@@ -275,14 +275,7 @@ def main(count: int, as_json: bool, batched: bool, gc_freeze: bool = True, round
         server.terminate()
         server.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "router.json").write_text(json.dumps(result, indent=2))
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:28} {value}")
+    save_and_print("router", result, as_json=as_json)
 
 
 if __name__ == "__main__":

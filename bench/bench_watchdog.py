@@ -15,7 +15,6 @@ Targets: detection <= probe interval + 1 s; restart dominated by the worker's st
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -28,6 +27,8 @@ from typing import Any
 from tests.support.daemon import DaemonProcess
 from tests.support.servers import RedisServer, wait_until
 from tests.support.worker import APP, Worker
+
+from bench.report import save_and_print
 
 
 def own_start_s(worker: Worker) -> float:
@@ -113,14 +114,7 @@ def main(runs: int, interval: float, as_json: bool) -> None:
         "restart_runs": [round(x, 3) for x in restarts],
         "anchor_runs": [round(x, 3) for x in anchors],
     }
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "watchdog.json").write_text(json.dumps(result, indent=2))
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:24} {value}")
+    save_and_print("watchdog", result, as_json=as_json, width=24)
 
 
 if __name__ == "__main__":
