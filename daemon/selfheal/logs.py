@@ -8,17 +8,62 @@ or a third-party formatter all get the already-redacted message and traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, TextIO
 
 from selfheal.redact import quick_redact_text
 
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT_ENV: Final = "SELFHEAL_LOG_FORMAT"
+LOG_FORMATS: Final = ("text", "json")
+
+
+class OneLineFormatter(logging.Formatter):
+    """LOG_FORMAT with a record's line breaks (a traceback's too) written as \\n, so
+    each record is one line for launchd's and journald's log files."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", "\\n")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts (ISO 8601, UTC), level, logger, message, and
+    exception when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        # The record factory has already rendered (and redacted) any traceback here.
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+_handler: logging.Handler | None = None
+
+
+def use_log_format(kind: str) -> None:
+    """Switch the installed handler to `kind` (text or json)."""
+    if kind not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {kind!r}")
+    if _handler is not None:
+        _handler.setFormatter(JsonFormatter() if kind == "json" else OneLineFormatter())
+
+
 LOG_LEVEL_ENV: Final = "SELFHEAL_LOG_LEVEL"
 HTTP_LOG_LEVEL_ENV: Final = "SELFHEAL_HTTP_LOG_LEVEL"
 # httpx logs every request's full URL at INFO (a Telegram bot token is in the path, a
@@ -88,8 +133,11 @@ def setup_logging(env: Mapping[str, str], stream: TextIO | None = None) -> loggi
     factory = logging.getLogRecordFactory()
     if not isinstance(factory, _RedactingFactory):
         logging.setLogRecordFactory(_RedactingFactory(factory))
+    global _handler
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    _handler = handler
+    kind = env.get(LOG_FORMAT_ENV, "text").lower()
+    handler.setFormatter(JsonFormatter() if kind == "json" else OneLineFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(env.get(LOG_LEVEL_ENV, "INFO").upper())

@@ -108,3 +108,44 @@ def test_http_loggers_speak_when_asked_and_stay_redacted(tmp_path: Path, level: 
     assert "INFO httpx: HTTP Request: POST https://api.telegram.org/bot***/x" in out
     assert ("DEBUG httpcore.connection: connect_tcp sig=***" in out) == (level == "DEBUG")
     assert SECRET not in out and TOKEN.split(":")[1] not in out
+
+
+FORMATS = textwrap.dedent(
+    """
+    import logging, os
+    from selfheal.logs import setup_logging, use_log_format
+
+    setup_logging(os.environ)
+    log = logging.getLogger("selfheal.test")
+    log.info("first\\nsecond")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    use_log_format("json")
+    log.warning("as json")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    """
+)
+
+
+def test_each_record_is_one_line_in_text_and_in_json() -> None:
+    env = {**os.environ, "SELFHEAL_LOG_LEVEL": "INFO"}
+    env.pop("SELFHEAL_LOG_FORMAT", None)
+    result = subprocess.run(
+        [sys.executable, "-c", FORMATS], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 4, lines
+    assert " INFO selfheal.test: first\\nsecond" in lines[0]
+    assert "ERROR selfheal.test: failed\\nTraceback" in lines[1] and "ValueError: boom" in lines[1]
+    import json
+
+    warning, error = json.loads(lines[2]), json.loads(lines[3])
+    assert warning["level"] == "WARNING" and warning["message"] == "as json"
+    assert warning["logger"] == "selfheal.test" and warning["ts"].endswith("+00:00")
+    assert error["message"] == "failed" and "ValueError: boom" in error["exception"]

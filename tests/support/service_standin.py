@@ -17,6 +17,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import plistlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,10 +61,12 @@ def _stop(pid: int | None) -> None:
 
 
 def _start(state: dict[str, Any]) -> None:
+    Path(state["log"]).parent.mkdir(parents=True, exist_ok=True)
     with open(state["log"], "ab") as log:
         process = subprocess.Popen(
             state["argv"],
             cwd=state["working_directory"],
+            env={**os.environ, **state.get("env", {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -101,10 +105,27 @@ def launchctl(state: dict[str, Any], args: list[str]) -> int:
         if state["loaded"]:
             print("Bootstrap failed: 5: Input/output error", file=sys.stderr)
             return 5
+        try:  # a real plist (selfheal's own): the job is what it says
+            with open(args[2], "rb") as plist_file:
+                plist = plistlib.load(plist_file)
+        except (OSError, plistlib.InvalidFileException, ValueError):
+            plist = None
+        if plist is not None:
+            state.update(
+                label=plist["Label"],
+                argv=plist["ProgramArguments"],
+                program=plist["ProgramArguments"][0],
+                env=plist.get("EnvironmentVariables", {}),
+                working_directory=plist.get("WorkingDirectory", "/"),
+                log=plist.get("StandardErrorPath", state["log"]),
+            )
         state["loaded"] = True
         _start(state)
         return 0
     if args[:1] == ["bootout"] and len(args) == 2:
+        if not state["loaded"] or args[1] != target:
+            print("Boot-out failed: 3: No such process", file=sys.stderr)
+            return 3
         _stop(state["pid"])
         state["loaded"] = False
         return 0
@@ -112,8 +133,43 @@ def launchctl(state: dict[str, Any], args: list[str]) -> int:
     return 64
 
 
+def _read_unit(path: Path, state: dict[str, Any]) -> None:
+    """ExecStart, WorkingDirectory and Environment= of a unit file, into the state."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        words = [w.replace("%%", "%") for w in shlex.split(value)] if value else []
+        if key == "ExecStart":
+            state["argv"], state["program"] = words, words[0]
+        elif key == "WorkingDirectory":
+            state["working_directory"] = words[0]
+        elif key == "Environment":
+            for word in words:
+                name, _, text = word.partition("=")
+                env[name] = text
+    state["env"] = env
+
+
+def _unit_file(unit: str) -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.environ["HOME"], ".config")
+    return Path(base) / "systemd" / "user" / unit
+
+
 def systemctl(state: dict[str, Any], args: list[str]) -> int:
     unit = state["label"] + ".service"
+    if args == ["--user", "daemon-reload"]:
+        path = _unit_file(unit)
+        state["loaded"] = path.exists()
+        if path.exists():
+            _read_unit(path, state)
+        return 0
+    if args[:2] == ["--user", "enable"] and len(args) == 3:
+        state["enabled"] = True
+        return 0 if state["loaded"] and args[2] == unit else 5
+    if args[:4] == ["--user", "disable", "--now", unit]:
+        _stop(state["pid"])
+        state["enabled"] = False
+        return 0
     if args[:2] == ["--user", "show"] and len(args) >= 3:
         if args[2] != unit or not state["loaded"]:
             print("LoadState=not-found\nActiveState=inactive\nMainPID=0")

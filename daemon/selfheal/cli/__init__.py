@@ -13,6 +13,7 @@ from selfheal.cli.config_cmds import nas
 from selfheal.cli.context import CliState
 from selfheal.cli.daemon_cmds import reload_cmd, run, status
 from selfheal.cli.healing_cmds import events, incidents, queue
+from selfheal.cli.service_cmds import launchd, systemd
 from selfheal.cli.watchdog_cmds import watchdog
 from selfheal.logs import setup_logging
 
@@ -46,6 +47,8 @@ cli.add_command(queue)
 cli.add_command(incidents)
 cli.add_command(backup)
 cli.add_command(watchdog)
+cli.add_command(launchd)
+cli.add_command(systemd)
 
 
 def main() -> None:

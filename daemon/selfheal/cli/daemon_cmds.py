@@ -10,16 +10,26 @@ import click
 
 from selfheal.cli.context import EXIT_CONFIG, CliState
 from selfheal.cli.output import emit_json, fail, format_value, table
+from selfheal.logs import LOG_FORMATS, use_log_format
 
 pass_state = click.make_pass_decorator(CliState)
 
 
 @click.command()
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="text (one line per record) or json (one object per line); "
+    "default $SELFHEAL_LOG_FORMAT, else text.",
+)
 @pass_state
-def run(state: CliState) -> None:
+def run(state: CliState, log_format: str | None) -> None:
     """Run the daemon in the foreground (what launchd/systemd start)."""
     from selfheal.daemon import run_daemon
     from selfheal.errors import ConfigError
+
+    if log_format is not None:
+        use_log_format(log_format)
 
     try:
         code = run_daemon(state.resolved_config_path(), state.env)

@@ -136,6 +136,22 @@ class Launchd:
 _EXEC_PATH = re.compile(r"\bpath=([^ ;]+)")
 
 
+def parse_systemctl_show(text: str) -> JobInfo:
+    """The unit's state, main pid, program and working directory from `systemctl show`."""
+    fields = dict(line.partition("=")[::2] for line in text.splitlines())
+    if fields.get("LoadState") != "loaded":
+        return JobInfo(loaded=False, state=fields.get("LoadState"))
+    program = _EXEC_PATH.search(fields.get("ExecStart", ""))
+    pid = fields.get("MainPID", "0")
+    return JobInfo(
+        loaded=True,
+        pid=int(pid) if pid.isdecimal() and pid != "0" else None,
+        program=program.group(1) if program else None,
+        working_directory=fields.get("WorkingDirectory") or None,
+        state=fields.get("ActiveState"),
+    )
+
+
 class Systemd:
     """A systemd user unit."""
 
@@ -156,21 +172,7 @@ class Systemd:
                 "--property=LoadState,ActiveState,MainPID,ExecStart,WorkingDirectory",
             ]
         )
-        fields = dict(
-            line.partition("=")[::2]
-            for line in result.stdout.decode("utf-8", "replace").splitlines()
-        )
-        if fields.get("LoadState") != "loaded":
-            return JobInfo(loaded=False, state=fields.get("LoadState"))
-        program = _EXEC_PATH.search(fields.get("ExecStart", ""))
-        pid = fields.get("MainPID", "0")
-        return JobInfo(
-            loaded=True,
-            pid=int(pid) if pid.isdecimal() and pid != "0" else None,
-            program=program.group(1) if program else None,
-            working_directory=fields.get("WorkingDirectory") or None,
-            state=fields.get("ActiveState"),
-        )
+        return parse_systemctl_show(result.stdout.decode("utf-8", "replace"))
 
     async def restart(self, job: JobInfo) -> str:
         """`systemctl --user restart` (which also starts a stopped unit)."""
