@@ -458,3 +458,48 @@ async def test_dead_local_consumers_entries_are_taken_over_live_ones_left(bus: B
     }
     assert dead not in names, "the dead consumer is removed once its entries are taken over"
     assert names[live] == 1 and names[remote] == 1
+
+
+async def test_a_requeued_dead_letter_is_handled_again_by_the_group_that_failed(
+    bus: Bus,
+) -> None:
+    fixed = False
+    handled: list[int] = []
+    others: list[int] = []
+
+    async def handle(e: Event) -> None:
+        if not fixed:
+            raise PoisonEvent("needs an operator")
+        handled.append(e.data["n"])
+
+    async def other(e: Event) -> None:
+        others.append(e.data["n"])
+
+    failing = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST)
+    fine = StreamConsumer(bus, NAME, "other-group", "c1", other, options=FAST)
+    await bus.ensure_group(NAME, GROUP)
+    await bus.ensure_group(NAME, "other-group")
+    await bus.publish(event(7))
+    await drain(failing, lambda: failing.stats.dead_lettered == 1)
+    await drain(fine, lambda: others == [7])
+    [dead] = await bus.dead_letters()
+
+    fixed = True
+    done = await bus.requeue(dead["id"])
+    assert done["stream"] == bus.keys.stream(NAME) and await bus.dead_letters() == []
+    await drain(failing, lambda: handled == [7])
+    await drain(fine, lambda: fine.stats.duplicates == 1)  # handled before: skipped
+    assert others == [7]
+    with pytest.raises(LookupError):
+        await bus.requeue(dead["id"])  # once only
+
+
+async def test_a_dead_letter_that_is_not_an_entry_is_not_requeued(bus: Bus) -> None:
+    bad = await bus.client.xadd(
+        bus.keys.dead_letters, {"stream": bus.keys.stream(NAME), "fields": "[1, 2]"}
+    )
+    outside = await bus.client.xadd(bus.keys.dead_letters, {"stream": "elsewhere", "fields": "{}"})
+    for entry in (bad, outside):
+        with pytest.raises(ValueError):
+            await bus.requeue(entry.decode())
+    assert len(await bus.dead_letters()) == 2  # left as they were

@@ -78,6 +78,14 @@ redis.call('DEL', KEYS[3])
 return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 """
 
+# Put a dead letter's entry back on its stream, once: the XDEL that takes the dead
+# letter out is what lets the XADD happen (a second requeue finds nothing).
+# KEYS: dead-letter stream, the entry's stream. ARGV: dead letter id, maxlen, fields...
+_REQUEUE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+"""
+
 # Record that a group handled an event, and ack it, in one step.
 # KEYS: stream, done marker, last-failure key. ARGV: group, entry id, ttl.
 _COMPLETE = """
@@ -127,6 +135,7 @@ class Bus:
         self._move_due: AsyncScript = client.register_script(_MOVE_DUE)
         self._dead_letter: AsyncScript = client.register_script(_DEAD_LETTER)
         self._complete: AsyncScript = client.register_script(_COMPLETE)
+        self._requeue: AsyncScript = client.register_script(_REQUEUE)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -260,6 +269,37 @@ class Bus:
         """The newest dead letters, newest first."""
         raw = await self.client.xrevrange(self.keys.dead_letters, count=count)
         return [{"id": entry_id, **fields} for entry_id, fields in cast_entries(raw)]
+
+    async def requeue(self, dead_id: str) -> dict[str, str]:
+        """Put dead letter `dead_id`'s entry back on its stream as a new entry (same
+        event id and key: groups that handled it before skip it as done, the one that
+        failed handles it afresh). Raises LookupError when there is no such dead letter
+        (or it was requeued already), ValueError when it cannot be requeued."""
+        raw = await self.client.xrange(self.keys.dead_letters, dead_id, dead_id)
+        found = cast_entries(raw)
+        if not found:
+            raise LookupError(f"no dead letter {dead_id}")
+        record = found[0][1]
+        stream = record.get("stream", "")
+        if not stream.startswith(self.keys.stream("")):
+            raise ValueError(f"dead letter {dead_id} names a stream outside this namespace")
+        try:
+            fields = json.loads(record.get("fields", ""))
+        except ValueError:
+            raise ValueError(f"dead letter {dead_id}: its fields are not JSON") from None
+        if (
+            not isinstance(fields, dict)
+            or not fields
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
+        ):
+            raise ValueError(f"dead letter {dead_id}: its fields are not an entry's")
+        args: list[Any] = [dead_id, self.maxlen]
+        for pair in fields.items():
+            args.extend(pair)
+        entry = await self._requeue(keys=[self.keys.dead_letters, stream], args=args)
+        if entry is None:
+            raise LookupError(f"no dead letter {dead_id} (requeued already?)")
+        return {"deadLetter": dead_id, "stream": stream, "entryId": as_text(entry)}
 
     # -- large commands ------------------------------------------------------------------
 

@@ -99,10 +99,24 @@ def stats(state: CliState, as_json: bool) -> None:
 
 @queue.command("dead")
 @click.option("--count", type=click.IntRange(1, MAX_ROWS), default=20, show_default=True)
+@click.option(
+    "--requeue",
+    "requeue_id",
+    metavar="ID",
+    help="Put dead letter ID back on its stream (after a fix); the group that failed "
+    "handles it again, others skip it as done.",
+)
 @json_option
 @pass_state
-def dead(state: CliState, count: int, as_json: bool) -> None:
+def dead(state: CliState, count: int, requeue_id: str | None, as_json: bool) -> None:
     """The newest dead letters, with the reason each was set aside."""
+    if requeue_id is not None:
+        done = state.call("queue.requeue", {"id": requeue_id})
+        if as_json:
+            emit_json(done)
+        else:
+            click.echo(f"requeued {done['deadLetter']} as {done['entryId']} on {done['stream']}")
+        return
     result = state.call("queue.dead", {"count": count})
     if as_json:
         emit_json(result)

@@ -83,6 +83,7 @@ class HealingControl:
             "events.send": self._events_send,
             "queue.stats": self._queue_stats,
             "queue.dead": self._queue_dead,
+            "queue.requeue": self._queue_requeue,
             "incidents.list": self._incidents_list,
             "incidents.show": self._incidents_show,
             "incidents.ack": self._incidents_ack,
@@ -129,6 +130,17 @@ class HealingControl:
         # A dead letter keeps the entry as the producer wrote it (evidence often quotes a
         # URL or a log line); what leaves the daemon is redacted like everything else.
         return {"deadLetters": redact(await self.plane.bus().dead_letters(count))}
+
+    async def _queue_requeue(self, params: dict[str, Any]) -> Any:
+        dead_id = Params(params).text(
+            "id", max_length=41, pattern=r"\d{1,20}-\d{1,20}", meaning="a dead letter id"
+        )
+        try:
+            return await self.plane.bus().requeue(dead_id)
+        except LookupError as exc:
+            raise ControlError("not_found", str(exc)) from None
+        except ValueError as exc:
+            raise ControlError(INVALID_PARAMS, str(exc)) from None
 
     def _store(self) -> IncidentStore:
         if self.plane.router is None:
