@@ -116,6 +116,20 @@ def test_a_flapping_worker_stops_at_the_restart_limit_and_escalates_once(
     assert "restart limit reached" in str(row)
     wait_until(lambda: escalations(hook), 20, "the escalation notice")
 
+    def notified() -> list[dict[str, Any]]:
+        entries = daemon.call("incidents.show", {"id": INCIDENT})["timeline"]
+        return [e for e in entries if e["event"].startswith("notified")]
+
+    wait_until(notified, 20, "the notice on the incident's timeline")
+    [notice] = notified()
+    assert notice["detail"] == "webhook ok"
+    [escalation] = [
+        e
+        for e in daemon.call("incidents.show", {"id": INCIDENT})["timeline"]
+        if e["event"] == "escalate"
+    ]
+    assert "rule hard_failure" in escalation["detail"] and "restart limit" in escalation["detail"]
+
     def failures() -> int:
         return int(daemon.call("watchdog.status")["workers"][0]["consecutive_failures"])
 

@@ -85,6 +85,10 @@ class Keys:
         """Latch: this incident was announced within the quiet window (holds the event id)."""
         return f"{self.tag}:notified:{incident_id}"
 
+    def notices(self, incident_id: str) -> str:
+        """List of the notifications sent for an incident, newest first (its timeline)."""
+        return f"{self.tag}:notices:{incident_id}"
+
     def delivered(self, event_id: str, notifier: str) -> str:
         """Marker: one notifier has delivered one notification event."""
         return f"{self.tag}:delivered:{event_id}:{notifier}"

@@ -200,11 +200,8 @@ def show(state: CliState, incident_id: str, as_json: bool) -> None:
             click.echo(f"{label}: {value if isinstance(value, str) else ', '.join(value)}")
     for entry in result.get("manualQueue") or []:
         click.echo(f"waiting for an operator since {_when(int(entry.get('atMs', 0)))}")
-    history = result["record"].get("history", [])
-    rows = [
-        [_when(h.get("atMs")), h.get("event"), h.get("reason", h.get("by", ""))] for h in history
-    ]
-    click.echo("\n" + table(["at", "event", "detail"], rows))
+    rows = [[_when(t["atMs"]), t["event"], t["detail"]] for t in result.get("timeline", [])]
+    click.echo("\ntimeline\n" + table(["at", "event", "detail"], rows))
 
 
 @incidents.command("ack")

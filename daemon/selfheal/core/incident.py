@@ -18,6 +18,8 @@ from selfheal.core.events import plain_message
 
 HISTORY_LIMIT: Final = 50
 _REASON_LIMIT: Final = 300
+# What a history entry keeps of the request's problem summary.
+_PROBLEM_LIMIT: Final = 160
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Stored records use camelCase keys like the events, and are read back strictly.
@@ -195,8 +197,9 @@ class Incident:
         entry = {"atMs": now_ms, "event": event, **details}
         return (*self.history, entry)[-HISTORY_LIMIT:]
 
-    def after(self, decision: Decision, now_ms: int) -> Incident:
-        """Apply a decision made for this incident's current key."""
+    def after(self, decision: Decision, now_ms: int, *, problem: str | None = None) -> Incident:
+        """Apply a decision made for this incident's current key; `problem` (the
+        request's summary) goes into the history entry, shortened."""
         if decision.key != self.decision_key:
             raise ValueError(
                 f"decision {decision.key} does not belong to incident state {self.decision_key}"
@@ -226,7 +229,9 @@ class Incident:
                 attempt=decision.attempt,
                 delayMs=decision.delay_ms,
                 failureClass=str(decision.failure_class),
+                rule=str(decision.rule),
                 reason=decision.reason[:_REASON_LIMIT],
+                **({"problem": problem[:_PROBLEM_LIMIT]} if problem else {}),
             ),
         )
 

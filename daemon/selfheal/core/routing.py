@@ -222,7 +222,7 @@ def decided(
 ) -> Effects:
     """The effects of applying `decision` to `incident` (raises ValueError when the
     decision belongs to another step)."""
-    after = incident.after(decision, now_ms)
+    after = incident.after(decision, now_ms, problem=request.problem_summary)
     timer: Timer | None = None
     if decision.action == Action.RETRY and decision.route_event is not None:
         timer = Timer(

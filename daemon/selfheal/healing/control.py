@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from selfheal.bus.consumer import StreamConsumer
-from selfheal.bus.streams import Bus
+from selfheal.bus.streams import Bus, as_text
 from selfheal.bus.timers import TimerPump
 from selfheal.control.params import MAX_ROWS, Params
 from selfheal.control.protocol import INVALID_PARAMS
@@ -174,12 +174,18 @@ class HealingControl:
             for e in await self._store().manual_queue(500)
             if e.get("incidentId") == snapshot.incident_id
         ]
+        bus = self.plane.bus()
+        raw_notices = await bus.client.lrange(bus.keys.notices(snapshot.incident_id), 0, -1)
+        notices = [json.loads(as_text(n)) for n in raw_notices]
+        record = snapshot.incident.to_dict()
         return {
             **_incident_row(snapshot),
-            "record": snapshot.incident.to_dict(),
+            "record": record,
             "lastDecision": snapshot.last_decision.to_dict() if snapshot.last_decision else None,
             "request": snapshot.request,
             "manualQueue": manual,
+            "notices": notices,
+            "timeline": timeline(record["history"], notices, snapshot.acked or None, manual),
         }
 
     async def _incidents_ack(self, params: dict[str, Any]) -> Any:
@@ -226,6 +232,42 @@ class HealingControl:
             "resetBy": by,
             "manualEntriesCleared": cleared,
         }
+
+
+def timeline(
+    history: list[dict[str, Any]],
+    notices: list[dict[str, Any]],
+    acked: dict[str, Any] | None,
+    manual: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """What happened to an incident, oldest first, one entry per step: each decision
+    (its class, rule, delay and the problem it answered), budget resets, the
+    remediation, each notification sent (and to whom), the manual-queue entry and
+    the acknowledgement."""
+    entries: list[dict[str, Any]] = []
+
+    def add(at_ms: Any, event: str, detail: str) -> None:
+        entries.append({"atMs": int(at_ms or 0), "event": event, "detail": detail})
+
+    for step in history:
+        parts = []
+        if "failureClass" in step:
+            parts.append(f"{step['failureClass']}, rule {step.get('rule', '?')}")
+        if step.get("delayMs"):
+            parts.append(f"in {step['delayMs']} ms")
+        for key, label in (("reason", ""), ("problem", "problem: "), ("by", "by ")):
+            if step.get(key):
+                parts.append(f"{label}{step[key]}")
+        add(step.get("atMs"), str(step.get("event", "?")), "; ".join(parts))
+    for notice in notices:
+        sent = ", ".join(f"{name} {result}" for name, result in notice.get("results", {}).items())
+        add(notice.get("atMs"), f"notified ({notice.get('kind')})", sent)
+    for entry in manual:
+        add(entry.get("atMs"), "manual queue", str(entry.get("reason", "")))
+    if acked:
+        note = f": {acked['note']}" if acked.get("note") else ""
+        add(acked.get("atMs"), "acknowledged", f"by {acked.get('by')}{note}")
+    return sorted(entries, key=lambda e: int(e["atMs"]))
 
 
 def _incident_row(snapshot: IncidentSnapshot) -> dict[str, Any]:

@@ -8,6 +8,7 @@ retries the notifiers that have not delivered yet.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from selfheal.config.schema_healing import NotifiersSettings
 from selfheal.core.events import Event
 from selfheal.healing.notifiers import Notification, build_notifiers, deliver
 from selfheal.telemetry import Telemetry, context_from_traceparent
+
+# Notifications an incident's timeline keeps.
+NOTICES_KEPT = 20
 
 log = logging.getLogger("selfheal.notify")
 
@@ -108,9 +112,22 @@ class NotificationSink:
                     self.bus.keys.delivered(event.id, name), int(time.time()), ex=DONE_TTL_S
                 )
             self.sent += len(report.delivered)
+            await self._note(notification.incident_id, notification.kind, report.results)
             if not report.all_ok:
                 failed = {k: v for k, v in report.results.items() if v != "ok"}
                 raise NotificationFailed(f"not delivered: {failed}")
+
+    async def _note(self, incident_id: str, kind: str, results: dict[str, str]) -> None:
+        """Add what was sent to the incident's timeline (newest first, the last 20)."""
+        if not incident_id or not results:
+            return
+        note = json.dumps({"atMs": int(time.time() * 1000), "kind": kind, "results": results})
+        key = self.bus.keys.notices(incident_id)
+        pipe = self.bus.client.pipeline(transaction=True)
+        pipe.lpush(key, note)
+        pipe.ltrim(key, 0, NOTICES_KEPT - 1)
+        pipe.expire(key, DONE_TTL_S)
+        await pipe.execute()
 
     async def _in_quiet_window(self, event: Event, minutes: int) -> bool:
         """True when another escalation notice of this incident went out less than
