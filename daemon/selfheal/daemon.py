@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,12 +17,14 @@ import anyio
 
 from selfheal import __version__
 from selfheal.backup.plane import BackupPlane
+from selfheal.backup.service import TARGETS
 from selfheal.bus.connection import RedisClient, RedisLink
 from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.watcher import ConfigWatcher
 from selfheal.control.params import Params
 from selfheal.control.server import ControlServer, Handler
+from selfheal.core.schedule import parse_schedule
 from selfheal.embedded import EmbeddedRedis
 from selfheal.errors import ConfigError, ControlError
 from selfheal.healing.plane import HealingPlane
@@ -368,8 +371,20 @@ class Daemon:
                 },
                 "consumers": {n: vars(c.stats) for n, c in self.backups.consumers.items()},
                 "last_runs": {t: vars(o) for t, o in self.backups.last_runs.items()},
+                "next_runs": next_runs(self.settings),
             },
         }
+
+
+def next_runs(settings: Settings) -> dict[str, float]:
+    """When each enabled target's schedule fires next (epoch seconds)."""
+    now = datetime.now(UTC)
+    found: dict[str, float] = {}
+    for target in TARGETS:
+        backup = getattr(settings.backups, target)
+        if backup.enabled:
+            found[target] = parse_schedule(backup.schedule).next_after(now).timestamp()
+    return found
 
 
 class _Idle:

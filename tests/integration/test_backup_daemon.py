@@ -66,6 +66,22 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     assert "redis: delivered" in followed.output
     assert len(list((nas / "redis").glob("redis-*.rdb"))) >= 1
 
+    watched = runner.invoke(
+        cli, ["status", "--watch", "--interval", "0.1", "--count", "2"], env=env
+    )
+    assert watched.exit_code == 0, watched.output
+    assert watched.output.count("(refreshing every 0.1s") == 2
+    assert "next backup redis: in " in watched.output
+    assert "last delivered" in watched.output and " in " in watched.output
+    assert "incidents   0 open" in watched.output and "dead letters" in watched.output
+    lines = runner.invoke(
+        cli, ["status", "--watch", "--json", "--interval", "0.1", "--count", "2"], env=env
+    )
+    views = [json.loads(line) for line in lines.output.splitlines()]
+    assert len(views) == 2 and all({"status", "queue", "incidents"} <= set(v) for v in views)
+    last = views[-1]["status"]["backups"]["last_runs"]["redis"]
+    assert last["bytes"] > 0 and last["seconds"] > 0
+
     plan = runner.invoke(cli, ["backup", "retention", "redis", "--json"], env=env)
     assert plan.exit_code == 0, plan.output
     assert json.loads(plan.output)["dryRun"] is True

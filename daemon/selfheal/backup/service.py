@@ -81,6 +81,9 @@ class RunOutcome:
     status: Literal["delivered", "spooled", "failed", "skipped"]
     artifact: str | None = None
     detail: str | None = None
+    bytes: int | None = None
+    seconds: float | None = None
+    at: float | None = None  # when the run ended (epoch seconds)
 
 
 class BackupService:
@@ -275,7 +278,14 @@ class BackupService:
                 cause,
             )
             await reporter.finish("delivered", result.delivery.remote_path)
-            return RunOutcome(target, "delivered", artifact=artifact.name)
+            return RunOutcome(
+                target,
+                "delivered",
+                artifact=artifact.name,
+                bytes=result.delivery.bytes,
+                seconds=round(time.monotonic() - started, 3),
+                at=time.time(),
+            )
 
     async def _after_delivery(
         self, target: Literal["typesense", "redis"], artifact: Artifact, delivery: Delivery

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -41,14 +42,53 @@ def run(state: CliState, log_format: str | None) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--watch", is_flag=True, help="Refresh in place until Ctrl-C (with --json: a line each)."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.option(
+    "--count", type=click.IntRange(0), default=0, help="Stop after N refreshes (0: never)."
+)
 @pass_state
-def status(state: CliState, as_json: bool) -> None:
-    """Show the running daemon's state, services, Redis and last reload."""
-    result = state.call("status")
-    if as_json:
-        emit_json(result)
+def status(state: CliState, as_json: bool, watch: bool, interval: float, count: int) -> None:
+    """Show the running daemon's state, services, Redis and last reload (--watch: live,
+    with next backups, open incidents and the queue)."""
+    if not watch:
+        result = state.call("status")
+        if as_json:
+            emit_json(result)
+        else:
+            click.echo(render_status(result))
         return
-    click.echo(render_status(result))
+    live = sys.stdout.isatty() and not as_json
+    shown = 0
+    try:
+        while True:
+            view = {
+                "status": state.call("status"),
+                "queue": state.call("queue.stats"),
+                "incidents": state.call("incidents.list", {"limit": 20})["incidents"],
+            }
+            if as_json:
+                click.echo(json.dumps(view, default=str))
+            else:
+                if live:
+                    click.clear()
+                elif shown:
+                    click.echo("")
+                click.echo(render_live(view, interval))
+            shown += 1
+            if count and shown >= count:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
 
 
 @click.command("reload")
@@ -77,6 +117,60 @@ def _ago(ts: float | None) -> str:
         return "-"
     seconds = max(0, int(time.time() - ts))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s ago"
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "?"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _in(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    seconds = max(0, int(ts - time.time()))
+    return f"in {seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def render_live(view: dict[str, Any], interval: float) -> str:
+    """The `status --watch` screen: status, next and last backups, open incidents, queue."""
+    s = view["status"]
+    lines = [render_status(s), ""]
+    backups = s.get("backups") or {}
+    last_runs = backups.get("last_runs") or {}
+    for target, at in sorted((backups.get("next_runs") or {}).items()):
+        run = last_runs.get(target)
+        last = "no run yet"
+        if run:
+            last = f"last {run['status']}"
+            if run.get("bytes") is not None:
+                last += f" {_size(run['bytes'])} in {run.get('seconds', 0):.1f}s"
+            if run.get("at"):
+                last += f", {_ago(run['at'])}"
+        lines.append(f"next backup {target}: {_in(at)}; {last}")
+    open_incidents = [
+        i for i in view["incidents"] if i["state"] not in ("remediated",) and not i.get("acked")
+    ]
+    lines.append(f"incidents   {len(open_incidents)} open")
+    for incident in open_incidents[:10]:
+        lines.append(
+            f"  {incident['incidentId']}: {incident['state']}, {incident['retriesUsed']} "
+            f"retries, {incident.get('lastReason') or ''}".rstrip()
+        )
+    queue = view["queue"]
+    pending = sum(g["pending"] for st in queue["streams"] for g in st["groups"] or [])
+    timers = queue["timers"]
+    lines.append(
+        f"queue       {pending} pending, {queue['deadLetters']} dead letters, "
+        f"{timers['scheduled']} timers ({timers['due']} due)"
+    )
+    lines.append(f"\n(refreshing every {interval:g}s; Ctrl-C to stop)")
+    return "\n".join(lines)
 
 
 def render_status(s: dict[str, Any]) -> str:
