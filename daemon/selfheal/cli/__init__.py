@@ -12,6 +12,7 @@ from selfheal.cli.backup_cmds import backup
 from selfheal.cli.config_cmds import nas
 from selfheal.cli.context import CliState
 from selfheal.cli.daemon_cmds import reload_cmd, run, status
+from selfheal.cli.doctor_cmds import doctor
 from selfheal.cli.healing_cmds import events, incidents, queue
 from selfheal.cli.service_cmds import launchd, systemd
 from selfheal.cli.watchdog_cmds import watchdog
@@ -49,6 +50,7 @@ cli.add_command(backup)
 cli.add_command(watchdog)
 cli.add_command(launchd)
 cli.add_command(systemd)
+cli.add_command(doctor)
 
 
 def main() -> None:
