@@ -259,3 +259,17 @@ def test_a_failed_inngest_run_naming_the_worker_raises_the_incident(
         assert "01RUN" in str(shown["request"])
         assert daemon.call("watchdog.status")["inngest"]["error"] is None
     assert len(worker.calls("kickstart")) == 1  # the run was inspected once
+
+
+def test_a_restart_due_after_the_watchdog_was_turned_off_is_not_done(
+    daemon_factory: Daemons, redis_server: RedisServer, worker: Worker, hook: PlayedService
+) -> None:
+    cfg = config(redis_server, worker, hook)
+    cfg["selfheal"]["watchdog"]["enabled"] = False
+    daemon = daemon_factory.start(config=cfg, env=worker.env())
+    daemon.call("events.send", {"name": "system/worker.restart.requested", "data": {"worker": "w"}})
+    wait_until(lambda: incident_state(daemon) == "escalated", 30, "the escalation")
+    assert worker.calls("kickstart") == []
+    [entry] = daemon.call("watchdog.status")["workers"]
+    assert entry["last_restart"]["outcome"] == "escalated"
+    assert "watchdog is off" in entry["last_restart"]["detail"]

@@ -172,6 +172,9 @@ class RestartResult:
     action: str | None = None
     job: JobInfo | None = None
     wait_ms: int = 0  # a skipped restart: how long until it may happen
+    # The evidence's exception name for the router's classification (an escalation's
+    # cause: RestartLimitReached, WorkerBindingDrift, ConfigError).
+    exception: str | None = None
 
     def public(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -286,9 +289,12 @@ class WatchdogPlane:
         Inngest's failed runs; ask for healing when it is failing."""
         worker = self.worker(name)
         state = self.state(name)
+        patterns = [SDK_UNREACHABLE, *worker.log_patterns]
         if state.tail is None or state.tail.paths != list(worker.log_files):
-            state.tail = LogTail(list(worker.log_files), [SDK_UNREACHABLE, *worker.log_patterns])
+            # Files newly watched are followed from their end.
+            state.tail = LogTail(list(worker.log_files), patterns)
             state.tail.start()
+        state.tail.patterns = patterns  # a reload's new patterns apply from here on
         result = await probe(self.http(), worker)
         state.probes.append(result)
         matches = await anyio.to_thread.run_sync(state.tail.poll)
@@ -463,8 +469,18 @@ class WatchdogPlane:
             worker = self.worker(name)
         except ControlError as exc:
             raise PoisonEvent(f"{event.name}: {exc.message}") from None
-        attempt = event.data.get("attempt", 0)
-        await self.restart(worker, force=False, cause=event, attempt=int(attempt or 0))
+        attempt = int(event.data.get("attempt", 0) or 0)
+        if not self.enabled:
+            # Scheduled before the watchdog was turned off: not done, and said so.
+            result = RestartResult(
+                Outcome.ESCALATED,
+                "the watchdog is off (selfheal.watchdog.enabled is false): not restarting",
+                exception="ConfigError",
+            )
+            self._record(worker, result)
+            await self._report(worker, result, event, attempt)
+            return
+        await self.restart(worker, force=False, cause=event, attempt=attempt)
 
     async def restart(
         self, worker: WorkerSettings, *, force: bool, cause: Event | None = None, attempt: int = 0
@@ -510,6 +526,7 @@ class WatchdogPlane:
                 f"restart limit reached: {made} restart(s) in the last "
                 f"{worker.restart_window_minutes:g} min (maxRestartsPerWindow "
                 f"{worker.max_restarts_per_window})",
+                exception="RestartLimitReached",
             )
         manager = self._managers(worker)
         try:
@@ -519,11 +536,17 @@ class WatchdogPlane:
         drift = _binding_drift(worker, job)
         if drift:
             return RestartResult(
-                Outcome.ESCALATED, f"binding drift, not restarting: {drift}", job=job
+                Outcome.ESCALATED,
+                f"binding drift, not restarting: {drift}",
+                job=job,
+                exception="WorkerBindingDrift",
             )
         if job.pid is not None and job.pid == os.getpid():
             return RestartResult(
-                Outcome.ESCALATED, "the job's process is this daemon: never restarted", job=job
+                Outcome.ESCALATED,
+                "the job's process is this daemon: never restarted",
+                job=job,
+                exception="ConfigError",
             )
         cooldown_key = keys.worker(worker.name, "cooldown")
         left_ms = int(await client.pttl(cooldown_key))
@@ -613,16 +636,11 @@ class WatchdogPlane:
             return
         if cause is None and result.outcome == Outcome.SKIPPED:
             return  # an operator's restart that did not happen: the answer says why
-        exception = {
-            Outcome.ESCALATED: "RestartLimitReached"
-            if result.detail.startswith("restart limit")
-            else "WorkerBindingDrift",
-        }.get(result.outcome)
         evidence: list[dict[str, Any]] = [
             {
                 "kind": "restart",
                 "message": f"restart {result.outcome}: {result.detail}",
-                **({"exception": exception} if exception else {}),
+                **({"exception": result.exception} if result.exception else {}),
             }
         ]
         await self._request_healing(
