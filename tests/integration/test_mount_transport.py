@@ -324,3 +324,29 @@ def test_marker_round_trip_and_garbage(tmp_path: Path) -> None:
     assert read_marker(tmp_path) is None
     with pytest.raises(ValueError):
         mark_nas(tmp_path, " ")
+
+
+async def test_fetch_copies_verified_and_leaves_nothing_on_a_mismatch(tmp_path: Path) -> None:
+    root = tmp_path / "nas"
+    root.mkdir()
+    mark_nas(root, "quickstart")
+    src = tmp_path / "a.rdb"
+    sha = random_file(src, 300_000)
+    transport = MountTransport(root, require_mount_point=False, chunk_bytes=64 << 10)
+    await transport.put(src, REMOTE, sha256=sha, size=300_000)
+
+    copy = tmp_path / "fetched.rdb"
+    await transport.fetch(REMOTE, copy, sha256=sha, size=300_000)
+    assert copy.read_bytes() == src.read_bytes() and (copy.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(FileExistsError):  # never over an existing file
+        await transport.fetch(REMOTE, copy, sha256=sha, size=300_000)
+
+    (root / REMOTE).chmod(0o644)
+    fd = os.open(root / REMOTE, os.O_WRONLY)
+    os.pwrite(fd, b"\0" * 10, 0)
+    os.close(fd)
+    other = tmp_path / "damaged.rdb"
+    with pytest.raises(TransportError) as caught:
+        await transport.fetch(REMOTE, other, sha256=sha, size=300_000)
+    assert caught.value.kind == "integrity" and "checksum mismatch" in str(caught.value)
+    assert not other.exists()

@@ -412,3 +412,25 @@ async def test_read_ahead_yields_every_byte_once_in_order(tmp_path: Path, size: 
     assert [offset for offset, _ in received] == list(range(0, size, 4096))
     assert all(len(data) == 4096 for _, data in received[:-1])
     assert b"".join(data for _, data in received) == payload
+
+
+async def test_fetch_copies_verified_over_sftp_and_leaves_nothing_on_a_mismatch(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    size = 3 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    transport = make_transport(sshd)
+    with anyio.fail_after(WAIT_S):
+        await transport.put(local, RDB, sha256=digest, size=size)
+        copy = tmp_path / "fetched.rdb"
+        await transport.fetch(RDB, copy, sha256=digest, size=size)
+        assert copy.read_bytes() == local.read_bytes()
+        wrong = tmp_path / "wrong.rdb"
+        with pytest.raises(TransportError) as caught:
+            await transport.fetch(RDB, wrong, sha256="0" * 64, size=size)
+        assert caught.value.kind == "integrity" and not wrong.exists()
+        missing = tmp_path / "missing.rdb"
+        with pytest.raises(TransportError):
+            await transport.fetch(PurePosixPath("redis/none.rdb"), missing, sha256=digest, size=1)
+        assert not missing.exists()

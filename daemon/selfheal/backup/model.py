@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -164,6 +166,43 @@ def name_taken(mode: str, path: object) -> TransportError:
     )
 
 
+class FetchedCopy:
+    """A local copy of a NAS file being written: created new (never over a file),
+    hashed as it is written, and removed unless it matched what was expected."""
+
+    def __init__(self, mode: str, source: object, local: Path, *, sha256: str, size: int) -> None:
+        self.mode = mode
+        self.source = source
+        self.local = local
+        self.expected = (size, sha256.lower())
+        self._digest = hashlib.sha256()
+        self.count = 0
+        self._fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+    def write(self, data: bytes) -> None:
+        """Append a block."""
+        self._digest.update(data)
+        self.count += len(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def finish(self, failed: bool = False) -> None:
+        """Close; raise (and remove the copy) unless it is the expected file whole."""
+        os.close(self._fd)
+        found = (self.count, self._digest.hexdigest())
+        if failed or found != self.expected:
+            self.local.unlink(missing_ok=True)
+        if not failed and found != self.expected:
+            raise TransportError(
+                self.mode,
+                f"checksum mismatch fetching {self.source}: {found[0]} bytes sha256 "
+                f"{found[1]}, expected {self.expected[0]} bytes sha256 {self.expected[1]}",
+                exception="IntegrityError",
+                kind="integrity",
+            )
+
+
 class Transport(Protocol):
     """Carries files to the NAS root; a final name only ever holds a verified file,
     is never replaced, and (for artifacts) has its manifest beside it already."""
@@ -213,4 +252,9 @@ class Transport(Protocol):
         self, remotes: list[PurePosixPath], limit: int = 1 << 20
     ) -> dict[PurePosixPath, bytes]:
         """Read several small files at once; missing ones are left out of the answer."""
+        ...
+
+    async def fetch(self, remote: PurePosixPath, local: Path, *, sha256: str, size: int) -> None:
+        """Copy a NAS file to `local` (a new file), verified against `size` and `sha256`;
+        on any failure nothing is left at `local`."""
         ...

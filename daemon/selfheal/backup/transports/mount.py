@@ -18,6 +18,7 @@ import anyio
 
 from selfheal.backup.model import (
     Delivery,
+    FetchedCopy,
     ProbeResult,
     ProgressFn,
     RemoteEntry,
@@ -460,6 +461,23 @@ class MountTransport:
             return found
 
         return await self._os_call(read_all, f"read manifests under {self.root}")
+
+    async def fetch(self, remote: PurePosixPath, local: Path, *, sha256: str, size: int) -> None:
+        """Copy a NAS file to `local`, verified (model.Transport)."""
+        path = await self._on_nas(remote)
+        copied = FetchedCopy(self.mode, path, local, sha256=sha256, size=size)
+
+        def copy() -> None:
+            try:
+                with open(path, "rb") as source:
+                    while block := source.read(self.chunk_bytes):
+                        copied.write(block)
+            except BaseException:
+                copied.finish(failed=True)
+                raise
+            copied.finish()
+
+        await self._os_call(copy, f"fetch {path}")
 
     async def _os_call(self, fn: Callable[[], T], what: str) -> T:
         try:

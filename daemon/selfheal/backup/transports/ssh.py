@@ -20,6 +20,7 @@ import asyncssh
 
 from selfheal.backup.model import (
     Delivery,
+    FetchedCopy,
     ProbeResult,
     ProgressFn,
     RemoteEntry,
@@ -449,6 +450,24 @@ class SshTransport:
             await remote_file.fsync()
         except asyncssh.SFTPOpUnsupported:
             log.info("%s has no fsync@openssh.com; relying on close()", self.target)
+
+    async def fetch(self, remote: PurePosixPath, local: Path, *, sha256: str, size: int) -> None:
+        """Copy a NAS file to `local` over SFTP, verified (model.Transport)."""
+        path = self._absolute(checked_relative(remote))
+        copied = FetchedCopy(MODE, f"{self.target}:{path}", local, sha256=sha256, size=size)
+        try:
+            async with self._session() as (_, sftp):
+                with _translated(f"fetch {path}"):
+                    async with await sftp.open(path, "rb", block_size=self.block_size) as src:
+                        while True:
+                            block: bytes = await src.read(self.block_size)
+                            if not block:
+                                break
+                            await anyio.to_thread.run_sync(copied.write, block)
+        except BaseException:
+            copied.finish(failed=True)
+            raise
+        copied.finish()
 
     async def _read(self, sftp: asyncssh.SFTPClient, path: PurePosixPath, limit: int) -> bytes:
         """Up to `limit` bytes of a file (SFTP errors as they come)."""
