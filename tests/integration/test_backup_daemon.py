@@ -13,7 +13,7 @@ from selfheal.backup.transports.mount import mark_nas
 from selfheal.cli import cli
 from selfheal.errors import ControlError
 from tests.support.daemon import Daemons
-from tests.support.servers import wait_until
+from tests.support.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +128,53 @@ def test_a_disabled_or_unknown_target_is_refused_with_and_without_follow(
     assert caught.value.code == "invalid_params"
     assert 'target must be one of typesense, redis (got "mysql")' in caught.value.message
     assert daemon.stop() == 0
+
+
+def test_a_restore_drill_proves_the_backup_and_a_damaged_one_raises_the_incident(
+    short_home: Path, daemon_factory: Daemons, redis_server: RedisServer
+) -> None:
+    source = redis_server.client()
+    for db, count in ((0, 30), (3, 5)):
+        source.execute_command("SELECT", db)
+        source.mset({f"k{db}:{i}": str(i) for i in range(count)})
+    source.execute_command("SELECT", 0)
+    nas = short_home / "nas"
+    nas.mkdir()
+    mark_nas(nas, "test-nas")
+    config = {
+        "selfheal": {
+            "backups": {
+                "redis": {
+                    "source": redis_server.url,
+                    "mountRoot": str(nas),
+                    "requireMountPoint": False,
+                },
+                "typesense": {"enabled": False},
+            }
+        }
+    }
+    daemon = daemon_factory.start(config=config)
+    env = daemon.env()
+    runner = CliRunner()
+    made = runner.invoke(cli, ["backup", "run", "redis", "--follow"], env=env)
+    assert made.exit_code == 0, made.output
+
+    drilled = runner.invoke(cli, ["backup", "drill", "redis", "--json"], env=env)
+    assert drilled.exit_code == 0, drilled.output
+    result = json.loads(drilled.output)
+    assert result["ok"] and result["found"] == {"db0": 30, "db3": 5} == result["expected"]
+    assert not list((daemon.state_dir / "drill").iterdir())  # the throwaway folder is gone
+
+    [artifact] = list((nas / "redis").glob("redis-*.rdb"))
+    artifact.chmod(0o644)
+    artifact.write_bytes(artifact.read_bytes()[:-20] + b"\0" * 20)
+    broken = runner.invoke(cli, ["backup", "drill", "redis", artifact.name], env=env)
+    assert broken.exit_code == 4 and "FAILED" in broken.output
+    assert "checksum mismatch" in broken.output
+
+    def raised() -> bool:
+        rows = daemon.call("incidents.list", {})["incidents"]
+        return any(r["incidentId"] == "backup:redis" for r in rows)
+
+    wait_until(raised, 30, "the failed drill to raise the redis incident")
+    assert daemon.call("backup.drills", {})["redis"]["ok"] is False

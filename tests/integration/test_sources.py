@@ -610,3 +610,30 @@ def test_judge_bgsave_demands_a_newer_lastsave() -> None:
     assert judge_bgsave(100, err, seen_running=True).failed
     # A stale 'err' from an older save does not fail a save that has not run yet.
     assert judge_bgsave(100, err, seen_running=False).failed is None
+
+
+@pytest.mark.anyio
+async def test_the_restore_drill_serves_a_typesense_artifact_from_the_nas(
+    typesense: TypesenseServer, tmp_path: Path
+) -> None:
+    """`backup drill typesense`: fetched from the NAS, unpacked, served by a throwaway
+    typesense-server, its documents counted against the manifest."""
+    from selfheal.backup.drill import drill
+    from selfheal.backup.transports.mount import MountTransport, mark_nas
+
+    artifact = await typesense_source(typesense, tmp_path, compression="gzip").create()
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    mark_nas(nas, "test-nas")
+    transport = MountTransport(nas, require_mount_point=False)
+    await transport.put(
+        artifact.path,
+        artifact.remote_path,
+        sha256=artifact.sha256,
+        size=artifact.size,
+        manifest=artifact.manifest_bytes(),
+    )
+    result = await drill(transport, "typesense", scratch=tmp_path / "drill")
+    assert result.ok, result.detail
+    assert result.found == COUNTS == result.expected
+    assert not list((tmp_path / "drill").iterdir())

@@ -13,6 +13,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
+from selfheal.backup.drill import DrillError
 from selfheal.backup.progress import LIVE, progress_key
 from selfheal.backup.scheduler import Scheduler
 from selfheal.backup.service import (
@@ -21,12 +22,13 @@ from selfheal.backup.service import (
     RunOutcome,
     backup_lock_key,
     disabled_detail,
+    drills_key,
     now_ms,
 )
 from selfheal.backup.spool import SpoolEntry
 from selfheal.backup.upkeep import scan_folder
 from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, StreamConsumer
-from selfheal.bus.streams import Bus, cast_entries
+from selfheal.bus.streams import Bus, as_text, cast_entries
 from selfheal.config import Settings
 from selfheal.control.params import Params
 from selfheal.control.protocol import INVALID_PARAMS
@@ -223,6 +225,8 @@ class BackupPlane:
             "backup.list": self._list,
             "backup.verify": self._verify,
             "backup.retention": self._retention,
+            "backup.drill": self._drill,
+            "backup.drills": self._drills,
         }
 
     async def _run(self, params: dict[str, Any]) -> Any:
@@ -324,6 +328,22 @@ class BackupPlane:
             if e.target in targets
         ]
         return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled, "ignored": ignored}
+
+    async def _drill(self, params: dict[str, Any]) -> Any:
+        read = Params(params)
+        target = read.choice("target", TARGETS)
+        name = read.optional_text("artifact", max_length=NAME_MAX, min_length=1)
+        transport = await self._transport_for(target)
+        try:
+            result = await self.service().drill(target, transport, name)
+        except DrillError as exc:
+            raise ControlError("drill_failed", str(exc)) from None
+        return result.public()
+
+    async def _drills(self, params: dict[str, Any]) -> Any:
+        bus = self._bus()
+        raw = await bus.client.hgetall(drills_key(bus))
+        return {as_text(k): json.loads(as_text(v)) for k, v in raw.items()}
 
     async def _verify(self, params: dict[str, Any]) -> Any:
         name = Params(params).text("artifact", max_length=NAME_MAX, meaning="a file name")

@@ -12,6 +12,7 @@ drainer delivers it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import anyio
 import redis.asyncio as aioredis
 
+from selfheal.backup.drill import DrillResult, drill, stored
 from selfheal.backup.model import Artifact, Delivery, Transport, TransportError
 from selfheal.backup.progress import ProgressReporter
 from selfheal.backup.recovery import (
@@ -61,6 +63,11 @@ TARGETS: tuple[Literal["typesense", "redis"], ...] = ("typesense", "redis")
 def now_ms() -> int:
     """Wall-clock epoch milliseconds."""
     return int(time.time() * 1000)
+
+
+def drills_key(bus: Bus) -> str:
+    """Hash: target -> its last restore drill's result (JSON)."""
+    return f"{bus.keys.tag}:drills"
 
 
 def backup_lock_key(bus: Bus, target: str) -> str:
@@ -500,6 +507,44 @@ class BackupService:
             },
             cause,
         )
+
+    async def drill(
+        self, target: Literal["typesense", "redis"], transport: Transport, name: str | None
+    ) -> DrillResult:
+        """Restore an artifact into a throwaway server and compare it with its manifest;
+        the result is kept (the last per target), and a failed drill raises the target's
+        incident as a failed backup would (its retry takes a fresh backup)."""
+        settings = self._settings()
+        result = await drill(
+            transport,
+            target,
+            scratch=settings.state_dir / "drill",
+            name=name,
+            env=os.environ,
+        )
+        await self.bus.client.hset(drills_key(self.bus), target, stored(result))
+        if not result.ok:
+            log.error("restore drill of %s failed: %s", result.artifact, result.detail)
+            cause = new_event(BACKUP_FAILED, {"target": target}, now_ms=now_ms())
+            await self._publish(
+                BACKUP_FAILED,
+                {
+                    "target": target,
+                    "attempt": 0,
+                    "error": f"restore drill of {result.artifact} failed: {result.detail}",
+                    "evidence": [
+                        {
+                            "kind": "drill",
+                            "exception": "IntegrityError",
+                            "message": result.detail,
+                            "path": result.artifact,
+                        }
+                    ],
+                    "trigger": "drill",
+                },
+                cause,
+            )
+        return result
 
     # -- helpers ---------------------------------------------------------------------------
 

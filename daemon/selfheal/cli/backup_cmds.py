@@ -100,6 +100,27 @@ def verify(state: CliState, artifact: str, as_json: bool) -> None:
         fail(f"{artifact} does not match its manifest", EXIT_DAEMON_ERROR)
 
 
+@backup.command("drill")
+@click.argument("target", type=TARGET)
+@click.argument("artifact", required=False)
+@json_option
+@pass_state
+def drill(state: CliState, target: str, artifact: str | None, as_json: bool) -> None:
+    """Restore ARTIFACT (default: TARGET's newest) into a throwaway server and compare
+    its keys or documents with the manifest; a failure raises TARGET's incident."""
+    params = {"target": target, **({"artifact": artifact} if artifact else {})}
+    result = state.call("backup.drill", params, timeout=3600)
+    if as_json:
+        emit_json(result)
+    else:
+        verdict = "RESTORES" if result["ok"] else "FAILED"
+        click.echo(
+            f"{result['artifact']}: {verdict} in {result['seconds']:.1f}s: {result['detail']}"
+        )
+    if not result["ok"]:
+        fail(f"the restore drill of {result['artifact']} failed", EXIT_DAEMON_ERROR)
+
+
 @backup.command("retention")
 @click.argument("target", type=TARGET)
 @click.option("--apply", "apply_plan", is_flag=True, help="Delete now (default: dry run).")
