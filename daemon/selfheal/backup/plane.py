@@ -27,7 +27,7 @@ from selfheal.backup.service import (
 )
 from selfheal.backup.spool import SpoolEntry
 from selfheal.backup.upkeep import scan_folder
-from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, StreamConsumer
+from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, PoisonEvent, StreamConsumer
 from selfheal.bus.streams import Bus, as_text, cast_entries
 from selfheal.config import Settings
 from selfheal.control.params import Params
@@ -35,7 +35,12 @@ from selfheal.control.protocol import INVALID_PARAMS
 from selfheal.control.server import Handler
 from selfheal.core.artifacts import NAME_MAX, manifest_name, parse_artifact_name
 from selfheal.core.contracts import SelfHealingRequest
-from selfheal.core.events import BACKUP_REQUESTED, BACKUP_RETRY_REQUESTED, new_event
+from selfheal.core.events import (
+    BACKUP_DRILL_REQUESTED,
+    BACKUP_REQUESTED,
+    BACKUP_RETRY_REQUESTED,
+    new_event,
+)
 from selfheal.errors import ControlError
 from selfheal.healing.domains import Domain, Domains
 from selfheal.supervisor import Service, ServiceSpec
@@ -92,6 +97,7 @@ class SpoolDrainer:
 
 
 BACKUP_DOMAIN = "backup"
+DRILL_GROUP = "system/backup.drill"
 
 
 def runner_group(target: str) -> str:
@@ -174,7 +180,38 @@ class BackupPlane:
                         drains=True,
                     )
                 )
+        specs.append(
+            ServiceSpec(
+                name="backup:drills", factory=self._drill_runner, depends_on=depends_on, drains=True
+            )
+        )
         return specs
+
+    def _drill_runner(self) -> Service:
+        async def handle(event: Any) -> None:
+            target = event.data.get("target")
+            if target not in TARGETS:
+                raise PoisonEvent(f"{event.name}: data.target must be one of {', '.join(TARGETS)}")
+            transport = await self._transport_for(target)  # none: delivered again later
+            result = await self.service().drill(target, transport, None)
+            log.info("restore drill of %s: %s", result.artifact, result.detail)
+
+        consumer = StreamConsumer(
+            self._bus(),
+            BACKUP_DRILL_REQUESTED,
+            DRILL_GROUP,
+            self.consumer_name,
+            handle,
+            # A drill serves a whole backup: do not let another daemon reclaim it too soon.
+            options=ConsumerOptions(
+                batch=1, reclaim_idle_ms=30 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
+            ),
+            stopping=self._stopping,
+            wait_stopping=self._wait_stopping,
+        )
+        consumer.name = "backup:drills"
+        self.consumers[consumer.name] = consumer
+        return consumer
 
     def _runner_factory(
         self, target: Literal["typesense", "redis"], stream: str

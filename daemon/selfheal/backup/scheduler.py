@@ -20,8 +20,8 @@ from anyio.abc import TaskStatus
 from selfheal.backup.service import TARGETS
 from selfheal.bus.streams import Bus, as_text
 from selfheal.config import Settings
-from selfheal.core.events import BACKUP_REQUESTED, new_event
-from selfheal.core.schedule import parse_schedule, tick_key, ticks_between
+from selfheal.core.events import BACKUP_DRILL_REQUESTED, BACKUP_REQUESTED, new_event
+from selfheal.core.schedule import Schedule, parse_schedule, tick_key, ticks_between
 
 log = logging.getLogger("selfheal.scheduler")
 
@@ -103,7 +103,33 @@ class Scheduler:
                 await self.bus.client.set(self._last_key(target), tick.isoformat())
             upcoming = schedule.next_after(now)
             soonest = upcoming if soonest is None else min(soonest, upcoming)
+            if target_settings.drill is not None:
+                upcoming = await self._drill_tick(
+                    target, parse_schedule(target_settings.drill), now
+                )
+                soonest = min(soonest, upcoming)
         return soonest
+
+    async def _drill_tick(self, target: str, schedule: Schedule, now: datetime) -> datetime:
+        """Request the target's drill when its schedule came due (once for any number of
+        missed ticks: one proof on wake is enough); return its next tick."""
+        key = self._last_key(f"drill:{target}")
+        raw = await self.bus.client.get(key)
+        if raw is None:
+            await self.bus.client.set(key, now.isoformat(), nx=True)
+        else:
+            due = ticks_between(schedule, datetime.fromisoformat(as_text(raw)), now)
+            if due:
+                event = new_event(
+                    BACKUP_DRILL_REQUESTED,
+                    {"target": target, "trigger": "schedule"},
+                    now_ms=int(now.timestamp() * 1000),
+                    idempotency_key=f"drill:{tick_key(target, due[-1])}",
+                )
+                if await self.bus.publish(event, dedupe=True) is not None:
+                    log.info("restore drill of %s requested", target)
+                await self.bus.client.set(key, due[-1].isoformat())
+        return schedule.next_after(now)
 
     async def _publish(self, target: str, key: str, trigger: str) -> None:
         event = new_event(

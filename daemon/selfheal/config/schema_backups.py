@@ -69,6 +69,11 @@ class TypesenseBackupSettings(ConfigModel):
     schedule: Schedule = Field(
         "TZ=America/Los_Angeles 0 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
     )
+    drill: Schedule | None = Field(
+        None,
+        description="When to restore the newest artifact into a throwaway server and "
+        "compare it with its manifest (as `backup drill`); null = only on demand.",
+    )
     url: Annotated[HttpUrlText, env("TYPESENSE_URL")] = Field(
         "http://localhost:8108", description="Typesense base URL."
     )
@@ -113,6 +118,11 @@ class RedisBackupSettings(ConfigModel):
     )
     schedule: Schedule = Field(
         "TZ=America/Los_Angeles 30 3 * * *", description="Optional 'TZ=Zone ' then 5 cron fields."
+    )
+    drill: Schedule | None = Field(
+        None,
+        description="When to restore the newest artifact into a throwaway server and "
+        "compare it with its manifest (as `backup drill`); null = only on demand.",
     )
     source: Annotated[RedisSourceUrl, SECRET_URL] = Field(
         "bus", description="'bus' (the daemon's own Redis) or a redis://, rediss://, unix:// URL."

@@ -32,6 +32,8 @@ BACKUP_FAILED: Final = "system/backup.failed"
 SELF_HEALING_REQUESTED: Final = "system/self.healing.requested"
 # The router, the guarded restart or the backup service reports an outcome.
 SELF_HEALING_COMPLETED: Final = "system/self.healing.completed"
+# The scheduler asks for a restore drill of a target's newest artifact.
+BACKUP_DRILL_REQUESTED: Final = "system/backup.drill.requested"
 # The router asks the guarded restart to restart a worker (domain "worker").
 WORKER_RESTART_REQUESTED: Final = "system/worker.restart.requested"
 # Name of the adapter function that turns backup failures into self-healing requests.
