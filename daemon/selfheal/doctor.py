@@ -5,20 +5,23 @@ the NAS folder (a temporary file, removed) and `--send-test`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
 import anyio
 import httpx
 import redis.asyncio as aioredis
 
+from selfheal.backup.model import TransportError
 from selfheal.backup.service import TARGETS
 from selfheal.backup.transports.mount import MountTransport
 from selfheal.config import LoadedConfig, Settings
@@ -225,7 +228,7 @@ def nas_checks(settings: Settings) -> list[Check]:
     return checks
 
 
-async def ssh_check(settings: Settings, mount_ok: bool) -> Check:
+async def ssh_check(settings: Settings, mount_ok: bool) -> list[Check]:
     """Login and the remote root over SFTP (the fallback when the mount is away)."""
     from selfheal.backup.transports.ssh import SshTransport
 
@@ -236,12 +239,41 @@ async def ssh_check(settings: Settings, mount_ok: bool) -> Check:
         lean_send=settings.nas.lean_ssh_send,
     )
     found = await ssh.probe()
-    if found.ok:
-        return ok("ssh", found.reason)
-    fix = "add the NAS host key to known_hosts and the key to its authorized_keys"
-    if mount_ok:
-        return warn("ssh", f"{found.reason} (the fallback is unavailable)", fix)
-    return fail("ssh", found.reason, fix)
+    if not found.ok:
+        fix = "add the NAS host key to known_hosts and the key to its authorized_keys"
+        if mount_ok:
+            return [warn("ssh", f"{found.reason} (the fallback is unavailable)", fix)]
+        return [fail("ssh", found.reason, fix)]
+    checks = [ok("ssh", found.reason)]
+    # A real upload (verified, renamed) of a tiny file, removed after: writable, and how
+    # the NAS hashes (sha256sum there, or reading every byte back).
+    data = secrets.token_bytes(1024)
+    remote = PurePosixPath(f".selfheal-doctor-{secrets.token_hex(6)}")
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / "probe"
+        local.write_bytes(data)
+        try:
+            await ssh.put(local, remote, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+            await ssh.remove(remote)
+        except TransportError as exc:
+            checks.append(
+                fail(
+                    "ssh write", f"{settings.nas.remote_root}: {exc}", "fix the share's permissions"
+                )
+            )
+            return checks
+    checks.append(ok("ssh write", f"{settings.nas.remote_root} writable (a test file, removed)"))
+    if ssh.hash_method == "exec":
+        checks.append(ok("ssh sha256sum", "the NAS hashes uploads itself (sha256sum)"))
+    else:
+        checks.append(
+            warn(
+                "ssh sha256sum",
+                "no sha256sum on the NAS: every upload is verified by reading it back",
+                "install coreutils' sha256sum on the NAS (or allow exec) for faster uploads",
+            )
+        )
+    return checks
 
 
 def schedule_checks(settings: Settings) -> list[Check]:
@@ -366,7 +398,7 @@ async def run_checks(
     nas = await anyio.to_thread.run_sync(nas_checks, settings)
     checks += nas
     mount_ok = bool(nas) and all(c.status != "fail" for c in nas)
-    checks += await _bounded("ssh", lambda: _one(ssh_check(settings, mount_ok)))
+    checks += await _bounded("ssh", lambda: ssh_check(settings, mount_ok))
     checks.append(_space("state dir space", settings.state_dir))
     checks.append(_space("spool space", settings.spool_path))
     checks += schedule_checks(settings)

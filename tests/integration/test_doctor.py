@@ -14,6 +14,7 @@ from selfheal.backup.transports.mount import mark_nas
 from selfheal.cli import cli
 from tests.support.daemon import Daemons
 from tests.support.http import played_service
+from tests.support.sshd import SshServer
 from tests.support.typesense import TypesenseServer
 
 pytestmark = pytest.mark.slow
@@ -110,3 +111,23 @@ def test_send_test_reaches_the_webhook_and_a_running_daemon_is_seen(
         assert "notify webhook" in result.output and "test notice delivered" in result.output
         [post] = hook.posts
         assert "doctor" in json.dumps(post.body)
+
+
+def test_ssh_login_write_and_sha256sum_are_checked_on_a_real_sshd(
+    short_home: Path, sshd: SshServer
+) -> None:
+    config = setup(short_home)
+    mark_nas(short_home / "nas", "test-nas")
+    config["backupTransport"] = {"nasSshHost": sshd.host, "nasSshFlags": sshd.flags()}
+    config["selfheal"]["nas"] = {"remoteRoot": str(sshd.remote_root)}
+    (short_home / ".joelclaw" / "system-bus.config.json").write_text(json.dumps(config))
+    found = checks(doctor(short_home, "--json"))
+    assert found["ssh"]["status"] == "ok", found["ssh"]
+    assert found["ssh write"]["status"] == "ok" and found["ssh sha256sum"]["status"] == "ok"
+    assert [p.name for p in sshd.remote_root.iterdir()] == []  # the test file is gone
+
+    config["backupTransport"]["nasSshFlags"] = sshd.flags(known_hosts=sshd.mismatched_known_hosts)
+    (short_home / ".joelclaw" / "system-bus.config.json").write_text(json.dumps(config))
+    found = checks(doctor(short_home, "--json"))
+    assert found["ssh"]["status"] == "warn"  # the mount still works
+    assert "ssh write" not in found
