@@ -74,6 +74,9 @@ class ServiceSpec:
     depends_on: Callable[[], object] = lambda: None
     # Draining services are given until the drain deadline to finish by themselves.
     drains: bool = False
+    # Services that start work (schedulers, timers, the watchdog's probes, the spool
+    # drainer) stop first, before the drain: after a stop request nothing new begins.
+    starts_work: bool = False
 
 
 @dataclass
@@ -200,6 +203,11 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self._startup_scope.cancel()
+        for rec in self.records:
+            if rec.spec.starts_work:
+                rec.scope.cancel()
+                if rec.started or rec.instance is not None:
+                    await rec.done.wait()
         if not self.forced:
             # Draining services finish their current work together, within one deadline.
             with anyio.move_on_after(self._drain_timeout()):

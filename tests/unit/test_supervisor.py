@@ -198,3 +198,23 @@ async def test_illegal_transition_is_refused() -> None:
     sup = Supervisor([], drain_timeout=lambda: 1.0)
     with pytest.raises(RuntimeError, match="created -> running"):
         sup._transition(LifecycleState.RUNNING)
+
+
+async def test_services_that_start_work_stop_before_the_drain() -> None:
+    """After a stop request nothing new begins: a work-starting service is stopped
+    first, while a draining one still finishes its current work."""
+    log: list[str] = []
+    ticker = Recorder("ticker", log)
+    busy = Recorder("busy", log)
+    sup = Supervisor(
+        [spec(ticker, starts_work=True), spec(busy, drains=True)], drain_timeout=lambda: 0.3
+    )
+    async with anyio.create_task_group() as tg:
+        codes: list[int] = []
+        tg.start_soon(lambda: _collect(sup, codes))
+        await wait_for(lambda: sup.state is LifecycleState.RUNNING)
+        sup.request_stop("test")
+        await wait_for(lambda: "stop ticker" in log)
+        assert "stop busy" not in log  # still draining while the ticker is already gone
+    assert codes == [EXIT_OK]
+    assert log.index("stop ticker") < log.index("stop busy")

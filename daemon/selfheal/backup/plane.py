@@ -164,8 +164,14 @@ class BackupPlane:
                 name="scheduler",
                 factory=lambda: Scheduler(self._bus(), self._settings),
                 depends_on=depends_on,
+                starts_work=True,
             ),
-            ServiceSpec(name="spool-drainer", factory=lambda: self.drainer, depends_on=depends_on),
+            ServiceSpec(
+                name="spool-drainer",
+                factory=lambda: self.drainer,
+                depends_on=depends_on,
+                starts_work=True,
+            ),
         ]
         for target in TARGETS:
             for stream, short in (

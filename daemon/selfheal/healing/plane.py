@@ -113,7 +113,9 @@ class HealingPlane:
     def specs(self, depends_on: Callable[[], object]) -> list[ServiceSpec]:
         """Services to run after the Redis link, restarted whenever the link is."""
         return [
-            ServiceSpec(name="timers", factory=self._make_pump, depends_on=depends_on),
+            ServiceSpec(
+                name="timers", factory=self._make_pump, depends_on=depends_on, starts_work=True
+            ),
             ServiceSpec(
                 name="router",
                 factory=self._make_router,

@@ -252,7 +252,12 @@ class WatchdogPlane:
         """The investigator and the restart consumer (idle while the watchdog is off)."""
         watch = lambda: (depends_on(), self._settings().watchdog)  # noqa: E731
         return [
-            ServiceSpec(name="watchdog", factory=self._make_investigator, depends_on=watch),
+            ServiceSpec(
+                name="watchdog",
+                factory=self._make_investigator,
+                depends_on=watch,
+                starts_work=True,
+            ),
             ServiceSpec(
                 name="worker-restart",
                 factory=self._make_restarter,
