@@ -349,7 +349,7 @@ async def watchdog_checks(settings: Settings, http: httpx.AsyncClient) -> list[C
     return checks
 
 
-def service_check() -> Check:
+def service_check(config: Path) -> Check:
     """The launchd agent or systemd unit: loaded and running this install."""
     from selfheal import service_install as si
 
@@ -376,7 +376,13 @@ def service_check() -> Check:
             f"the {how} runs {job.program}, not this install ({si.python_executable()})",
             "reinstall it from this install: `selfheal launchd|systemd install`",
         )
-    return ok("service", f"{how} loaded, {job.state or 'state unknown'}, this install")
+    if job.config is not None and Path(job.config) != config:
+        return fail(
+            "service",
+            f"the {how} runs with the config {job.config}, not {config}",
+            f"reinstall it with this config: `selfheal launchd|systemd install --config {config}`",
+        )
+    return ok("service", f"{how} loaded, {job.state or 'state unknown'}, this install and config")
 
 
 async def _bounded(name: str, check: Callable[[], Awaitable[list[Check]]]) -> list[Check]:
@@ -406,7 +412,7 @@ async def run_checks(
         checks += await _bounded("typesense", lambda: typesense_checks(settings, http))
         checks += await _bounded("notifiers", lambda: notifier_checks(settings, http, send_test))
         checks += await _bounded("watchdog", lambda: watchdog_checks(settings, http))
-    checks.append(await anyio.to_thread.run_sync(service_check))
+    checks.append(await anyio.to_thread.run_sync(service_check, loaded.path.absolute()))
     return checks
 
 

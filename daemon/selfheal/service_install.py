@@ -306,7 +306,7 @@ def systemd_job() -> JobInfo:
             "--user",
             "show",
             UNIT,
-            "--property=LoadState,ActiveState,MainPID,ExecStart,WorkingDirectory",
+            "--property=LoadState,ActiveState,MainPID,ExecStart,WorkingDirectory,Environment",
         ]
     )
     return parse_systemctl_show(result.stdout)

@@ -128,6 +128,16 @@ def test_launchd_install_loads_the_daemon_reinstall_replaces_it_uninstall_remove
     shown = host.run("launchd", "status")
     assert shown.exit_code == 0 and f"pid {first}" in shown.output, shown.output
     assert "NOT this install" not in shown.output
+    assert json.loads(host.run("launchd", "status", "--json").output)["config"] == str(host.config)
+
+    def service(*args: str) -> dict[str, Any]:
+        found = json.loads(host.run(*args, "doctor", "--json").output)["checks"]
+        [check] = [c for c in found if c["name"] == "service"]
+        return dict(check)
+
+    assert service("--config", str(host.config))["status"] == "ok"
+    other = service()  # the default config path: not what the job runs with
+    assert other["status"] == "fail" and str(host.config) in other["detail"]
 
     again = host.run("launchd", "install", "--config", str(host.config))
     assert again.exit_code == 0, again.output
@@ -172,6 +182,7 @@ def test_systemd_install_starts_the_unit_and_uninstall_stops_it(systemd_host: Ho
     # The config path's space and % survive the unit file's quoting and specifiers.
     assert host.state()["env"]["SELFHEAL_CONFIG"] == str(host.config)
     pid = host.daemon_pid()
+    assert json.loads(host.run("systemd", "status", "--json").output)["config"] == str(host.config)
     shown = host.run("systemd", "status")
     assert shown.exit_code == 0 and f"pid {pid}" in shown.output, shown.output
 

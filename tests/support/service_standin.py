@@ -91,7 +91,8 @@ def launchctl(state: dict[str, Any], args: list[str]) -> int:
         ]
         if running:
             lines.append(f"\tpid = {state['pid']}")
-        lines += ["\tenvironment = {", "\t\tprogram = not-the-top-level-one", "\t}", "}"]
+        env = [f"\t\t{name} => {value}" for name, value in state.get("env", {}).items()]
+        lines += ["\tenvironment = {", *env, "\t\tprogram = not-the-top-level-one", "\t}", "}"]
         print("\n".join(lines))
         return 0
     if args[:2] == ["kickstart", "-k"] and len(args) == 3:
@@ -180,7 +181,9 @@ def systemctl(state: dict[str, Any], args: list[str]) -> int:
             f"LoadState=loaded\nActiveState={'active' if running else 'failed'}\n"
             f"MainPID={state['pid'] if running else 0}\n"
             f"ExecStart={{ path={state['program']} ; argv[]={argv} ; ignore_errors=no }}\n"
-            f"WorkingDirectory={state['working_directory']}"
+            f"WorkingDirectory={state['working_directory']}\n"
+            "Environment="
+            + " ".join(shlex.quote(f"{k}={v}") for k, v in state.get("env", {}).items())
         )
         return 0
     if args[:2] == ["--user", "restart"] and len(args) == 3:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class JobInfo:
     program: str | None = None
     working_directory: str | None = None
     state: str | None = None
+    config: str | None = None  # the job's SELFHEAL_CONFIG, when it sets one
 
     def public(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -49,6 +51,7 @@ class JobInfo:
             "program": self.program,
             "working_directory": self.working_directory,
             "state": self.state,
+            "config": self.config,
         }
 
 
@@ -87,6 +90,8 @@ async def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedPr
 
 
 _LAUNCHD_FIELD = re.compile(r"^\t(program|working directory|pid|state) = (.*)$", re.MULTILINE)
+# An environment entry of the job (inside its `environment = {...}` block).
+_LAUNCHD_CONFIG = re.compile(r"^\t\tSELFHEAL_CONFIG => (.*)$", re.MULTILINE)
 
 
 def parse_launchctl_print(text: str) -> JobInfo:
@@ -96,12 +101,14 @@ def parse_launchctl_print(text: str) -> JobInfo:
     for match in _LAUNCHD_FIELD.finditer(text):
         found.setdefault(match.group(1), match.group(2).strip())
     pid = found.get("pid", "")
+    config = _LAUNCHD_CONFIG.search(text)
     return JobInfo(
         loaded=True,
         pid=int(pid) if pid.isdecimal() else None,
         program=found.get("program"),
         working_directory=found.get("working directory"),
         state=found.get("state"),
+        config=config.group(1).strip() if config else None,
     )
 
 
@@ -143,12 +150,19 @@ def parse_systemctl_show(text: str) -> JobInfo:
         return JobInfo(loaded=False, state=fields.get("LoadState"))
     program = _EXEC_PATH.search(fields.get("ExecStart", ""))
     pid = fields.get("MainPID", "0")
+    try:
+        environment = dict(
+            word.partition("=")[::2] for word in shlex.split(fields.get("Environment", ""))
+        )
+    except ValueError:  # unbalanced quotes: not ours to read
+        environment = {}
     return JobInfo(
         loaded=True,
         pid=int(pid) if pid.isdecimal() and pid != "0" else None,
         program=program.group(1) if program else None,
         working_directory=fields.get("WorkingDirectory") or None,
         state=fields.get("ActiveState"),
+        config=environment.get("SELFHEAL_CONFIG"),
     )
 
 
@@ -169,7 +183,7 @@ class Systemd:
                 "--user",
                 "show",
                 self.unit,
-                "--property=LoadState,ActiveState,MainPID,ExecStart,WorkingDirectory",
+                "--property=LoadState,ActiveState,MainPID,ExecStart,WorkingDirectory,Environment",
             ]
         )
         return parse_systemctl_show(result.stdout.decode("utf-8", "replace"))
