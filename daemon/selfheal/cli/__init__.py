@@ -9,6 +9,7 @@ import click
 
 from selfheal import __version__
 from selfheal.cli.backup_cmds import backup
+from selfheal.cli.completion_cmds import completion
 from selfheal.cli.config_cmds import nas
 from selfheal.cli.context import CliState
 from selfheal.cli.daemon_cmds import reload_cmd, run, status
@@ -51,6 +52,7 @@ cli.add_command(watchdog)
 cli.add_command(launchd)
 cli.add_command(systemd)
 cli.add_command(doctor)
+cli.add_command(completion)
 
 
 def main() -> None:
