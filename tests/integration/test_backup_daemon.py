@@ -57,7 +57,8 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     [artifact] = [a for a in listed["artifacts"] if a["where"] == "mount"]
     assert (nas / "redis" / artifact["name"]).is_file()
 
-    verified = runner.invoke(cli, ["backup", "verify", artifact["name"], "--json"], env=env)
+    by_path = str(nas / "redis" / artifact["name"])  # a path works as well as a name
+    verified = runner.invoke(cli, ["backup", "verify", by_path, "--json"], env=env)
     assert verified.exit_code == 0, verified.output
     assert json.loads(verified.output)["ok"] is True
 
@@ -91,6 +92,9 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     target.write_bytes(b"not an rdb")
     bad = runner.invoke(cli, ["backup", "verify", artifact["name"]], env=env)
     assert bad.exit_code == 4 and "MISMATCH" in bad.output
+    target.unlink()  # its manifest stays
+    gone = runner.invoke(cli, ["backup", "verify", artifact["name"]], env=env)
+    assert gone.exit_code == 4 and "is not on the NAS" in gone.output
     assert daemon.stop() == 0
 
 

@@ -149,9 +149,13 @@ def test_events_past_the_data_limits_are_refused_at_admission(daemon: DaemonProc
 def test_the_cli_bounds_what_it_sends_as_the_daemon_does(daemon: DaemonProcess) -> None:
     runner = CliRunner()
     too_late = runner.invoke(
-        cli, ["events", "send", EVENT, "--delay-ms", str(SLEEP_LIMIT_MS + 1)], env=daemon.env()
+        cli,
+        ["events", "send", EVENT, "--data", "{}", "--delay-ms", str(SLEEP_LIMIT_MS + 1)],
+        env=daemon.env(),
     )
     assert too_late.exit_code == 2 and "--delay-ms" in too_late.output
+    no_data = runner.invoke(cli, ["events", "send", EVENT], env=daemon.env())
+    assert no_data.exit_code == 2 and "Missing option '--data'" in no_data.output
     deep = runner.invoke(
         cli, ["events", "send", EVENT, "--data", "[" * 5000 + "]" * 5000], env=daemon.env()
     )

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
 from selfheal.backup.drill import DrillError
+from selfheal.backup.model import TransportError
 from selfheal.backup.progress import LIVE, progress_key
 from selfheal.backup.scheduler import Scheduler
 from selfheal.backup.service import (
@@ -413,7 +414,14 @@ class BackupPlane:
             raise ControlError("invalid_manifest", f"{manifest_name(name)}: {exc}") from None
         if not isinstance(manifest, dict):
             raise ControlError("invalid_manifest", f"{manifest_name(name)} is not a JSON object")
-        actual = await transport.sha256(folder / name)
+        try:
+            actual = await transport.sha256(folder / name)
+        except TransportError as exc:
+            if exc.errno_name == "ENOENT":
+                raise ControlError(
+                    "not_found", f"{name} is not on the NAS (via {transport.mode})"
+                ) from None
+            raise ControlError("unavailable", f"cannot hash {name}: {exc}") from None
         return {
             "artifact": name,
             "where": transport.mode,

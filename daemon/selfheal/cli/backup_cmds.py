@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 import click
@@ -89,7 +90,9 @@ def list_cmd(state: CliState, target: str | None, as_json: bool) -> None:
 @json_option
 @pass_state
 def verify(state: CliState, artifact: str, as_json: bool) -> None:
-    """Recompute ARTIFACT's sha256 on the NAS and compare it with its manifest."""
+    """Recompute ARTIFACT's sha256 on the NAS and compare it with its manifest (a name,
+    or its path: only the file name counts)."""
+    artifact = PurePath(artifact).name
     result = state.call("backup.verify", {"artifact": artifact}, timeout=3600)
     if as_json:
         emit_json(result)
@@ -108,7 +111,7 @@ def verify(state: CliState, artifact: str, as_json: bool) -> None:
 def drill(state: CliState, target: str, artifact: str | None, as_json: bool) -> None:
     """Restore ARTIFACT (default: TARGET's newest) into a throwaway server and compare
     its keys or documents with the manifest; a failure raises TARGET's incident."""
-    params = {"target": target, **({"artifact": artifact} if artifact else {})}
+    params = {"target": target, **({"artifact": PurePath(artifact).name} if artifact else {})}
     result = state.call("backup.drill", params, timeout=3600)
     if as_json:
         emit_json(result)

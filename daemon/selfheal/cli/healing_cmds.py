@@ -31,7 +31,12 @@ def events() -> None:
 
 @events.command("send")
 @click.argument("name")
-@click.option("--data", "data_text", default="{}", help="Event data as a JSON object.")
+@click.option(
+    "--data",
+    "data_text",
+    required=True,
+    help='Event data as a JSON object (`--data "{}"` for none).',
+)
 @click.option("--idempotency-key", help="Publish at most once per key.")
 @click.option(
     "--delay-ms", type=click.IntRange(0, SLEEP_LIMIT_MS), default=0, help="Deliver later."
