@@ -182,3 +182,29 @@ def test_a_restore_drill_proves_the_backup_and_a_damaged_one_raises_the_incident
 
     wait_until(raised, 30, "the failed drill to raise the redis incident")
     assert daemon.call("backup.drills", {})["redis"]["ok"] is False
+
+
+def test_a_followed_run_that_only_spools_exits_non_zero(
+    short_home: Path, daemon_factory: Daemons
+) -> None:
+    unmarked = short_home / "not-the-nas"
+    unmarked.mkdir()
+    known_hosts = short_home / "known_hosts"
+    known_hosts.touch()
+    config = {
+        "backupTransport": {
+            "nasSshHost": "nobody@127.0.0.1",
+            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
+            "nasMaxAttempts": 1,
+        },
+        "selfheal": {
+            "backups": {
+                "redis": {"source": "bus", "mountRoot": str(unmarked), "requireMountPoint": False},
+                "typesense": {"enabled": False},
+            }
+        },
+    }
+    daemon = daemon_factory.start(config=config)
+    followed = CliRunner().invoke(cli, ["backup", "run", "redis", "--follow"], env=daemon.env())
+    assert followed.exit_code == 4, followed.output
+    assert "redis: spooled" in followed.output and "ended spooled" in followed.output

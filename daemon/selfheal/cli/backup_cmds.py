@@ -65,6 +65,9 @@ def run(state: CliState, target: str, follow: bool, as_json: bool) -> None:
     if not as_json:
         click.echo(f"\n{target}: {final.get('status', '?')} {final.get('detail', '')}".rstrip())
     if final.get("status") != "delivered":
+        # Spooled is not a success (the NAS did not get it yet), failed and skipped neither.
+        fail(f"the {target} run ended {final.get('status', 'without a status')}", EXIT_DAEMON_ERROR)
+    if final.get("status") != "delivered":
         raise SystemExit(EXIT_DAEMON_ERROR if final.get("status") == "failed" else 0)
 
 
