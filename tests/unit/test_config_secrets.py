@@ -158,3 +158,37 @@ def test_errors_about_secret_keys_do_not_echo_them(
     assert "selfheal." in text or "TYPESENSE_API_KEY" in text
     if secret is not None:
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "section", "path"),
+    [
+        (
+            "SELFHEAL_NTFY_TOKEN",
+            {"notifiers": {"ntfy": {"url": "https://ntfy.sh", "topic": "nas"}}},
+            ("notifiers", "ntfy", "token"),
+        ),
+        (
+            "SELFHEAL_TELEGRAM_BOT_TOKEN",
+            {"notifiers": {"telegram": {"chatId": "@my_channel"}}},
+            ("notifiers", "telegram", "bot_token"),
+        ),
+        ("SELFHEAL_ADVISOR_API_KEY", {}, ("advisor", "api_key")),
+        ("INNGEST_SIGNING_KEY", {}, ("watchdog", "inngest_signing_key")),
+    ],
+)
+def test_secrets_can_come_from_the_environment_and_stay_secret(
+    tmp_path: Path, variable: str, section: dict[str, Any], path: tuple[str, ...]
+) -> None:
+    value = "env-secret-" + variable.lower()
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"selfheal": section}))
+    loaded = load_config(file, {"HOME": str(tmp_path), variable: value})
+    found: Any = loaded.settings
+    for part in path:
+        found = getattr(found, part)
+    assert found == value
+    assert value in registered_secrets() and value not in redact_text(f"x {value} y")
+    shown = {i.key: i for i in loaded.effective_items()}
+    [item] = [i for i in shown.values() if variable in i.env_vars]
+    assert item.source.startswith("env") and value not in str(item.value)

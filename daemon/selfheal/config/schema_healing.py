@@ -16,6 +16,7 @@ from selfheal.config.base import (
     ModelId,
     Name,
     Token,
+    env,
     knob,
 )
 from selfheal.config.fields import (
@@ -28,7 +29,7 @@ from selfheal.config.fields import (
 class WebhookSettings(ConfigModel):
     """JSON POST to any URL."""
 
-    url: Annotated[HttpUrlText | None, SECRET] = Field(
+    url: Annotated[HttpUrlText | None, env("SELFHEAL_WEBHOOK_URL"), SECRET] = Field(
         None, description="Webhook URL (such URLs often embed a token); null = off."
     )
     headers: Annotated[dict[str, Token], SECRET_VALUES] = Field(
@@ -43,13 +44,17 @@ class NtfySettings(ConfigModel):
         None, description="ntfy server, e.g. https://ntfy.sh; null = off."
     )
     topic: Name | None = Field(None, description="Topic to publish to; required with url.")
-    token: Annotated[Token | None, SECRET] = Field(None, description="Access token.")
+    token: Annotated[Token | None, env("SELFHEAL_NTFY_TOKEN"), SECRET] = Field(
+        None, description="Access token."
+    )
 
 
 class TelegramSettings(ConfigModel):
     """Telegram bot message."""
 
-    bot_token: Annotated[Token | None, SECRET] = Field(None, description="Bot token; null = off.")
+    bot_token: Annotated[Token | None, env("SELFHEAL_TELEGRAM_BOT_TOKEN"), SECRET] = Field(
+        None, description="Bot token; null = off."
+    )
     chat_id: (
         Annotated[str, StringConstraints(pattern=r"^(-?\d{1,20}|@[A-Za-z0-9_]{5,64})$")] | None
     ) = Field(
@@ -151,7 +156,7 @@ class WatchdogSettings(ConfigModel):
         description="Inngest server URL (dev server or API) whose failed runs are scanned for "
         "the workers' patterns; null = probes and logs only.",
     )
-    inngest_signing_key: Annotated[Token | None, SECRET] = Field(
+    inngest_signing_key: Annotated[Token | None, env("INNGEST_SIGNING_KEY"), SECRET] = Field(
         None, description="Bearer key for the Inngest API (Inngest Cloud); null = none."
     )
     inngest_lookback_minutes: float = knob(
@@ -169,7 +174,9 @@ class AdvisorSettings(ConfigModel):
     endpoint: HttpUrlText | None = Field(
         None, description="OpenAI-compatible base URL; required when enabled."
     )
-    api_key: Annotated[Token | None, SECRET] = Field(None, description="API key.")
+    api_key: Annotated[Token | None, env("SELFHEAL_ADVISOR_API_KEY"), SECRET] = Field(
+        None, description="API key."
+    )
     model: ModelId | None = Field(None, description="Model ID; null = router.model.")
     fallback_model: ModelId | None = Field(
         None, description="Fallback model; null = router.fallbackModel."
