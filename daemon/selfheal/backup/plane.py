@@ -203,21 +203,35 @@ class BackupPlane:
             result = await self.service().drill(target, transport, None)
             log.info("restore drill of %s: %s", result.artifact, result.detail)
 
+        return self._long_work_consumer(
+            BACKUP_DRILL_REQUESTED, DRILL_GROUP, handle, "backup:drills", batch=1
+        )
+
+    def _long_work_consumer(
+        self,
+        stream: str,
+        group: str,
+        handle: Callable[[Any], Awaitable[None]],
+        name: str,
+        *,
+        batch: int,
+    ) -> StreamConsumer:
+        """A consumer of work that can take long (a backup, a drill): not reclaimed by
+        another daemon for half an hour."""
         consumer = StreamConsumer(
             self._bus(),
-            BACKUP_DRILL_REQUESTED,
-            DRILL_GROUP,
+            stream,
+            group,
             self.consumer_name,
             handle,
-            # A drill serves a whole backup: do not let another daemon reclaim it too soon.
             options=ConsumerOptions(
-                batch=1, reclaim_idle_ms=30 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
+                batch=batch, reclaim_idle_ms=30 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
             ),
             stopping=self._stopping,
             wait_stopping=self._wait_stopping,
         )
-        consumer.name = "backup:drills"
-        self.consumers[consumer.name] = consumer
+        consumer.name = name
+        self.consumers[name] = consumer
         return consumer
 
     def _runner_factory(
@@ -233,22 +247,8 @@ class BackupPlane:
                 return  # the other target's group handles it
             await service.handle(event)
 
-        consumer = StreamConsumer(
-            self._bus(),
-            stream,
-            runner_group(target),
-            self.consumer_name,
-            handle,
-            # A backup can take long: do not let another daemon reclaim it too soon.
-            options=ConsumerOptions(
-                batch=10, reclaim_idle_ms=30 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
-            ),
-            stopping=self._stopping,
-            wait_stopping=self._wait_stopping,
-        )
-        consumer.name = f"backup:{target}:{stream}"
-        self.consumers[consumer.name] = consumer
-        return consumer
+        name = f"backup:{target}:{stream}"
+        return self._long_work_consumer(stream, runner_group(target), handle, name, batch=10)
 
     async def nas_probe(self, request: SelfHealingRequest) -> bool:
         """Is the NAS reachable again for this request's target (any transport)?"""
