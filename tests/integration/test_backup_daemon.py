@@ -67,13 +67,21 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     assert "redis: delivered" in followed.output
     assert len(list((nas / "redis").glob("redis-*.rdb"))) >= 1
 
+    shown = runner.invoke(cli, ["status"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "backup      redis: delivered " in shown.output and "verified" in shown.output
+    assert "; next in " in shown.output and "running" in shown.output
+    assert "backup:typesense" not in shown.output and "RESTARTS" not in shown.output
+    every = runner.invoke(cli, ["status", "-v"], env=env)
+    assert "RESTARTS" in every.output and "backup:redis:requested" in every.output
+    assert "backup:typesense" not in every.output  # typesense is off here
+
     watched = runner.invoke(
         cli, ["status", "--watch", "--interval", "0.1", "--count", "2"], env=env
     )
     assert watched.exit_code == 0, watched.output
     assert watched.output.count("(refreshing every 0.1s") == 2
-    assert "next backup redis: in " in watched.output
-    assert "last delivered" in watched.output and " in " in watched.output
+    assert "backup      redis: delivered " in watched.output and "; next in " in watched.output
     assert "incidents   0 open" in watched.output and "dead letters" in watched.output
     lines = runner.invoke(
         cli, ["status", "--watch", "--json", "--interval", "0.1", "--count", "2"], env=env

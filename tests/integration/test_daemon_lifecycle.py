@@ -9,7 +9,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from click.testing import CliRunner
 
+from selfheal.cli import cli
 from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.servers import RedisServer, wait_until
 
@@ -131,6 +133,9 @@ def test_url_mode_reconnects_when_redis_returns(daemon_factory: Daemons, tmp_pat
             "the daemon to notice Redis is gone",
         )
         assert daemon.status()["state"] == "running", "a lost Redis does not stop the daemon"
+        shown = CliRunner().invoke(cli, ["status"], env=daemon.env())
+        assert shown.exit_code == 5 and "DEGRADED: Redis is not connected" in shown.output
+        assert "embedded-redis" not in shown.output  # an external Redis has no embedded slot
         server.start()
         wait_until(
             lambda: daemon.status()["redis"]["connected"] is True, 40, "the daemon to reconnect"

@@ -18,6 +18,7 @@ from selfheal.errors import ConfigError, ControlError
 EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
 EXIT_DAEMON_ERROR = 4
+EXIT_DEGRADED = 5
 
 DEFAULT_SOCKET = "~/.joelclaw/selfheal.sock"
 

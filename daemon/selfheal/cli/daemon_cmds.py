@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from selfheal.cli.context import EXIT_CONFIG, CliState
+from selfheal.cli.context import EXIT_CONFIG, EXIT_DEGRADED, CliState
 from selfheal.cli.output import emit_json, fail, format_value, table
 from selfheal.logs import LOG_FORMATS, use_log_format
 
@@ -55,16 +55,24 @@ def run(state: CliState, log_format: str | None) -> None:
 @click.option(
     "--count", type=click.IntRange(0), default=0, help="Stop after N refreshes (0: never)."
 )
+@click.option("-v", "--verbose", is_flag=True, help="List every service.")
 @pass_state
-def status(state: CliState, as_json: bool, watch: bool, interval: float, count: int) -> None:
-    """Show the running daemon's state, services, Redis and last reload (--watch: live,
-    with next backups, open incidents and the queue)."""
+def status(
+    state: CliState, as_json: bool, watch: bool, interval: float, count: int, verbose: bool
+) -> None:
+    """Show the running daemon's state, backups, workers, services, Redis and last reload;
+    exit 5 when degraded (--watch: live, with open incidents and the queue)."""
     if not watch:
         result = state.call("status")
         if as_json:
             emit_json(result)
         else:
-            click.echo(render_status(result))
+            click.echo(render_status(result, verbose=verbose))
+        reasons = degraded(result)
+        if reasons:
+            if not as_json:
+                click.echo(f"\nDEGRADED: {'; '.join(reasons)}")
+            sys.exit(EXIT_DEGRADED)
         return
     live = sys.stdout.isatty() and not as_json
     shown = 0
@@ -82,7 +90,7 @@ def status(state: CliState, as_json: bool, watch: bool, interval: float, count: 
                     click.clear()
                 elif shown:
                     click.echo("")
-                click.echo(render_live(view, interval))
+                click.echo(render_live(view, interval, verbose))
             shown += 1
             if count and shown >= count:
                 return
@@ -112,11 +120,20 @@ def reload_cmd(state: CliState, as_json: bool) -> None:
         )
 
 
+def _span(seconds: float) -> str:
+    """12s, 3m, 2h05m, 3d04h."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
 def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, int(time.time() - ts))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s ago"
+    return "-" if not ts else f"{_span(time.time() - ts)} ago"
 
 
 def _size(count: int | None) -> str:
@@ -131,28 +148,12 @@ def _size(count: int | None) -> str:
 
 
 def _in(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, int(ts - time.time()))
-    return f"in {seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return "-" if not ts else f"in {_span(ts - time.time())}"
 
 
-def render_live(view: dict[str, Any], interval: float) -> str:
+def render_live(view: dict[str, Any], interval: float, verbose: bool = False) -> str:
     """The `status --watch` screen: status, next and last backups, open incidents, queue."""
-    s = view["status"]
-    lines = [render_status(s), ""]
-    backups = s.get("backups") or {}
-    last_runs = backups.get("last_runs") or {}
-    for target, at in sorted((backups.get("next_runs") or {}).items()):
-        run = last_runs.get(target)
-        last = "no run yet"
-        if run:
-            last = f"last {run['status']}"
-            if run.get("bytes") is not None:
-                last += f" {_size(run['bytes'])} in {run.get('seconds', 0):.1f}s"
-            if run.get("at"):
-                last += f", {_ago(run['at'])}"
-        lines.append(f"next backup {target}: {_in(at)}; {last}")
+    lines = [render_status(view["status"], verbose=verbose), ""]
     open_incidents = [
         i for i in view["incidents"] if i["state"] not in ("remediated",) and not i.get("acked")
     ]
@@ -173,13 +174,46 @@ def render_live(view: dict[str, Any], interval: float) -> str:
     return "\n".join(lines)
 
 
-def render_status(s: dict[str, Any]) -> str:
+def shown_services(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """The services worth showing: not the runners of a target that is off, and not the
+    embedded Redis's placeholder when the bus is an external Redis."""
+    enabled = set((s.get("backups") or {}).get("next_runs") or {})
+    external = (s.get("redis") or {}).get("mode") != "embedded"
+    shown = []
+    for service in s.get("services", []):
+        name = str(service["name"])
+        target = name.split(":")[1] if name.startswith("backup:") else None
+        if target in ("typesense", "redis") and target not in enabled:
+            continue
+        if external and name == "embedded-redis":
+            continue
+        shown.append(service)
+    return shown
+
+
+def degraded(s: dict[str, Any]) -> list[str]:
+    """Why the daemon is not healthy (empty when it is)."""
+    reasons = []
+    if not (s.get("redis") or {}).get("connected"):
+        reasons.append("Redis is not connected")
+    down = [x["name"] for x in shown_services(s) if x["state"] != "running"]
+    if down:
+        reasons.append(f"not running: {', '.join(down)}")
+    reload = s.get("last_reload")
+    if reload and not reload["ok"]:
+        reasons.append("the last config edit was rejected")
+    if not (s.get("config") or {}).get("present", True):
+        reasons.append("the config file is missing")
+    return reasons
+
+
+def render_status(s: dict[str, Any], *, verbose: bool = False) -> str:
     """The human form of `status`."""
     redis = s.get("redis", {})
     embedded = redis.get("embedded")
     lines = [
         f"selfheal {s['version']}  pid {s['pid']}  state {s['state']}  "
-        f"up {int(s['uptime_seconds'])}s",
+        f"up {_span(s['uptime_seconds'])}",
         f"config      {s['config']['path']} (generation {s['config']['generation']}"
         f"{'' if s['config']['exists'] else ', file missing: defaults'})",
     ]
@@ -200,32 +234,51 @@ def render_status(s: dict[str, Any]) -> str:
         lines.append(
             f"embedded    pid {format_value(embedded.get('pid'))}  {embedded.get('binary')}"
         )
-    for target, run in sorted((s.get("backups") or {}).get("last_runs", {}).items()):
-        lines.append(
-            f"backup      {target}: {run['status']} {run.get('artifact') or ''} "
-            f"{run.get('detail') or ''}".rstrip()
-        )
+    backups = s.get("backups") or {}
+    next_runs, last_runs = backups.get("next_runs") or {}, backups.get("last_runs") or {}
+    for target in sorted(set(next_runs) | set(last_runs)):
+        run = last_runs.get(target)
+        last = "no run yet"
+        if run:
+            last = str(run["status"])
+            if run.get("bytes") is not None:
+                last += f" {_size(run['bytes'])} in {run.get('seconds', 0):.1f}s, verified"
+            elif run.get("detail"):
+                last += f" ({run['detail']})"
+            if run.get("at"):
+                last += f", {_ago(run['at'])}"
+        upcoming = f"; next {_in(next_runs[target])}" if target in next_runs else "; off"
+        lines.append(f"backup      {target}: {last}{upcoming}")
     watchdog = s.get("watchdog") or {}
     for worker in watchdog.get("workers", []) if watchdog.get("enabled") else []:
         probes = worker.get("probes") or []
-        last = probes[-1] if probes else None
+        probe = probes[-1] if probes else None
         restart = worker.get("last_restart")
         lines.append(
             f"worker      {worker['name']}: "
-            + (f"{'ok' if last['ok'] else 'FAILING'} ({last['detail']})" if last else "not probed")
+            + (
+                f"{'ok' if probe['ok'] else 'FAILING'} ({probe['detail']})"
+                if probe
+                else "not probed"
+            )
             + f", {worker['consecutive_failures']} failing in a row"
             + (f", last restart {restart['outcome']} {_ago(restart['at'])}" if restart else "")
         )
     tel = s.get("telemetry", {})
     lines.append(f"telemetry   {tel.get('exporter')} {tel.get('span_file') or ''}".rstrip())
-    lines.append("")
-    lines.append(
-        table(
-            ["service", "state", "restarts", "since", "last error"],
-            [
-                [x["name"], x["state"], x["restarts"], _ago(x["since"]), x["last_error"] or ""]
-                for x in s.get("services", [])
-            ],
+    services = shown_services(s)
+    running = [x for x in services if x["state"] == "running"]
+    lines.append(f"services    {len(running)}/{len(services)} running")
+    listed = services if verbose else [x for x in services if x["state"] != "running"]
+    if listed:
+        lines.append("")
+        lines.append(
+            table(
+                ["service", "state", "restarts", "since", "last error"],
+                [
+                    [x["name"], x["state"], x["restarts"], _ago(x["since"]), x["last_error"] or ""]
+                    for x in listed
+                ],
+            )
         )
-    )
     return "\n".join(lines)
