@@ -139,9 +139,11 @@ def test_events_past_the_data_limits_are_refused_at_admission(daemon: DaemonProc
     assert bus.xlen(STREAM) == 0 and bus.zcard("{selfheal}:timers") == 0, "nothing was stored"
     # At the limits, it is published (or scheduled, at the longest delay).
     fits = {"context": nested(DATA_DEPTH_LIMIT - 1), "x": "y" * 1000}
-    sent = daemon.call("events.send", {"name": EVENT, "data": fits})
+    sent = daemon.call("events.send", {"name": EVENT, "data": fits, "force": True})
     assert sent["entryId"] and bus.xlen(STREAM) == 1
-    later = daemon.call("events.send", {"name": EVENT, "data": {}, "delayMs": SLEEP_LIMIT_MS})
+    later = daemon.call(
+        "events.send", {"name": EVENT, "data": {}, "delayMs": SLEEP_LIMIT_MS, "force": True}
+    )
     assert later["scheduledInMs"] == SLEEP_LIMIT_MS
     assert daemon.call("ping")["pong"] is True
 
@@ -156,6 +158,15 @@ def test_the_cli_bounds_what_it_sends_as_the_daemon_does(daemon: DaemonProcess) 
     assert too_late.exit_code == 2 and "--delay-ms" in too_late.output
     no_data = runner.invoke(cli, ["events", "send", EVENT], env=daemon.env())
     assert no_data.exit_code == 2 and "Missing option '--data'" in no_data.output
+    unread = runner.invoke(cli, ["events", "send", EVENT, "--data", "{}"], env=daemon.env())
+    assert unread.exit_code == 4 and "nothing consumes test/params.checked" in unread.output
+    forced = runner.invoke(
+        cli, ["events", "send", EVENT, "--data", "{}", "--force"], env=daemon.env()
+    )
+    assert forced.exit_code == 0, forced.output
+    known = runner.invoke(cli, ["events", "list"], env=daemon.env())
+    assert "system/self.healing.requested" in known.output
+    assert "system/self.healing.router" in known.output and "(nothing consumes it)" in known.output
     deep = runner.invoke(
         cli, ["events", "send", EVENT, "--data", "[" * 5000 + "]" * 5000], env=daemon.env()
     )

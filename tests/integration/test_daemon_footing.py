@@ -147,7 +147,7 @@ def test_deleting_the_state_folder_is_repaired_and_a_second_daemon_refused(
     daemon_factory: Daemons,
 ) -> None:
     daemon = daemon_factory.start(config=GOOD)
-    sent = daemon.call("events.send", {"name": "test/kept.event", "data": {"n": 1}})
+    sent = daemon.call("events.send", {"name": "test/kept.event", "data": {"n": 1}, "force": True})
     assert sent["entryId"]
     [server] = daemon.redis_servers()
 

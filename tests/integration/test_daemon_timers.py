@@ -30,6 +30,7 @@ def test_timer_scheduled_before_a_restart_fires_once_after_it(daemon_factory: Da
             '{"n": 1}',
             "--delay-ms",
             "4000",
+            "--force",  # nothing consumes test/timer.fired: only its stream is read here
             "--json",
         ],
         env=daemon.env(),

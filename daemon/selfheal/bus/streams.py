@@ -369,6 +369,14 @@ class Bus:
 
     # -- stats -------------------------------------------------------------------------------
 
+    async def groups_of(self, event_name: str) -> list[str]:
+        """The consumer groups reading an event's stream ([] when none, or no stream)."""
+        try:
+            infos = await self.client.xinfo_groups(self.keys.stream(event_name))
+        except aioredis.ResponseError:  # no such stream
+            return []
+        return [as_text(info["name"]) for info in infos]
+
     async def stats(self) -> dict[str, Any]:
         """Lengths, pending, lag, dead letters and timers (for `selfheal queue stats`)."""
         prefix = self.keys.stream("")

@@ -38,6 +38,7 @@ def events() -> None:
     help='Event data as a JSON object (`--data "{}"` for none).',
 )
 @click.option("--idempotency-key", help="Publish at most once per key.")
+@click.option("--force", is_flag=True, help="Send it even if nothing consumes that event.")
 @click.option(
     "--delay-ms", type=click.IntRange(0, SLEEP_LIMIT_MS), default=0, help="Deliver later."
 )
@@ -49,9 +50,14 @@ def send(
     data_text: str,
     idempotency_key: str | None,
     delay_ms: int,
+    force: bool,
     as_json: bool,
 ) -> None:
-    """Publish event NAME (e.g. system/self.healing.requested)."""
+    """Publish event NAME (e.g. system/self.healing.requested).
+
+    \b
+    Example: selfheal events send system/backup.requested --data '{"target": "redis"}'
+    """
     try:
         data = json.loads(data_text)
     except json.JSONDecodeError as exc:
@@ -60,7 +66,7 @@ def send(
         fail("--data is nested too deeply", EXIT_CONFIG)
     if not isinstance(data, dict):
         fail("--data must be a JSON object", EXIT_CONFIG)
-    params: dict[str, Any] = {"name": name, "data": data, "delayMs": delay_ms}
+    params: dict[str, Any] = {"name": name, "data": data, "delayMs": delay_ms, "force": force}
     if idempotency_key:
         params["idempotencyKey"] = idempotency_key
     result = state.call("events.send", params)
@@ -72,6 +78,25 @@ def send(
         click.echo(f"scheduled {result['name']} {result['id']} in {result['scheduledInMs']} ms")
     else:
         click.echo(f"published {result['name']} {result['id']} ({result['entryId']})")
+
+
+@events.command("list")
+@json_option
+@pass_state
+def list_events(state: CliState, as_json: bool) -> None:
+    """The events on the bus and the consumer groups that read each."""
+    result = state.call("queue.stats")
+    known = [
+        {"event": s["event"], "groups": [g["group"] for g in s["groups"]], "length": s["length"]}
+        for s in result["streams"]
+    ]
+    if as_json:
+        emit_json({"events": known})
+        return
+    rows = [
+        [k["event"], ", ".join(k["groups"]) or "(nothing consumes it)", k["length"]] for k in known
+    ]
+    click.echo(table(["event", "consumed by", "length"], rows))
 
 
 @click.group()

@@ -104,11 +104,18 @@ class HealingControl:
         )
         # A delayed event waits as a timer; the router holds none longer than this.
         delay = read.integer("delayMs", low=0, high=SLEEP_LIMIT_MS, default=0)
+        force = read.flag("force", default=False)
         try:
             event = new_event(name, data, now_ms=_now_ms(), idempotency_key=key)
         except InvalidEvent as exc:
             raise ControlError(INVALID_PARAMS, f"invalid event: {exc}") from None
         bus = self.plane.bus()
+        if not force and not await bus.groups_of(name):
+            # A typo would otherwise wait in a stream nobody reads, looking sent.
+            raise ControlError(
+                "not_consumed",
+                f"nothing consumes {name} (see `selfheal events list`); --force sends it anyway",
+            )
         if delay:
             await bus.send_after(event, delay)
             if self.plane.pump is not None:
