@@ -135,8 +135,10 @@ def test_reload_from_socket_and_cli(running: DaemonProcess) -> None:
 
     result = runner.invoke(cli, ["status"], env=env)
     assert result.exit_code == 0, result.output
-    assert "state running" in result.output
-    assert "config-watcher" in result.output
+    assert "state running" in result.output and " running" in result.output
+    assert "config-watcher" not in result.output  # all running: counted, not listed
+    listed = runner.invoke(cli, ["status", "-v"], env=env)
+    assert listed.exit_code == 0 and "config-watcher" in listed.output
 
 
 def test_redis_url_change_restarts_only_redis_services(
