@@ -491,7 +491,10 @@ def kill_save_children(server: RedisServer) -> None:
     assert server.process is not None
     children = psutil.Process(server.process.pid).children()
     for child in children:
-        child.kill()
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass  # the save finished first
     psutil.wait_procs(children, timeout=10)
 
 
