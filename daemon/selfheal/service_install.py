@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from selfheal.config.template import write_atomic
 from selfheal.errors import SelfhealError
 from selfheal.watchdog.managers import JobInfo, parse_launchctl_print, parse_systemctl_show
 
@@ -82,19 +83,6 @@ def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[
         said = (result.stderr or result.stdout).strip()[:400]
         raise InstallError(f"{' '.join(argv)} exited {result.returncode}: {said}")
     return result
-
-
-def _write_whole(path: Path, content: bytes) -> None:
-    """Write `path` whole: a temporary file beside it, fsynced, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, content)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 # -- launchd -----------------------------------------------------------------------------
@@ -170,7 +158,7 @@ def install_launchd(
     if dry_run:
         return report
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_whole(plist_path, content)
+    write_atomic(plist_path, content.decode())
     _validate_plist(plist_path, plist)
     if loaded:
         _run(report.commands[0])
@@ -274,7 +262,7 @@ def install_systemd(
     ]
     if dry_run:
         return report
-    _write_whole(path, unit.encode())
+    write_atomic(path, unit)
     for command in report.commands:
         _run(command)
     return report

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import BusyLoadingError, RedisError
 
 from selfheal.backup.model import Transport, TransportError
+from selfheal.backup.sources.archive import zstandard_module
 from selfheal.backup.upkeep import Listed, scan_folder
 from selfheal.embedded import find_redis_server
 from selfheal.errors import SelfhealError
@@ -96,18 +97,15 @@ def _decompress(path: Path, compression: str, out: Path) -> None:
         with gzip.open(path, "rb") as src, open(out, "xb") as dst:
             shutil.copyfileobj(src, dst, BLOCK)
         return
-    try:
-        import zstandard  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        zstd = shutil.which("zstd")
-        if zstd is None:
-            raise DrillError(
-                "a zstd artifact needs the zstandard module or the zstd tool"
-            ) from None
-        subprocess.run([zstd, "-q", "-d", str(path), "-o", str(out)], check=True, timeout=3600)
+    zstandard = zstandard_module()
+    if zstandard is not None:
+        with open(path, "rb") as src, open(out, "xb") as dst:
+            zstandard.ZstdDecompressor().copy_stream(src, dst)
         return
-    with open(path, "rb") as src, open(out, "xb") as dst:
-        zstandard.ZstdDecompressor().copy_stream(src, dst)
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise DrillError("a zstd artifact needs the zstandard module or the zstd tool")
+    subprocess.run([zstd, "-q", "-d", str(path), "-o", str(out)], check=True, timeout=3600)
 
 
 def _sha256(path: Path) -> str:

@@ -231,18 +231,22 @@ def _texts(item: Evidence) -> Iterator[str | None]:
     yield item.message
     yield item.snippet
     yield item.exception
-    extra = item.model_extra
-    if not extra:
-        return
-    stack: list[Any] = list(reversed(extra.values()))
+    if item.model_extra:
+        yield from texts_in(list(item.model_extra.values()))
+
+
+def texts_in(value: Any) -> Iterator[str]:
+    """Every text inside a JSON value, objects and lists walked, in document order
+    (iterative: no nesting makes it raise)."""
+    stack: list[Any] = [value]
     while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            stack.extend(reversed(value.values()))
-        elif isinstance(value, list):
-            stack.extend(reversed(value))
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(reversed(item.values()))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
 
 
 def classify_item(item: Evidence) -> Classification | None:

@@ -12,13 +12,14 @@ costs one request per new event, not per event in the window.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import httpx
 
+from selfheal.core.classify import texts_in
 from selfheal.errors import SelfhealError
 from selfheal.redact import redact_text
 
@@ -43,19 +44,6 @@ class FailedRun:
     quote: str  # the line of its output that matched
 
 
-def _texts(value: Any) -> Iterator[str]:
-    """Every text inside a run's output or error (objects and lists walked), in order."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-
-
 async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], **params: Any) -> Any:
     try:
         response = await client.get(url, headers=headers, params=params, timeout=10)
@@ -74,7 +62,7 @@ async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], **p
 
 
 def _matching_line(value: Any, patterns: Sequence[str]) -> str | None:
-    for text in _texts(value):
+    for text in texts_in(value):
         for line in text.splitlines():
             if any(pattern in line for pattern in patterns):
                 return line.strip()[:QUOTE_LIMIT]

@@ -105,7 +105,8 @@ def compressed_suffix(compression: Compression) -> str:
     return _FILE_SUFFIX[compression]
 
 
-def _zstandard_module() -> Any | None:
+def zstandard_module() -> Any | None:
+    """The zstandard module when it is installed (else the zstd tool is used)."""
     try:
         import zstandard  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
@@ -115,7 +116,7 @@ def _zstandard_module() -> Any | None:
 
 def require_compression(compression: Compression) -> None:
     """Fail before any work when the chosen compression cannot be done on this host."""
-    if compression != "zstd" or _zstandard_module() is not None or shutil.which("zstd"):
+    if compression != "zstd" or zstandard_module() is not None or shutil.which("zstd"):
         return
     raise SourceError(
         "compression 'zstd' needs the 'zstandard' Python module or a 'zstd' binary on PATH, "
@@ -208,7 +209,7 @@ def _compressor(
         # mtime=0 keeps the header free of the clock; the manifest records the time.
         gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
         return gz, gz.close
-    module = _zstandard_module()
+    module = zstandard_module()
     if module is not None:
         writer = module.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(sink, closefd=False)
         return writer, writer.close
