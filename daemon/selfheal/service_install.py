@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import plistlib
 import shutil
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,14 +21,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from selfheal.commands import CommandError, run_command_blocking
 from selfheal.config.template import write_atomic
-from selfheal.errors import SelfhealError
 from selfheal.watchdog.managers import JobInfo, parse_launchctl_print, parse_systemctl_show
 
 LABEL: Final = "com.joelclaw.selfheal"
 UNIT: Final = "selfheal.service"
 TEMPLATE: Final = f"{LABEL}.plist"
-COMMAND_TIMEOUT_S: Final = 30.0
 # Past the drain deadline the daemon cancels what is left and exits; the service
 # manager must wait at least that long plus the embedded Redis's own stop.
 STOP_MARGIN_S: Final = 30
@@ -38,8 +36,8 @@ STOP_MARGIN_S: Final = 30
 SYSTEM_PATH: Final = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 
-class InstallError(SelfhealError):
-    """Installing, removing or asking about the job failed; the message says where."""
+# Installing, removing or asking about the job failed (the message says where).
+InstallError = CommandError
 
 
 @dataclass
@@ -63,26 +61,6 @@ class Report:
 def python_executable() -> Path:
     """This install's Python as started (a venv's python, not the interpreter it links to)."""
     return Path(os.path.abspath(sys.executable))
-
-
-def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    try:
-        result = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise InstallError(f"{argv[0]} is not on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise InstallError(f"{' '.join(argv)}: no answer in {COMMAND_TIMEOUT_S:g} s") from None
-    if check and result.returncode != 0:
-        said = (result.stderr or result.stdout).strip()[:400]
-        raise InstallError(f"{' '.join(argv)} exited {result.returncode}: {said}")
-    return result
 
 
 # -- launchd -----------------------------------------------------------------------------
@@ -126,7 +104,7 @@ def _validate_plist(path: Path, expected: dict[str, Any]) -> None:
     if plistlib.loads(path.read_bytes()) != expected:
         raise InstallError(f"{path}: reading the written plist back gave something else")
     if shutil.which("plutil"):
-        _run(["plutil", "-lint", str(path)])
+        run_command_blocking(["plutil", "-lint", str(path)])
 
 
 def _domain() -> str:
@@ -135,7 +113,7 @@ def _domain() -> str:
 
 def launchd_job() -> JobInfo:
     """The agent as launchd has it loaded (loaded False when it is not)."""
-    result = _run(["launchctl", "print", f"{_domain()}/{LABEL}"], check=False)
+    result = run_command_blocking(["launchctl", "print", f"{_domain()}/{LABEL}"], check=False)
     if result.returncode != 0:
         return JobInfo(loaded=False)
     return parse_launchctl_print(result.stdout)
@@ -161,14 +139,14 @@ def install_launchd(
     write_atomic(plist_path, content.decode())
     _validate_plist(plist_path, plist)
     if loaded:
-        _run(report.commands[0])
-    bootstrap = _run(report.commands[-1], check=False)
+        run_command_blocking(report.commands[0])
+    bootstrap = run_command_blocking(report.commands[-1], check=False)
     if bootstrap.returncode != 0:
         # Older launchctl, or a domain that refuses bootstrap: the legacy verb.
         report.notes.append(f"bootstrap failed ({bootstrap.stderr.strip()[:200]}); used load -w")
         legacy = ["launchctl", "load", "-w", str(plist_path)]
         report.commands[-1] = legacy
-        _run(legacy)
+        run_command_blocking(legacy)
     return report
 
 
@@ -178,9 +156,9 @@ def uninstall_launchd(*, home: Path) -> Report:
     report = Report(plist_path, "")
     if launchd_job().loaded:
         command = ["launchctl", "bootout", f"{_domain()}/{LABEL}"]
-        if _run(command, check=False).returncode != 0:
+        if run_command_blocking(command, check=False).returncode != 0:
             command = ["launchctl", "unload", "-w", str(plist_path)]
-            _run(command)
+            run_command_blocking(command)
         report.commands.append(command)
     if plist_path.exists():
         plist_path.unlink()
@@ -264,7 +242,7 @@ def install_systemd(
         return report
     write_atomic(path, unit)
     for command in report.commands:
-        _run(command)
+        run_command_blocking(command)
     return report
 
 
@@ -274,21 +252,21 @@ def uninstall_systemd(*, home: Path, env: Mapping[str, str]) -> Report:
     report = Report(path, "")
     if path.exists():
         stop = ["systemctl", "--user", "disable", "--now", UNIT]
-        _run(stop)
+        run_command_blocking(stop)
         report.commands.append(stop)
         path.unlink()
         report.notes.append(f"removed {path}")
     else:
         report.notes.append(f"{path} was not there")
     reload = ["systemctl", "--user", "daemon-reload"]
-    _run(reload)
+    run_command_blocking(reload)
     report.commands.append(reload)
     return report
 
 
 def systemd_job() -> JobInfo:
     """The unit as systemd has it (loaded False when it is not)."""
-    result = _run(
+    result = run_command_blocking(
         [
             "systemctl",
             "--user",

@@ -12,24 +12,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Protocol
 
-import anyio
-
+from selfheal.commands import CommandError, run_command
 from selfheal.config.schema_healing import WorkerSettings
-from selfheal.errors import SelfhealError
-from selfheal.redact import redact_text
 
-COMMAND_TIMEOUT_S: Final = 30.0
-# What an error quotes of a command's output.
-OUTPUT_LIMIT: Final = 400
-
-
-class ManagerError(SelfhealError):
-    """A service-manager command failed or could not run."""
+# A service-manager command that failed (the shared command runner's error).
+ManagerError = CommandError
 
 
 @dataclass(frozen=True)
@@ -72,23 +63,6 @@ class ServiceManager(Protocol):
         ...
 
 
-async def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    try:
-        with anyio.fail_after(COMMAND_TIMEOUT_S):
-            result = await anyio.run_process(argv, check=False, stdin=subprocess.DEVNULL)
-    except TimeoutError:
-        command = " ".join(argv[:3])
-        raise ManagerError(f"{command}: no answer in {COMMAND_TIMEOUT_S:g} s") from None
-    except OSError as exc:
-        raise ManagerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-    if check and result.returncode != 0:
-        said = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
-        raise ManagerError(
-            f"{' '.join(argv)} exited {result.returncode}: {redact_text(said[:OUTPUT_LIMIT])}"
-        )
-    return result
-
-
 _LAUNCHD_FIELD = re.compile(r"^\t(program|working directory|pid|state) = (.*)$", re.MULTILINE)
 # An environment entry of the job (inside its `environment = {...}` block).
 _LAUNCHD_CONFIG = re.compile(r"^\t\tSELFHEAL_CONFIG => (.*)$", re.MULTILINE)
@@ -124,19 +98,21 @@ class Launchd:
 
     async def describe(self) -> JobInfo:
         """`launchctl print`: not loaded when it fails."""
-        result = await _run(["launchctl", "print", f"{self.domain}/{self.label}"], check=False)
+        result = await run_command(
+            ["launchctl", "print", f"{self.domain}/{self.label}"], check=False
+        )
         if result.returncode != 0:
             return JobInfo(loaded=False)
-        return parse_launchctl_print(result.stdout.decode("utf-8", "replace"))
+        return parse_launchctl_print(result.stdout)
 
     async def restart(self, job: JobInfo) -> str:
         """`kickstart -k` a loaded job; `bootstrap` its plist when it is not loaded."""
         if not job.loaded:
             if not self.plist.is_file():
                 raise ManagerError(f"{self.label} is not loaded and {self.plist} does not exist")
-            await _run(["launchctl", "bootstrap", self.domain, str(self.plist)])
+            await run_command(["launchctl", "bootstrap", self.domain, str(self.plist)])
             return f"bootstrap {self.domain} {self.plist}"
-        await _run(["launchctl", "kickstart", "-k", f"{self.domain}/{self.label}"])
+        await run_command(["launchctl", "kickstart", "-k", f"{self.domain}/{self.label}"])
         return f"kickstart -k {self.domain}/{self.label}"
 
 
@@ -177,7 +153,7 @@ class Systemd:
 
     async def describe(self) -> JobInfo:
         """`systemctl --user show`: not loaded when the unit is not found."""
-        result = await _run(
+        result = await run_command(
             [
                 "systemctl",
                 "--user",
@@ -186,13 +162,13 @@ class Systemd:
                 "--property=LoadState,ActiveState,MainPID,ExecStart,WorkingDirectory,Environment",
             ]
         )
-        return parse_systemctl_show(result.stdout.decode("utf-8", "replace"))
+        return parse_systemctl_show(result.stdout)
 
     async def restart(self, job: JobInfo) -> str:
         """`systemctl --user restart` (which also starts a stopped unit)."""
         if not job.loaded:
             raise ManagerError(f"systemd user unit {self.unit} is not loaded")
-        await _run(["systemctl", "--user", "restart", self.unit])
+        await run_command(["systemctl", "--user", "restart", self.unit])
         return f"systemctl --user restart {self.unit}"
 
 
@@ -210,7 +186,7 @@ class Command:
 
     async def restart(self, job: JobInfo) -> str:
         """Run the command."""
-        await _run(self.argv)
+        await run_command(self.argv)
         return " ".join(self.argv)
 
 

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, PoisonEvent, StreamConsumer
 from selfheal.bus.lock import RedisLock
 from selfheal.bus.streams import Bus
+from selfheal.commands import COMMAND_TIMEOUT_S
 from selfheal.config import Settings
 from selfheal.config.schema_healing import SDK_UNREACHABLE, WorkerSettings
 from selfheal.control.params import Params
@@ -58,7 +59,6 @@ from selfheal.telemetry import Telemetry
 from selfheal.watchdog.inngest import FailedRun, InngestError, failed_runs
 from selfheal.watchdog.logtail import LogTail
 from selfheal.watchdog.managers import (
-    COMMAND_TIMEOUT_S,
     JobInfo,
     ManagerError,
     ServiceManager,
