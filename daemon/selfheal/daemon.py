@@ -17,14 +17,13 @@ import anyio
 
 from selfheal import __version__
 from selfheal.backup.plane import BackupPlane
-from selfheal.backup.service import TARGETS
+from selfheal.backup.scheduler import upcoming
 from selfheal.bus.connection import RedisClient, RedisLink
 from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.watcher import ConfigWatcher
 from selfheal.control.params import Params
 from selfheal.control.server import ControlServer, Handler
-from selfheal.core.schedule import parse_schedule
 from selfheal.embedded import EmbeddedRedis
 from selfheal.errors import ConfigError, ControlError
 from selfheal.healing.plane import HealingPlane
@@ -378,13 +377,8 @@ class Daemon:
 
 def next_runs(settings: Settings) -> dict[str, float]:
     """When each enabled target's schedule fires next (epoch seconds)."""
-    now = datetime.now(UTC)
-    found: dict[str, float] = {}
-    for target in TARGETS:
-        backup = getattr(settings.backups, target)
-        if backup.enabled:
-            found[target] = parse_schedule(backup.schedule).next_after(now).timestamp()
-    return found
+    found = upcoming(settings, datetime.now(UTC))
+    return {target: at.timestamp() for target, (_, at) in found.items()}
 
 
 class _Idle:

@@ -22,11 +22,11 @@ import httpx
 import redis.asyncio as aioredis
 
 from selfheal.backup.model import TransportError
+from selfheal.backup.scheduler import upcoming
 from selfheal.backup.service import TARGETS
 from selfheal.backup.transports.mount import MountTransport
 from selfheal.config import LoadedConfig, Settings
 from selfheal.control.client import ControlClient, DaemonNotRunning
-from selfheal.core.schedule import parse_schedule
 from selfheal.embedded import find_redis_server
 from selfheal.errors import ControlError
 from selfheal.healing.notifiers import Notification, build_notifiers, deliver
@@ -279,13 +279,7 @@ async def ssh_check(settings: Settings, mount_ok: bool) -> list[Check]:
 def schedule_checks(settings: Settings) -> list[Check]:
     """Each enabled target's next run, in its schedule's zone and here."""
     checks: list[Check] = []
-    now = datetime.now(UTC)
-    for target in TARGETS:
-        backup = getattr(settings.backups, target)
-        if not backup.enabled:
-            continue
-        schedule = parse_schedule(backup.schedule)
-        at = schedule.next_after(now)
+    for target, (schedule, at) in upcoming(settings, datetime.now(UTC)).items():
         local = at.astimezone(schedule.zone).strftime("%Y-%m-%d %H:%M %Z")
         here = at.astimezone().strftime("%H:%M %Z")
         checks.append(ok(f"schedule {target}", f"next run {local} ({here} here)"))

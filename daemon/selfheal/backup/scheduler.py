@@ -32,6 +32,17 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def upcoming(settings: Settings, now: datetime) -> dict[str, tuple[Schedule, datetime]]:
+    """Each enabled target's schedule and its next fire time after `now`."""
+    found: dict[str, tuple[Schedule, datetime]] = {}
+    for target in TARGETS:
+        backup = getattr(settings.backups, target)
+        if backup.enabled:
+            schedule = parse_schedule(backup.schedule)
+            found[target] = (schedule, schedule.next_after(now))
+    return found
+
+
 class Scheduler:
     """Service: publishes due backup requests."""
 

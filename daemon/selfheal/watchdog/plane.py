@@ -240,6 +240,14 @@ class WatchdogPlane:
             self.states[name] = WorkerState(name)
         return self.states[name]
 
+    def workers(self) -> list[WorkerSettings]:
+        """The configured workers."""
+        return list(self._settings().watchdog.workers)
+
+    def http_if_open(self) -> httpx.AsyncClient | None:
+        """The probes' client if one was made (to close it)."""
+        return self._http
+
     def http(self) -> httpx.AsyncClient:
         """The probes' HTTP client (one per plane, closed when the investigator stops)."""
         if self._http is None or self._http.is_closed:
@@ -764,10 +772,10 @@ class Investigator:
             await anyio.sleep_forever()
         try:
             async with anyio.create_task_group() as tg:
-                for worker in self.plane._settings().watchdog.workers:
+                for worker in self.plane.workers():
                     tg.start_soon(self._watch, worker.name)
         finally:
-            http = self.plane._http
+            http = self.plane.http_if_open()
             if http is not None:
                 with anyio.CancelScope(shield=True):
                     await http.aclose()
