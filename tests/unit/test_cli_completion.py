@@ -20,3 +20,11 @@ def test_completion_offers_the_commands_and_refuses_unknown_shells() -> None:
     offered = CliRunner().invoke(cli, [], env=env, prog_name="selfheal")
     assert "plain,watchdog" in offered.output.splitlines()
     assert CliRunner().invoke(cli, ["completion", "tcsh"]).exit_code == 2
+
+
+def test_the_script_is_also_given_as_json() -> None:
+    import json
+
+    result = CliRunner().invoke(cli, ["completion", "zsh", "--json"])
+    found = json.loads(result.output)
+    assert found["shell"] == "zsh" and "_SELFHEAL_COMPLETE" in found["script"]
