@@ -21,6 +21,8 @@ from selfheal.backup.scheduler import upcoming
 from selfheal.bus.connection import RedisClient, RedisLink
 from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
+from selfheal.config.locate import socket_record
+from selfheal.config.template import write_atomic
 from selfheal.config.watcher import ConfigWatcher
 from selfheal.control.params import Params
 from selfheal.control.server import ControlServer, Handler
@@ -181,7 +183,16 @@ class Daemon:
         return link.client
 
     def _make_control(self) -> Service:
+        self._record_socket()
         return ControlServer(self.settings.control_socket, self.handlers())
+
+    def _record_socket(self) -> None:
+        """Leave the socket path where a CLI finds it while the config file is unreadable."""
+        record = socket_record(self.loaded.path, self.env)
+        try:
+            write_atomic(record, f"{self.settings.control_socket}\n")
+        except OSError as exc:
+            log.warning("cannot record the control socket in %s: %s", record, exc)
 
     def _make_embedded(self) -> Service:
         if self.settings.redis.url != "embedded":

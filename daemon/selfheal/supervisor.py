@@ -20,8 +20,9 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from selfheal.errors import StartupError, first_error
+from selfheal.errors import StartupError
 from selfheal.redact import redact_text
+from selfheal.taskgroups import first_error
 
 log = logging.getLogger("selfheal.supervisor")
 

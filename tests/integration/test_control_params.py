@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from selfheal.cli import cli
 from selfheal.control.params import MAX_ROWS
 from selfheal.control.protocol import MAX_REQUEST_DEPTH
-from selfheal.core.contracts import SLEEP_LIMIT_MS
 from selfheal.core.events import DATA_DEPTH_LIMIT, EVENT_DATA_LIMIT
+from selfheal.core.limits import SLEEP_LIMIT_MS
 from selfheal.errors import ControlError
 from tests.support.daemon import DaemonProcess, Daemons
 

@@ -22,14 +22,21 @@ import pytest
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from selfheal.control import ControlClient, ControlServer, DaemonNotRunning, UnsafeSocketPath, acall
+from selfheal.control.client import ControlClient, DaemonNotRunning
 from selfheal.control.protocol import API_VERSION, MAX_REQUEST_DEPTH
+from selfheal.control.server import ControlServer, UnsafeSocketPath
 from selfheal.errors import ControlError, DaemonAlreadyRunning
 from tests.support.servers import missing
 
 pytestmark = pytest.mark.anyio
 
 WAIT_S = 10
+
+
+async def acall(path: Path, method: str, params: dict[str, Any] | None = None) -> Any:
+    """One call from async code: the blocking client in a worker thread."""
+    client = ControlClient(path, timeout=WAIT_S)
+    return await anyio.to_thread.run_sync(client.call, method, params or {})
 
 
 @pytest.fixture
@@ -188,7 +195,7 @@ async def test_round_trip_sync_and_async_clients(socket_path: Path, probe: Probe
         client = ControlClient(socket_path, timeout=WAIT_S)
         result = await anyio.to_thread.run_sync(client.call, "echo", {"x": [1, 2]})
         assert result == {"x": [1, 2]}
-        assert await acall(socket_path, "echo", {"y": "z"}, timeout=WAIT_S) == {"y": "z"}
+        assert await acall(socket_path, "echo", {"y": "z"}) == {"y": "z"}
         async with raw_connection(socket_path) as conn:
             reply = await conn.ask(b'{"id": "a1", "method": "echo"}\n')
         assert reply == {"id": "a1", "ok": True, "result": {}, "api_version": API_VERSION}
@@ -296,7 +303,7 @@ async def test_handler_failures_become_replies(socket_path: Path, probe: Probe) 
             await anyio.to_thread.run_sync(client.call, "refuse", {})
         assert caught.value.code == "invalid_params"
         with pytest.raises(ControlError, match="internal"):
-            await acall(socket_path, "explode", timeout=WAIT_S)
+            await acall(socket_path, "explode")
 
 
 async def test_a_reply_that_cannot_be_written_becomes_an_error_reply(
@@ -341,7 +348,7 @@ async def test_a_failing_connection_is_logged_redacted_and_the_server_serves_on(
         async with raw_connection(socket_path) as conn:
             with anyio.fail_after(WAIT_S), pytest.raises(anyio.EndOfStream):
                 await conn.stream.receive()  # that connection is closed, and only it
-        assert await acall(socket_path, "echo", {"still": "up"}, timeout=WAIT_S) == {"still": "up"}
+        assert await acall(socket_path, "echo", {"still": "up"}) == {"still": "up"}
     [failure] = [r for r in caplog.records if "control connection" in r.getMessage()]
     assert "RuntimeError: bug while holding redis://:***@nas" in failure.getMessage()
     assert "hunter2" not in failure.getMessage()
@@ -398,7 +405,7 @@ async def test_client_leaving_mid_stream_closes_the_producer(
         # A half-sent request followed by a hang-up is just as harmless.
         async with raw_connection(socket_path) as conn:
             await conn.stream.send(b'{"id": 1, "meth')
-        assert await acall(socket_path, "echo", {"still": "up"}, timeout=WAIT_S) == {"still": "up"}
+        assert await acall(socket_path, "echo", {"still": "up"}) == {"still": "up"}
 
 
 async def test_peer_with_another_uid_is_forbidden(socket_path: Path, probe: Probe) -> None:
@@ -425,7 +432,7 @@ async def test_stale_socket_is_replaced(
     assert stat.S_ISSOCK(os.lstat(socket_path).st_mode)
     with caplog.at_level(logging.INFO, logger="selfheal.control"):
         async with serving(server_at(socket_path, probe)):
-            assert await acall(socket_path, "echo", {"a": 1}, timeout=WAIT_S) == {"a": 1}
+            assert await acall(socket_path, "echo", {"a": 1}) == {"a": 1}
     assert any("stale control socket" in r.getMessage() for r in caplog.records)
 
 
@@ -438,7 +445,7 @@ async def test_second_server_on_a_live_socket_refuses(socket_path: Path, probe: 
         assert f"pid {os.getpid()}" in str(caught.value)
         # The first daemon is untouched and still answering.
         assert os.stat(socket_path).st_ino == inode
-        assert await acall(socket_path, "echo", {"b": 2}, timeout=WAIT_S) == {"b": 2}
+        assert await acall(socket_path, "echo", {"b": 2}) == {"b": 2}
 
 
 async def test_a_daemon_holding_the_start_lock_blocks_a_second_start(
@@ -456,7 +463,7 @@ async def test_a_daemon_holding_the_start_lock_blocks_a_second_start(
     finally:
         os.close(fd)
     async with serving(server_at(socket_path, probe)):  # released: the next start works
-        assert await acall(socket_path, "echo", {"c": 3}, timeout=WAIT_S) == {"c": 3}
+        assert await acall(socket_path, "echo", {"c": 3}) == {"c": 3}
 
 
 async def test_regular_file_at_the_path_is_never_deleted(socket_path: Path, probe: Probe) -> None:
@@ -491,7 +498,7 @@ async def test_clients_report_a_missing_daemon(socket_path: Path) -> None:
     assert str(socket_path) in str(caught.value)
     assert isinstance(caught.value, ConnectionError)
     with pytest.raises(DaemonNotRunning):
-        await acall(socket_path, "status", timeout=WAIT_S)
+        await acall(socket_path, "status")
 
 
 ECHO = b'{"id": 1, "method": "echo"}\n'
@@ -554,9 +561,9 @@ async def refuse_past_the_cap(server: ControlServer, socket_path: Path) -> None:
                 await anyio.to_thread.run_sync(client.call, "echo", {})
             assert caught.value.code == "too_many_connections"
             with pytest.raises(ControlError) as caught:
-                await acall(socket_path, "echo", timeout=WAIT_S)
+                await acall(socket_path, "echo")
             assert caught.value.code == "too_many_connections"
-        late = SendsAfterHangUp(socket_path, timeout=WAIT_S)
+        late = SendsAfterHangUp(socket_path)
         with pytest.raises(ControlError) as caught:
             await anyio.to_thread.run_sync(late.call, "echo", {})
         assert caught.value.code == "too_many_connections"
@@ -565,7 +572,7 @@ async def refuse_past_the_cap(server: ControlServer, socket_path: Path) -> None:
         assert (await held[0].ask(ECHO))["ok"] is True
         await held[2].stream.aclose()
         await wait_for(lambda: server.open_connections == 2, "a connection to close")
-        assert await acall(socket_path, "echo", {"room": 1}, timeout=WAIT_S) == {"room": 1}
+        assert await acall(socket_path, "echo", {"room": 1}) == {"room": 1}
 
 
 async def test_idle_connections_are_closed_but_requests_in_progress_are_not(

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from selfheal.config.loader import MAX_CONFIG_BYTES
+from selfheal.config.locate import MAX_CONFIG_BYTES
 from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.servers import wait_until
 

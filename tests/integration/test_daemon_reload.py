@@ -173,3 +173,45 @@ def test_redis_url_change_restarts_only_redis_services(
         assert running.stop() == 0
     finally:
         server.stop(kill=True)
+
+
+def test_the_cli_finds_the_daemon_through_a_config_it_refused(daemon_factory: Daemons) -> None:
+    config: dict[str, Any] = {**_config(5), "selfheal": {"controlSocket": "./run/ctl.sock"}}
+    daemon = DaemonProcess(daemon_factory.home, config=config)
+    daemon.socket_path = daemon.config_path.parent / "run" / "ctl.sock"
+    daemon_factory.made.append(daemon)
+    daemon.start()
+    env = daemon.env()
+    runner = CliRunner()
+    assert runner.invoke(cli, ["status"], env=env).exit_code == 0
+
+    # An edit the daemon refuses (broken JSON) still names no other socket: the CLI reads
+    # the socket leniently, reaches the daemon and shows why the edit was refused.
+    daemon.config_path.write_text('{"selfheal": {"controlSocket": "./run/ctl.sock",,}}')
+    wait_until(
+        lambda: (daemon.status()["last_reload"] or {}).get("ok") is False,
+        RELOAD_WAIT_S,
+        "the broken JSON to be rejected",
+    )
+    shown = runner.invoke(cli, ["status"], env=env)
+    assert shown.exit_code == 5, shown.output  # degraded: the edit was refused
+    assert "REJECTED" in shown.stdout and "line 1" in shown.stdout
+    assert "invalid JSON" in shown.stderr and "using control socket" in shown.stderr
+
+    # A valid file whose other keys are wrong: the socket key still leads to the daemon.
+    bad = {**config, "backupFailureRouter": {"maxRetries": "many"}}
+    daemon.write_config(bad)
+    wait_until(
+        lambda: "maxRetries" in ((daemon.status()["last_reload"] or {}).get("error") or ""),
+        RELOAD_WAIT_S,
+        "the invalid value to be rejected",
+    )
+    shown = runner.invoke(cli, ["status", "--json"], env=env)
+    assert shown.exit_code == 5, shown.output
+    assert json.loads(shown.stdout)["control_socket"] == str(daemon.socket_path)
+    assert shown.stderr == ""  # nothing was guessed
+
+    # --config naming a missing file is called out, not silently replaced by defaults.
+    missing = runner.invoke(cli, ["--config", str(daemon.home / "nope.json"), "status"], env=env)
+    assert "--config" in missing.stderr and "does not exist" in missing.stderr
+    assert missing.exit_code == 3  # the default socket has no daemon

@@ -1,26 +1,58 @@
-"""The `selfheal` command line: the daemon itself and a client of its control socket."""
+"""The `selfheal` command line: the daemon itself and a client of its control socket.
+
+Each command's module is imported only when that command runs (or when help or
+completion lists it), so a quick call such as `selfheal status` loads the socket
+client and little else.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 import click
 
 from selfheal import __version__
-from selfheal.cli.backup_cmds import backup
-from selfheal.cli.completion_cmds import completion
-from selfheal.cli.config_cmds import nas
 from selfheal.cli.context import CliState
-from selfheal.cli.daemon_cmds import reload_cmd, run, status
-from selfheal.cli.doctor_cmds import doctor
-from selfheal.cli.healing_cmds import events, incidents, queue
-from selfheal.cli.service_cmds import launchd, systemd
-from selfheal.cli.watchdog_cmds import watchdog
 from selfheal.logs import setup_logging
 
+# name -> "module:attribute" of each top-level command, in the order help lists them.
+COMMANDS = {
+    "run": "selfheal.cli.daemon_cmds:run",
+    "status": "selfheal.cli.daemon_cmds:status",
+    "reload": "selfheal.cli.daemon_cmds:reload_cmd",
+    "backup": "selfheal.cli.backup_cmds:backup",
+    "incidents": "selfheal.cli.healing_cmds:incidents",
+    "queue": "selfheal.cli.healing_cmds:queue",
+    "events": "selfheal.cli.healing_cmds:events",
+    "watchdog": "selfheal.cli.watchdog_cmds:watchdog",
+    "nas": "selfheal.cli.config_cmds:nas",
+    "doctor": "selfheal.cli.doctor_cmds:doctor",
+    "launchd": "selfheal.cli.service_cmds:launchd",
+    "systemd": "selfheal.cli.service_cmds:systemd",
+    "completion": "selfheal.cli.completion_cmds:completion",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):  # pragma: no cover - a wiring mistake
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="selfheal")
 @click.option(
     "--config",
@@ -36,23 +68,15 @@ from selfheal.logs import setup_logging
 )
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, socket_path: Path | None) -> None:
-    """Self-healing NAS backup orchestrator."""
+    """Self-healing NAS backup orchestrator.
+
+    \b
+    Examples:
+      selfheal run                 the daemon, in the foreground
+      selfheal status --watch      a live view of the running daemon
+      selfheal doctor              check every dependency and say how to fix it
+    """
     ctx.obj = CliState(config_path=config_path, socket_path=socket_path, env=dict(os.environ))
-
-
-cli.add_command(run)
-cli.add_command(status)
-cli.add_command(reload_cmd)
-cli.add_command(nas)
-cli.add_command(events)
-cli.add_command(queue)
-cli.add_command(incidents)
-cli.add_command(backup)
-cli.add_command(watchdog)
-cli.add_command(launchd)
-cli.add_command(systemd)
-cli.add_command(doctor)
-cli.add_command(completion)
 
 
 def main() -> None:

@@ -5,22 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from selfheal.cli.output import fail
-from selfheal.config import LoadedConfig, default_config_path, load_config
-from selfheal.config.loader import read_raw
+from selfheal.config.locate import default_config_path, expand_user, find_control_socket
 from selfheal.control.client import ControlClient, DaemonNotRunning
 from selfheal.errors import ConfigError, ControlError
+
+if TYPE_CHECKING:
+    from selfheal.config.loader import LoadedConfig
 
 EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
 EXIT_DAEMON_ERROR = 4
 EXIT_DEGRADED = 5
-
-DEFAULT_SOCKET = "~/.joelclaw/selfheal.sock"
 
 
 @dataclass
@@ -33,10 +33,24 @@ class CliState:
 
     def resolved_config_path(self) -> Path:
         """--config, else $SELFHEAL_CONFIG, else the default path."""
-        return self.config_path or default_config_path(self.env)
+        if self.config_path is not None:
+            return expand_user(self.config_path, self.env)
+        return default_config_path(self.env)
+
+    def warn_if_missing(self) -> None:
+        """Say so when --config names a file that is not there (defaults would apply)."""
+        if self.config_path is not None and not self.resolved_config_path().exists():
+            click.echo(
+                f"selfheal: warning: --config {self.config_path} does not exist; "
+                "the defaults apply",
+                err=True,
+            )
 
     def load(self) -> LoadedConfig:
         """Load the config or exit 2 with the validation message."""
+        from selfheal.config.loader import load_config
+
+        self.warn_if_missing()
         try:
             return load_config(self.resolved_config_path(), self.env)
         except ConfigError as exc:
@@ -44,23 +58,18 @@ class CliState:
             raise AssertionError("unreachable") from exc
 
     def control_socket(self) -> Path:
-        """--socket, else the config's socket; a broken config still finds the daemon."""
+        """--socket, else where this config's daemon listens, read without validating the
+        rest of the file: a config edit the daemon refused must not hide the daemon."""
         if self.socket_path is not None:
             return self.socket_path
-        try:
-            return load_config(self.resolved_config_path(), self.env).settings.control_socket
-        except ConfigError as exc:
-            fallback = (
-                self.env.get("SELFHEAL_SOCKET")
-                or _raw_socket(self.resolved_config_path())
-                or DEFAULT_SOCKET
-            )
-            path = Path(fallback).expanduser()
+        self.warn_if_missing()
+        path, problem = find_control_socket(self.resolved_config_path(), self.env)
+        if problem:
             click.echo(
-                f"selfheal: warning: {exc}\nselfheal: warning: using control socket {path}",
+                f"selfheal: warning: {problem}\nselfheal: warning: using control socket {path}",
                 err=True,
             )
-            return path
+        return path
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30) -> Any:
         """Call the running daemon; exit 3 if none runs, 4 if it answers an error."""
@@ -82,13 +91,3 @@ class CliState:
             fail(str(exc), EXIT_NOT_RUNNING)
         except ControlError as exc:
             fail(f"daemon refused {method}: {exc}", EXIT_DAEMON_ERROR)
-
-
-def _raw_socket(config_path: Path) -> str | None:
-    """The controlSocket string of a file that fails validation, if it has one."""
-    try:
-        raw, _ = read_raw(config_path)
-        value = raw["selfheal"]["controlSocket"]
-    except (ConfigError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, str) and value.startswith(("/", "~")) else None

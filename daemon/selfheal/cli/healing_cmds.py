@@ -12,7 +12,7 @@ import click
 from selfheal.cli.context import EXIT_CONFIG, CliState
 from selfheal.cli.output import emit_json, fail, table
 from selfheal.control.params import MAX_ROWS
-from selfheal.core.contracts import SLEEP_LIMIT_MS
+from selfheal.core.limits import SLEEP_LIMIT_MS
 
 pass_state = click.make_pass_decorator(CliState)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -12,12 +12,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from selfheal.config.locate import check_socket_path, config_relative_path
 from selfheal.core.schedule import parse_schedule
 from selfheal.core.ssh_flags import parse_ssh_flags
-
-# macOS limits sun_path to 104 bytes including the NUL; keep a little margin.
-MAX_SOCKET_PATH_BYTES = 100
-PATH_FORMS = "an absolute path, a path starting with '~/', or './' / '../' (config file's folder)"
 
 
 @dataclass(frozen=True)
@@ -49,30 +46,17 @@ def _context(info: ValidationInfo) -> tuple[str, Path]:
 
 def resolve_path(value: object, info: ValidationInfo) -> object:
     """Expand `~/` with HOME and resolve `./` and `../` against the config file's folder."""
-    if isinstance(value, Path):
-        value = str(value)
-    if not isinstance(value, str):
-        raise rule(f"must be a string path ({PATH_FORMS})")
-    if not value or "\x00" in value:
-        raise rule(f"must be a non-empty path ({PATH_FORMS})")
-    home, base_dir = _context(info)
-    if value.startswith("/"):
-        return Path(os.path.normpath(value))
-    if value.startswith("~/"):
-        return Path(os.path.normpath(os.path.join(home, value[2:])))
-    if value.startswith(("./", "../")):
-        return Path(os.path.normpath(base_dir / value))
-    # A bare relative path would depend on the daemon's working directory (/ under launchd).
-    raise rule(f"must be {PATH_FORMS}")
+    try:
+        return config_relative_path(value, *_context(info))
+    except ValueError as exc:
+        raise rule(str(exc)) from None
 
 
 def _fits_unix_socket(path: Path) -> Path:
-    size = len(os.fsencode(str(path)))
-    if size > MAX_SOCKET_PATH_BYTES:
-        raise rule(
-            f"expands to {size} bytes; a Unix socket path must be <= {MAX_SOCKET_PATH_BYTES}"
-        )
-    return path
+    try:
+        return check_socket_path(path)
+    except ValueError as exc:
+        raise rule(str(exc)) from None
 
 
 def _posix_absolute(value: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +23,16 @@ from selfheal.config.leaves import (
     secret_values,
     show_value,
 )
+from selfheal.config.locate import (
+    default_config_path,
+    expand_user,
+    home_of,
+    read_raw,
+)
 from selfheal.config.schema import Settings
 from selfheal.config.sources import Candidate, gather_candidates
 from selfheal.errors import ConfigError
 from selfheal.redact import register_secrets
-
-DEFAULT_CONFIG = "~/.joelclaw/system-bus.config.json"
-# A complete config is a few KiB; anything near this is not a config file.
-MAX_CONFIG_BYTES = 1 << 20
-
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 @dataclass(frozen=True)
@@ -91,112 +84,6 @@ class LoadedConfig:
         return result
 
 
-def _home(env: Mapping[str, str]) -> str:
-    return env.get("HOME") or os.environ.get("HOME") or str(Path.home())
-
-
-def _expand(path: Path, env: Mapping[str, str]) -> Path:
-    text = str(path)
-    if text == "~" or text.startswith("~/"):
-        text = _home(env) + text[1:]
-    return Path(os.path.abspath(text))
-
-
-def default_config_path(env: Mapping[str, str] | None = None) -> Path:
-    """$SELFHEAL_CONFIG if set, else ~/.joelclaw/system-bus.config.json (~ from env HOME)."""
-    env = os.environ if env is None else env
-    return _expand(Path(env.get("SELFHEAL_CONFIG") or DEFAULT_CONFIG), env)
-
-
-class _BadJsonError(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # JSON parsers silently keep the last one; an edit would then seem ignored.
-            raise _BadJsonError(f"duplicate key {key!r} in one object")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise _BadJsonError(f"{name} is not valid JSON")
-
-
-def _check_file(path: Path, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
-        raise ConfigError(f"the config path is {kind}, not a regular file", path=str(path))
-    if st.st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"the file is {st.st_size} bytes; a config file may be at most "
-            f"{MAX_CONFIG_BYTES} bytes",
-            path=str(path),
-        )
-
-
-def read_config_bytes(path: Path) -> bytes | None:
-    """The file's bytes, or None when it does not exist.
-
-    Whatever sits at the path is checked before it is read: only a regular file of
-    at most MAX_CONFIG_BYTES is read (a symlink to /dev/zero would otherwise be read
-    until memory runs out), and it is opened non-blocking (a FIFO would otherwise
-    block open() until a writer appears). The checks are repeated on the open
-    descriptor, since the path can be swapped between stat and open.
-    """
-    try:
-        _check_file(path, os.stat(path))
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from None
-    try:
-        _check_file(path, os.fstat(fd))
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_CONFIG_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from None
-    finally:
-        os.close(fd)
-    if size > MAX_CONFIG_BYTES:  # it grew after fstat
-        raise ConfigError(
-            f"the file is larger than {MAX_CONFIG_BYTES} bytes, the limit for a config file",
-            path=str(path),
-        )
-    return b"".join(chunks)
-
-
-def read_raw(path: Path) -> tuple[dict[str, Any], bool]:
-    """Parse the file into its top-level object; ({}, False) when it does not exist."""
-    data_bytes = read_config_bytes(path)
-    if data_bytes is None:
-        return {}, False
-    try:
-        text = data_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("the file is not UTF-8 text", path=str(path)) from None
-    try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        raise ConfigError(message, path=str(path)) from None
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"invalid JSON: {exc}", path=str(path)) from None
-    if not isinstance(data, dict):
-        raise ConfigError("the top level must be a JSON object", path=str(path))
-    return data, True
-
-
 _RULES = {
     "greater_than_equal": "must be >= {ge}",
     "greater_than": "must be > {gt}",
@@ -245,7 +132,7 @@ def _describe(error: ErrorDetails, leaf: Leaf, candidate: Candidate) -> str | No
 
 
 def _validation_context(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
-    return {"home": _home(env), "base_dir": path.parent}
+    return {"home": home_of(env), "base_dir": path.parent}
 
 
 def _nest(effective: Mapping[Leaf, Any]) -> dict[str, Any]:
@@ -268,7 +155,7 @@ def _digest(settings: Settings) -> str:
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> LoadedConfig:
     """Load and validate file + env; raise ConfigError listing every problem found."""
     env = os.environ if env is None else env
-    path = _expand(path, env) if path is not None else default_config_path(env)
+    path = expand_user(path, env) if path is not None else default_config_path(env)
     raw, exists = read_raw(path)
     problems: list[str] = []
     candidates = gather_candidates(raw, env, problems)

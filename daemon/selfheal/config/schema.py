@@ -22,6 +22,7 @@ from selfheal.config.fields import (
     SshFlags,
     SshHost,
 )
+from selfheal.config.locate import DEFAULT_SOCKET, SOCKET_ENV
 from selfheal.config.schema_backups import (
     BackupsSettings,
     NasSettings,
@@ -194,8 +195,8 @@ class Settings(ConfigModel):
     state_dir: Annotated[ConfigPath, env("SELFHEAL_STATE_DIR")] = Field(
         Path("~/.joelclaw/selfheal"), description="Daemon state: spool, embedded Redis, telemetry."
     )
-    control_socket: Annotated[SocketPath, env("SELFHEAL_SOCKET")] = Field(
-        Path("~/.joelclaw/selfheal.sock"),
+    control_socket: Annotated[SocketPath, env(SOCKET_ENV)] = Field(
+        Path(DEFAULT_SOCKET),
         description="Control socket (<= 100 bytes once expanded).",
     )
     drain_timeout_seconds: float = knob(10, "Shutdown drain before cancelling work", ge=0.1, le=600)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from selfheal.config.leaves import LEAVES
-from selfheal.config.loader import read_raw
+from selfheal.config.locate import read_raw
 from selfheal.config.sources import OUR_SECTION
 
 FILE_MODE = 0o600

@@ -1,4 +1,5 @@
-"""Clients of the control socket: a blocking one for the CLI and an async one-shot call."""
+"""The client of the control socket: blocking, one connection per call (the CLI's;
+async code calls it in a worker thread)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import socket
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
-
-import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from selfheal.control.protocol import MAX_REQUEST_BYTES
 from selfheal.errors import ControlError, SelfhealError
@@ -135,35 +133,3 @@ class ControlClient:
     ) -> Iterator[Any]:
         """Yield the events of a streaming method; idle_timeout=None waits forever between them."""
         yield from self._replies(method, params, idle_timeout)
-
-
-# The timeout parameter is deliberate: a self-contained bounded call for code without its own
-# cancel scope; callers that have one can pass timeout=math.inf.
-async def acall(
-    path: Path,
-    method: str,
-    params: Mapping[str, Any] | None = None,
-    timeout: float = 10.0,  # noqa: ASYNC109
-) -> Any:
-    """Async one-shot call: return the result (events are skipped) or raise ControlError."""
-    try:
-        stream = await anyio.connect_unix(path)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise DaemonNotRunning(path, _reason(exc)) from exc
-    request_id = 1
-    async with stream:
-        try:
-            with anyio.fail_after(timeout):
-                try:
-                    await stream.send(_request_line(request_id, method, params))
-                except anyio.BrokenResourceError:
-                    pass  # it may have answered before closing (too many connections): read on
-                reader = BufferedByteReceiveStream(stream)
-                while True:
-                    reply = _decode(await reader.receive_until(b"\n", MAX_REPLY_BYTES))
-                    if not _is_event(reply, request_id):
-                        return reply.get("result")
-        except TimeoutError:
-            raise ControlError(TIMEOUT, f"no reply from {path} within {timeout}s") from None
-        except (anyio.IncompleteRead, anyio.BrokenResourceError) as exc:
-            raise ControlError(DISCONNECTED, f"daemon on {path} closed the connection") from exc

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from selfheal.core.contracts import SLEEP_LIMIT_MS, RetryPolicy
+from selfheal.core.contracts import RetryPolicy
+from selfheal.core.limits import SLEEP_LIMIT_MS
 
 _NUMBERS: Final = (int, float)  # a tuple: isinstance on `int | float` builds the union each call
 

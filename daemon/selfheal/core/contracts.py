@@ -31,6 +31,7 @@ from selfheal.core.events import (
     too_deep_message,
     too_large,
 )
+from selfheal.core.limits import SLEEP_LIMIT_MS
 
 INCIDENT_ID_MAX_LENGTH: Final = 128
 INCIDENT_ID_PATTERN: Final = rf"^[A-Za-z0-9_.:-]{{1,{INCIDENT_ID_MAX_LENGTH}}}$"
@@ -44,7 +45,6 @@ ERRNO_NAME_LIMIT: Final = 64
 ERRNO_BELOW: Final = 100_000
 ATTEMPT_LIMIT: Final = 1_000_000_000
 MAX_RETRIES_LIMIT: Final = 100
-SLEEP_LIMIT_MS: Final = 604_800_000  # one week: longer holds belong to an operator
 SLEEP_STEP_LIMIT_MS: Final = 86_400_000
 # Evidence items in one request: producers attach a few; the router reads each one.
 EVIDENCE_LIMIT: Final = 50

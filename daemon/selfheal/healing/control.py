@@ -16,7 +16,6 @@ from selfheal.control.server import Handler
 from selfheal.core.contracts import (
     INCIDENT_ID_MAX_LENGTH,
     INCIDENT_ID_PATTERN,
-    SLEEP_LIMIT_MS,
     TEXT_LIMIT,
 )
 from selfheal.core.events import (
@@ -28,6 +27,7 @@ from selfheal.core.events import (
     new_event,
 )
 from selfheal.core.incident import IncidentState
+from selfheal.core.limits import SLEEP_LIMIT_MS
 from selfheal.core.policy import Knobs
 from selfheal.errors import ControlError
 from selfheal.healing.router import Router

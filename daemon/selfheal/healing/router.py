@@ -69,7 +69,6 @@ from selfheal.core.routing import (
     joined,
     meet,
 )
-from selfheal.errors import first_error
 from selfheal.healing.commit import Group
 from selfheal.healing.domains import Domains, Probe
 from selfheal.healing.store import (
@@ -78,6 +77,7 @@ from selfheal.healing.store import (
     IncidentStore,
     snapshot_from,
 )
+from selfheal.taskgroups import first_error
 from selfheal.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger("selfheal.router")

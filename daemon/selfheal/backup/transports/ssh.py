@@ -32,7 +32,7 @@ from selfheal.backup.transports.sftp_writer import Batch, feed_blocks
 from selfheal.backup.transports.ssh_lean_send import use_lean_send
 from selfheal.core.artifacts import PARTIAL_SUFFIX, manifest_name
 from selfheal.core.ssh_flags import SshOptions
-from selfheal.errors import first_error
+from selfheal.taskgroups import first_error
 
 log = logging.getLogger("selfheal.backup.ssh")
 
