@@ -65,6 +65,16 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     followed = runner.invoke(cli, ["backup", "run", "redis", "--follow"], env=env)
     assert followed.exit_code == 0, followed.output
     assert "redis: delivered" in followed.output
+    # Not a terminal: plain lines (no carriage returns), the transfer reaching 100%.
+    assert "\r" not in followed.output and "ship 100% " in followed.output
+    assert followed.output.index("snapshot...") < followed.output.index("ship 100% ")
+    as_lines = runner.invoke(cli, ["backup", "run", "redis", "--follow", "--json"], env=env)
+    assert as_lines.exit_code == 0, as_lines.output
+    items = [json.loads(line) for line in as_lines.output.splitlines()]
+    assert all(" " not in line for line in as_lines.output.splitlines())  # compact
+    assert items[0]["stage"] == "snapshot" and items[-1]["stage"] == "done"
+    assert items[-1]["status"] == "delivered"
+    assert isinstance(items[-1]["bytes"], int) and items[-1]["bytes"] == items[-1]["total"] > 0
     assert len(list((nas / "redis").glob("redis-*.rdb"))) >= 1
 
     shown = runner.invoke(cli, ["status"], env=env)

@@ -15,7 +15,7 @@ from anyio.abc import TaskStatus
 
 from selfheal.backup.drill import DrillError
 from selfheal.backup.model import TransportError
-from selfheal.backup.progress import LIVE, progress_key
+from selfheal.backup.progress import LIVE, progress_key, read_entry
 from selfheal.backup.scheduler import Scheduler
 from selfheal.backup.service import (
     TARGETS,
@@ -301,8 +301,9 @@ class BackupPlane:
             for _stream, entries in cast(list[tuple[Any, Any]], reply or []):
                 for entry_id, fields in cast_entries(entries):
                     last, active, sent = entry_id, now, now
-                    stage = fields.get("stage", stage)
-                    yield {"runId": run_id, **fields}
+                    entry = read_entry(fields)
+                    stage = str(entry.get("stage", stage))
+                    yield {"runId": run_id, **entry}
                     if stage == "done":
                         return
             live = LIVE.get(run_id)

@@ -8,6 +8,7 @@ local.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from selfheal.bus.streams import Bus
 
 PROGRESS_TTL_S = 3600
+FIELD = "json"
 PROGRESS_MAXLEN = 200
 
 
@@ -42,6 +44,15 @@ def progress_key(bus: Bus, run_id: str) -> str:
     return f"{bus.keys.tag}:progress:{run_id}"
 
 
+def read_entry(fields: dict[str, str]) -> dict[str, Any]:
+    """One stage entry as it was emitted (an entry of another shape reads as empty)."""
+    try:
+        found = json.loads(fields.get(FIELD, "{}"))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 class ProgressReporter:
     """Reports one run's progress."""
 
@@ -52,8 +63,9 @@ class ProgressReporter:
 
     async def _emit(self, fields: dict[str, Any]) -> None:
         key = progress_key(self.bus, self.run_id)
-        flat: dict[Any, Any] = {k: str(v) for k, v in fields.items() if v is not None}
-        await self.bus.client.xadd(key, flat, maxlen=PROGRESS_MAXLEN, approximate=True)
+        # One JSON field per entry: a follower gets numbers back as numbers.
+        body = json.dumps({k: v for k, v in fields.items() if v is not None})
+        await self.bus.client.xadd(key, {FIELD: body}, maxlen=PROGRESS_MAXLEN, approximate=True)
         await self.bus.client.expire(key, PROGRESS_TTL_S)
 
     async def stage(self, name: str, *, total: int | None = None) -> None:
@@ -79,6 +91,7 @@ class ProgressReporter:
                 "status": status,
                 "detail": detail,
                 "bytes": self.live.done,
+                "total": self.live.total,
                 "rateBps": int(self.live.rate()),
             }
         )

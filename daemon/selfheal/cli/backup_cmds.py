@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import PurePath
 from typing import Any
 
@@ -20,22 +22,125 @@ def backup() -> None:
     """Run and inspect backups."""
 
 
-def _bar(done: int, total: int, rate: int, width: int = 30) -> str:
-    share = done / total if total else 0.0
-    filled = int(share * width)
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {share:6.1%} "
-        f"{done / 1e6:8.1f}/{total / 1e6:.1f} MB  {rate / 1e6:6.1f} MB/s"
-    )
+class FollowView:
+    """How `backup run --follow` shows a run: stage lines and the transfer's progress."""
+
+    def stage(self, name: str) -> None:
+        click.echo(f"{name}...")
+
+    def shipped(self, done: int, total: int, rate_bps: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """The run is over (the final line follows)."""
+
+
+class PlainLines(FollowView):
+    """Not a terminal: a line at each tenth of the transfer, never a redrawn line."""
+
+    def __init__(self) -> None:
+        self.shown = -1
+
+    def shipped(self, done: int, total: int, rate_bps: int) -> None:
+        tenth = 10 if total <= 0 else min(10, done * 10 // total)
+        if tenth > self.shown:
+            self.shown = tenth
+            share = 1.0 if total <= 0 else done / total
+            click.echo(
+                f"ship {share:.0%} {done / 1e6:.1f}/{total / 1e6:.1f} MB {rate_bps / 1e6:.1f} MB/s"
+            )
+
+
+class LiveBar(FollowView):
+    """A terminal: one progress bar, redrawn in place (rich)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskID,
+            TaskProgressColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.task: TaskID | None = None
+
+    def stage(self, name: str) -> None:
+        if name != "ship":
+            self.progress.console.print(f"{name}...")
+            return
+        self.progress.start()
+        self.task = self.progress.add_task("ship", total=None)
+
+    def shipped(self, done: int, total: int, rate_bps: int) -> None:
+        if self.task is None:
+            self.stage("ship")
+        assert self.task is not None
+        self.progress.update(self.task, completed=done, total=total)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def follow_run(state: CliState, target: str, as_json: bool) -> dict[str, Any]:
+    """Show the run's progress; return its final item ({} if the stream ended without)."""
+    view: FollowView | None = None
+    if not as_json:
+        view = LiveBar() if sys.stdout.isatty() else PlainLines()
+    final: dict[str, Any] = {}
+    shown: str | None = None
+    try:
+        for item in state.stream("backup.run", {"target": target, "follow": True}):
+            if item.get("heartbeat"):
+                continue  # the daemon is still waiting on the run: nothing new to show
+            stage = str(item.get("stage"))
+            if as_json:
+                click.echo(json.dumps(item, separators=(",", ":"), sort_keys=True))
+            if stage == "done":
+                final = item
+                if view is not None and item.get("status") == "delivered":
+                    size = int(item.get("bytes") or 0)  # the whole artifact arrived: 100%
+                    view.shipped(size, size, int(item.get("rateBps") or 0))
+                break
+            if view is not None and stage != shown and not (stage == "ship" and "done" in item):
+                view.stage(stage)
+            if view is not None and stage == "ship" and "done" in item:
+                view.shipped(int(item["done"]), int(item["total"]), int(item["rateBps"]))
+            shown = stage
+    finally:
+        if view is not None:
+            view.close()
+    return final
 
 
 @backup.command("run")
 @click.argument("target", type=TARGET)
-@click.option("--follow", is_flag=True, help="Show progress until the run ends.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Show progress until the run ends; exit 4 unless the run delivered.",
+)
 @json_option
 @pass_state
 def run(state: CliState, target: str, follow: bool, as_json: bool) -> None:
-    """Request a backup of TARGET now (the daemon runs it; one per target at a time)."""
+    """Request a backup of TARGET now (the daemon runs it; one per target at a time).
+
+    With --follow: a progress bar on a terminal, a line per tenth of the transfer
+    otherwise, and with --json one compact JSON object per line.
+
+    \b
+    Example: selfheal backup run redis --follow
+    """
     if not follow:
         result = state.call("backup.run", {"target": target})
         if as_json:
@@ -43,32 +148,14 @@ def run(state: CliState, target: str, follow: bool, as_json: bool) -> None:
         else:
             click.echo(f"backup of {target} requested (run {result['runId']})")
         return
-    final: dict[str, Any] = {}
-    shown: str | None = None
-    for item in state.stream("backup.run", {"target": target, "follow": True}):
-        if item.get("heartbeat"):
-            continue  # the daemon is still waiting on the run: nothing new to show
-        stage = item.get("stage")
-        if stage == "done":
-            final = item
-        if as_json:
-            emit_json(item)
-        elif stage == "ship" and "done" in item:
-            click.echo(
-                "\r" + _bar(int(item["done"]), int(item["total"]), int(item["rateBps"])), nl=False
-            )
-        elif stage != "done" and stage != shown:
-            click.echo(f"\n{stage}..." if stage == "ship" else f"{stage}...")
-        shown = stage
+    final = follow_run(state, target, as_json)
     if not final:
         fail(f"the {target} run ended without a result", EXIT_DAEMON_ERROR)
     if not as_json:
-        click.echo(f"\n{target}: {final.get('status', '?')} {final.get('detail', '')}".rstrip())
+        click.echo(f"{target}: {final.get('status', '?')} {final.get('detail', '')}".rstrip())
     if final.get("status") != "delivered":
         # Spooled is not a success (the NAS did not get it yet), failed and skipped neither.
         fail(f"the {target} run ended {final.get('status', 'without a status')}", EXIT_DAEMON_ERROR)
-    if final.get("status") != "delivered":
-        raise SystemExit(EXIT_DAEMON_ERROR if final.get("status") == "failed" else 0)
 
 
 @backup.command("list")

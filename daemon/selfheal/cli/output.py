@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -23,16 +24,27 @@ def format_value(value: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[format_value(c) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
-    for row in cells:
-        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
-    return "\n".join(lines)
+    """An aligned text table (rich), as wide as its content: never wrapped or cut, so
+    piped output stays one row per line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = Table(box=None, pad_edge=False, header_style="bold")
+    for header in headers:
+        grid.add_column(header.upper(), no_wrap=True, overflow="ignore")
+    for row in rows:
+        grid.add_row(*(escape_markup(format_value(cell)) for cell in row))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100_000, color_system=None, highlight=False)
+    console.print(grid)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines() if line.strip())
+
+
+def escape_markup(text: str) -> str:
+    """Cell text shown as written (rich would read `[bold]` in a value as markup)."""
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def fail(message: str, code: int) -> None:
