@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from selfheal.backup.transports.mount import mark_nas
+from selfheal.backup.transports.mount import MARKER_NAME, mark_nas
 from selfheal.cli import cli
 from selfheal.errors import ControlError
 from tests.support.daemon import Daemons
@@ -56,6 +56,16 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     listed = json.loads(runner.invoke(cli, ["backup", "list", "redis", "--json"], env=env).output)
     [artifact] = [a for a in listed["artifacts"] if a["where"] == "mount"]
     assert (nas / "redis" / artifact["name"]).is_file()
+
+    assert artifact["verified"] is True and artifact["created"] and artifact["drill"] is None
+    drilled = runner.invoke(cli, ["backup", "drill", "redis", artifact["name"]], env=env)
+    assert drilled.exit_code == 0, drilled.output
+    human = runner.invoke(cli, ["backup", "list", "redis"], env=env)
+    assert human.exit_code == 0, human.output
+    header, row = human.output.splitlines()[:2]
+    assert header.split() == ["TARGET", "ARTIFACT", "CREATED", "SIZE", "WHERE", "VERIFIED"]
+    assert artifact["name"] in row and " ago)" in row and "yes, drill ok" in row
+    assert ("KiB" in row or " B " in row) and "mount" in row
 
     by_path = str(nas / "redis" / artifact["name"])  # a path works as well as a name
     verified = runner.invoke(cli, ["backup", "verify", by_path, "--json"], env=env)
@@ -113,6 +123,15 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     target.unlink()  # its manifest stays
     gone = runner.invoke(cli, ["backup", "verify", artifact["name"]], env=env)
     assert gone.exit_code == 4 and "is not on the NAS" in gone.output
+    # The NAS unreachable (its marker gone, no SSH): the listing says so and still
+    # answers with what is on this machine.
+    (nas / MARKER_NAME).unlink()
+    away = runner.invoke(cli, ["backup", "list", "redis"], env=env)
+    assert away.exit_code == 0, away.output
+    assert "redis: the NAS cannot be listed right now" in away.output
+    assert json.loads(runner.invoke(cli, ["backup", "list", "--json"], env=env).output)[
+        "unreachable"
+    ].keys() == {"redis", "typesense"}
     assert daemon.stop() == 0
 
 

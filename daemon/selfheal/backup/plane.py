@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 from selfheal.backup.drill import DrillError
 from selfheal.backup.model import TransportError
 from selfheal.backup.progress import LIVE, progress_key, read_entry
+from selfheal.backup.recovery import scan_staging
 from selfheal.backup.scheduler import Scheduler
 from selfheal.backup.service import (
     TARGETS,
@@ -99,6 +100,19 @@ class SpoolDrainer:
 
 BACKUP_DOMAIN = "backup"
 DRILL_GROUP = "system/backup.drill"
+
+
+def _listed(target: str, name: str, size: int, where: str, *, verified: bool) -> dict[str, Any]:
+    """One row of `backup list`; `verified`: its copy on the NAS matched the manifest."""
+    parsed = parse_artifact_name(name)
+    return {
+        "target": target,
+        "name": name,
+        "created": parsed.created.isoformat() if parsed is not None else None,
+        "size": size,
+        "where": where,
+        "verified": verified,
+    }
 
 
 def runner_group(target: str) -> str:
@@ -342,37 +356,52 @@ class BackupPlane:
         raise ControlError("unavailable", "no transport reaches the NAS right now")
 
     async def _list(self, params: dict[str, Any]) -> Any:
+        """Backups on the NAS (each vouched for by its manifest, with the target's last
+        drill when it tried that file), then those still on this machine: in the spool
+        and in staging. A NAS that cannot be reached is reported, not an error: what
+        waits locally is then all the more worth seeing."""
         target = Params(params).optional_choice("target", TARGETS)
         targets = list(TARGETS) if target is None else [target]
         rows: list[dict[str, Any]] = []
         ignored: list[dict[str, Any]] = []
+        unreachable: dict[str, str] = {}
+        drills = await self._drills({})
         for target in targets:
-            transport = await self._transport_for(target)
+            try:
+                transport = await self._transport_for(target)
+            except ControlError as exc:
+                unreachable[target] = exc.message
+                continue
             # Only what a manifest vouches for is a backup (the same rule as retention).
             scan = await scan_folder(transport, target)
+            drill = drills.get(target) or {}
             for listed in scan.artifacts:
-                parsed = parse_artifact_name(listed.entry.name)
-                assert parsed is not None  # scan_folder lists only our names
+                name = listed.entry.name
+                drilled = drill.get("artifact") == name
                 rows.append(
-                    {
-                        "target": target,
-                        "name": listed.entry.name,
-                        "size": listed.entry.size,
+                    _listed(target, name, listed.entry.size, transport.mode, verified=True)
+                    | {
                         "sha256": listed.manifest["sha256"],
-                        "created": parsed.created.isoformat(),
-                        "where": transport.mode,
+                        "drill": ("ok" if drill.get("ok") else "failed") if drilled else None,
                     }
                 )
             ignored += [
                 {"target": target, "name": name, "reason": why, "where": transport.mode}
                 for name, why in sorted(scan.ignored.items())
             ]
-        spooled = [
-            {"target": e.target, "name": e.name, "size": e.size, "where": "spool"}
+        rows.sort(key=lambda r: str(r["name"]))
+        rows += [
+            _listed(e.target, e.name, e.size, "spool", verified=False)
             for e in await self.service().spool().entries()
             if e.target in targets
         ]
-        return {"artifacts": sorted(rows, key=lambda r: r["name"]) + spooled, "ignored": ignored}
+        staged = await anyio.to_thread.run_sync(scan_staging, self.service().staging_dir())
+        rows += [
+            _listed(a.target, a.name, a.size, "staging", verified=False)
+            for a in staged.complete
+            if a.target in targets
+        ]
+        return {"artifacts": rows, "ignored": ignored, "unreachable": unreachable}
 
     async def _drill(self, params: dict[str, Any]) -> Any:
         read = Params(params)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import PurePath
 from typing import Any
 
 import click
 
 from selfheal.cli.context import EXIT_DAEMON_ERROR, CliState
-from selfheal.cli.output import emit_json, fail, table
+from selfheal.cli.output import ago, emit_json, fail, human_size, table
 
 pass_state = click.make_pass_decorator(CliState)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -163,16 +164,48 @@ def run(state: CliState, target: str, follow: bool, as_json: bool) -> None:
 @json_option
 @pass_state
 def list_cmd(state: CliState, target: str | None, as_json: bool) -> None:
-    """Artifacts on the NAS (and any waiting in the spool)."""
+    """Backups on the NAS (newest last), then those still on this machine (spool,
+    staging); VERIFIED means the copy on the NAS matched its manifest's sha256.
+
+    \b
+    Example: selfheal backup list redis
+    """
     result = state.call("backup.list", {"target": target} if target else {})
     if as_json:
         emit_json(result)
         return
-    rows = [[a["target"], a["name"], a["size"], a["where"]] for a in result["artifacts"]]
-    click.echo(table(["target", "artifact", "bytes", "where"], rows))
+    rows = [
+        [
+            a["target"],
+            a["name"],
+            _created(a.get("created")),
+            human_size(a["size"]),
+            a["where"],
+            _verified(a),
+        ]
+        for a in result["artifacts"]
+    ]
+    click.echo(table(["target", "artifact", "created", "size", "where", "verified"], rows))
     for item in result.get("ignored", []):
         # Ours by name, but no manifest vouches for it: not a backup to count on.
         click.echo(f"not a verified backup ({item['reason']}): {item['target']}/{item['name']}")
+    for name, why in (result.get("unreachable") or {}).items():
+        click.echo(f"{name}: the NAS cannot be listed right now ({why})")
+
+
+def _created(stamp: str | None) -> str:
+    """The artifact's creation time in local time, and how long ago."""
+    if not stamp:
+        return "?"
+    when = datetime.fromisoformat(stamp)
+    return f"{when.astimezone():%Y-%m-%d %H:%M} ({ago(when.timestamp())})"
+
+
+def _verified(artifact: dict[str, Any]) -> str:
+    if not artifact.get("verified"):
+        return "no, not on the NAS yet"
+    drill = artifact.get("drill")
+    return "yes" if drill is None else f"yes, drill {drill}"
 
 
 @backup.command("verify")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from selfheal.cli.context import EXIT_CONFIG, EXIT_DEGRADED, CliState
-from selfheal.cli.output import emit_json, fail, format_value, table
+from selfheal.cli.output import ago, due_in, emit_json, fail, format_value, human_size, span, table
 from selfheal.logs import LOG_FORMATS, use_log_format
 
 pass_state = click.make_pass_decorator(CliState)
@@ -120,37 +120,6 @@ def reload_cmd(state: CliState, as_json: bool) -> None:
         )
 
 
-def _span(seconds: float) -> str:
-    """12s, 3m, 2h05m, 3d04h."""
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
-
-
-def _ago(ts: float | None) -> str:
-    return "-" if not ts else f"{_span(time.time() - ts)} ago"
-
-
-def _size(count: int | None) -> str:
-    if count is None:
-        return "?"
-    size = float(count)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
-
-
-def _in(ts: float | None) -> str:
-    return "-" if not ts else f"in {_span(ts - time.time())}"
-
-
 def render_live(view: dict[str, Any], interval: float, verbose: bool = False) -> str:
     """The `status --watch` screen: status, next and last backups, open incidents, queue."""
     lines = [render_status(view["status"], verbose=verbose), ""]
@@ -213,14 +182,14 @@ def render_status(s: dict[str, Any], *, verbose: bool = False) -> str:
     embedded = redis.get("embedded")
     lines = [
         f"selfheal {s['version']}  pid {s['pid']}  state {s['state']}  "
-        f"up {_span(s['uptime_seconds'])}",
+        f"up {span(s['uptime_seconds'])}",
         f"config      {s['config']['path']} (generation {s['config']['generation']}"
         f"{'' if s['config']['exists'] else ', file missing: defaults'})",
     ]
     reload = s.get("last_reload")
     if reload:
         outcome = "ok" if reload["ok"] else f"REJECTED: {reload['error']}"
-        lines.append(f"last reload {outcome} ({reload['trigger']}, {_ago(reload['at'])})")
+        lines.append(f"last reload {outcome} ({reload['trigger']}, {ago(reload['at'])})")
     lines.append(
         f"redis       {redis.get('mode')} {redis.get('target', '')} "
         f"{'connected' if redis.get('connected') else 'DISCONNECTED'}"
@@ -242,12 +211,12 @@ def render_status(s: dict[str, Any], *, verbose: bool = False) -> str:
         if run:
             last = str(run["status"])
             if run.get("bytes") is not None:
-                last += f" {_size(run['bytes'])} in {run.get('seconds', 0):.1f}s, verified"
+                last += f" {human_size(run['bytes'])} in {run.get('seconds', 0):.1f}s, verified"
             elif run.get("detail"):
                 last += f" ({run['detail']})"
             if run.get("at"):
-                last += f", {_ago(run['at'])}"
-        upcoming = f"; next {_in(next_runs[target])}" if target in next_runs else "; off"
+                last += f", {ago(run['at'])}"
+        upcoming = f"; next {due_in(next_runs[target])}" if target in next_runs else "; off"
         lines.append(f"backup      {target}: {last}{upcoming}")
     watchdog = s.get("watchdog") or {}
     for worker in watchdog.get("workers", []) if watchdog.get("enabled") else []:
@@ -262,7 +231,7 @@ def render_status(s: dict[str, Any], *, verbose: bool = False) -> str:
                 else "not probed"
             )
             + f", {worker['consecutive_failures']} failing in a row"
-            + (f", last restart {restart['outcome']} {_ago(restart['at'])}" if restart else "")
+            + (f", last restart {restart['outcome']} {ago(restart['at'])}" if restart else "")
         )
     tel = s.get("telemetry", {})
     lines.append(f"telemetry   {tel.get('exporter')} {tel.get('span_file') or ''}".rstrip())
@@ -276,7 +245,7 @@ def render_status(s: dict[str, Any], *, verbose: bool = False) -> str:
             table(
                 ["service", "state", "restarts", "since", "last error"],
                 [
-                    [x["name"], x["state"], x["restarts"], _ago(x["since"]), x["last_error"] or ""]
+                    [x["name"], x["state"], x["restarts"], ago(x["since"]), x["last_error"] or ""]
                     for x in listed
                 ],
             )

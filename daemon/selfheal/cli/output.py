@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,40 @@ def escape_markup(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def span(seconds: float) -> str:
+    """12s, 3m, 2h05m, 3d04h."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def ago(ts: float | None) -> str:
+    """Like "3m ago" ("-" when unknown)."""
+    return "-" if not ts else f"{span(time.time() - ts)} ago"
+
+
+def human_size(count: int | None) -> str:
+    """1.2 MiB, 512 B ("?" when unknown)."""
+    if count is None:
+        return "?"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def due_in(ts: float | None) -> str:
+    """Like "in 3m" ("-" when unknown)."""
+    return "-" if not ts else f"in {span(ts - time.time())}"
 
 
 def fail(message: str, code: int) -> None:

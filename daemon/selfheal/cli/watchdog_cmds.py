@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
 
 from selfheal.cli.context import EXIT_DAEMON_ERROR, CliState
-from selfheal.cli.output import emit_json, table
+from selfheal.cli.output import ago, emit_json, table
 
 pass_state = click.make_pass_decorator(CliState)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _ago(at: float | None) -> str:
-    if not at:
-        return "-"
-    return f"{max(0.0, time.time() - at):.0f}s ago"
 
 
 @click.group()
@@ -43,11 +36,11 @@ def status(state: CliState, as_json: bool) -> None:
         rows.append(
             [
                 worker["name"],
-                ("ok" if last["ok"] else "FAIL") + f" {last['detail']} ({_ago(last['at'])})"
+                ("ok" if last["ok"] else "FAIL") + f" {last['detail']} ({ago(last['at'])})"
                 if last
                 else "-",
                 f"{worker['consecutive_failures']}/{worker['failure_threshold']}",
-                f"{restart['outcome']} {_ago(restart['at'])}: {restart['detail']}"
+                f"{restart['outcome']} {ago(restart['at'])}: {restart['detail']}"
                 if restart
                 else "-",
                 "-"
