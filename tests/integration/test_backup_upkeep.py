@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -77,7 +78,9 @@ class Folder:
             age(folder / other, 10 * STALE_AFTER_S)
 
 
-async def check_retention(transport: Transport, root: Path) -> None:
+async def check_retention(
+    transport: Transport, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = Folder(root / "redis")
 
     scan = await scan_folder(transport, "redis")
@@ -94,7 +97,15 @@ async def check_retention(transport: Transport, root: Path) -> None:
     assert set(dry["keep"]) == {folder.good[-1], manifest_name(folder.good[-1])}
     assert {p.name for p in (root / "redis").iterdir()} >= set(dry["delete"])
 
-    plan = await apply_retention(transport, "redis", KEEP_ONE)
+    assert not [r for r in caplog.records if "retention deleted" in r.getMessage()]
+    with caplog.at_level(logging.INFO, logger="selfheal.backup.retention"):
+        plan = await apply_retention(transport, "redis", KEEP_ONE)
+    logged = [r.getMessage() for r in caplog.records if "retention deleted" in r.getMessage()]
+    # One line per deleted file, naming it, the transport and the rule.
+    assert len(logged) == len(plan["delete"]) > 0
+    for deleted in plan["delete"]:
+        [line] = [m for m in logged if f"redis/{deleted} via {transport.mode}:" in m]
+        assert line.endswith(plan["reasons"][deleted])
 
     # The newest verified backup is kept; the manifest-less newer file did not push it out.
     assert plan["keep"] == [folder.good[-1], manifest_name(folder.good[-1])]
@@ -114,16 +125,16 @@ async def check_retention(transport: Transport, root: Path) -> None:
 
 
 async def test_retention_counts_only_what_a_manifest_vouches_for_on_a_mount(
-    mounts: Mounts,
+    mounts: Mounts, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = mounts.tmpfs("nas")
     mark_nas(root, "nas")
-    await check_retention(MountTransport(root), root)
+    await check_retention(MountTransport(root), root, caplog)
     assert MARKER_NAME in {p.name for p in root.iterdir()}
 
 
 async def test_retention_counts_only_what_a_manifest_vouches_for_over_ssh(
-    sshd: SshServer,
+    sshd: SshServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     with anyio.fail_after(60):
-        await check_retention(transport_for(sshd), sshd.remote_root)
+        await check_retention(transport_for(sshd), sshd.remote_root, caplog)

@@ -4,6 +4,7 @@ kept because their NAS copy is not verified yet."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from selfheal.bus.streams import Bus, as_text
 from selfheal.config.schema_backups import RetentionSettings
 from selfheal.core.artifacts import manifest_name, parse_artifact_name, unfinished_artifact
 from selfheal.core.retention import RetentionPolicy, plan_retention
+
+log = logging.getLogger("selfheal.backup.retention")
 
 # An upload writes its .partial all the time and publishes it within moments of the last
 # write: one untouched this long was abandoned (a killed daemon, a lost link).
@@ -117,6 +120,9 @@ async def apply_retention(
     if not dry_run:
         for name in delete:
             await transport.remove(PurePosixPath(target) / name)
+            log.info(
+                "retention deleted %s/%s via %s: %s", target, name, transport.mode, reasons[name]
+            )
     return {"keep": plan.keep, "delete": delete, "reasons": reasons, "ignored": scan.ignored}
 
 
