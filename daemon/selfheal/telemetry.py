@@ -262,6 +262,14 @@ def setup_telemetry(
     return Telemetry(provider, kind, file)
 
 
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id (32 hex digits) inside a W3C traceparent, if it holds one."""
+    if traceparent is None:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
 def current_traceparent(span: Span | None = None) -> str | None:
     """Return the W3C traceparent of `span` (default: the current span), or None."""
     context = (span if span is not None else trace.get_current_span()).get_span_context()

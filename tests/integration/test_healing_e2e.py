@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from click.testing import CliRunner
 
 from selfheal.cli import cli
 from selfheal.core.contracts import parse_request
+from selfheal.healing.router import SPAN_NAME
+from selfheal.spanfile import read_spans
 from tests.support.daemon import Daemons
 from tests.support.http import PlayedService, played_service
 from tests.support.servers import wait_until
@@ -132,14 +136,53 @@ def test_three_retries_then_escalation_with_one_notification(
     assert "links: https://wiki.example/nas-down" in text
     assert "last decision: escalate" in text and "waiting for an operator" in text
 
-    acked = runner.invoke(cli, ["incidents", "ack", "backup:redis:e2e", "--json"], env=env)
+    acked = runner.invoke(
+        cli,
+        ["incidents", "ack", "backup:redis:e2e", "--note", "NAS fan swapped", "--json"],
+        env=env,
+    )
     assert json.loads(acked.output)["manualEntriesCleared"] == 1
     shown = runner.invoke(cli, ["incidents", "show", "backup:redis:e2e", "--json"], env=env)
     assert json.loads(shown.output)["manualQueue"] == [], "acked: no longer in the queue"
 
-    # An operator gives it a fresh budget: it is routed again and recorded.
-    retried = runner.invoke(cli, ["incidents", "retry", "backup:redis:e2e", "--by", "ops"], env=env)
+    # Each decision's history entry names its span's trace; the ack note is kept.
+    timeline = runner.invoke(cli, ["incidents", "show", "backup:redis:e2e"], env=env).output
+    assert "acknowledged by" in timeline and ": NAS fan swapped" in timeline
+    traces = re.findall(r"trace ([0-9a-f]{32})", timeline)
+    assert len(traces) == 4  # three retries and the escalation
+    span_file = Path(daemon.status()["telemetry"]["span_file"])
+
+    def decision_traces() -> set[str]:
+        spans = read_spans(span_file)
+        return {s["context"]["trace_id"][2:] for s in spans if s["name"] == SPAN_NAME}
+
+    wait_until(lambda: set(traces) <= decision_traces(), 15, "the decisions' spans")
+
+    # An operator gives it a fresh budget: the failed work (the backup retry) runs at
+    # once, as the first attempt of the new budget, and the timeline says so.
+    retried = runner.invoke(
+        cli, ["incidents", "retry", "backup:redis:e2e", "--by", "ops", "--json"], env=env
+    )
     assert retried.exit_code == 0, retried.output
-    wait_until(lambda: bus.xlen(RETRY_STREAM) == 4, 15, "the operator's retry to be scheduled")
+    answer = json.loads(retried.output)
+    assert answer["mode"] == "rerun" and answer["event"] == "system/backup.retry.requested"
+    assert bus.xlen(RETRY_STREAM) == 4, "published at once, not after a delay"
+    _, fields = bus.xrevrange(RETRY_STREAM, count=1)[0]
+    rerun = json.loads(fields[b"data"])
+    assert rerun["attempt"] == 1 and rerun["incidentId"] == "backup:redis:e2e"
+    shown = json.loads(
+        runner.invoke(cli, ["incidents", "show", "backup:redis:e2e", "--json"], env=env).output
+    )
+    assert shown["state"] == "open" and shown["retriesUsed"] == 0
+    [reset] = [t for t in shown["timeline"] if t["event"] == "budget_reset"]
+    assert "by ops" in reset["detail"] and answer["eventId"] in reset["detail"]
+
+    # --reroute: the last request goes back through the router, which schedules a retry.
+    rerouted = runner.invoke(
+        cli, ["incidents", "retry", "backup:redis:e2e", "--by", "ops", "--reroute"], env=env
+    )
+    assert rerouted.exit_code == 0, rerouted.output
+    assert "routed again" in rerouted.output
+    wait_until(lambda: bus.xlen(RETRY_STREAM) == 5, 15, "the rerouted retry to be scheduled")
     assert len(receiver.posts) == 1, "still one notification for this incident"
     assert daemon.stop() == 0

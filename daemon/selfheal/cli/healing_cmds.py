@@ -213,7 +213,9 @@ def show(state: CliState, incident_id: str, as_json: bool) -> None:
         f"operator resets {result['operatorResets']}  deadline {_when(result['deadlineMs'])}"
     )
     if result.get("acked"):
-        click.echo(f"acknowledged by {result['acked']['by']} at {_when(result['acked']['atMs'])}")
+        acked = result["acked"]
+        note = f": {acked['note']}" if acked.get("note") else ""
+        click.echo(f"acknowledged by {acked['by']} at {_when(acked['atMs'])}{note}")
     decision = result.get("lastDecision")
     if decision:
         click.echo(
@@ -252,12 +254,25 @@ def ack(state: CliState, incident_id: str, by: str, note: str, as_json: bool) ->
 @incidents.command("retry")
 @click.argument("incident_id")
 @click.option("--by", default=getpass.getuser, show_default="current user")
+@click.option(
+    "--reroute",
+    is_flag=True,
+    help="Send the last request to the router again instead of running the work now.",
+)
 @json_option
 @pass_state
-def retry(state: CliState, incident_id: str, by: str, as_json: bool) -> None:
-    """Give the incident a fresh retry budget and route its last request again."""
-    result = state.call("incidents.retry", {"id": incident_id, "by": by})
+def retry(state: CliState, incident_id: str, by: str, reroute: bool, as_json: bool) -> None:
+    """Give the incident a fresh retry budget and run the failed work again now (for a
+    backup incident: the backup), recorded in its timeline.
+
+    \b
+    Example: selfheal incidents retry backup:redis:nas-backup --by alice
+    """
+    params = {"id": incident_id, "by": by, "reroute": reroute}
+    result = state.call("incidents.retry", params)
     if as_json:
         emit_json(result)
+    elif result["mode"] == "rerun":
+        click.echo(f"budget reset by {by}; ran again as {result['event']} ({result['eventId']})")
     else:
-        click.echo(f"budget reset by {by}; request re-queued as {result['requeued']}")
+        click.echo(f"budget reset by {by}; request routed again as {result['eventId']}")

@@ -197,9 +197,17 @@ class Incident:
         entry = {"atMs": now_ms, "event": event, **details}
         return (*self.history, entry)[-HISTORY_LIMIT:]
 
-    def after(self, decision: Decision, now_ms: int, *, problem: str | None = None) -> Incident:
+    def after(
+        self,
+        decision: Decision,
+        now_ms: int,
+        *,
+        problem: str | None = None,
+        trace_id: str | None = None,
+    ) -> Incident:
         """Apply a decision made for this incident's current key; `problem` (the
-        request's summary) goes into the history entry, shortened."""
+        request's summary, shortened) and `trace_id` (of the decision's span) go into
+        the history entry."""
         if decision.key != self.decision_key:
             raise ValueError(
                 f"decision {decision.key} does not belong to incident state {self.decision_key}"
@@ -232,6 +240,7 @@ class Incident:
                 rule=str(decision.rule),
                 reason=decision.reason[:_REASON_LIMIT],
                 **({"problem": problem[:_PROBLEM_LIMIT]} if problem else {}),
+                **({"traceId": trace_id} if trace_id else {}),
             ),
         )
 
@@ -250,8 +259,16 @@ class Incident:
             history=self._record(now_ms, "remediated"),
         )
 
-    def reset_budget(self, now_ms: int, by: str, *, deadline_ms: int | None = None) -> Incident:
-        """Operator retry: a fresh budget (and deadline when given), state open."""
+    def reset_budget(
+        self,
+        now_ms: int,
+        by: str,
+        *,
+        deadline_ms: int | None = None,
+        rerun: str | None = None,
+    ) -> Incident:
+        """Operator retry: a fresh budget (and deadline when given), state open;
+        `rerun` names the work started again at once (else the request is routed again)."""
         if self.state == IncidentState.REMEDIATED:
             raise ValueError(f"incident {self.incident_id} is remediated; nothing to retry")
         if not by.strip():
@@ -263,7 +280,11 @@ class Incident:
             deadline_ms=self.deadline_ms if deadline_ms is None else deadline_ms,
             updated_ms=now_ms,
             history=self._record(
-                now_ms, "budget_reset", by=by[:_REASON_LIMIT], retriesUsed=self.retries_used
+                now_ms,
+                "budget_reset",
+                by=by[:_REASON_LIMIT],
+                retriesUsed=self.retries_used,
+                **({"rerun": rerun} if rerun else {}),
             ),
         )
 

@@ -67,8 +67,9 @@ def _escalate(
     )
 
 
-def _route_data(request: SelfHealingRequest, incident: Incident) -> dict[str, Any]:
-    """routeTo.data under the fields the receiver relies on (those always win)."""
+def route_data(request: SelfHealingRequest, incident: Incident) -> dict[str, Any]:
+    """The data of a retry event: routeTo.data under the fields the receiver relies on
+    (those always win)."""
     extra = dict(request.route_to.data) if request.route_to is not None else {}
     return {
         **extra,
@@ -159,7 +160,7 @@ def decide(
         reason=f"retry {number} in {delay} ms: {found.failure_class} ({found.reason})",
         rule=Rule.RETRY,
         route_event=route,
-        route_data=_route_data(request, incident),
+        route_data=route_data(request, incident),
     )
 
 
@@ -216,7 +217,7 @@ def clamp_advice(
         if incident.domain not in knobs.domains_with_probe:
             return refuse(f"domain {incident.domain} has no precondition probe")
         delay = _pause_delay(delay, incident, now_ms, knobs)
-        route_event, route_data = None, {}
+        route_event, route_fields = None, {}
     else:
         # decide() checks these before it pauses or retries; checked again because the
         # decision handed in is only trusted as far as its key.
@@ -229,7 +230,7 @@ def clamp_advice(
         deadline = incident.deadline_ms
         if deadline is not None and now_ms + delay > deadline:
             return refuse(f"a retry in {delay} ms would pass the deadline")
-        route_event, route_data = route, _route_data(request, incident)
+        route_event, route_fields = route, route_data(request, incident)
     return replace(
         decision,
         action=action,
@@ -238,7 +239,7 @@ def clamp_advice(
         reason=f"{note}; accepted as {action} in {delay} ms (policy: {decision.reason})",
         rule=Rule.ADVISED,
         route_event=route_event,
-        route_data=route_data,
+        route_data=route_fields,
         advisor=meta,
     )
 

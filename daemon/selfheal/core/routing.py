@@ -219,10 +219,11 @@ def decided(
     cause_id: str,
     request_json: str,
     notify_event: str,
+    trace_id: str | None = None,
 ) -> Effects:
     """The effects of applying `decision` to `incident` (raises ValueError when the
-    decision belongs to another step)."""
-    after = incident.after(decision, now_ms, problem=request.problem_summary)
+    decision belongs to another step); `trace_id` (the step's) goes into the history."""
+    after = incident.after(decision, now_ms, problem=request.problem_summary, trace_id=trace_id)
     timer: Timer | None = None
     if decision.action == Action.RETRY and decision.route_event is not None:
         timer = Timer(

@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
+from pydantic import ValidationError
+
 from selfheal.bus.consumer import StreamConsumer
 from selfheal.bus.streams import Bus, as_text
 from selfheal.bus.timers import TimerPump
@@ -17,6 +19,7 @@ from selfheal.core.contracts import (
     INCIDENT_ID_MAX_LENGTH,
     INCIDENT_ID_PATTERN,
     TEXT_LIMIT,
+    SelfHealingRequest,
 )
 from selfheal.core.events import (
     EVENT_NAME_MAX_LENGTH,
@@ -28,8 +31,9 @@ from selfheal.core.events import (
 )
 from selfheal.core.incident import IncidentState
 from selfheal.core.limits import SLEEP_LIMIT_MS
-from selfheal.core.policy import Knobs
+from selfheal.core.policy import Knobs, route_data
 from selfheal.errors import ControlError
+from selfheal.healing.domains import Domains
 from selfheal.healing.router import Router
 from selfheal.healing.store import IncidentSnapshot, IncidentStore, latest
 from selfheal.redact import redact
@@ -59,6 +63,11 @@ class PlaneView(Protocol):
 
     def knobs(self) -> Knobs:
         """Router knobs from the live config."""
+        ...
+
+    @property
+    def domains(self) -> Domains:
+        """The registered domains (their retry events)."""
         ...
 
 
@@ -209,22 +218,43 @@ class HealingControl:
         return {"incidentId": snapshot.incident_id, "acked": acked, "manualEntriesCleared": cleared}
 
     async def _incidents_retry(self, params: dict[str, Any]) -> Any:
-        by = Params(params).text("by", max_length=TEXT_LIMIT)
+        """A fresh budget, then the failed work again: the domain's retry event at once
+        (the backup runs now), or with `reroute` the last request back to the router."""
+        read = Params(params)
+        by = read.text("by", max_length=TEXT_LIMIT)
+        reroute = read.flag("reroute", default=False)
         snapshot = await self._snapshot(params)
-        assert snapshot.incident is not None
+        incident = snapshot.incident
+        assert incident is not None
         if snapshot.request is None:
             raise ControlError("conflict", "the incident has no stored request to retry")
         now = _now_ms()
-        # Built before the budget is reset, so a request that cannot be re-sent resets nothing.
-        try:
-            event = new_event(
-                SELF_HEALING_REQUESTED, {**snapshot.request, "attempt": 0}, now_ms=now
+        route = self.plane.domains.routes().get(incident.domain)
+        if not reroute and route is None:
+            raise ControlError(
+                "conflict",
+                f"domain {incident.domain!r} has no retry event to run now; "
+                "--reroute sends the request to the router again",
             )
-        except InvalidEvent as exc:
+        # Built before the budget is reset, so work that cannot be re-sent resets nothing.
+        try:
+            if reroute:
+                event = new_event(
+                    SELF_HEALING_REQUESTED, {**snapshot.request, "attempt": 0}, now_ms=now
+                )
+            else:
+                request = SelfHealingRequest.model_validate(snapshot.request)
+                assert route is not None
+                fresh = incident.reset_budget(now, by)  # attempt 1 of the new budget
+                event = new_event(route, route_data(request, fresh), now_ms=now)
+        except (InvalidEvent, ValidationError, ValueError) as exc:
             raise ControlError("conflict", f"the stored request cannot be re-sent: {exc}") from None
         try:
-            reset = snapshot.incident.reset_budget(
-                now, by, deadline_ms=now + self.plane.knobs().recovery_window_ms
+            reset = incident.reset_budget(
+                now,
+                by,
+                deadline_ms=now + self.plane.knobs().recovery_window_ms,
+                rerun=None if reroute else f"{event.name} {event.id}",
             )
         except ValueError as exc:
             raise ControlError("conflict", str(exc)) from None
@@ -235,7 +265,9 @@ class HealingControl:
         cleared = await store.clear_manual_entries(snapshot.incident_id)
         return {
             "incidentId": snapshot.incident_id,
-            "requeued": event.id,
+            "mode": "reroute" if reroute else "rerun",
+            "event": event.name,
+            "eventId": event.id,
             "resetBy": by,
             "manualEntriesCleared": cleared,
         }
@@ -262,7 +294,13 @@ def timeline(
             parts.append(f"{step['failureClass']}, rule {step.get('rule', '?')}")
         if step.get("delayMs"):
             parts.append(f"in {step['delayMs']} ms")
-        for key, label in (("reason", ""), ("problem", "problem: "), ("by", "by ")):
+        for key, label in (
+            ("reason", ""),
+            ("problem", "problem: "),
+            ("by", "by "),
+            ("rerun", "ran again: "),
+            ("traceId", "trace "),
+        ):
             if step.get(key):
                 parts.append(f"{label}{step[key]}")
         add(step.get("atMs"), str(step.get("event", "?")), "; ".join(parts))

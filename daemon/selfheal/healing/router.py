@@ -78,7 +78,7 @@ from selfheal.healing.store import (
     snapshot_from,
 )
 from selfheal.taskgroups import first_error
-from selfheal.telemetry import Telemetry, current_traceparent
+from selfheal.telemetry import Telemetry, current_traceparent, trace_id_of
 
 log = logging.getLogger("selfheal.router")
 
@@ -372,6 +372,8 @@ class Router:
         span = self.telemetry.start_span(
             SPAN_NAME, traceparent=envelope.traceparent, start_ns=time.time_ns()
         )
+        # The events the step writes carry its span: the incident stays one trace.
+        traceparent = current_traceparent(span) or envelope.traceparent
         now = self.now_ms()
         meets = meet(track.standing, now)
         reused = False
@@ -408,11 +410,10 @@ class Router:
                 cause_id=envelope.id,
                 request_json=envelope.data,
                 notify_event=NOTIFY_REQUESTED,
+                trace_id=trace_id_of(traceparent),
             )
         effects.attributes["selfheal.event_id"] = envelope.id
         span.set_attributes(effects.attributes)
-        # The events the step writes carry its span: the incident stays one trace.
-        traceparent = current_traceparent(span) or envelope.traceparent
         self._write(track, arrival, effects, decision_key, now, traceparent)
         return Step(arrival, track, span, effects, reused)
 
