@@ -186,9 +186,8 @@ async def test_a_batch_writes_what_requests_routed_alone_write(
         {k: v for k, v in e.items() if k != "entryId"} for e in await many.store.manual_queue()
     ] == strip
     notified = [e.data for e in await stream_events(many.bus, NOTIFY_REQUESTED)]
-    for notice in notified + (
-        alone := [e.data for e in await stream_events(one.bus, NOTIFY_REQUESTED)]
-    ):
+    alone = [e.data for e in await stream_events(one.bus, NOTIFY_REQUESTED)]
+    for notice in [*notified, *alone]:
         without_traces(notice["incident"])
     assert notified == alone
     assert [n["incident"]["incidentId"] for n in notified] == ["inc:hard"], "manual does not notify"
