@@ -50,10 +50,43 @@ def test_show_lists_values_with_sources(short_home: Path) -> None:
     assert "router.sleepMaxMs" not in by_key, "defaults only with --effective"
     assert "ts-secret-value-123" not in result.output
 
+    assert by_key["router.maxRetries"]["writtenAs"] == "selfHealing.router.maxRetries"
+    assert by_key["router.sleepStepMs"]["writtenAs"] == "BACKUP_ROUTER_SLEEP_STEP_MS"
+
     effective = CliRunner().invoke(cli, ["nas", "config", "show", "--effective"], env=env)
     assert effective.exit_code == 0, effective.output
-    assert "router.sleepMaxMs" in effective.output
+    listed = effective.output.split("\n\n")[0].splitlines()[2:]  # the table, not the notes
+    rows = {line.split()[0]: line.split()[1:] for line in listed}
+    # Keys as they are written; a default shows where to set it.
+    assert rows["backupFailureRouter.sleepMaxMs"] == ["default", "14400000"]
+    assert rows["selfHealing.router.maxRetries"] == ["file", "3"]
+    assert rows["BACKUP_ROUTER_SLEEP_STEP_MS"] == ["env", "777"]
+    assert "BACKUP_ROUTER_SLEEP_STEP_MS sets backupFailureRouter.sleepStepMs" in effective.output
     assert "ts-secret-value-123" not in effective.output
+
+    # A value a stronger source shadows is listed, marked, and explained.
+    cfg.write_text(
+        json.dumps(
+            {
+                "selfHealing": {"router": {"maxRetries": 3}},
+                "backupFailureRouter": {"maxRetries": 4},
+            }
+        )
+    )
+    shadowed = CliRunner().invoke(cli, ["nas", "config", "show"], env=_env(short_home))
+    assert shadowed.exit_code == 0, shadowed.output
+    lines = shadowed.output.splitlines()
+    assert ["backupFailureRouter.maxRetries", "file", "4"] in [line.split() for line in lines]
+    assert ["selfHealing.router.maxRetries", "IGNORED", "3"] in [line.split() for line in lines]
+    assert (
+        "selfHealing.router.maxRetries is ignored: backupFailureRouter.maxRetries overrides it"
+        in lines
+    )
+    data = json.loads(
+        CliRunner().invoke(cli, ["nas", "config", "show", "--json"], env=_env(short_home)).output
+    )
+    [item] = [i for i in data["items"] if i["key"] == "router.maxRetries"]
+    assert item["overridden"] == [{"source": "file:selfHealing.router.maxRetries", "value": 3}]
 
 
 def test_show_with_invalid_config_exits_2_naming_the_key(short_home: Path) -> None:
@@ -74,7 +107,10 @@ def test_init_writes_a_loadable_template_and_refuses_to_overwrite(short_home: Pa
     cfg = _config_file(short_home)
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
     written = json.loads(cfg.read_text())
-    assert {"selfHealing", "backupFailureRouter", "backupTransport", "selfheal"} <= set(written)
+    assert set(written) == {"backupFailureRouter", "backupTransport", "selfheal"}
+    # Each setting is written once, so an edit to any key in the file takes effect.
+    for line in runner.invoke(cli, ["nas", "config", "show"], env=env).output.splitlines()[2:]:
+        assert line.split()[1] == "file", line
 
     again = runner.invoke(cli, ["nas", "config", "init"], env=env)
     assert again.exit_code == 2
@@ -82,6 +118,7 @@ def test_init_writes_a_loadable_template_and_refuses_to_overwrite(short_home: Pa
 
     written["otherProgram"] = {"keep": [1, 2, 3]}
     written["backupFailureRouter"]["maxRetries"] = 9
+    written["selfHealing"] = {"router": {"maxRetries": 7}}  # an older layout's section
     cfg.write_text(json.dumps(written))
     forced = runner.invoke(cli, ["nas", "config", "init", "--force", "--json"], env=env)
     assert forced.exit_code == 0, forced.output
@@ -89,6 +126,7 @@ def test_init_writes_a_loadable_template_and_refuses_to_overwrite(short_home: Pa
     after = json.loads(cfg.read_text())
     assert after["otherProgram"] == {"keep": [1, 2, 3]}, "foreign sections kept"
     assert after["backupFailureRouter"]["maxRetries"] == 5, "our sections rewritten"
+    assert "selfHealing" not in after, "a section the template would shadow is dropped"
 
 
 def test_config_option_and_env_choose_the_file(short_home: Path) -> None:

@@ -11,6 +11,7 @@ from selfheal.backup.transports.mount import mark_nas
 from selfheal.cli.context import EXIT_CONFIG, CliState
 from selfheal.cli.output import emit_json, fail, table
 from selfheal.config import init_config
+from selfheal.config.sources import file_key_of
 from selfheal.errors import ConfigError
 
 pass_state = click.make_pass_decorator(CliState)
@@ -31,7 +32,12 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def show(state: CliState, effective: bool, as_json: bool) -> None:
-    """Each value with its source (default, file key, or env var); secrets redacted."""
+    """Each key as it is written (file key or env var), its value, and where it came
+    from; a value that a stronger source shadows is listed too, marked. Secrets redacted.
+
+    \b
+    Example: selfheal nas config show --effective
+    """
     loaded = state.load()
     items = [i for i in loaded.effective_items() if effective or i.source != "default"]
     if as_json:
@@ -42,11 +48,13 @@ def show(state: CliState, effective: bool, as_json: bool) -> None:
                 "items": [
                     {
                         "key": i.key,
+                        "writtenAs": i.written_as,
                         "value": i.value,
                         "source": i.source,
                         "default": i.default,
                         "env": list(i.env_vars),
                         "secret": i.secret,
+                        "overridden": [{"source": src, "value": v} for src, v in i.overridden],
                     }
                     for i in items
                 ],
@@ -57,7 +65,19 @@ def show(state: CliState, effective: bool, as_json: bool) -> None:
     if not items:
         click.echo("every key is at its default; use --effective to list them")
         return
-    click.echo(table(["key", "source", "value"], [[i.key, i.source, i.value] for i in items]))
+    rows: list[list[object]] = []
+    notes: list[str] = []
+    for item in items:
+        rows.append([item.written_as, item.origin, item.value])
+        if item.origin == "env":
+            notes.append(f"{item.written_as} sets {file_key_of(item.key)}")
+        for source, value in item.overridden:
+            where = source.partition(":")[2]
+            rows.append([where, "IGNORED", value])
+            notes.append(f"{where} is ignored: {item.written_as} overrides it")
+    click.echo(table(["key", "from", "value"], rows))
+    if notes:
+        click.echo("\n" + "\n".join(notes))
 
 
 @config_group.command("init")

@@ -30,7 +30,7 @@ from selfheal.config.locate import (
     read_raw,
 )
 from selfheal.config.schema import Settings
-from selfheal.config.sources import Candidate, gather_candidates
+from selfheal.config.sources import Candidate, file_key_of, gather_candidates
 from selfheal.errors import ConfigError
 from selfheal.redact import register_secrets
 
@@ -45,6 +45,13 @@ class ConfigItem:
     secret: bool
     env_vars: tuple[str, ...]
     default: Any
+    written_as: str  # the file key or env var that set it; for a default, where to set it
+    overridden: tuple[tuple[str, Any], ...] = ()  # (source, redacted value) it shadows
+
+    @property
+    def origin(self) -> str:
+        """file, env or default."""
+        return self.source.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class LoadedConfig:
     raw: dict[str, Any]
     sources: Mapping[str, str]
     digest: str
+    # Per key, the file or env values that a stronger source shadows (strongest first).
+    shadowed: Mapping[str, tuple[Candidate, ...]]
 
     def effective_items(self) -> list[ConfigItem]:
         """Every leaf key in schema order, secrets redacted."""
@@ -68,6 +77,11 @@ class LoadedConfig:
                 secret=leaf.secret is not None,
                 env_vars=leaf.env_vars,
                 default=leaf.default,
+                written_as=_written_as(self.sources[leaf.key], leaf),
+                overridden=tuple(
+                    (c.source, redact_value(leaf.secret, c.value))
+                    for c in self.shadowed.get(leaf.key, ())
+                ),
             )
             for leaf in LEAVES
         ]
@@ -82,6 +96,12 @@ class LoadedConfig:
                 node = node.setdefault(part, {})
             node[last] = item.value
         return result
+
+
+def _written_as(source: str, leaf: Leaf) -> str:
+    """The file key or env var behind a source; for a default, the file key to edit."""
+    kind, _, where = source.partition(":")
+    return where if kind in ("file", "env") else file_key_of(leaf.key)
 
 
 _RULES = {
@@ -196,4 +216,11 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         raw=raw,
         sources=MappingProxyType({leaf.key: origins[leaf.key].source for leaf in LEAVES}),
         digest=_digest(settings),
+        shadowed=MappingProxyType(
+            {
+                leaf.key: shadowed
+                for leaf in LEAVES
+                if (shadowed := tuple(c for c in candidates[leaf.key][1:] if c.source != "default"))
+            }
+        ),
     )

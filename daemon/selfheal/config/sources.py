@@ -75,6 +75,14 @@ def type_name(value: Any) -> str:
     return "an array" if isinstance(value, list) else "an object"
 
 
+def file_key_of(key: str) -> str:
+    """Where a key is written in the file when it is set there: the router and transport
+    keys in the original's strongest sections, ours as they are."""
+    group, _, rest = key.partition(".")
+    sections = {"router": ROUTER_FILE_SECTIONS[0], "transport": TRANSPORT_FILE_SECTIONS[0]}
+    return ".".join((*sections[group], rest)) if group in sections else key
+
+
 def _unprefixed(alias: str) -> str:
     # nasSshHost -> sshHost: selfHealing.transport accepts both spellings.
     rest = alias.removeprefix("nas")

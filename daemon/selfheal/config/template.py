@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -11,7 +10,12 @@ from typing import Any
 
 from selfheal.config.leaves import LEAVES
 from selfheal.config.locate import read_raw
-from selfheal.config.sources import OUR_SECTION
+from selfheal.config.sources import (
+    OUR_SECTION,
+    OWN_SECTIONS,
+    ROUTER_FILE_SECTIONS,
+    TRANSPORT_FILE_SECTIONS,
+)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -33,12 +37,12 @@ def _ours() -> dict[str, Any]:
 
 
 def render_template() -> dict[str, Any]:
-    """Every section we own (the original's four plus ours), every key at its default."""
-    router, transport = _group("router"), _group("transport")
+    """Every key at its default, each written once: the router and transport keys in
+    the original's strongest sections (`backupFailureRouter`, `backupTransport`; the
+    weaker `selfHealing` section would only be shadowed), the rest under ours."""
     return {
-        "selfHealing": {"router": copy.deepcopy(router), "transport": copy.deepcopy(transport)},
-        "backupFailureRouter": router,
-        "backupTransport": transport,
+        ROUTER_FILE_SECTIONS[0][0]: _group("router"),
+        TRANSPORT_FILE_SECTIONS[0][0]: _group("transport"),
         OUR_SECTION: _ours(),
     }
 
@@ -95,7 +99,13 @@ def init_config(path: Path, *, force: bool) -> None:
         # An unparsable file raises ConfigError: its foreign sections could not be kept.
         existing, _ = read_raw(path)
     template = render_template()
-    merged = {key: template.get(key, value) for key, value in existing.items()}
+    # Our sections are rewritten whole; a `selfHealing` section goes, since the
+    # template's sections would shadow every key in it. Other programs' sections stay.
+    merged = {
+        key: template.get(key, value)
+        for key, value in existing.items()
+        if key in template or key not in OWN_SECTIONS
+    }
     for key, value in template.items():
         merged.setdefault(key, value)
     write_atomic(path, json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
