@@ -13,7 +13,7 @@ from selfheal.backup.transports.mount import MARKER_NAME, mark_nas
 from selfheal.cli import cli
 from selfheal.errors import ControlError
 from tests.support.daemon import Daemons
-from tests.support.servers import RedisServer, wait_until
+from tests.support.servers import RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +132,31 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     assert json.loads(runner.invoke(cli, ["backup", "list", "--json"], env=env).output)[
         "unreachable"
     ].keys() == {"redis", "typesense"}
+    assert daemon.stop() == 0
+
+
+def test_an_ssh_only_set_up_needs_no_mount_and_names_only_ssh_when_it_fails(
+    short_home: Path, daemon_factory: Daemons
+) -> None:
+    known_hosts = short_home / "known_hosts"
+    known_hosts.touch()
+    config = {
+        "backupTransport": {
+            "nasSshHost": "nobody@127.0.0.1",
+            "nasSshFlags": f"-o BatchMode=yes -p {free_port()} -o UserKnownHostsFile={known_hosts}",
+        },
+        "selfheal": {
+            "nas": {"useMount": False},  # no mountRoot anywhere: nothing to mount
+            "backups": {"redis": {"source": "bus"}, "typesense": {"enabled": False}},
+        },
+    }
+    daemon = daemon_factory.start(config=config)
+    runner = CliRunner()
+    followed = runner.invoke(cli, ["backup", "run", "redis", "--follow"], env=daemon.env())
+    assert followed.exit_code == 4, followed.output  # spooled is not a success
+    final = followed.output.splitlines()[-2]
+    assert final.startswith("redis: spooled redis-") and "waits in the spool: ssh: " in final
+    assert "mount" not in final
     assert daemon.stop() == 0
 
 

@@ -9,16 +9,21 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import pytest
 
 from selfheal.backup.model import Artifact, Delivery, TransportError
 from selfheal.backup.spool import CORRUPT_DIR, Spool, SpoolEntry, SpoolEntryCorrupt
 from selfheal.backup.transfer import ShipResult, TransferManager
 from selfheal.backup.transports.mount import MARKER_NAME, MountTransport, mark_nas
+from selfheal.backup.transports.ssh import SshTransport
 from selfheal.core.artifacts import artifact_name
+from selfheal.core.ssh_flags import parse_ssh_flags
 from selfheal.spanfile import read_spans
 from selfheal.telemetry import Telemetry
 from tests.support.mounts import Mounts
+from tests.support.servers import free_port
+from tests.support.sshd import SshServer, transport_for
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +145,7 @@ async def test_both_down_spools_then_drain_delivers(
 
     assert result.status == "spooled" and result.delivery is None and result.attempts == 0
     assert result.spool_entry is not None and result.spool_entry.incident_id == "backup:redis:1"
+    assert result.why().startswith("mount: ") and "not a mount point" in result.why()
     assert not artifact.path.exists()  # moved into the spool, not copied
     assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
     delivered: list[tuple[SpoolEntry, Delivery]] = []
@@ -414,3 +420,41 @@ def test_ship_result_is_frozen() -> None:
     result = ShipResult("spooled", None, 0, [], None)
     with pytest.raises(AttributeError):
         result.status = "delivered"  # type: ignore[misc]
+
+
+async def test_a_failure_says_why_each_transport_failed(
+    sshd: SshServer, tmp_path: Path, telemetry: Telemetry
+) -> None:
+    # The mount folder has no marker; the NAS answers SSH with a host key we do not know.
+    unmarked = tmp_path / "Volumes" / "nas"
+    unmarked.mkdir(parents=True)
+    refusing = transport_for(sshd, known_hosts=sshd.mismatched_known_hosts)
+    spool = Spool(tmp_path / "spool")
+    artifact = make_artifact(tmp_path / "out")
+    mount = MountTransport(unmarked, require_mount_point=False)
+    transfer = manager(telemetry, [mount, refusing], spool, FakeTime())
+
+    with anyio.fail_after(60), pytest.raises(TransportError) as caught:
+        await transfer.ship(artifact)
+
+    mount_part, ssh_part = caught.value.explained().split("; ", 1)
+    assert mount_part.startswith("mount: ") and "marker" in mount_part
+    assert str(unmarked) in mount_part
+    assert ssh_part.startswith("ssh: ") and "host key" in ssh_part.lower()
+    assert artifact.path.exists() and await spool.entries() == []
+
+    # The same NAS with SSH unreachable: the copy is spooled, and both reasons are kept.
+    closed = SshTransport(
+        sshd.host,
+        parse_ssh_flags(f"-o BatchMode=yes -o ConnectTimeout=5 -p {free_port()}"),
+        str(sshd.remote_root),
+        known_hosts=sshd.known_hosts,
+        client_keys=[sshd.user_key],
+    )
+    transfer = manager(telemetry, [mount, closed], spool, FakeTime())
+    with anyio.fail_after(60):
+        result = await transfer.ship(artifact)
+    assert result.status == "spooled"
+    mount_part, ssh_part = result.why().split("; ")[:2]
+    assert mount_part.startswith("mount: ") and "marker" in mount_part
+    assert ssh_part.startswith("ssh: ") and "refused" in ssh_part.lower()

@@ -321,3 +321,12 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     for key in keys:
         assert any(key in problem for problem in caught.value.problems), key
     assert caught.value.path == str(path)
+
+
+def test_turning_off_both_transports_is_refused(tmp_path: Path) -> None:
+    text = problems(tmp_path, ours(nas={"useMount": False}), {"SELFHEAL_NAS_USE_SSH": "0"})
+    assert "selfheal.nas.useMount = false (from file:selfheal.nas.useMount)" in text
+    assert (
+        "selfheal.nas.useSsh = false (from env:SELFHEAL_NAS_USE_SSH): "
+        "at least one transport must be on"
+    ) in text

@@ -99,10 +99,17 @@ class TransportError(SelfhealError):
         kind: str | None = None,
     ) -> None:
         self.mode = mode
+        self.reason = message
         self.errno_name = errno_name
         self.exception = exception
         self.kind = kind
+        # Why the other transports did not take the copy either (set by the transfer).
+        self.others: tuple[str, ...] = ()
         super().__init__(f"{mode}: {message}")
+
+    def explained(self) -> str:
+        """This failure after the other transports' reasons: `mount: …; ssh: …`."""
+        return "; ".join((*self.others, str(self)))
 
     @property
     def evidence(self) -> dict[str, Any]:

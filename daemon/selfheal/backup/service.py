@@ -124,24 +124,31 @@ class BackupService:
         return Spool(self._settings().spool_path)
 
     def transports(self, target: Literal["typesense", "redis"]) -> list[Transport]:
-        """Mount then SSH (or SSH first when preferRemote), for one target's settings."""
+        """The transports that are on (useMount, useSsh): mount then SSH, or SSH first
+        when preferRemote, for one target's settings."""
         settings = self._settings()
         target_settings = getattr(settings.backups, target)
-        mount = MountTransport(
-            settings.mount_root(target), require_mount_point=target_settings.require_mount_point
-        )
-        # Imported here: asyncssh and its cryptography weigh ~30 MB, which a daemon that
-        # has not needed SSH yet (an idle one, a mount-only NAS) does not carry.
-        from selfheal.backup.transports.ssh import SshTransport
+        found: list[Transport] = []
+        if settings.nas.use_mount:
+            found.append(
+                MountTransport(
+                    settings.mount_root(target),
+                    require_mount_point=target_settings.require_mount_point,
+                )
+            )
+        if settings.nas.use_ssh:
+            # Imported here: asyncssh and its cryptography weigh ~30 MB, which a daemon
+            # that has not needed SSH yet (an idle one, a mount-only NAS) does not carry.
+            from selfheal.backup.transports.ssh import SshTransport
 
-        ssh = SshTransport(
-            settings.transport.ssh_host,
-            settings.transport.ssh_options,
-            settings.nas.remote_root,
-            lean_send=settings.nas.lean_ssh_send,
-        )
-        ordered: list[Transport] = [ssh, mount] if settings.nas.prefer_remote else [mount, ssh]
-        return ordered
+            ssh = SshTransport(
+                settings.transport.ssh_host,
+                settings.transport.ssh_options,
+                settings.nas.remote_root,
+                lean_send=settings.nas.lean_ssh_send,
+            )
+            found.insert(0 if settings.nas.prefer_remote else len(found), ssh)
+        return found
 
     def transfer(self, target: Literal["typesense", "redis"]) -> TransferManager:
         """The transfer manager with the in-copy retry knobs."""
@@ -243,9 +250,7 @@ class BackupService:
                 return await self._failed(target, cause, attempt, exc, reporter)
             if result.status == "spooled":
                 span.set_attribute("selfheal.status", "spooled")
-                return await self._spooled(
-                    target, cause, attempt, artifact, result.errors, reporter
-                )
+                return await self._spooled(target, cause, attempt, artifact, result.why(), reporter)
             assert result.delivery is not None
             span.set_attributes(
                 {
@@ -321,7 +326,7 @@ class BackupService:
         exc: SourceError | TransportError,
         reporter: ProgressReporter,
     ) -> RunOutcome:
-        message = redact_text(str(exc))
+        message = redact_text(exc.explained() if isinstance(exc, TransportError) else str(exc))
         log.error("backup %s failed: %s", target, message)
         await self._publish(
             BACKUP_FAILED,
@@ -345,13 +350,12 @@ class BackupService:
         cause: Event,
         attempt: int,
         artifact: Artifact,
-        errors: list[str],
+        detail: str,
         reporter: ProgressReporter,
     ) -> RunOutcome:
-        detail = "; ".join(errors[-3:]) or "no transport reachable"
         log.warning("backup %s spooled (%s): %s", target, artifact.name, detail)
         await self._report_spooled(target, cause, attempt, artifact.name, detail, reporter.run_id)
-        await reporter.finish("spooled", artifact.name)
+        await reporter.finish("spooled", f"{artifact.name} waits in the spool: {detail}")
         return RunOutcome(target, "spooled", artifact=artifact.name, detail=detail)
 
     async def _report_spooled(

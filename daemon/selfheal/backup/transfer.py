@@ -72,6 +72,19 @@ class ShipResult:
     attempts: int
     errors: list[str] = field(default_factory=list)
     spool_entry: SpoolEntry | None = None
+    # Each transport's last failure, in preference order: why nothing delivered.
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def why(self) -> str:
+        """`mount: <why>; ssh: <why>`, and how the retrying ended."""
+        ending = [e for e in self.errors[-1:] if not e.startswith(("probe ", "attempt "))]
+        parts = [f"{mode}: {reason}" for mode, reason in self.reasons.items()] + ending
+        return "; ".join(parts) or "no transport reachable"
+
+
+def _others(reasons: dict[str, str], failed: str) -> tuple[str, ...]:
+    """The other transports' reasons, for the message of a hard failure of `failed`."""
+    return tuple(f"{mode}: {why}" for mode, why in reasons.items() if mode != failed)
 
 
 class TransferManager:
@@ -121,6 +134,7 @@ class TransferManager:
         whichever transport answers, until the attempts or the recovery window run out.
         """
         errors: list[str] = []
+        reasons = {t.mode: "not tried" for t in self.transports}
         attempts = 0
         started = self._clock()
         last: Transport | None = None
@@ -128,7 +142,7 @@ class TransferManager:
         async def once() -> Delivery:
             nonlocal attempts, last
             picking = time.time_ns()
-            transport = await self._pick(errors, after_failure_of=last)
+            transport = await self._pick(errors, reasons, after_failure_of=last)
             if transport is None:
                 raise _Spool  # nothing answers: the spool takes it, the drainer carries on
             if last is not None and transport is not last:
@@ -147,12 +161,15 @@ class TransferManager:
                     return await self._attempt(transport, artifact, progress, attempts)
                 except (TransportError, OSError) as exc:
                     error = as_transport_error(transport.mode, exc)
+                    reasons[transport.mode] = error.reason
                     if is_hard_failure(error):
+                        error.others = _others(reasons, error.mode)
                         raise error from (None if error is exc else exc)
                     errors.append(f"attempt {attempts} via {transport.mode}: {error}")
                     log.warning("transfer of %s: %s", artifact.name, errors[-1])
                     raise _CopyFailed from None
             errors.append(f"attempt {attempts} via {transport.mode}: recovery window ended")
+            reasons[transport.mode] = "the recovery window ended during the copy"
             raise _Spool
 
         def stop(state: RetryCallState) -> bool:
@@ -175,12 +192,13 @@ class TransferManager:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return ShipResult("delivered", await once(), attempts, errors)
+                    delivery = await once()
+                    return ShipResult("delivered", delivery, attempts, errors, reasons=reasons)
         except (RetryError, _Spool):
             pass  # why is in `errors`
         entry = await self.spool.add(artifact, incident_id=incident_id)
         log.warning("spooled %s after %d attempts (entry %s)", artifact.name, attempts, entry.id)
-        return ShipResult("spooled", None, attempts, errors, entry)
+        return ShipResult("spooled", None, attempts, errors, entry, reasons)
 
     async def _attempt(
         self,
@@ -229,9 +247,14 @@ class TransferManager:
         return delivery
 
     async def _pick(
-        self, errors: list[str], *, after_failure_of: Transport | None = None
+        self,
+        errors: list[str],
+        reasons: dict[str, str],
+        *,
+        after_failure_of: Transport | None = None,
     ) -> Transport | None:
-        """The first transport whose probe passes; after a failure, the others come first."""
+        """The first transport whose probe passes; after a failure, the others come first.
+        Each failed probe goes into `errors` and is its transport's reason."""
         order = [t for t in self.transports if t is not after_failure_of]
         if after_failure_of is not None:
             order.append(after_failure_of)
@@ -240,15 +263,19 @@ class TransferManager:
                 try:
                     probe = await transport.probe()
                 except Exception as exc:  # a broken probe only means "not this way"
+                    reasons[transport.mode] = f"probe failed: {exc!r}"
                     errors.append(f"probe {transport.mode}: {exc!r}")
                     continue
                 if probe.ok:
                     return transport
+                reasons[transport.mode] = probe.reason
                 if probe.error is not None and is_hard_failure(probe.error):
                     # Reachable but refusing us (host key, login): escalate, never spool.
+                    probe.error.others = _others(reasons, transport.mode)
                     raise probe.error
                 errors.append(f"probe {transport.mode}: {probe.reason}")
                 continue
+            reasons[transport.mode] = f"no answer within {PROBE_GUARD_S:g}s"
             errors.append(f"probe {transport.mode}: no answer within {PROBE_GUARD_S:g}s")
         return None
 
@@ -267,7 +294,7 @@ class TransferManager:
             "selfheal.backup.spool_drain", {"target": target, "entries": len(entries)}
         ) as span:
             errors: list[str] = []
-            transport = await self._pick(errors)
+            transport = await self._pick(errors, {})
             if transport is None:
                 log.info("spool drain: no transport answers (%s)", "; ".join(errors))
                 span.set_attributes({"selfheal.delivered": 0, "selfheal.error": "; ".join(errors)})

@@ -125,9 +125,15 @@ def _redis(r: _Rules) -> None:
         r.add(f"{cited}: several hosts are only allowed with {base}.sentinelMaster")
 
 
+def _transports(r: _Rules) -> None:
+    mount, ssh = "selfheal.nas.useMount", "selfheal.nas.useSsh"
+    if r.have(mount, ssh) and not (r.values[mount] or r.values[ssh]):
+        r.add(f"{r.cite(mount)} and {r.cite(ssh)}: at least one transport must be on")
+
+
 def cross_check(values: Values, origins: Origins) -> list[str]:
     """Return the problems found by every cross-key rule."""
     rules = _Rules(values, origins)
-    for check in (_ordered, _advisor, _notifiers, _watchdog, _redis):
+    for check in (_ordered, _advisor, _notifiers, _watchdog, _redis, _transports):
         check(rules)
     return rules.problems

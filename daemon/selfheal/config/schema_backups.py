@@ -35,6 +35,12 @@ class NasSettings(ConfigModel):
     prefer_remote: Annotated[bool, env("NAS_BACKUP_PREFER_REMOTE")] = Field(
         False, description="Try SSH before the local mount."
     )
+    use_mount: Annotated[bool, env("SELFHEAL_NAS_USE_MOUNT")] = Field(
+        True, description="Copy over the local NAS mount; false = SSH only (no mount needed)."
+    )
+    use_ssh: Annotated[bool, env("SELFHEAL_NAS_USE_SSH")] = Field(
+        True, description="Copy over SSH/SFTP; false = the mount only (no SSH host needed)."
+    )
     lean_ssh_send: Annotated[bool, env("SELFHEAL_SSH_LEAN_SEND")] = Field(
         True,
         description="Under AEAD ciphers, skip asyncssh's empty IGNORE packet before every "
