@@ -214,7 +214,11 @@ def _verified(artifact: dict[str, Any]) -> str:
 @pass_state
 def verify(state: CliState, artifact: str, as_json: bool) -> None:
     """Recompute ARTIFACT's sha256 on the NAS and compare it with its manifest (a name,
-    or its path: only the file name counts)."""
+    or its path: only the file name counts).
+
+    \b
+    Example: selfheal backup verify redis-20261127T033000Z-042-9f3c2a.rdb
+    """
     artifact = PurePath(artifact).name
     result = state.call("backup.verify", {"artifact": artifact}, timeout=3600)
     if as_json:
@@ -233,7 +237,11 @@ def verify(state: CliState, artifact: str, as_json: bool) -> None:
 @pass_state
 def drill(state: CliState, target: str, artifact: str | None, as_json: bool) -> None:
     """Restore ARTIFACT (default: TARGET's newest) into a throwaway server and compare
-    its keys or documents with the manifest; a failure raises TARGET's incident."""
+    its keys or documents with the manifest; a failure raises TARGET's incident.
+
+    \b
+    Example: selfheal backup drill redis
+    """
     params = {"target": target, **({"artifact": PurePath(artifact).name} if artifact else {})}
     result = state.call("backup.drill", params, timeout=3600)
     if as_json:
@@ -253,7 +261,11 @@ def drill(state: CliState, target: str, artifact: str | None, as_json: bool) -> 
 @json_option
 @pass_state
 def retention(state: CliState, target: str, apply_plan: bool, as_json: bool) -> None:
-    """Show (or apply) the retention plan for TARGET's folder on the NAS."""
+    """Show (or apply) the retention plan for TARGET's folder on the NAS.
+
+    \b
+    Example: selfheal backup retention typesense --apply
+    """
     result = state.call("backup.retention", {"target": target, "dryRun": not apply_plan})
     if as_json:
         emit_json(result)

@@ -85,7 +85,11 @@ def show(state: CliState, effective: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def init(state: CliState, force: bool, as_json: bool) -> None:
-    """Write a complete config template (other programs' sections are kept)."""
+    """Write a complete config template (other programs' sections are kept).
+
+    \b
+    Example: selfheal --config ~/.joelclaw/system-bus.config.json nas config init
+    """
     path = state.resolved_config_path()
     existed = path.exists()
     try:
@@ -112,6 +116,9 @@ def mark(path: Path, nas_id: str, as_json: bool) -> None:
 
     The mount transport writes only where this marker is, so a missing mount can
     never send backups to the local disk underneath it.
+
+    \b
+    Example: selfheal nas mark /Volumes/three-body --id three-body
     """
     if not path.is_dir():
         fail(f"{path} is not a folder (mount the NAS first)", EXIT_CONFIG)

@@ -25,7 +25,11 @@ pass_state = click.make_pass_decorator(CliState)
 )
 @pass_state
 def run(state: CliState, log_format: str | None) -> None:
-    """Run the daemon in the foreground (what launchd/systemd start)."""
+    """Run the daemon in the foreground (what launchd/systemd start).
+
+    \b
+    Example: selfheal run --log-format json
+    """
     from selfheal.daemon import run_daemon
     from selfheal.errors import ConfigError
 
@@ -61,7 +65,11 @@ def status(
     state: CliState, as_json: bool, watch: bool, interval: float, count: int, verbose: bool
 ) -> None:
     """Show the running daemon's state, backups, workers, services, Redis and last reload;
-    exit 5 when degraded (--watch: live, with open incidents and the queue)."""
+    exit 5 when degraded (--watch: live, with open incidents and the queue).
+
+    \b
+    Example: selfheal status --watch --interval 5
+    """
     if not watch:
         result = state.call("status")
         if as_json:
@@ -103,7 +111,11 @@ def status(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def reload_cmd(state: CliState, as_json: bool) -> None:
-    """Ask the running daemon to reload its config file now."""
+    """Ask the running daemon to reload its config file now.
+
+    \b
+    Example: selfheal reload
+    """
     result = state.call("config.reload")
     if as_json:
         emit_json(result)

@@ -21,7 +21,11 @@ MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 @pass_state
 def doctor(state: CliState, as_json: bool, send_test: bool) -> None:
     """Check config, Redis, Typesense, the NAS (mount and SSH), space, schedules,
-    notifiers, watched workers and the service job; exit 1 on any failure."""
+    notifiers, watched workers and the service job; exit 1 on any failure.
+
+    \b
+    Example: selfheal doctor --send-test
+    """
     from selfheal import doctor as checks_module
 
     path = state.resolved_config_path()

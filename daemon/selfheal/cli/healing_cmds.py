@@ -84,7 +84,11 @@ def send(
 @json_option
 @pass_state
 def list_events(state: CliState, as_json: bool) -> None:
-    """The events on the bus and the consumer groups that read each."""
+    """The events on the bus and the consumer groups that read each.
+
+    \b
+    Example: selfheal events list
+    """
     result = state.call("queue.stats")
     known = [
         {"event": s["event"], "groups": [g["group"] for g in s["groups"]], "length": s["length"]}
@@ -108,7 +112,11 @@ def queue() -> None:
 @json_option
 @pass_state
 def stats(state: CliState, as_json: bool) -> None:
-    """Stream lengths, pending entries, lag, dead letters and timers."""
+    """Stream lengths, pending entries, lag, dead letters and timers.
+
+    \b
+    Example: selfheal queue stats --json
+    """
     result = state.call("queue.stats")
     if as_json:
         emit_json(result)
@@ -139,7 +147,11 @@ def stats(state: CliState, as_json: bool) -> None:
 @json_option
 @pass_state
 def dead(state: CliState, count: int, requeue_id: str | None, as_json: bool) -> None:
-    """The newest dead letters, with the reason each was set aside."""
+    """The newest dead letters, with the reason each was set aside.
+
+    \b
+    Example: selfheal queue dead --requeue 1764820000000-0
+    """
     if requeue_id is not None:
         done = state.call("queue.requeue", {"id": requeue_id})
         if as_json:
@@ -174,7 +186,11 @@ def incidents() -> None:
 @json_option
 @pass_state
 def list_cmd(state: CliState, incident_state: str | None, limit: int, as_json: bool) -> None:
-    """Incidents, most recently updated first."""
+    """Incidents, most recently updated first.
+
+    \b
+    Example: selfheal incidents list --state escalated
+    """
     params: dict[str, Any] = {"limit": limit}
     if incident_state:
         params["state"] = incident_state
@@ -201,7 +217,11 @@ def list_cmd(state: CliState, incident_state: str | None, limit: int, as_json: b
 @json_option
 @pass_state
 def show(state: CliState, incident_id: str, as_json: bool) -> None:
-    """One incident: budget, history, last decision, manual-queue entries."""
+    """One incident: budget, history, last decision, manual-queue entries.
+
+    \b
+    Example: selfheal incidents show backup:redis:nas-backup
+    """
     result = state.call("incidents.show", {"id": incident_id})
     if as_json:
         emit_json(result)
@@ -243,7 +263,11 @@ def show(state: CliState, incident_id: str, as_json: bool) -> None:
 @json_option
 @pass_state
 def ack(state: CliState, incident_id: str, by: str, note: str, as_json: bool) -> None:
-    """Acknowledge an escalated incident (it stays escalated)."""
+    """Acknowledge an escalated incident (it stays escalated).
+
+    \b
+    Example: selfheal incidents ack backup:redis:nas-backup --note 'NAS fan replaced'
+    """
     result = state.call("incidents.ack", {"id": incident_id, "by": by, "note": note})
     if as_json:
         emit_json(result)

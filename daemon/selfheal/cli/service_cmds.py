@@ -92,7 +92,11 @@ def launchd() -> None:
 def launchd_install(
     state: CliState, config_override: Path | None, dry_run: bool, as_json: bool
 ) -> None:
-    """Write ~/Library/LaunchAgents/com.joelclaw.selfheal.plist, check it, load it."""
+    """Write ~/Library/LaunchAgents/com.joelclaw.selfheal.plist, check it, load it.
+
+    \b
+    Example: selfheal launchd install --dry-run
+    """
     config, drain = _config(state, config_override)
     report = _guard(
         lambda: si.install_launchd(
@@ -106,7 +110,11 @@ def launchd_install(
 @json_option
 @pass_state
 def launchd_uninstall(state: CliState, as_json: bool) -> None:
-    """Unload the agent and remove its plist."""
+    """Unload the agent and remove its plist.
+
+    \b
+    Example: selfheal launchd uninstall
+    """
     report = _guard(lambda: si.uninstall_launchd(home=_home(state)))
     _print(report, dry_run=False, as_json=as_json, verb="uninstalled")
 
@@ -115,7 +123,11 @@ def launchd_uninstall(state: CliState, as_json: bool) -> None:
 @json_option
 @pass_state
 def launchd_status(state: CliState, as_json: bool) -> None:
-    """The agent's state as `launchctl print` shows it."""
+    """The agent's state as `launchctl print` shows it.
+
+    \b
+    Example: selfheal launchd status
+    """
     job = _guard(si.launchd_job)
     path, _ = si.launchd_paths(_home(state))
     if as_json:
@@ -137,7 +149,11 @@ def systemd() -> None:
 def systemd_install(
     state: CliState, config_override: Path | None, dry_run: bool, as_json: bool
 ) -> None:
-    """Write ~/.config/systemd/user/selfheal.service, enable and (re)start it."""
+    """Write ~/.config/systemd/user/selfheal.service, enable and (re)start it.
+
+    \b
+    Example: selfheal systemd install --config ~/selfheal.json
+    """
     config, drain = _config(state, config_override)
     report = _guard(
         lambda: si.install_systemd(
@@ -155,7 +171,11 @@ def systemd_install(
 @json_option
 @pass_state
 def systemd_uninstall(state: CliState, as_json: bool) -> None:
-    """Stop and disable the unit, remove it."""
+    """Stop and disable the unit, remove it.
+
+    \b
+    Example: selfheal systemd uninstall
+    """
     report = _guard(lambda: si.uninstall_systemd(home=_home(state), env=state.env))
     _print(report, dry_run=False, as_json=as_json, verb="uninstalled")
 
@@ -164,7 +184,11 @@ def systemd_uninstall(state: CliState, as_json: bool) -> None:
 @json_option
 @pass_state
 def systemd_status(state: CliState, as_json: bool) -> None:
-    """The unit's state as `systemctl --user show` gives it."""
+    """The unit's state as `systemctl --user show` gives it.
+
+    \b
+    Example: selfheal systemd status --json
+    """
     job = _guard(si.systemd_job)
     path = si.systemd_unit_path(state.env, _home(state))
     if as_json:

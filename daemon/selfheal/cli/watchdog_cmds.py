@@ -22,7 +22,11 @@ def watchdog() -> None:
 @json_option
 @pass_state
 def status(state: CliState, as_json: bool) -> None:
-    """Each worker: last probes, failures in a row, last restart, cooldown, restarts in window."""
+    """Each worker: last probes, failures in a row, last restart, cooldown, restarts in window.
+
+    \b
+    Example: selfheal watchdog status --json
+    """
     result = state.call("watchdog.status")
     if as_json:
         emit_json(result)
@@ -65,7 +69,11 @@ def _print_restart(result: dict[str, Any]) -> None:
 @json_option
 @pass_state
 def restart(state: CliState, name: str, force: bool, as_json: bool) -> None:
-    """Restart worker NAME now through its service manager, with the guards."""
+    """Restart worker NAME now through its service manager, with the guards.
+
+    \b
+    Example: selfheal watchdog restart system-bus-worker --force
+    """
     result = state.call("watchdog.restart", {"name": name, "force": force}, timeout=3900)
     if as_json:
         emit_json(result)
@@ -80,7 +88,11 @@ def restart(state: CliState, name: str, force: bool, as_json: bool) -> None:
 @json_option
 @pass_state
 def investigate(state: CliState, name: str, as_json: bool) -> None:
-    """Probe worker NAME and read its logs now (a failing worker is reported)."""
+    """Probe worker NAME and read its logs now (a failing worker is reported).
+
+    \b
+    Example: selfheal watchdog investigate system-bus-worker
+    """
     result = state.call("watchdog.investigate", {"name": name}, timeout=180)
     if as_json:
         emit_json(result)
