@@ -20,7 +20,7 @@ def completion(ctx: click.Context, shell: str, as_json: bool) -> None:
 
     \b
     Example (bash): selfheal completion bash > ~/.local/share/bash-completion/completions/selfheal
-    Example (zsh):  selfheal completion zsh > "${fpath[1]}/_selfheal"
+    Example (zsh): selfheal completion zsh > "${fpath[1]}/_selfheal"
     Example (fish): selfheal completion fish > ~/.config/fish/completions/selfheal.fish
     """
     root = ctx.find_root().command
