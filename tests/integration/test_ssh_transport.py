@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -80,7 +81,13 @@ async def test_put_uploads_verifies_and_reports(sshd: SshServer, tmp_path: Path)
     done = [d for d, _ in seen]
     assert done == sorted(done) and len(set(done)) == len(done) and len(done) > 1
     assert done[-1] == size and {t for _, t in seen} == {size}
-    assert set(transport.last_phases) == {"connect", "upload", "sync_verify", "rename"}
+    assert set(transport.last_phases) == {
+        "connect",
+        "resume_check",
+        "upload",
+        "sync_verify",
+        "rename",
+    }
 
 
 async def test_put_never_replaces_an_existing_copy(sshd: SshServer, tmp_path: Path) -> None:
@@ -437,3 +444,74 @@ async def test_fetch_copies_verified_over_sftp_and_leaves_nothing_on_a_mismatch(
         with pytest.raises(TransportError):
             await transport.fetch(PurePosixPath("redis/none.rdb"), missing, sha256=digest, size=1)
         assert not missing.exists()
+
+
+async def resumed_upload(server: SshServer, tmp_path: Path) -> tuple[int, list[int], str]:
+    """Cut an upload off by killing sshd halfway, start sshd again, upload again.
+
+    Returns the delivery's resume offset, the progress the second upload reported and
+    the hash method it used.
+    """
+    size = 96 << 20
+    local = tmp_path / "big.rdb"
+    digest = random_file(local, size)
+    transport = make_transport(server)
+    partial_path = server.remote_root / f"{RDB}.partial"
+
+    def cut_halfway(done: int, total: int) -> None:
+        if done >= total // 2 and server.process is not None and server.process.poll() is None:
+            server.stop(kill=True)  # blocks the loop for a moment: no byte more is sent
+
+    with anyio.fail_after(WAIT_S), pytest.raises(TransportError):
+        await transport.put(local, RDB, sha256=digest, size=size, progress=cut_halfway)
+    left = partial_path.stat().st_size  # the connection died: the partial could not go
+    assert size // 2 <= left < size
+    server.start()
+    seen: list[int] = []
+    with anyio.fail_after(WAIT_S):
+        delivery = await transport.put(
+            local, RDB, sha256=digest, size=size, progress=lambda d, t: seen.append(d)
+        )
+    final = server.remote_root / str(RDB)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == digest
+    assert files_under(server.remote_root) == [str(RDB)]
+    assert delivery.verified and delivery.bytes == size
+    # Resumed from a block boundary below what was there, after verifying that prefix.
+    assert 0 < delivery.resumed_from <= left and delivery.resumed_from >= size // 4
+    return delivery.resumed_from, seen, transport.hash_method
+
+
+async def test_an_upload_cut_off_resumes_from_the_verified_remote_offset(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    resumed, seen, method = await resumed_upload(sshd, tmp_path)
+    assert seen[0] >= resumed and seen[-1] == 96 << 20  # only the rest was sent
+    assert method == "exec"  # the prefix was hashed on the NAS (head -c | sha256sum)
+
+
+async def test_a_resume_is_checked_by_reading_back_when_the_nas_has_no_exec(
+    sftp_only_sshd: SshServer, tmp_path: Path
+) -> None:
+    resumed, seen, method = await resumed_upload(sftp_only_sshd, tmp_path)
+    assert seen[0] >= resumed and method == "readback"
+
+
+async def test_a_leftover_that_does_not_match_is_replaced_whole(
+    sshd: SshServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = 64 << 20
+    local = tmp_path / "dump.rdb"
+    digest = random_file(local, size)
+    leftover = sshd.remote_root / f"{RDB}.partial"
+    leftover.parent.mkdir(parents=True)
+    # Three quarters of the right bytes with a hole in them: writes that never landed.
+    data = bytearray(local.read_bytes()[: size * 3 // 4])
+    data[1 << 20 : 2 << 20] = bytes(1 << 20)
+    leftover.write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="selfheal"), anyio.fail_after(WAIT_S):
+        delivery = await make_transport(sshd).put(local, RDB, sha256=digest, size=size)
+    assert delivery.resumed_from == 0
+    assert any("do not match" in r.getMessage() for r in caplog.records), "the prefix was checked"
+    final = sshd.remote_root / str(RDB)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == digest
+    assert files_under(sshd.remote_root) == [str(RDB)]

@@ -75,6 +75,7 @@ class Delivery:
     bytes: int
     seconds: float
     verified: bool
+    resumed_from: int = 0  # bytes an interrupted upload had left, verified and kept
 
 
 @dataclass(frozen=True)

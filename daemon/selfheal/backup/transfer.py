@@ -222,6 +222,8 @@ class TransferManager:
         ) as span:
             delivery = await self._deliver(transport, artifact, progress)
             span.set_attribute("selfheal.bytes", delivery.bytes)
+            if delivery.resumed_from:
+                span.set_attribute("selfheal.resumed_from", delivery.resumed_from)
             return delivery
 
     async def _deliver(

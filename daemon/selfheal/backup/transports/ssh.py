@@ -28,7 +28,7 @@ from selfheal.backup.model import (
     name_taken,
     same_manifest,
 )
-from selfheal.backup.transports.sftp_writer import Batch, feed_blocks
+from selfheal.backup.transports.sftp_writer import Batch, feed_blocks, prefix_sha256
 from selfheal.backup.transports.ssh_lean_send import use_lean_send
 from selfheal.core.artifacts import PARTIAL_SUFFIX, manifest_name
 from selfheal.core.ssh_flags import SshOptions
@@ -50,6 +50,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_KEEPALIVE_INTERVAL: Final = 15.0
 DEFAULT_KEEPALIVE_COUNT_MAX: Final = 3
 _READBACK_CHUNK: Final = 16 << 20
+# Below this, an interrupted upload is sent again whole: checking a prefix costs a
+# round trip and a hash, more than re-sending a few MiB.
+MIN_RESUME_BYTES: Final = 8 << 20
 _SHA256SUM_LINE: Final = re.compile(r"^\\?([0-9a-fA-F]{64}) ")
 _ERRNO_IN_TEXT: Final = re.compile(r"\[Errno (\d+)\]")
 _SFTP_ERRNO: Final = {
@@ -297,8 +300,14 @@ class SshTransport:
             try:
                 with _translated(f"upload {local.name} to {self.target}:{partial}"):
                     await sftp.makedirs(final.parent, exist_ok=True)
-                    async with await sftp.open(partial, "wb", block_size=0) as remote_file:
-                        await self._upload(sftp, remote_file, local, size, progress)
+                    resume = await self._resume_point(link, partial, local, size)
+                    lap("resume_check")
+                    # "r+b" keeps the verified prefix; "wb" starts from an empty file.
+                    mode = "r+b" if resume else "wb"
+                    async with await sftp.open(partial, mode, block_size=0) as remote_file:
+                        if resume:
+                            await remote_file.truncate(resume)
+                        await self._upload(sftp, remote_file, local, size, progress, resume)
                         lap("upload")
                         await self._sync_and_verify(link, remote_file, partial, sha256, size)
                         lap("sync_verify")
@@ -321,8 +330,47 @@ class SshTransport:
         self.last_phases = phases
         seconds = time.monotonic() - started
         return Delivery(
-            mode=MODE, remote_path=str(final), bytes=size, seconds=seconds, verified=True
+            mode=MODE,
+            remote_path=str(final),
+            bytes=size,
+            seconds=seconds,
+            verified=True,
+            resumed_from=resume,
         )
+
+    async def _resume_point(
+        self, link: _Link, partial: PurePosixPath, local: Path, size: int
+    ) -> int:
+        """Where an upload may continue: the prefix an interrupted one left in `partial`,
+        once its sha256 on the NAS matches the local file's; else 0 (start over).
+
+        Writes complete out of order, so the file's length is not what arrived in one
+        piece: the last `max_requests` blocks before it may hold holes. The candidate
+        steps back over them, and the hash then decides.
+        """
+        try:
+            have = (await link.sftp.stat(partial)).size or 0
+        except asyncssh.SFTPNoSuchFile:
+            return 0
+        block = min(self.block_size, link.sftp.limits.max_write_len or self.block_size)
+        candidate = (min(have, size) // block - self.max_requests) * block
+        if candidate < MIN_RESUME_BYTES:
+            return 0
+        local_digest = await anyio.to_thread.run_sync(prefix_sha256, str(local), candidate)
+        remote_digest = await self._hash(link, partial, candidate, prefix=True)
+        if remote_digest != local_digest:
+            log.info(
+                "%s:%s: the %d bytes left there do not match %s; uploading it whole",
+                self.target,
+                partial,
+                candidate,
+                local.name,
+            )
+            return 0
+        log.info(
+            "%s:%s: resuming after %d verified bytes of %d", self.target, partial, candidate, size
+        )
+        return candidate
 
     async def _already_there(
         self, link: _Link, final: PurePosixPath, sha256: str, size: int
@@ -385,13 +433,14 @@ class SshTransport:
         local: Path,
         size: int,
         progress: ProgressFn | None,
+        start: int = 0,
     ) -> None:
         # Our own pipeline instead of sftp.put(): max_requests writes stay in flight without
         # per-completion rescans, the local file is read ahead off the event loop, and the
         # handle stays open for fsync.
         block = min(self.block_size, sftp.limits.max_write_len or self.block_size)
         slots = anyio.Semaphore(self.max_requests)
-        done = 0
+        done = start
 
         async def send(data: bytes, offset: int) -> None:
             nonlocal done
@@ -409,15 +458,16 @@ class SshTransport:
                 # One batch queued while the next is read: the reads run ahead of the sends.
                 batches_in, batches = anyio.create_memory_object_stream[Batch](1)
                 async with anyio.create_task_group() as tg, batches:
-                    tg.start_soon(feed_blocks, source.fileno(), block, batches_in)
+                    feed = partial(feed_blocks, start=start)
+                    tg.start_soon(feed, source.fileno(), block, batches_in)
                     async for batch in batches:
                         for offset, data in batch:
                             await slots.acquire()
                             tg.start_soon(send, data, offset)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        if progress is not None and done == 0:
-            progress(0, size)
+        if progress is not None and done == start:
+            progress(start, size)
 
     async def _sync_and_verify(
         self,
@@ -498,21 +548,27 @@ class SshTransport:
         message = f"no space left on device: {folder} has {available} bytes free, need {size}"
         return TransportError(MODE, message, errno_name="ENOSPC", exception=exc.exception)
 
-    async def _hash(self, link: _Link, path: PurePosixPath, size: int) -> str:
+    async def _hash(
+        self, link: _Link, path: PurePosixPath, size: int, *, prefix: bool = False
+    ) -> str:
+        """sha256 of the file on the NAS, or with `prefix` of its first `size` bytes."""
         if self._exec_hash_works is not False:
-            digest = await self._hash_by_exec(link.conn, path, size)
+            digest = await self._hash_by_exec(link.conn, path, size, prefix=prefix)
             if digest is not None:
                 self.hash_method = "exec"
                 return digest
         self.hash_method = "readback"
         with _translated(f"read back {path}"):
-            return await self._hash_by_readback(link.sftp, path)
+            return await self._hash_by_readback(link.sftp, path, size if prefix else None)
 
     async def _hash_by_exec(
-        self, conn: asyncssh.SSHClientConnection, path: PurePosixPath, size: int
+        self, conn: asyncssh.SSHClientConnection, path: PurePosixPath, size: int, *, prefix: bool
     ) -> str | None:
         # Hashing on the NAS saves reading the file back; SFTP-only accounts refuse it.
-        command = f"sha256sum -- {shlex.quote(str(path))}"
+        # The command runs in the NAS account's shell: the path is quoted, nothing else
+        # in it comes from outside.
+        quoted = shlex.quote(str(path))
+        command = f"head -c {size} -- {quoted} | sha256sum" if prefix else f"sha256sum -- {quoted}"
         try:
             # stdin at EOF: an SFTP-only ForceCommand then exits instead of waiting on us.
             done = await conn.run(
@@ -530,14 +586,23 @@ class SshTransport:
             return None
         return found.group(1).lower()
 
-    async def _hash_by_readback(self, sftp: asyncssh.SFTPClient, path: PurePosixPath) -> str:
+    async def _hash_by_readback(
+        self, sftp: asyncssh.SFTPClient, path: PurePosixPath, length: int | None = None
+    ) -> str:
         digest = hashlib.sha256()
+        remaining = length
         async with await sftp.open(
             path, "rb", block_size=self.block_size, max_requests=self.max_requests
         ) as remote_file:
-            while chunk := cast(bytes, await remote_file.read(_READBACK_CHUNK)):
+            while remaining is None or remaining > 0:
+                want = _READBACK_CHUNK if remaining is None else min(remaining, _READBACK_CHUNK)
+                chunk = cast(bytes, await remote_file.read(want))
+                if not chunk:
+                    break
                 # hashlib drops the GIL on large buffers, so this overlaps the next reads.
                 await anyio.to_thread.run_sync(digest.update, chunk)
+                if remaining is not None:
+                    remaining -= len(chunk)
         return digest.hexdigest()
 
     async def list_dir(self, remote_dir: PurePosixPath) -> list[RemoteEntry]:
