@@ -73,7 +73,7 @@ def main(runs: int, as_json: bool) -> None:
         cli = _selfheal()
         anchor: list[float] = []
         found: dict[str, list[float]] = {name: [] for name in COMMANDS}
-        for name, args in COMMANDS.items():  # warm the file cache and bytecode once
+        for args in COMMANDS.values():  # warm the file cache and bytecode once
             _time_ms([*cli, *args], env)
         for _ in range(runs):
             anchor.append(_time_ms([sys.executable, "-c", "pass"], env))

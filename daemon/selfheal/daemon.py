@@ -25,11 +25,11 @@ from selfheal.config.locate import socket_record
 from selfheal.config.template import write_atomic
 from selfheal.config.watcher import ConfigWatcher
 from selfheal.control.params import Params
-from selfheal.control.server import ControlServer, Handler
+from selfheal.control.server import MAX_CONNECTIONS, ControlServer, Handler
 from selfheal.embedded import EmbeddedRedis
 from selfheal.errors import ConfigError, ControlError
 from selfheal.healing.plane import HealingPlane
-from selfheal.instance import StateDirGuard
+from selfheal.instance import StateDirGuard, raise_fd_limit
 from selfheal.redact import redact_text
 from selfheal.supervisor import Service, ServiceSpec, Supervisor
 from selfheal.telemetry import Telemetry, setup_telemetry
@@ -91,6 +91,7 @@ class Daemon:
         self.generation = 1
         self.last_reload: ReloadResult | None = None
         self.telemetry = _telemetry_for(loaded.settings, self.env)
+        self._next_runs_cache = _NextRuns()
         self.embedded: EmbeddedRedis | None = None
         self._reload_lock: anyio.Lock | None = None
         self._supervisor: Supervisor | None = None
@@ -176,6 +177,9 @@ class Daemon:
     def _redis_dependency(self) -> object:
         return (self.settings.redis, self.settings.bus, self.settings.state_dir)
 
+    def _next_runs(self) -> dict[str, float]:
+        return self._next_runs_cache(self.settings)
+
     def _redis_client(self) -> RedisClient:
         link = self.redis_link
         if link is None:
@@ -222,6 +226,14 @@ class Daemon:
             self.loaded.path,
             "" if self.loaded.exists else ", not found: using defaults",
         )
+        limit = raise_fd_limit()
+        if limit < 4 * MAX_CONNECTIONS:
+            log.warning(
+                "the open-file limit is %d; a flood of control connections could use up "
+                "the descriptors other work needs (raise it to %d or more)",
+                limit,
+                4 * MAX_CONNECTIONS,
+            )
         self._reload_lock = anyio.Lock()
         self._supervisor = Supervisor(
             self._service_specs(),
@@ -381,7 +393,7 @@ class Daemon:
                 },
                 "consumers": {n: vars(c.stats) for n, c in self.backups.consumers.items()},
                 "last_runs": {t: vars(o) for t, o in self.backups.last_runs.items()},
-                "next_runs": next_runs(self.settings),
+                "next_runs": self._next_runs(),
             },
         }
 
@@ -390,6 +402,20 @@ def next_runs(settings: Settings) -> dict[str, float]:
     """When each enabled target's schedule fires next (epoch seconds)."""
     found = upcoming(settings, datetime.now(UTC))
     return {target: at.timestamp() for target, (_, at) in found.items()}
+
+
+class _NextRuns:
+    """next_runs, computed again only when the config changes or a run comes due:
+    a busy `status` does not walk the cron schedules on every call."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._runs: dict[str, float] = {}
+
+    def __call__(self, settings: Settings) -> dict[str, float]:
+        if settings is not self._settings or time.time() >= min(self._runs.values(), default=0):
+            self._runs, self._settings = next_runs(settings), settings
+        return dict(self._runs)
 
 
 class _Idle:

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import resource
 import socket
 import sys
 from pathlib import Path
@@ -40,6 +41,25 @@ log = logging.getLogger("selfheal.instance")
 # soon enough that a deleted folder is back before an operator's next command, rare
 # enough that an idle daemon stays asleep.
 CHECK_EVERY_S = 5.0
+
+
+# Descriptors the daemon wants: the control socket's connections (at most
+# MAX_CONNECTIONS) plus Redis pools, transfers, span files and log tails beside them.
+WANTED_FDS = 4096
+
+
+def raise_fd_limit(wanted: int = WANTED_FDS) -> int:
+    """Raise the soft nofile limit toward `wanted` (never above the hard limit, never
+    lower); return the soft limit now in force. macOS starts launchd agents at 256."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
 
 
 def lock_exclusively(path: Path, refusal: str) -> int:

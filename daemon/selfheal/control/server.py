@@ -50,10 +50,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # How long the liveness probe of an existing socket may take before we call it alive.
 _PROBE_TIMEOUT_S = 2.0
 # Client connections served at once. The CLI opens one per command and closes it;
-# 64 leaves room for many at once and for `backup run --follow` watchers. Each holds a
-# descriptor, and at a common nofile limit of 1024 a thousand idle connections left
-# none for the spool drainer, config reloads or span writes.
-MAX_CONNECTIONS: Final = 64
+# 256 leaves room for a hundred `status --watch` views and `backup run --follow`
+# watchers at once. Each holds a descriptor: the daemon raises its nofile limit to at
+# least 4x this at start (instance.raise_fd_limit), so a flood of idle connections
+# still leaves descriptors for the spool drainer, config reloads and span writes.
+MAX_CONNECTIONS: Final = 256
 # A connection with no request in progress that sends nothing for this long is closed
 # (the CLI sends its request as soon as it connects; a streaming reply or a slow
 # method is a request in progress, never cut).

@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
@@ -669,21 +669,35 @@ class WatchdogPlane:
 
     # -- status and control ---------------------------------------------------------
 
-    async def worker_status(self, worker: WorkerSettings) -> dict[str, Any]:
-        """One worker's probes, failures, last restart, cooldown and window count."""
-        state = self.state(worker.name)
-        cooldown_left_s: float | None = None
-        in_window: int | None = None
+    async def _redis_counts(
+        self, workers: Sequence[WorkerSettings]
+    ) -> list[tuple[float | None, int | None]]:
+        """Each worker's cooldown left (s) and restarts in its window, in one round trip;
+        unknown (None) without Redis or while the watchdog is off."""
+        unknown: list[tuple[float | None, int | None]] = [(None, None)] * len(workers)
+        if not self.enabled or not workers:
+            return unknown
         try:
             bus = self._bus()
-            left = int(await bus.client.pttl(bus.keys.worker(worker.name, "cooldown")))
-            cooldown_left_s = max(0, left) / 1000
-            restarts_key = bus.keys.worker(worker.name, "restarts")
-            since = time.time() - worker.restart_window_minutes * 60
-            in_window = int(await bus.client.zcount(restarts_key, since, "+inf"))
+            now = time.time()
+            async with bus.client.pipeline(transaction=False) as pipe:
+                for worker in workers:
+                    pipe.pttl(bus.keys.worker(worker.name, "cooldown"))
+                    since = now - worker.restart_window_minutes * 60
+                    pipe.zcount(bus.keys.worker(worker.name, "restarts"), since, "+inf")
+                replies = await pipe.execute()
         except (ControlError, RedisError, OSError) as exc:
             # Status answers without Redis: the Redis-kept counts are shown as unknown.
             log.debug("watchdog status without Redis: %s", exc)
+            return unknown
+        pairs = zip(replies[::2], replies[1::2], strict=True)
+        return [(max(0, int(left)) / 1000, int(count)) for left, count in pairs]
+
+    def _worker_view(
+        self, worker: WorkerSettings, cooldown_left_s: float | None, in_window: int | None
+    ) -> dict[str, Any]:
+        """One worker's probes, failures, last restart, cooldown and window count."""
+        state = self.state(worker.name)
         last = state.last_restart
         return {
             "name": worker.name,
@@ -702,11 +716,14 @@ class WatchdogPlane:
 
     async def status(self) -> dict[str, Any]:
         """Every configured worker."""
-        workers = [await self.worker_status(w) for w in self._settings().watchdog.workers]
+        configured = self._settings().watchdog.workers
+        counts = await self._redis_counts(configured)
         inngest = self._settings().watchdog.inngest_url
         return {
             "enabled": self.enabled,
-            "workers": workers,
+            "workers": [
+                self._worker_view(w, *found) for w, found in zip(configured, counts, strict=True)
+            ],
             "inngest": None if inngest is None else {"url": inngest, "error": self.inngest_error},
         }
 
