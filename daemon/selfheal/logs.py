@@ -136,15 +136,36 @@ def setup_logging(env: Mapping[str, str], stream: TextIO | None = None) -> loggi
     global _handler
     handler = logging.StreamHandler(stream)
     _handler = handler
-    kind = env.get(LOG_FORMAT_ENV, "text").lower()
+    problems: list[str] = []
+    kind = _setting(env, LOG_FORMAT_ENV, LOG_FORMATS, "text", problems)
     handler.setFormatter(JsonFormatter() if kind == "json" else OneLineFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(env.get(LOG_LEVEL_ENV, "INFO").upper())
-    http_level = env.get(HTTP_LOG_LEVEL_ENV, "WARNING").upper()
+    root.setLevel(_setting(env, LOG_LEVEL_ENV, LEVELS, "INFO", problems))
+    http_level = _setting(env, HTTP_LOG_LEVEL_ENV, LEVELS, "WARNING", problems)
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(http_level)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+    for problem in problems:
+        logging.getLogger("selfheal").warning("%s", problem)
     return handler
+
+
+LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _setting(
+    env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str, problems: list[str]
+) -> str:
+    """The env var's value if it is one of `allowed` (any case), else `default`, with
+    the problem noted: a typo in a logging variable must not stop the daemon."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    for choice in allowed:
+        if raw.strip().lower() == choice.lower():
+            return choice
+    problems.append(f"{name}={raw!r} is not one of {', '.join(allowed)}; using {default}")
+    return default

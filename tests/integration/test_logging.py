@@ -6,6 +6,7 @@ process-wide (record factory, root handler, excepthooks).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -149,3 +150,25 @@ def test_each_record_is_one_line_in_text_and_in_json() -> None:
     assert warning["level"] == "WARNING" and warning["message"] == "as json"
     assert warning["logger"] == "selfheal.test" and warning["ts"].endswith("+00:00")
     assert error["message"] == "failed" and "ValueError: boom" in error["exception"]
+
+
+def test_a_mistyped_logging_variable_is_named_and_the_default_used() -> None:
+    env = {**os.environ, "SELFHEAL_LOG_LEVEL": "verbose", "SELFHEAL_LOG_FORMAT": "yaml"}
+    env["SELFHEAL_HTTP_LOG_LEVEL"] = "debug"  # any case is fine
+    script = (
+        "import logging, os\n"
+        "from selfheal.logs import setup_logging\n"
+        "setup_logging(os.environ)\n"
+        "logging.getLogger('selfheal.test').info('still logging')\n"
+        "logging.getLogger('selfheal.test').debug('not at INFO')\n"
+        "print(logging.getLogger('httpx').level)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "SELFHEAL_LOG_FORMAT='yaml' is not one of text, json; using text" in lines[0]
+    assert "SELFHEAL_LOG_LEVEL='verbose' is not one of DEBUG" in lines[1]
+    assert "using INFO" in lines[1] and lines[2].endswith("INFO selfheal.test: still logging")
+    assert len(lines) == 3 and result.stdout.strip() == str(logging.DEBUG)

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from selfheal.cli import cli
+from selfheal.spanfile import read_spans
 from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.http import PlayedService, Posted, Reply, played_service
 from tests.support.servers import RedisServer, wait_until
@@ -90,6 +91,14 @@ def test_a_killed_worker_is_restarted_verified_and_the_incident_remediated(
     assert entry["restarts_in_window"] == 1
     assert "watchdog" in daemon.status()
     assert took < 30, took
+    # The restart is in the trace of the decision that ordered it: one trace per incident.
+    span_file = Path(daemon.status()["telemetry"]["span_file"])
+
+    def traces(name: str) -> set[str]:
+        return {s["context"]["trace_id"] for s in read_spans(span_file) if s["name"] == name}
+
+    wait_until(lambda: traces("selfheal.worker.restart"), 15, "the restart span")
+    assert traces("selfheal.worker.restart") <= traces("selfheal.route.decide")
 
 
 def test_a_hung_worker_is_restarted_too(

@@ -490,7 +490,9 @@ class BackupService:
                 delivered += await self.transfer(target).drain(done, target=target)
             except TransportError as exc:
                 # A host-key, auth, integrity or full-disk failure: waiting for the next
-                # drain fixes nothing, so the incident is raised now (the router escalates).
+                # drain fixes nothing, so the incident is raised now (the router
+                # escalates host-key, auth and full-disk failures at once, and retries
+                # a fresh backup after an integrity failure).
                 await self._drain_failed(target, exc)
                 raise
         return delivered

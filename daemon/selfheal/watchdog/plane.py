@@ -55,7 +55,7 @@ from selfheal.healing.domains import Domain, Domains
 from selfheal.healing.router import Router
 from selfheal.redact import redact_text
 from selfheal.supervisor import Service, ServiceSpec
-from selfheal.telemetry import Telemetry
+from selfheal.telemetry import Telemetry, context_from_traceparent
 from selfheal.watchdog.inngest import FailedRun, InngestError, failed_runs
 from selfheal.watchdog.logtail import LogTail
 from selfheal.watchdog.managers import (
@@ -514,6 +514,8 @@ class WatchdogPlane:
             with self.telemetry.decision_span(
                 "selfheal.worker.restart",
                 {"worker": worker.name, "force": force, "attempt": attempt},
+                # In the trace of the request that asked for it: one trace per incident.
+                context=context_from_traceparent(cause.traceparent) if cause else None,
             ) as span:
                 result = await self._guarded_restart(worker, force=force)
                 span.set_attribute("selfheal.outcome", result.outcome)
