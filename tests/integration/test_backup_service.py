@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from selfheal.backup.model import Artifact, TransportError
 from selfheal.backup.plane import SpoolDrainer
 from selfheal.backup.recovery import marker_path, write_marker
-from selfheal.backup.service import BackupService
+from selfheal.backup.service import BackupService, run_artifact_key
 from selfheal.backup.sources.redis_rdb import RedisSource
 from selfheal.backup.transfer import ShipResult
 from selfheal.backup.transports.mount import MountTransport, mark_nas
@@ -372,6 +372,8 @@ async def test_startup_delivers_what_a_killed_run_staged_and_requests_the_run_ag
     dead_lock = RedisLock(bus.client, f"{bus.keys.tag}:lock:backup:redis")
     assert await dead_lock.acquire()
     write_marker(marker, "run-1", "schedule", 0, dead_lock)
+    # The killed run had made its artifact (recorded as soon as the snapshot was done).
+    await bus.client.set(run_artifact_key(bus, "run-1"), staged.name)
 
     stranded = await svc.recover()
 
@@ -379,9 +381,11 @@ async def test_startup_delivers_what_a_killed_run_staged_and_requests_the_run_ag
     assert sorted(p.name for p in staging.iterdir()) == ["notes.txt"]
     assert not marker.exists()
     [again] = await events(bus, BACKUP_REQUESTED)
-    assert again == {"target": "redis", "trigger": "interrupted", "interruptedRunId": "run-1"}
+    assert again == {"target": "redis", "trigger": "interrupted", "runId": "run-1"}
     assert await dead_lock.holder() is None
-    assert (await svc.run("redis", cause("redis"))).status == "delivered"
+    # The same run again: its artifact waits in the spool, so no second one is made.
+    rerun = await svc.run("redis", new_event(BACKUP_REQUESTED, again, now_ms=1))
+    assert (rerun.status, rerun.artifact) == ("spooled", staged.name)
     assert await svc.drain() == 1
     await svc.report_stranded(stranded)
     [done] = [e for e in await events(bus, BACKUP_COMPLETED) if e.get("fromSpool")]
@@ -390,6 +394,31 @@ async def test_startup_delivers_what_a_killed_run_staged_and_requests_the_run_ag
     assert sha256(nas / "redis" / staged.name) == staged.sha256
     assert json.loads((nas / "redis" / staged.manifest_name).read_text()) == staged.manifest
     assert await svc.spool().entries() == []
+    scan = await scan_folder(MountTransport(nas), "redis")
+    assert [a.entry.name for a in scan.artifacts] == [staged.name], "one run, one backup"
+
+
+async def test_a_run_whose_request_comes_again_after_delivery_makes_no_second_backup(
+    tmp_path: Path, bus: Bus, telemetry: Telemetry, redis_server: RedisServer, mounts: Mounts
+) -> None:
+    fill(redis_server)
+    nas = mounts.tmpfs("nas")
+    mark_nas(nas, "three-body")
+    svc = service(bus, telemetry, settings(tmp_path, redis_server.url, mount_root=nas))
+    request = cause("redis")
+    first = await svc.run("redis", request)
+    assert first.status == "delivered"
+    # Redelivered (the daemon was killed after the delivery, before the entry's ack).
+    again = await svc.run("redis", request)
+    assert (again.status, again.artifact) == ("delivered", first.artifact)
+    assert again.detail is not None and "was delivered before" in again.detail
+    scan = await scan_folder(MountTransport(nas), "redis")
+    assert [a.entry.name for a in scan.artifacts] == [first.artifact]
+    # Gone from the NAS since (deleted by hand): the same request makes a new backup.
+    (nas / "redis" / str(first.artifact)).unlink()
+    (nas / "redis" / f"{first.artifact}.manifest.json").unlink()
+    third = await svc.run("redis", request)
+    assert third.status == "delivered" and third.artifact != first.artifact
 
 
 async def test_startup_opens_the_incident_when_a_staged_artifact_cannot_be_delivered(
@@ -446,7 +475,7 @@ async def test_a_run_is_marked_while_it_runs_and_an_interrupted_one_is_retried(
 
     assert not marker.exists()
     [retry] = [e for e in await events(bus, BACKUP_REQUESTED) if e.get("trigger") == "interrupted"]
-    assert retry["interruptedRunId"] == interrupted.id
+    assert retry["runId"] == interrupted.id
 
 
 @pytest.mark.parametrize("lean", [True, False])

@@ -16,8 +16,8 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import Any, Final, Literal
 
 import anyio
 import redis.asyncio as aioredis
@@ -42,9 +42,9 @@ from selfheal.backup.transports.mount import MountTransport
 from selfheal.backup.upkeep import UnverifiedSnapshots, apply_retention
 from selfheal.bus.consumer import PoisonEvent
 from selfheal.bus.lock import LockBusy, RedisLock
-from selfheal.bus.streams import Bus
+from selfheal.bus.streams import Bus, as_text
 from selfheal.config import Settings
-from selfheal.core.artifacts import validate_target
+from selfheal.core.artifacts import manifest_name, validate_target
 from selfheal.core.events import (
     BACKUP_COMPLETED,
     BACKUP_FAILED,
@@ -73,6 +73,16 @@ def drills_key(bus: Bus) -> str:
 def backup_lock_key(bus: Bus, target: str) -> str:
     """The lock a target's run holds (one run per target, across daemons)."""
     return f"{bus.keys.tag}:lock:backup:{target}"
+
+
+# How long a run remembers the artifact it made: longer than any redelivery of its
+# request (a reclaimed entry, a re-request at start-up) can come.
+RUN_MEMORY_S: Final = 30 * 86400
+
+
+def run_artifact_key(bus: Bus, run_id: str) -> str:
+    """String: the artifact a run made (set once the snapshot is complete)."""
+    return f"{bus.keys.tag}:backup:run:{run_id}"
 
 
 def disabled_detail(target: str) -> str:
@@ -239,9 +249,20 @@ class BackupService:
             {"target": target, "attempt": attempt, "trigger": cause.name},
             context=context_from_traceparent(cause.traceparent),
         ) as span:
+            made = await self.bus.client.get(run_artifact_key(self.bus, reporter.run_id))
+            if made is not None:
+                # This run's request came again (a redelivery, or the re-request of a run
+                # the daemon was killed in): one request, one backup.
+                known = await self._made_before(target, as_text(made), reporter)
+                if known is not None:
+                    span.set_attribute("selfheal.status", known.status)
+                    return known
             try:
                 await reporter.stage("snapshot")
                 artifact = await self.source(target).create()
+                await self.bus.client.set(
+                    run_artifact_key(self.bus, reporter.run_id), artifact.name, ex=RUN_MEMORY_S
+                )
                 await UnverifiedSnapshots(self.bus, target).remember(artifact)
                 await reporter.stage("ship", total=artifact.size)
                 result = await self.transfer(target).ship(artifact, progress=reporter.bytes)
@@ -298,6 +319,43 @@ class BackupService:
                 seconds=round(time.monotonic() - started, 3),
                 at=time.time(),
             )
+
+    async def _made_before(
+        self, target: Literal["typesense", "redis"], name: str, reporter: ProgressReporter
+    ) -> RunOutcome | None:
+        """The outcome of a run that already made `name`; None to make a new one.
+
+        Its local copy goes only after a verified delivery: still here (staging or the
+        spool), the drainer delivers it; gone, it is on the NAS, which is checked when
+        a transport answers. Neither here nor there (the NAS lost it): run again.
+        """
+        waiting = {e.name for e in await self.spool().entries()}
+        status: Literal["delivered", "spooled"]
+        if name in waiting or (self.staging_dir() / name).exists():
+            detail = f"{name}, made by this run before the daemon stopped, waits in the spool"
+            status = "spooled"
+        elif await self._on_nas(target, name) is False:
+            log.warning(
+                "backup %s: %s, made by run %s, is neither here nor on the NAS; running again",
+                target,
+                name,
+                reporter.run_id,
+            )
+            return None
+        else:
+            detail = f"{name}, made by this run, was delivered before the daemon stopped"
+            status = "delivered"
+        log.info("backup %s run %s: %s", target, reporter.run_id, detail)
+        await reporter.finish(status, detail)
+        return RunOutcome(target, status, artifact=name, detail=detail, at=time.time())
+
+    async def _on_nas(self, target: Literal["typesense", "redis"], name: str) -> bool | None:
+        """Whether `name`'s manifest is on the NAS; None when no transport answers."""
+        for transport in self.transports(target):
+            if (await transport.probe()).ok:
+                path = PurePosixPath(target) / manifest_name(name)
+                return (await transport.read_many([path])).get(path) is not None
+        return None
 
     async def _after_delivery(
         self, target: Literal["typesense", "redis"], artifact: Artifact, delivery: Delivery
@@ -445,7 +503,8 @@ class BackupService:
         )
         event = new_event(
             BACKUP_REQUESTED,
-            {"target": target, "trigger": "interrupted", "interruptedRunId": run_id},
+            # The same run again: if it made its artifact already, that one is delivered.
+            {"target": target, "trigger": "interrupted", "runId": run_id},
             now_ms=now_ms(),
             idempotency_key=f"{target}@interrupted:{run_id}",
         )
