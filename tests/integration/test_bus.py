@@ -353,13 +353,20 @@ async def test_failing_handler_is_retried_then_dead_lettered_with_last_error(bus
         attempts.append(1)
         raise OSError(f"disk on fire #{len(attempts)}")
 
-    consumer = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST)
+    buried: list[tuple[str, str]] = []
+
+    async def told(e: Event, reason: str) -> None:
+        buried.append((e.id, reason))
+
+    consumer = StreamConsumer(bus, NAME, GROUP, "c1", handle, options=FAST, on_buried=told)
     await bus.ensure_group(NAME, GROUP)
-    await bus.publish(event(1))
+    sent = event(1)
+    await bus.publish(sent)
     await drain(consumer, lambda: consumer.stats.dead_lettered == 1)
     assert len(attempts) == FAST.max_deliveries
     [dead] = await bus.dead_letters()
     assert f"disk on fire #{FAST.max_deliveries}" in dead["reason"]
+    assert buried == [(sent.id, dead["reason"])]  # the owner hears of it, with the reason
     assert int(dead["deliveries"]) == FAST.max_deliveries + 1
     assert (await bus.client.xpending(bus.keys.stream(NAME), GROUP))["pending"] == 0
 

@@ -458,3 +458,24 @@ async def test_a_failure_says_why_each_transport_failed(
     mount_part, ssh_part = result.why().split("; ")[:2]
     assert mount_part.startswith("mount: ") and "marker" in mount_part
     assert ssh_part.startswith("ssh: ") and "refused" in ssh_part.lower()
+
+
+async def test_an_add_cut_off_by_a_crash_is_put_back_and_spooled_whole(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    artifact = make_artifact(staging)
+    artifact.manifest_path.write_text(json.dumps(artifact.manifest))
+    original = artifact.path.read_bytes()
+    spool = Spool(tmp_path / "spool")
+    # What a daemon killed inside add() leaves: the file moved into an entry not yet whole.
+    building = spool.directory / ".incoming-20260101T000000000000Z-0badc0de"
+    building.mkdir(parents=True)
+    os.rename(artifact.path, building / artifact.name)
+    assert await spool.entries() == []  # never seen as an entry
+    assert await spool.recover_incoming(staging) == [artifact.name]
+    assert not building.exists()
+    assert artifact.path.read_bytes() == original and artifact.manifest_path.exists()
+    entry = await spool.add(artifact)
+    assert [e.id for e in await spool.entries()] == [entry.id]
+    assert (await spool.artifact(entry)).sha256 == artifact.sha256
+    assert not artifact.path.exists() and not artifact.manifest_path.exists()
+    assert not [p for p in spool.directory.iterdir() if p.name.startswith(".")]

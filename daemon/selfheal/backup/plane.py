@@ -229,6 +229,7 @@ class BackupPlane:
         name: str,
         *,
         batch: int,
+        on_buried: Callable[[Any, str], Awaitable[None]] | None = None,
     ) -> StreamConsumer:
         """A consumer of work that can take long (a backup, a drill): not reclaimed by
         another daemon for half an hour."""
@@ -239,10 +240,14 @@ class BackupPlane:
             self.consumer_name,
             handle,
             options=ConsumerOptions(
-                batch=batch, reclaim_idle_ms=30 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
+                batch=batch,
+                reclaim_idle_ms=30 * 60_000,
+                max_deliveries=self._settings().bus.max_deliveries,
+                block_ms=IDLE_READ_MS,
             ),
             stopping=self._stopping,
             wait_stopping=self._wait_stopping,
+            on_buried=on_buried,
         )
         consumer.name = name
         self.consumers[name] = consumer
@@ -261,8 +266,14 @@ class BackupPlane:
                 return  # the other target's group handles it
             await service.handle(event)
 
+        async def gave_up(event: Any, reason: str) -> None:
+            if event.data.get("target") == target:
+                await service.gave_up(target, event, reason)
+
         name = f"backup:{target}:{stream}"
-        return self._long_work_consumer(stream, runner_group(target), handle, name, batch=10)
+        return self._long_work_consumer(
+            stream, runner_group(target), handle, name, batch=10, on_buried=gave_up
+        )
 
     async def nas_probe(self, request: SelfHealingRequest) -> bool:
         """Is the NAS reachable again for this request's target (any transport)?"""

@@ -259,7 +259,7 @@ class BackupService:
                     return known
             try:
                 await reporter.stage("snapshot")
-                artifact = await self.source(target).create()
+                artifact = await self.source(target).create(run_id=reporter.run_id)
                 await self.bus.client.set(
                     run_artifact_key(self.bus, reporter.run_id), artifact.name, ex=RUN_MEMORY_S
                 )
@@ -319,6 +319,28 @@ class BackupService:
                 seconds=round(time.monotonic() - started, 3),
                 at=time.time(),
             )
+
+    async def gave_up(self, target: str, cause: Event, reason: str) -> None:
+        """A request of `target` was dead-lettered (the daemon died handling it every
+        time, or it was malformed): a failed backup, so the router retries it within the
+        budget and escalates after, never a backup that silently did not happen."""
+        run_id = str(cause.data.get("runId") or cause.id)
+        attempt = cause.data.get("attempt")
+        message = f"backup {target} request {run_id} was set aside: {reason}"
+        log.error("%s", message)
+        await self._publish(
+            BACKUP_FAILED,
+            {
+                "target": target,
+                "runId": run_id,
+                "attempt": attempt if isinstance(attempt, int) else 0,
+                "error": message,
+                "evidence": [{"kind": "dead_letter", "message": message}],
+                "trigger": "dead-letter",
+            },
+            cause,
+        )
+        await ProgressReporter(self.bus, run_id=run_id).finish("failed", message)
 
     async def _made_before(
         self, target: Literal["typesense", "redis"], name: str, reporter: ProgressReporter
@@ -456,9 +478,16 @@ class BackupService:
                 await self._rerequest(target, record)
                 # Only once the request is on the bus: a failure here retries at next start.
                 await anyio.to_thread.run_sync(clear_marker, marker)
+        await self.spool().recover_incoming(self.staging_dir())
         scan = await anyio.to_thread.run_sync(scan_staging, self.staging_dir())
         spooled: list[SpoolEntry] = []
         for artifact in scan.complete:
+            run_id = artifact.manifest.get("runId")
+            if isinstance(run_id, str) and run_id:
+                # Killed before its run recorded it: recorded now, before that run's
+                # request (re-requested above) is handled, so it makes no second one.
+                key = run_artifact_key(self.bus, run_id)
+                await self.bus.client.set(key, artifact.name, ex=RUN_MEMORY_S, nx=True)
             try:
                 entry = await self.spool().add(artifact)
             except (OSError, ValueError) as exc:

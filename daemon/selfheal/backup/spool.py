@@ -23,6 +23,9 @@ from selfheal.errors import SelfhealError
 log = logging.getLogger(__name__)
 
 ENTRY_FILE: Final = "entry.json"  # written last: its presence is what makes an entry real
+# An entry is built under this prefix and renamed into place once whole: a scan never
+# sees half an entry, and a crash leaves a folder `recover_incoming` knows what to do with.
+INCOMING_PREFIX: Final = ".incoming-"
 CORRUPT_DIR: Final = "corrupt"
 _CHUNK: Final = 8 << 20
 
@@ -179,14 +182,15 @@ class Spool:
         self._ensure()
         now = datetime.now(UTC)
         entry_id = f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
+        building = self.directory / f"{INCOMING_PREFIX}{entry_id}"
         directory = self.directory / entry_id
-        directory.mkdir(mode=0o700)
-        stored = directory / name
+        building.mkdir(mode=0o700)
+        stored = building / name
         moved = False
         try:
             moved = _move_in(artifact, stored)
             manifest = json.dumps(artifact.manifest, indent=2, sort_keys=True).encode()
-            write_atomic(directory / (name + MANIFEST_SUFFIX), manifest)
+            write_atomic(building / (name + MANIFEST_SUFFIX), manifest)
             record: dict[str, Any] = {
                 "target": artifact.target,
                 "name": name,
@@ -196,14 +200,15 @@ class Spool:
             }
             if incident_id is not None:
                 record["incidentId"] = incident_id
-            write_atomic(directory / ENTRY_FILE, json.dumps(record, indent=2).encode())
-            _fsync_path(directory)
+            write_atomic(building / ENTRY_FILE, json.dumps(record, indent=2).encode())
+            _fsync_path(building)
+            os.rename(building, directory)
             _fsync_path(self.directory)
         except BaseException:
             # Never lose the artifact: put it back where it was before dropping the entry.
-            if moved:
+            if moved and stored.exists():
                 os.rename(stored, artifact.path)
-            shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(building, ignore_errors=True)
             raise
         if not moved:
             artifact.path.unlink()
@@ -212,6 +217,41 @@ class Spool:
         _fsync_path(artifact.path.parent)
         log.info("spooled %s as %s", artifact.name, entry_id)
         return _parse_entry(directory, record)
+
+    async def recover_incoming(self, staging: Path) -> list[str]:
+        """Put back what an add interrupted by a crash had moved: the artifact (and, if
+        the producer's one is gone, the manifest) return to `staging`, where start-up
+        finds them complete and spools them again. Returns the artifacts put back."""
+        return await anyio.to_thread.run_sync(self._recover_incoming, staging)
+
+    def _recover_incoming(self, staging: Path) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        returned: list[str] = []
+        for child in sorted(self.directory.iterdir()):
+            if not (child.name.startswith(INCOMING_PREFIX) and child.is_dir()):
+                continue
+            for path in sorted(child.iterdir()):
+                if path.name == ENTRY_FILE or path.name.startswith("."):
+                    continue  # the record, or a cross-filesystem copy that never finished
+                back = staging / path.name
+                if back.exists():
+                    continue  # the producer's own copy is still there
+                staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+                shutil.move(path, back)
+                _fsync_path(back)
+                if not path.name.endswith(MANIFEST_SUFFIX):
+                    returned.append(path.name)
+            _fsync_path(staging)
+            shutil.rmtree(child, ignore_errors=True)
+            log.warning(
+                "spool %s: an interrupted add left %s; put %s back in %s",
+                self.directory,
+                child.name,
+                ", ".join(returned) or "nothing",
+                staging,
+            )
+        return returned
 
     async def scan(self) -> SpoolScan:
         """Every complete entry, oldest first, and a note on each broken one."""

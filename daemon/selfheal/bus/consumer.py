@@ -162,6 +162,7 @@ class StreamConsumer:
         stopping: Callable[[], bool] = lambda: False,
         wait_stopping: Callable[[], Awaitable[None]] | None = None,
         batch_handler: BatchHandler | None = None,
+        on_buried: Callable[[Event, str], Awaitable[None]] | None = None,
     ) -> None:
         self.bus = bus
         self.event_name = event_name
@@ -170,6 +171,9 @@ class StreamConsumer:
         self.name = f"consumer:{group}"
         self._handler = handler
         self._batch_handler = batch_handler
+        # Told of every event this consumer dead-letters (with the reason), so work that
+        # gave up is raised where someone sees it rather than only logged.
+        self._on_buried = on_buried
         self.options = options or ConsumerOptions()
         self._stopping = stopping
         self._wait_stopping = wait_stopping
@@ -403,7 +407,7 @@ class StreamConsumer:
         if deliveries > self.options.max_deliveries:
             last = await self.bus.last_failure(self.group, entry_id) or "not recorded"
             reason = f"gave up after {deliveries - 1} deliveries; last error: {last}"
-            await self._bury(entry_id, fields, reason, deliveries)
+            await self._bury(entry_id, fields, reason, deliveries, event)
             return
         if await self.bus.already_done(self.group, event.id):
             # Handled before, but the ack was lost: ack again, do nothing else.
@@ -413,7 +417,7 @@ class StreamConsumer:
         try:
             await self._handler(event)
         except PoisonEvent as exc:
-            await self._bury(entry_id, fields, f"rejected: {exc}", deliveries)
+            await self._bury(entry_id, fields, f"rejected: {exc}", deliveries, event)
             return
         except (aioredis.ConnectionError, aioredis.TimeoutError):
             raise  # the bus itself is down: let the supervisor restart us with backoff
@@ -435,7 +439,12 @@ class StreamConsumer:
         self.stats.handled += 1
 
     async def _bury(
-        self, entry_id: str, fields: dict[str, str], reason: str, deliveries: int
+        self,
+        entry_id: str,
+        fields: dict[str, str],
+        reason: str,
+        deliveries: int,
+        event: Event | None = None,
     ) -> None:
         self.stats.dead_lettered += 1
         log.error("%s dead-lettered %s entry %s: %s", self.group, self.event_name, entry_id, reason)
@@ -447,6 +456,8 @@ class StreamConsumer:
             reason=redact_text(reason),
             deliveries=deliveries,
         )
+        if event is not None and self._on_buried is not None:
+            await self._on_buried(event, redact_text(reason))
 
 
 def _event_of(fields: dict[str, str]) -> Event | str:

@@ -166,7 +166,7 @@ class RedisSource:
         self.staging_dir = staging_dir
         self._clock = clock
 
-    async def create(self) -> Artifact:
+    async def create(self, *, run_id: str | None = None) -> Artifact:
         """BGSAVE, wait for proof, copy and check the RDB; the artifact lands in staging."""
         compression = self.settings.compression
         require_compression(compression)
@@ -200,6 +200,7 @@ class RedisSource:
                 "lastsave": lastsave,
                 "lastsave_at": datetime.fromtimestamp(lastsave, UTC).strftime(ISO_FORMAT),
                 "created_at": created.strftime(ISO_FORMAT),
+                **({"runId": run_id} if run_id else {}),
             }
             await anyio.to_thread.run_sync(write_manifest, manifest_path, manifest)
         except BaseException:

@@ -77,7 +77,7 @@ class TypesenseSource:
             roots.append(fallback)
         return roots
 
-    async def create(self) -> Artifact:
+    async def create(self, *, run_id: str | None = None) -> Artifact:
         """Snapshot, archive and describe; the artifact lands in the staging dir."""
         compression = self.settings.compression
         require_compression(compression)
@@ -104,6 +104,7 @@ class TypesenseSource:
                 "collections": _collection_counts(collections),
                 "created_at": created.strftime(ISO_FORMAT),
                 "snapshot_path": str(snapshot),
+                **({"runId": run_id} if run_id else {}),
             }
             await anyio.to_thread.run_sync(write_manifest, manifest_path, manifest)
         except BaseException:
