@@ -4,6 +4,10 @@ The server has its own socket and an empty config (never the user's), and `kill`
 stops it by its pid. Everything the command writes to the terminal, escape sequences
 included, is also logged raw (pipe-pane) for the test to count redraws in. The
 command waits for a go (`start`) until that log is running, so no byte is missed.
+
+The command runs under a small sh that writes its exit status to a file: tmux 3.3a
+sometimes leaves an exited pane's process unreaped for many seconds (pane_dead 1, no
+pane_dead_status), so tmux's own report of the status cannot be waited for.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Terminal:
         self.socket = directory / "tmux.sock"
         self.config = directory / "tmux.conf"
         self.raw_path = directory / "pane.raw"
+        self.status_path = directory / "exit-status"
         # The pane stays after its command ends, so its exit status can be read.
         self.config.write_text("set -g remain-on-exit on\nset -g history-limit 5000\n")
         self.command = list(command)
@@ -73,7 +78,10 @@ class Terminal:
 
     def start(self) -> Terminal:
         """Open the pane, start logging it raw, then let the command run."""
-        gated = ["sh", "-c", 'read -r _ && exec "$@"', "sh", *self.command]
+        # `trap : INT`: Ctrl-C reaches the command (its process group is the terminal's),
+        # and the sh waits for it and records its status instead of dying with it.
+        script = 'trap : INT; read -r _ || exit 1; out=$1; shift; "$@"; echo $? > "$out"'
+        gated = ["sh", "-c", script, "sh", str(self.status_path), *self.command]
         self.tmux(
             "new-session",
             "-d",
@@ -107,13 +115,17 @@ class Terminal:
 
     def exit_status(self) -> int | None:
         """The command's exit status once it has ended, else None."""
-        dead, status = self.tmux(
-            "display-message", "-p", "-t", SESSION, "#{pane_dead} #{pane_dead_status}"
-        ).split()
-        return int(status) if dead == "1" else None
+        try:
+            text = self.status_path.read_text()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.endswith("\n") else None
 
     def wait_exit(self, timeout: float) -> int:
-        wait_until(lambda: self.exit_status() is not None, timeout, "the command in tmux to end")
+        try:
+            wait_until(lambda: self.exit_status() is not None, timeout, "the command to end")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the pane shows:\n{self.history()}") from None
         status = self.exit_status()
         assert status is not None
         return status
