@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import httpx
 import redis.asyncio as aioredis
 
-from selfheal.backup.model import TransportError
+from selfheal.backup.model import ProbeResult, TransportError
 from selfheal.backup.scheduler import upcoming
 from selfheal.backup.service import TARGETS
 from selfheal.backup.transports.mount import MountTransport
@@ -31,6 +31,9 @@ from selfheal.embedded import find_redis_server
 from selfheal.errors import ControlError
 from selfheal.healing.notifiers import Notification, build_notifiers, deliver
 from selfheal.redact import redact_text
+
+if TYPE_CHECKING:
+    from selfheal.backup.transports.ssh import SshTransport
 
 Status = Literal["ok", "warn", "fail"]
 CHECK_TIMEOUT_S: Final = 15.0
@@ -64,14 +67,26 @@ def _free(path: Path) -> int:
     return found.f_bavail * found.f_frsize
 
 
+def _amount(count: int) -> str:
+    """1.5 GiB, 730 MiB: a disk's free space as a reader takes it in."""
+    if count >= 1 << 30:
+        return f"{count / (1 << 30):.1f} GiB"
+    return f"{count / (1 << 20):.0f} MiB"
+
+
 def _space(name: str, path: Path) -> Check:
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = _free(probe)
-    detail = f"{path}: {free / (1 << 30):.1f} GiB free"
+    detail = f"{path}: {_amount(free)} free"
     if free < LOW_SPACE_BYTES:
-        return warn(name, detail, f"free space on {probe}'s disk: staging and spool need room")
+        return warn(
+            name,
+            f"{detail}, under {_amount(LOW_SPACE_BYTES)}",
+            f"free at least {_amount(LOW_SPACE_BYTES)} on the disk that holds {probe}, "
+            "or move it to a bigger one: backups are staged, spooled and copied there",
+        )
     return ok(name, detail)
 
 
@@ -131,7 +146,8 @@ async def redis_check(settings: Settings, env: Mapping[str, str]) -> Check:
         return fail(
             "redis",
             redact_text(f"{type(exc).__name__}: {exc}"),
-            "start that Redis or fix selfheal.redis.url",
+            "start the Redis that selfheal.redis.url (SELFHEAL_REDIS_URL) names, "
+            "or point that key at one that runs",
         )
     finally:
         await client.aclose()
@@ -199,6 +215,21 @@ def _writable(folder: Path) -> str | None:
     return None
 
 
+def _mount_fix(target: str, root: Path, require_mount_point: bool) -> str:
+    """The fix for a NAS folder that MountTransport.check refused (blocking)."""
+    if not root.is_dir():
+        return (
+            f"mount the NAS share on {root}, "
+            f"or point backups.{target}.mountRoot at where it is mounted"
+        )
+    if require_mount_point and not os.path.ismount(root):
+        return (
+            f"mount the NAS share on {root}: a plain folder there is this machine's own disk, "
+            "and backups refuse to land in it"
+        )
+    return f"run `selfheal nas mark {root}` if the share mounted there is the NAS"
+
+
 def nas_checks(settings: Settings) -> list[Check]:
     """Each enabled target's NAS folder: present, a mount point, marked, writable, room."""
     checks: list[Check] = []
@@ -210,12 +241,7 @@ def nas_checks(settings: Settings) -> list[Check]:
         name = f"nas {target}"
         problem = MountTransport(root, require_mount_point=backup.require_mount_point).check()
         if problem is not None:
-            fix = (
-                f"run `selfheal nas mark {root}` once the share is mounted there"
-                if "marker" in problem
-                else "mount the NAS share there (or fix the mount root)"
-            )
-            checks.append(fail(name, problem, fix))
+            checks.append(fail(name, problem, _mount_fix(target, root, backup.require_mount_point)))
             continue
         refused = _writable(root)
         if refused is not None:
@@ -226,6 +252,34 @@ def nas_checks(settings: Settings) -> list[Check]:
         checks.append(ok(name, f"{root} mounted, marked, writable"))
         checks.append(_space(f"nas {target} space", root))
     return checks
+
+
+def _ssh_fix(ssh: SshTransport, found: ProbeResult) -> str:
+    """The fix for a failed SSH probe, by what refused it."""
+    error = found.error
+    kind = error.kind if error is not None else None
+    errno_name = error.errno_name if error is not None else None
+    if kind == "auth.host_key":
+        files = ", ".join(str(p) for p in ssh.known_hosts)
+        return (
+            f"add the NAS's host key to {files} "
+            f"(check its fingerprint, e.g. `ssh-keyscan -p {ssh.port} {ssh.host}`)"
+        )
+    if kind == "auth":
+        return "add this machine's public key to the NAS user's authorized_keys"
+    if kind == "config":
+        return "point IdentityFile in backupTransport.nasSshFlags at a readable private key"
+    if errno_name in ("ENOENT", "ENOTDIR") or (error is None and "no folder" in found.reason):
+        return (
+            f"create {ssh.remote_root} on the NAS, "
+            "or point selfheal.nas.remoteRoot at its backup folder"
+        )
+    if errno_name in ("EACCES", "EPERM"):
+        return f"give the NAS user access to {ssh.remote_root}"
+    return (
+        f"start sshd on {ssh.host}:{ssh.port}, "
+        "or fix backupTransport.nasSshHost and nasSshFlags to reach it"
+    )
 
 
 async def ssh_check(settings: Settings, mount_ok: bool) -> list[Check]:
@@ -240,7 +294,7 @@ async def ssh_check(settings: Settings, mount_ok: bool) -> list[Check]:
     )
     found = await ssh.probe()
     if not found.ok:
-        fix = "add the NAS host key to known_hosts and the key to its authorized_keys"
+        fix = _ssh_fix(ssh, found)
         if mount_ok:
             return [warn("ssh", f"{found.reason} (the fallback is unavailable)", fix)]
         return [fail("ssh", found.reason, fix)]
