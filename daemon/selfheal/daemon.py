@@ -182,7 +182,8 @@ class Daemon:
 
     def _redis_client(self) -> RedisClient:
         link = self.redis_link
-        if link is None:
+        if link is None or not link.running:
+            # Not started yet, or restarting (Redis was lost, or a Sentinel failover).
             raise ControlError("unavailable", "Redis is not connected yet")
         return link.client
 

@@ -5,6 +5,12 @@ keeps probing so `status` always tells the truth. When a probe fails after that,
 the service raises: the supervisor restarts it (a fresh client, with its restart
 backoff, counted in `status`), and the services that used the old client fail
 on it and are restarted onto the new one.
+
+On Sentinel the probe also asks the sentinels which server is the master. Once
+they name another one (a failover), the link ends the same way: its client is
+closed, so no service keeps writing to the old master (which takes writes until
+the sentinels turn it into a replica, and then drops them), and every service
+starts again on the new master, taking over what it had left pending.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from selfheal.config.schema import RedisSettings
 from selfheal.errors import ConfigError, SelfhealError
@@ -29,6 +35,9 @@ from selfheal.redact import redact_text
 log = logging.getLogger("selfheal.redis")
 
 PROBE_INTERVAL_S = 5.0
+# On Sentinel the probe also watches for a failover: the sooner it sees one, the
+# fewer writes go to a master that is no longer one.
+SENTINEL_PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_MAX_S = 30.0
 
@@ -49,6 +58,8 @@ class RedisLinkStatus:
     mode: str
     target: str
     connected: bool = False
+    # Sentinel: the master the sentinels named when the link connected (host:port).
+    master: str | None = None
     last_error: str | None = None
     last_ok_at: float | None = None
     latency_ms: float | None = None
@@ -125,6 +136,7 @@ class RedisLink:
         mode, target = describe_target(settings, embedded_socket)
         self.status = RedisLinkStatus(mode=mode, target=target)
         self._client: RedisClient | None = None
+        self._moved = False
 
     @property
     def client(self) -> RedisClient:
@@ -133,10 +145,17 @@ class RedisLink:
             raise RuntimeError("Redis link is not started")
         return self._client
 
+    @property
+    def running(self) -> bool:
+        """True while the service holds a client (between a failure and the link's
+        restart it holds none)."""
+        return self._client is not None
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect (waiting with backoff until Redis answers), signal readiness, then
-        probe; raise RedisUnavailable once a probe fails."""
+        probe; raise RedisUnavailable once a probe fails or the Sentinel master moves."""
         self._client = make_client(self.settings, self._embedded_socket)
+        interval = SENTINEL_PROBE_INTERVAL_S if self.settings.sentinel_master else PROBE_INTERVAL_S
         backoff = 0.25
         try:
             while not await self._probe():
@@ -144,10 +163,11 @@ class RedisLink:
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
             task_status.started()
             while True:
-                await anyio.sleep(PROBE_INTERVAL_S)
+                await anyio.sleep(interval)
                 if not await self._probe():
+                    what = "" if self._moved else " unreachable"
                     raise RedisUnavailable(
-                        f"redis {self.status.target} unreachable: {self.status.last_error}"
+                        f"redis {self.status.target}{what}: {self.status.last_error}"
                     )
         finally:
             with anyio.CancelScope(shield=True):
@@ -165,6 +185,14 @@ class RedisLink:
                 if self.status.server_version is None:
                     info: dict[str, Any] = await self._client.info("server")
                     self.status.server_version = str(info.get("redis_version"))
+            if self.settings.sentinel_master:
+                await self._check_master()
+        except MasterMoved as exc:
+            self._moved = True
+            log.warning("redis %s: %s; connecting to the new master", self.status.target, exc)
+            self.status.connected = False
+            self.status.last_error = str(exc)
+            return False
         except (TimeoutError, OSError, aioredis.RedisError) as exc:
             if self.status.connected or self.status.last_error is None:
                 log.warning("redis %s unreachable: %s", self.status.target, redact_text(str(exc)))
@@ -177,3 +205,30 @@ class RedisLink:
         self.status.last_ok_at = time.time()
         self.status.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         return True
+
+    async def _check_master(self) -> None:
+        """Ask the sentinels for the master; MasterMoved once it is not the one the link
+        connected to. (The pool drops its idle connections to the old master itself.)"""
+        assert self._client is not None
+        pool = cast(SentinelConnectionPool, self._client.connection_pool)
+        # The sentinels are asked in turn, each within the connect timeout.
+        nodes = len(_sentinel_nodes(self.settings.url)[0])
+        with anyio.fail_after(PROBE_TIMEOUT_S + nodes * self.settings.connect_timeout_seconds):
+            host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        named = f"{as_text(host)}:{port}"
+        if self.status.master is None:
+            self.status.master = named
+        elif named != self.status.master:
+            raise MasterMoved(
+                f"the sentinels moved master {self.settings.sentinel_master} "
+                f"from {self.status.master} to {named}"
+            )
+
+
+class MasterMoved(SelfhealError):
+    """The sentinels promoted another server: the link starts again on the new master."""
+
+
+def as_text(value: bytes | str) -> str:
+    """An address part as text (sentinels answer bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -11,23 +11,32 @@ import json
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import anyio
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from selfheal.bus.keys import DONE_TTL_S, PUBLISHED_TTL_S, Keys
 from selfheal.core.events import Event, text_json
+from selfheal.errors import SelfhealError
 
 # Publish one event; with dedupe, only if its idempotency key was never published.
+# A duplicate rewrites the marker as it is: that write is what a WAIT after the call
+# waits for, and the replica that has it has the first publish too.
 # KEYS: stream, streams index, published marker. ARGV: maxlen, ttl, dedupe, fields...
 _PUBLISH = """
 if ARGV[3] == '1' then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return false end
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then
+    redis.call('SET', KEYS[3], '1', 'KEEPTTL')
+    return false
+  end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
 redis.call('SADD', KEYS[2], KEYS[1])
@@ -95,6 +104,27 @@ return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
+class NotReplicated(SelfhealError):
+    """A write reached fewer replicas than asked for within the wait: a failover now
+    could lose it (it may as well survive; a resend with the same idempotency key is
+    not doubled)."""
+
+    def __init__(self, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"held by {confirmed} of the {wanted} replicas asked for after {timeout_ms} ms"
+        )
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many replicas must confirm a write (Redis WAIT) before it counts as done."""
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+
 @dataclass(frozen=True)
 class TimerSweep:
     """What one pass of the timer mover did."""
@@ -114,13 +144,41 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Pools whose connections take a command packed by hiredis: the plain one, and the
+# Sentinel one (its connections find the master themselves when they connect).
+_PACKABLE_POOLS: Final = (ConnectionPool, SentinelConnectionPool)
+# A blocking command sent the ordinary way (a cluster) must be answered within the
+# client's read timeout: it waits in Redis this much less than that timeout.
+BLOCK_MARGIN_S: Final = 1.0
+
+
 def packed_pool(client: aioredis.Redis) -> ConnectionPool | None:
-    """The client's plain connection pool, on whose connections a command packed by
-    hiredis can be sent; None for a single-connection client or a cluster."""
+    """The client's connection pool, on whose connections a command packed by hiredis
+    can be sent; None for a single-connection client or a cluster."""
     pool = getattr(client, "connection_pool", None)
-    if getattr(client, "connection", None) is not None or type(pool) is not ConnectionPool:
+    if getattr(client, "connection", None) is not None or type(pool) not in _PACKABLE_POOLS:
         return None
-    return pool
+    return cast(ConnectionPool, pool)
+
+
+def read_timeout_s(client: aioredis.Redis) -> float | None:
+    """The client's socket (read) timeout in seconds; None when it has none."""
+    timeout = client.get_connection_kwargs().get("socket_timeout")  # type: ignore[no-untyped-call]
+    return None if timeout is None else float(timeout)
+
+
+def capped_block_ms(client: aioredis.Redis, block_ms: int) -> int:
+    """How long a blocking command the client sends the ordinary way may wait in Redis:
+    `block_ms`, or less so that the reply comes before the client's read timeout.
+
+    Such a client (a cluster) reads every reply within its socket timeout (redis-py's
+    default is 5 s); a BLOCK longer than that would be taken for a dead server. A
+    shorter wait only makes an idle consumer read again sooner.
+    """
+    timeout = read_timeout_s(client)
+    if timeout is None or block_ms <= 0:
+        return block_ms
+    return max(1, min(block_ms, int((timeout - min(BLOCK_MARGIN_S, timeout / 2)) * 1000)))
 
 
 class Bus:
@@ -151,14 +209,53 @@ class Bus:
             args.extend((name, value))
         return keys, args
 
-    async def publish(self, event: Event, *, dedupe: bool = False) -> str | None:
-        """Append the event to its stream; returns the entry id, or None if deduplicated."""
+    async def publish(
+        self, event: Event, *, dedupe: bool = False, replication: Replication | None = None
+    ) -> str | None:
+        """Append the event to its stream; returns the entry id, or None if deduplicated.
+
+        With `replication`, returns only once that many replicas hold the event (when
+        deduplicated, the first publish of its key); NotReplicated if they do not in
+        time.
+        """
         keys, args = self._publish_args(event, dedupe)
-        entry = await self._publish(keys=keys, args=args)
+        entry = await self._replicated(self._publish, keys, args, replication)
         return None if entry is None else as_text(entry)
 
+    async def _replicated(
+        self,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[Any],
+        replication: Replication | None,
+    ) -> Any:
+        """Run the script; with `replication`, follow it with WAIT on its connection.
+
+        WAIT counts the replicas that reached the last write of the connection it is
+        sent on, so the two travel together in one pipeline (a deduplicated publish
+        writes its marker again for this; see _PUBLISH).
+        """
+        if replication is None or replication.replicas <= 0:
+            return await script(keys=keys, args=args)
+        async with self.client.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.wait(replication.replicas, replication.timeout_ms)
+            reply, confirmed = await pipe.execute()
+        if int(confirmed) < replication.replicas:
+            raise NotReplicated(int(confirmed), replication.replicas, replication.timeout_ms)
+        return reply
+
     async def publish_many(self, events: Iterable[Event], *, dedupe: bool = False) -> int:
-        """Publish several events in one round trip; returns how many were appended."""
+        """Publish several events in one round trip; returns how many were appended.
+
+        On a cluster, one call per event, in order: redis-py's cluster pipeline refuses
+        script calls.
+        """
+        if isinstance(self.client, RedisCluster):
+            appended = 0
+            for event in events:
+                appended += await self.publish(event, dedupe=dedupe) is not None
+            return appended
         pipe = self.client.pipeline(transaction=False)
         count = 0
         for event in events:
@@ -176,15 +273,26 @@ class Bus:
         payload = timer_payload(self.keys.stream(event.name), event.to_wire())
         return [self.keys.timers, self.keys.timer_payloads], [event.id, due_ms, payload]
 
-    async def send_at(self, event: Event, due_ms: int) -> bool:
-        """Deliver `event` at epoch-ms `due_ms` (survives restarts; fires once)."""
-        keys, args = self._schedule_args(event, due_ms)
-        return bool(await self._schedule(keys=keys, args=args))
+    async def send_at(
+        self, event: Event, due_ms: int, *, replication: Replication | None = None
+    ) -> bool:
+        """Deliver `event` at epoch-ms `due_ms` (survives restarts; fires once).
 
-    async def send_after(self, event: Event, delay_ms: int, *, now_ms: int | None = None) -> bool:
+        `replication` as for `publish`."""
+        keys, args = self._schedule_args(event, due_ms)
+        return bool(await self._replicated(self._schedule, keys, args, replication))
+
+    async def send_after(
+        self,
+        event: Event,
+        delay_ms: int,
+        *,
+        now_ms: int | None = None,
+        replication: Replication | None = None,
+    ) -> bool:
         """Deliver `event` after `delay_ms` milliseconds."""
         base = int(time.time() * 1000) if now_ms is None else now_ms
-        return await self.send_at(event, base + max(0, delay_ms))
+        return await self.send_at(event, base + max(0, delay_ms), replication=replication)
 
     async def move_due_timers(self, limit: int = 500) -> TimerSweep:
         """Move due timers into their streams (atomic; safe from many daemons)."""
@@ -309,10 +417,14 @@ class Bus:
         `blocks_s`: how long the command may wait in Redis by design (a BLOCK), added
         to the connection's read timeout so an idle wait is not taken for a dead server.
 
-        Connection errors are retried as redis-py retries its own commands (the pool's
-        retry policy, a fresh connection each time). A client without a plain
-        connection pool (a single-connection client, a cluster) runs the command the
-        ordinary way, with redis-py's reply parsing.
+        Connection errors and read timeouts are retried as redis-py retries its own
+        commands (the pool's retry policy, a fresh connection each time). A reply that
+        does not come within the read timeout ends the connection: it is never handed
+        back to the pool with that reply still on its way (the next command would read
+        it as its own). A client without a packable pool (a single-connection client,
+        a cluster) runs the command the ordinary way, with redis-py's reply parsing;
+        there a blocking command's wait is kept within the read timeout by the caller
+        (`capped_block_ms`).
         """
         client = self.client
         pool = packed_pool(client)
@@ -327,7 +439,18 @@ class Bus:
 
         async def send_and_read() -> Any:
             await conn.send_packed_command(packed, check_health=False)
-            return await conn.read_response(timeout=read_timeout)
+            if read_timeout is None:
+                return await conn.read_response()
+            # Our own deadline, not read_response(timeout=...): given a timeout, redis-py
+            # answers None when it passes (like a nil reply) and keeps the connection.
+            # Cancelled mid-read by this deadline, the connection disconnects itself.
+            try:
+                with anyio.fail_after(read_timeout):
+                    return await conn.read_response(timeout=read_timeout + 1)
+            except TimeoutError:
+                raise RedisTimeoutError(
+                    f"no reply from Redis within {read_timeout:g} s to {args[0]!s}"
+                ) from None
 
         async def reconnect(_error: Exception) -> None:
             await conn.disconnect()
@@ -357,6 +480,8 @@ class Bus:
         self, stream: str, group: str, consumer: str, *, count: int, block_ms: int | None
     ) -> list[tuple[str, dict[str, str]]]:
         """New entries for `consumer` (XREADGROUP ... >), blocking up to `block_ms` (None: not)."""
+        if block_ms is not None and packed_pool(self.client) is None:
+            block_ms = capped_block_ms(self.client, block_ms)
         block = () if block_ms is None else ("BLOCK", block_ms)
         # Packed and parsed by hiredis: redis-py's reply callback walks every field in
         # Python first, and the entries are turned into text here anyway.

@@ -205,6 +205,7 @@ def render_status(s: dict[str, Any], *, verbose: bool = False) -> str:
     lines.append(
         f"redis       {redis.get('mode')} {redis.get('target', '')} "
         f"{'connected' if redis.get('connected') else 'DISCONNECTED'}"
+        + (f" to {redis['master']}" if redis.get("connected") and redis.get("master") else "")
         + (
             f" ({redis['last_error']})"
             if not redis.get("connected") and redis.get("last_error")

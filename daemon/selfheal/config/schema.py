@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from selfheal.config.base import (
     SECRET_URL,
@@ -21,6 +21,7 @@ from selfheal.config.fields import (
     SocketPath,
     SshFlags,
     SshHost,
+    rule,
 )
 from selfheal.config.locate import DEFAULT_SOCKET, SOCKET_ENV
 from selfheal.config.schema_backups import (
@@ -158,6 +159,27 @@ class RedisSettings(ConfigModel):
     )
     cluster: bool = Field(False, description="Connect in Redis Cluster mode.")
     connect_timeout_seconds: float = knob(5, "Connect timeout in seconds", ge=0.1, le=120)
+    ack_replicas: int = knob(
+        0,
+        "Replicas that must hold an event before events.send acknowledges it (Redis "
+        "WAIT), so a failover cannot lose an acknowledged event; 0 = acknowledged once the "
+        "master has it. Not with cluster or the embedded Redis",
+        ge=0,
+        le=16,
+    )
+    ack_timeout_seconds: float = knob(
+        1, "How long events.send waits for ackReplicas before it refuses", ge=0.01, le=60
+    )
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> RedisSettings:
+        if self.sentinel_master and self.cluster:
+            raise rule("sentinelMaster and cluster: true exclude each other; choose one")
+        if self.ack_replicas and (self.cluster or self.url == "embedded"):
+            # WAIT counts the replicas of the connection that wrote: the embedded Redis
+            # has none, and a cluster client does not keep a write and its WAIT together.
+            raise rule("ackReplicas needs a standalone or Sentinel Redis with replicas")
+        return self
 
 
 class BusSettings(ConfigModel):

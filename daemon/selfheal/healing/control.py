@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from selfheal.bus.consumer import StreamConsumer
-from selfheal.bus.streams import Bus, as_text
+from selfheal.bus.streams import Bus, NotReplicated, Replication, as_text
 from selfheal.bus.timers import TimerPump
 from selfheal.control.params import MAX_ROWS, Params
 from selfheal.control.protocol import INVALID_PARAMS
@@ -63,6 +65,10 @@ class PlaneView(Protocol):
 
     def knobs(self) -> Knobs:
         """Router knobs from the live config."""
+        ...
+
+    def replication(self) -> Replication | None:
+        """The replicas an event must reach before `events.send` acknowledges it."""
         ...
 
     @property
@@ -119,18 +125,37 @@ class HealingControl:
         except InvalidEvent as exc:
             raise ControlError(INVALID_PARAMS, f"invalid event: {exc}") from None
         bus = self.plane.bus()
-        if not force and not await bus.groups_of(name):
-            # A typo would otherwise wait in a stream nobody reads, looking sent.
+        replication = self.plane.replication()
+        # An immediate publish is deduplicated by its idempotency key (a delayed one is not).
+        again = "send it again" + (
+            "" if delay else " with the same idempotencyKey" if key else " with an idempotencyKey"
+        )
+        try:
+            if not force and not await bus.groups_of(name):
+                # A typo would otherwise wait in a stream nobody reads, looking sent.
+                raise ControlError(
+                    "not_consumed",
+                    f"nothing consumes {name} (see `selfheal events list`); "
+                    "--force sends it anyway",
+                )
+            if delay:
+                await bus.send_after(event, delay, replication=replication)
+                if self.plane.pump is not None:
+                    self.plane.pump.wake()
+                return {"id": event.id, "name": name, "scheduledInMs": delay}
+            entry = await bus.publish(event, dedupe=key is not None, replication=replication)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Redis went away mid-send (a failover): the event may or may not be in.
             raise ControlError(
-                "not_consumed",
-                f"nothing consumes {name} (see `selfheal events list`); --force sends it anyway",
-            )
-        if delay:
-            await bus.send_after(event, delay)
-            if self.plane.pump is not None:
-                self.plane.pump.wake()
-            return {"id": event.id, "name": name, "scheduledInMs": delay}
-        entry = await bus.publish(event, dedupe=key is not None)
+                "unavailable",
+                f"event {event.id} not acknowledged: {exc}; {again}",
+            ) from None
+        except NotReplicated as exc:
+            # The master has the event, but a failover now could lose it.
+            raise ControlError(
+                "not_replicated",
+                f"event {event.id} not acknowledged: {exc} (selfheal.redis.ackReplicas); {again}",
+            ) from None
         return {"id": event.id, "name": name, "entryId": entry, "deduplicated": entry is None}
 
     async def _queue_stats(self, params: dict[str, Any]) -> Any:

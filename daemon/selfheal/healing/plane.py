@@ -17,7 +17,7 @@ from anyio.abc import TaskStatus
 
 from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, StreamConsumer
 from selfheal.bus.keys import Keys
-from selfheal.bus.streams import Bus
+from selfheal.bus.streams import Bus, Replication
 from selfheal.bus.timers import TimerPump
 from selfheal.config import Settings
 from selfheal.control.server import Handler
@@ -107,6 +107,13 @@ class HealingPlane:
         """Router knobs from the live config."""
         hours = self._settings().transport.recovery_window_hours
         return Knobs(recovery_window_ms=int(hours * HOUR_MS))
+
+    def replication(self) -> Replication | None:
+        """The replicas an event must reach before `events.send` acknowledges it."""
+        redis = self._settings().redis
+        if not redis.ack_replicas:
+            return None
+        return Replication(redis.ack_replicas, max(1, int(redis.ack_timeout_seconds * 1000)))
 
     # -- services ---------------------------------------------------------------------
 
