@@ -204,7 +204,9 @@ def render_unit(*, python: Path, config: Path, home: Path, drain_timeout_s: floa
             "[Service]",
             "Type=exec",
             f"ExecStart={command}",
-            f"WorkingDirectory={_unit_quote(str(home))}",
+            # A path setting takes its value as written (quotes would be part of it);
+            # only specifiers are expanded, so `%` is doubled.
+            f"WorkingDirectory={str(home).replace('%', '%%')}",
             f"Environment={_unit_quote(path)}",
             f"Environment={_unit_quote(f'SELFHEAL_CONFIG={config}')}",
             "Restart=on-failure",

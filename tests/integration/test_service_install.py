@@ -214,12 +214,6 @@ def systemd_analyze_verify(unit: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="render_unit quotes WorkingDirectory=, which systemd takes literally and refuses "
-    "('path is not absolute'); the directive wants the bare path with % doubled",
-)
 def test_the_installed_systemd_unit_passes_systemd_analyze_verify(systemd_host: Host) -> None:
     host = systemd_host
     unit_path = host.home / ".config" / "systemd" / "user" / "selfheal.service"

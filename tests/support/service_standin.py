@@ -139,11 +139,12 @@ def _read_unit(path: Path, state: dict[str, Any]) -> None:
     env: dict[str, str] = {}
     for line in path.read_text().splitlines():
         key, _, value = line.partition("=")
+        if key == "WorkingDirectory":  # a path setting: the value as written, no quoting
+            state["working_directory"] = value.replace("%%", "%")
+            continue
         words = [w.replace("%%", "%") for w in shlex.split(value)] if value else []
         if key == "ExecStart":
             state["argv"], state["program"] = words, words[0]
-        elif key == "WorkingDirectory":
-            state["working_directory"] = words[0]
         elif key == "Environment":
             for word in words:
                 name, _, text = word.partition("=")
