@@ -230,8 +230,16 @@ def _mount_fix(target: str, root: Path, require_mount_point: bool) -> str:
     return f"run `selfheal nas mark {root}` if the share mounted there is the NAS"
 
 
+def _targets_on(settings: Settings) -> list[str]:
+    return [t for t in TARGETS if getattr(settings.backups, t).enabled]
+
+
 def nas_checks(settings: Settings) -> list[Check]:
     """Each enabled target's NAS folder: present, a mount point, marked, writable, room."""
+    if not _targets_on(settings):
+        return [ok("nas", "no backup target is enabled: nothing to copy")]
+    if not settings.nas.use_mount:
+        return [ok("nas", "the mount is off (selfheal.nas.useMount is false): SSH only")]
     checks: list[Check] = []
     for target in TARGETS:
         backup = getattr(settings.backups, target)
@@ -285,6 +293,11 @@ def _ssh_fix(ssh: SshTransport, found: ProbeResult) -> str:
 async def ssh_check(settings: Settings, mount_ok: bool) -> list[Check]:
     """Login and the remote root over SFTP (the fallback when the mount is away)."""
     from selfheal.backup.transports.ssh import SshTransport
+
+    if not _targets_on(settings):
+        return []  # said once, by the nas check
+    if not settings.nas.use_ssh:
+        return [ok("ssh", "SSH is off (selfheal.nas.useSsh is false): the mount only")]
 
     ssh = SshTransport(
         settings.transport.ssh_host,
@@ -451,7 +464,7 @@ async def run_checks(
     checks += await _bounded("redis", lambda: _one(redis_check(settings, env)))
     nas = await anyio.to_thread.run_sync(nas_checks, settings)
     checks += nas
-    mount_ok = bool(nas) and all(c.status != "fail" for c in nas)
+    mount_ok = settings.nas.use_mount and bool(nas) and all(c.status != "fail" for c in nas)
     checks += await _bounded("ssh", lambda: ssh_check(settings, mount_ok))
     checks.append(_space("state dir space", settings.state_dir))
     checks.append(_space("spool space", settings.spool_path))

@@ -131,8 +131,9 @@ def test_a_daemon_killed_mid_backup_leaves_only_verified_names_and_recovers(
     assert staged, f"never caught a staged artifact:\n{second.log()}"
     assert_every_final_name_has_its_manifest(folder)
 
-    # 3. The next start delivers the staged artifact, deletes half-made files, and runs
-    #    the interrupted backup again.
+    # 3. The next start delivers the staged artifact, deletes half-made files, and asks
+    #    for the interrupted run again, which finds its artifact already made (one
+    #    request, one backup): the staged one, delivered from the spool.
     third = daemon_factory.start(config=config, log_name="daemon-3.log")
 
     def recovered() -> bool:
@@ -145,7 +146,7 @@ def test_a_daemon_killed_mid_backup_leaves_only_verified_names_and_recovers(
         )
 
     try:
-        wait_until(recovered, 90, "the staged artifact delivered and the interrupted run redone")
+        wait_until(recovered, 90, "the staged artifact delivered for the interrupted run")
     except AssertionError as exc:
         state = f"staged {staged}, on the NAS {os.listdir(folder)}, left {ours_in(staging)}"
         raise AssertionError(f"{exc}\n{state}\n--- daemon log ---\n{third.log()}") from None

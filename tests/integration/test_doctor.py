@@ -90,6 +90,28 @@ def test_a_marked_nas_without_a_daemon_passes_with_warnings(short_home: Path) ->
     assert found["notifiers"]["status"] == "warn"
 
 
+def test_a_transport_turned_off_is_not_checked_nor_failed(short_home: Path) -> None:
+    # SSH-only: no mount anywhere, and the (unreachable) SSH is what is checked.
+    setup(short_home, nas={"useMount": False})
+    found = checks(doctor(short_home, "--json"))
+    assert found["nas"]["status"] == "ok" and "useMount is false" in found["nas"]["detail"]
+    assert found["ssh"]["status"] == "fail"  # the only way to the NAS is down: a failure
+    # Mount-only: a marked folder, and SSH not looked at.
+    setup(short_home, nas={"useSsh": False})
+    mark_nas(short_home / "nas", "test-nas")
+    result = doctor(short_home, "--json")
+    found = checks(result)
+    assert found["ssh"]["status"] == "ok" and "useSsh is false" in found["ssh"]["detail"]
+    assert found["nas redis"]["status"] == "ok"
+    # Nothing to back up: neither the NAS nor SSH can fail the run.
+    config = setup(short_home)
+    config["selfheal"]["backups"]["redis"]["enabled"] = False
+    write(short_home, config)
+    found = checks(doctor(short_home, "--json"))
+    assert found["nas"]["status"] == "ok" and "no backup target" in found["nas"]["detail"]
+    assert "ssh" not in found
+
+
 def test_an_unmarked_nas_fails_with_the_fix(short_home: Path) -> None:
     setup(short_home)
     nas = failing(short_home, "nas redis")

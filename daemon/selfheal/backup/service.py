@@ -573,6 +573,16 @@ class BackupService:
                     },
                     synthetic,
                 )
+                # The target's last result is this delivery, not the spooling before it.
+                self.last[t] = RunOutcome(
+                    t,
+                    "delivered",
+                    artifact=entry.name,
+                    detail="from the spool",
+                    bytes=delivery.bytes,
+                    seconds=round(delivery.seconds, 3),
+                    at=time.time(),
+                )
 
             try:
                 delivered += await self.transfer(target).drain(done, target=target)
