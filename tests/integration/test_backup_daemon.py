@@ -146,7 +146,8 @@ def test_an_ssh_only_set_up_needs_no_mount_and_names_only_ssh_when_it_fails(
             "nasSshFlags": f"-o BatchMode=yes -p {free_port()} -o UserKnownHostsFile={known_hosts}",
         },
         "selfheal": {
-            "nas": {"useMount": False},  # no mountRoot anywhere: nothing to mount
+            # No mountRoot anywhere: nothing to mount. The NAS stays down: spool at once.
+            "nas": {"useMount": False, "waitForNasSeconds": 0},
             "backups": {"redis": {"source": "bus"}, "typesense": {"enabled": False}},
         },
     }
@@ -260,10 +261,11 @@ def test_a_followed_run_that_only_spools_exits_non_zero(
             "nasMaxAttempts": 1,
         },
         "selfheal": {
+            "nas": {"waitForNasSeconds": 0},  # the NAS stays down: spool at once
             "backups": {
                 "redis": {"source": "bus", "mountRoot": str(unmarked), "requireMountPoint": False},
                 "typesense": {"enabled": False},
-            }
+            },
         },
     }
     daemon = daemon_factory.start(config=config)

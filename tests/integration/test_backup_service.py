@@ -97,6 +97,7 @@ def settings(
                 "remoteRoot": remote_root,
                 "spoolDir": str(tmp / "spool"),
                 "leanSshSend": lean_send_from_env(),
+                "waitForNasSeconds": 0,  # a NAS that is down here stays down: spool at once
             },
             "backups": backups,
         },

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def manager(
     transports: list[MountTransport],
     spool: Spool,
     time: FakeTime,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
     **overrides: float,
 ) -> TransferManager:
     options: dict[str, float] = {
@@ -68,6 +70,7 @@ def manager(
         "retry_base_ms": 100,
         "retry_max_ms": 250,
         "recovery_window_s": 3600.0,
+        "nas_wait_s": 0.0,
     }
     options.update(overrides)
     return TransferManager(
@@ -77,8 +80,9 @@ def manager(
         retry_base_ms=int(options["retry_base_ms"]),
         retry_max_ms=int(options["retry_max_ms"]),
         recovery_window_s=options["recovery_window_s"],
+        nas_wait_s=options["nas_wait_s"],
         telemetry=telemetry,
-        sleep=time.sleep,
+        sleep=sleep or time.sleep,
         jitter=lambda: 0.5,
         clock=time.clock,
     )
@@ -479,3 +483,38 @@ async def test_an_add_cut_off_by_a_crash_is_put_back_and_spooled_whole(tmp_path:
     assert (await spool.artifact(entry)).sha256 == artifact.sha256
     assert not artifact.path.exists() and not artifact.manifest_path.exists()
     assert not [p for p in spool.directory.iterdir() if p.name.startswith(".")]
+
+
+async def test_a_nas_that_comes_back_within_the_wait_takes_the_copy_without_a_spool(
+    mounts: Mounts, tmp_path: Path, telemetry: Telemetry
+) -> None:
+    # After a wake the share mounts a few seconds late: the copy waits for it.
+    artifact = make_artifact(tmp_path / "out")
+    primary = down_mount(tmp_path)
+    time = FakeTime()
+    spool = Spool(tmp_path / "spool")
+
+    async def mount_on_second_probe(seconds: float) -> None:
+        await time.sleep(seconds)
+        if len(time.sleeps) == 2:
+            mounts.mount_at(primary.root)
+            mark_nas(primary.root, "three-body")
+
+    transfer = manager(
+        telemetry, [primary], spool, time, sleep=mount_on_second_probe, nas_wait_s=60.0
+    )
+    result = await transfer.ship(artifact)
+    assert result.status == "delivered" and await spool.entries() == []
+    assert time.sleeps == [5.0, 5.0]  # probed every 5 s until it answered
+
+
+async def test_a_nas_that_stays_away_is_waited_for_only_so_long(
+    tmp_path: Path, telemetry: Telemetry
+) -> None:
+    artifact = make_artifact(tmp_path / "out")
+    time = FakeTime()
+    spool = Spool(tmp_path / "spool")
+    transfer = manager(telemetry, [down_mount(tmp_path)], spool, time, nas_wait_s=12.0)
+    result = await transfer.ship(artifact)
+    assert result.status == "spooled" and len(await spool.entries()) == 1
+    assert time.sleeps == [5.0, 5.0, 2.0] and time.now == 12.0

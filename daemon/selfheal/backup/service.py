@@ -171,6 +171,7 @@ class BackupService:
             retry_max_ms=transport.retry_max_ms,
             recovery_window_s=transport.recovery_window_hours * 3600,
             telemetry=self.telemetry,
+            nas_wait_s=self._settings().nas.wait_for_nas_seconds,
         )
 
     def source(self, target: Literal["typesense", "redis"]) -> TypesenseSource | RedisSource:

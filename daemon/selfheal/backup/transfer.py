@@ -87,6 +87,10 @@ def _others(reasons: dict[str, str], failed: str) -> tuple[str, ...]:
     return tuple(f"{mode}: {why}" for mode, why in reasons.items() if mode != failed)
 
 
+# Between probes while waiting for the NAS to answer at all.
+NAS_WAIT_STEP_S: Final = 5.0
+
+
 class TransferManager:
     """Ships artifacts over the first transport that answers, retrying and switching."""
 
@@ -100,6 +104,7 @@ class TransferManager:
         retry_max_ms: int,
         recovery_window_s: float,
         telemetry: Telemetry,
+        nas_wait_s: float = 0.0,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = anyio.current_time,
@@ -110,12 +115,17 @@ class TransferManager:
             raise ValueError("need max_attempts >= 1 and 1 <= retry_base_ms <= retry_max_ms")
         if recovery_window_s <= 0:
             raise ValueError("recovery_window_s must be positive")
+        if nas_wait_s < 0:
+            raise ValueError("nas_wait_s must not be negative")
         self.transports = list(transports)  # preference order, decided by the caller
         self.spool = spool
         self.max_attempts = max_attempts
         self.retry_base_ms = retry_base_ms
         self.retry_max_ms = retry_max_ms
         self.recovery_window_s = recovery_window_s
+        # How long a copy waits for a transport to answer before the artifact is spooled:
+        # a NAS share or the network coming back after a wake takes seconds.
+        self.nas_wait_s = nas_wait_s
         self.telemetry = telemetry
         self._sleep = sleep
         self._jitter = jitter
@@ -142,7 +152,7 @@ class TransferManager:
         async def once() -> Delivery:
             nonlocal attempts, last
             picking = time.time_ns()
-            transport = await self._pick(errors, reasons, after_failure_of=last)
+            transport = await self._wait_for_transport(errors, reasons, last)
             if transport is None:
                 raise _Spool  # nothing answers: the spool takes it, the drainer carries on
             if last is not None and transport is not last:
@@ -247,6 +257,23 @@ class TransferManager:
                 kind="integrity",
             )
         return delivery
+
+    async def _wait_for_transport(
+        self, errors: list[str], reasons: dict[str, str], last: Transport | None
+    ) -> Transport | None:
+        """The first transport that answers, probing again every NAS_WAIT_STEP_S for up
+        to `nas_wait_s` while none does (only the first time: a transport that answered
+        once and then failed is the retries' business)."""
+        waited = 0.0
+        while True:
+            transport = await self._pick(errors, reasons, after_failure_of=last)
+            if transport is not None or last is not None or waited >= self.nas_wait_s:
+                if transport is not None and waited:
+                    log.info("%s answered after %.0f s", transport.mode, waited)
+                return transport
+            step = min(NAS_WAIT_STEP_S, self.nas_wait_s - waited)
+            await self._sleep(step)
+            waited += step
 
     async def _pick(
         self,

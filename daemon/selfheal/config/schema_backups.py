@@ -38,6 +38,13 @@ class NasSettings(ConfigModel):
     use_mount: Annotated[bool, env("SELFHEAL_NAS_USE_MOUNT")] = Field(
         True, description="Copy over the local NAS mount; false = SSH only (no mount needed)."
     )
+    wait_for_nas_seconds: float = knob(
+        60,
+        "When no transport answers, probe again for this long before the artifact is "
+        "spooled (a NAS or network coming back after a wake); 0 = spool at once",
+        ge=0,
+        le=3600,
+    )
     use_ssh: Annotated[bool, env("SELFHEAL_NAS_USE_SSH")] = Field(
         True, description="Copy over SSH/SFTP; false = the mount only (no SSH host needed)."
     )
