@@ -172,6 +172,23 @@ def _cli(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _bigfile(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for mode in ("mount", "ssh"):
+        sizes = [f"{g:g}gib" for g in r["sizes_gib"]]
+        growth = " / ".join(f"{r[f'{mode}_{s}']['growth_mb']}" for s in sizes)
+        rows.append(
+            _row(
+                f"{mode}: RSS growth moving {' / '.join(sizes)} (MB)",
+                growth,
+                f"{r[f'{mode}_anchor_1mib']['growth_mb']} (1 MiB)",
+                "flat" if max(float(x) for x in growth.split(" / ")) <= 64 else "GROWS",
+                "<= 64, size-independent",
+            )
+        )
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("copy", _copy),
     ("sftp", _sftp),
@@ -180,6 +197,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("idle", _idle),
     ("watchdog", _watchdog),
     ("cli", _cli),
+    ("bigfile", _bigfile),
 ]
 
 
