@@ -423,7 +423,7 @@ class BackupService:
             cause,
         )
         await reporter.finish("failed", message)
-        return RunOutcome(target, "failed", detail=message)
+        return RunOutcome(target, "failed", detail=message, at=time.time())
 
     async def _spooled(
         self,
@@ -437,7 +437,7 @@ class BackupService:
         log.warning("backup %s spooled (%s): %s", target, artifact.name, detail)
         await self._report_spooled(target, cause, attempt, artifact.name, detail, reporter.run_id)
         await reporter.finish("spooled", f"{artifact.name} waits in the spool: {detail}")
-        return RunOutcome(target, "spooled", artifact=artifact.name, detail=detail)
+        return RunOutcome(target, "spooled", artifact=artifact.name, detail=detail, at=time.time())
 
     async def _report_spooled(
         self, target: str, cause: Event, attempt: int, name: str, detail: str, run_id: str
