@@ -100,6 +100,13 @@ class TypesenseBackupSettings(ConfigModel):
     snapshot_fallback_root: ConfigPath | None = Field(
         None, description="Second snapshot directory, tried when snapshotRoot fails; null = none."
     )
+    snapshot_timeout_seconds: float = knob(
+        900,
+        "How long the snapshot call may take before the run fails as a timeout (a large "
+        "collection set takes minutes; a hung server must not hold the run for ever)",
+        ge=1,
+        le=86_400,
+    )
     snapshot_retention_count: Annotated[int, env("TYPESENSE_SNAPSHOT_RETENTION_COUNT")] = knob(
         2, "Local snapshots kept after archiving", ge=1, le=100
     )

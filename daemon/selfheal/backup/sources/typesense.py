@@ -35,7 +35,6 @@ log = logging.getLogger("selfheal.backup.typesense")
 
 API_KEY_HEADER = "X-TYPESENSE-API-KEY"
 # Snapshots of a large index take a while; metadata calls should answer at once.
-SNAPSHOT_TIMEOUT = httpx.Timeout(10.0, read=900.0)
 QUERY_TIMEOUT = httpx.Timeout(10.0, read=30.0)
 # Snapshot folders are named by their UTC stamp; pruning touches nothing else.
 # <yyyymmddThhmmssZ>, and since names carry it, -<ms>-<6 hex>: sortable either way.
@@ -199,7 +198,7 @@ class TypesenseSource:
             "POST",
             "/operations/snapshot",
             params={"snapshot_path": str(target)},
-            timeout=SNAPSHOT_TIMEOUT,
+            timeout=httpx.Timeout(10.0, read=self.settings.snapshot_timeout_seconds),
         )
         if not response.is_success:
             raise _RootUnusable(f"snapshot failed ({response.status_code}): {_body(response)}")
