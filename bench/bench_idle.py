@@ -2,6 +2,9 @@
 
 Run: python -m bench.bench_idle [--seconds S] [--reloads N] [--json]
 
+The daemon's watchdog probes one real worker (at its default interval), and its
+embedded redis-server is sampled beside it.
+
 The real daemon (`python -m selfheal run`, embedded Redis, a temporary HOME) is
 started and left alone until it is ready and settled; then, over S seconds, each
 of its threads' context switches (Linux /proc: a switch is a wake-up), its CPU
@@ -26,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from tests.support.worker import Worker
 
 from selfheal.control.client import ControlClient
+
+WATCHED: dict[str, Any] | None = None
 
 READY_TIMEOUT_S = 60.0
 SETTLE_S = 10.0
@@ -48,19 +54,31 @@ def _switches(pid: int) -> dict[str, int]:
 
 def sample(pid: int, seconds: float) -> dict[str, Any]:
     """Wakeups/s per thread (the busiest first), CPU % and RSS over `seconds`."""
-    proc = psutil.Process(pid)
-    before, cpu_before = _switches(pid), proc.cpu_times()
+    return sample_many([pid], seconds)[0]
+
+
+def sample_many(pids: list[int], seconds: float) -> list[dict[str, Any]]:
+    """`sample` for several processes over the same `seconds`."""
+    procs = [psutil.Process(pid) for pid in pids]
+    before = [(_switches(p.pid), p.cpu_times()) for p in procs]
     time.sleep(seconds)
-    after, cpu_after = _switches(pid), proc.cpu_times()
-    rates = sorted(((after[t] - before[t]) / seconds for t in after if t in before), reverse=True)
-    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-    return {
-        "threads": len(after),
-        "wakeups_per_s_by_thread": [round(r, 2) for r in rates],
-        "wakeups_per_s_total": round(sum(rates), 2),
-        "cpu_percent": round(cpu / seconds * 100, 3),
-        "rss_mb": round(proc.memory_info().rss / 2**20, 1),
-    }
+    found = []
+    for proc, (switches, cpu_before) in zip(procs, before, strict=True):
+        after, cpu_after = _switches(proc.pid), proc.cpu_times()
+        rates = sorted(
+            ((after[t] - switches[t]) / seconds for t in after if t in switches), reverse=True
+        )
+        cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+        found.append(
+            {
+                "threads": len(after),
+                "wakeups_per_s_by_thread": [round(r, 2) for r in rates],
+                "wakeups_per_s_total": round(sum(rates), 2),
+                "cpu_percent": round(cpu / seconds * 100, 3),
+                "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+            }
+        )
+    return found
 
 
 def _wait_ready(client: ControlClient, proc: subprocess.Popen[bytes]) -> None:
@@ -77,9 +95,12 @@ def _wait_ready(client: ControlClient, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"the daemon was not ready within {READY_TIMEOUT_S}s")
 
 
-def _write_config(path: Path, retries: int) -> None:
+def _write_config(path: Path, retries: int, worker: dict[str, Any] | None = None) -> None:
     tmp = path.with_name(".bench.tmp")
-    tmp.write_text(json.dumps({"backupFailureRouter": {"maxRetries": retries}}))
+    doc: dict[str, Any] = {"backupFailureRouter": {"maxRetries": retries}}
+    if worker is not None:
+        doc["selfheal"] = {"watchdog": {"enabled": True, "workers": [worker]}}
+    tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
 
 
@@ -89,7 +110,7 @@ def reload_latency_ms(client: ControlClient, config: Path, edits: int) -> list[f
     for n in range(edits):
         generation = client.call("status", {})["config"]["generation"]
         started = time.perf_counter()
-        _write_config(config, 6 + n % 4)
+        _write_config(config, 6 + n % 4, WATCHED)
         deadline = started + 10
         while client.call("status", {})["config"]["generation"] == generation:
             if time.perf_counter() > deadline:
@@ -103,11 +124,17 @@ def reload_latency_ms(client: ControlClient, config: Path, edits: int) -> list[f
 def main(seconds: float, edits: int, as_json: bool) -> None:
     if not Path("/proc/self/task").is_dir():
         raise SystemExit("bench_idle reads per-thread wakeups from /proc (Linux only)")
+    global WATCHED
     home = Path(tempfile.mkdtemp(prefix="idle-", dir="/tmp"))
     config = home / ".joelclaw" / "system-bus.config.json"
     config.parent.mkdir(parents=True)
-    _write_config(config, 5)
+    # The watchdog probes one real worker, at its default interval, as in use.
+    worker = Worker(home / "worker")
+    worker.start()
+    WATCHED = worker.settings(probeIntervalSeconds=30, probeTimeoutSeconds=5, failureThreshold=3)
+    _write_config(config, 5, WATCHED)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "OTEL_"))}
+    env.update(worker.env())
     env["HOME"] = str(home)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "selfheal", "run"],
@@ -123,7 +150,10 @@ def main(seconds: float, edits: int, as_json: bool) -> None:
         client = ControlClient(home / ".joelclaw" / "selfheal.sock", timeout=10)
         _wait_ready(client, daemon)
         time.sleep(SETTLE_S)
-        ours = sample(daemon.pid, seconds)
+        [redis_server] = [
+            c for c in psutil.Process(daemon.pid).children() if "redis-server" in c.name()
+        ]
+        ours, redis_idle = sample_many([daemon.pid, redis_server.pid], seconds)
         bare = sample(anchor.pid, seconds)
         latencies = reload_latency_ms(client, config, edits)
     finally:
@@ -133,10 +163,13 @@ def main(seconds: float, edits: int, as_json: bool) -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        worker.stop()
         shutil.rmtree(home, ignore_errors=True)
     result = {
         "seconds": seconds,
         "daemon": ours,
+        "embedded_redis": redis_idle,
+        "watched_workers": 1,
         "anchor_bare_asyncio": bare,
         "reload_latency_ms": latencies,
         "reload_latency_ms_median": statistics.median(latencies),
@@ -155,12 +188,17 @@ def main(seconds: float, edits: int, as_json: bool) -> None:
         "rss_mb",
     ):
         print(f"{key:28} {ours[key]!s:28} anchor {bare[key]}")
+    r = redis_idle
+    print(
+        f"{'embedded redis-server':28} {r['cpu_percent']}% CPU, {r['rss_mb']} MB, "
+        f"{r['wakeups_per_s_total']} wakeups/s"
+    )
     print(f"{'reload_latency_ms':28} {latencies} (median {result['reload_latency_ms_median']})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--reloads", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -125,11 +125,20 @@ def _idle(r: dict[str, Any]) -> list[Row]:
     d, a = r["daemon"], r["anchor_bare_asyncio"]
     return [
         _row(
-            "idle daemon CPU (%) / RSS (MB)",
+            "idle daemon CPU (%) / RSS (MB), watchdog probing one worker",
             f"{d['cpu_percent']} / {d['rss_mb']}",
             f"{a['cpu_percent']} / {a['rss_mb']} (bare asyncio)",
             f"+{d['rss_mb'] - a['rss_mb']:.1f} MB",
             "CPU <= 0.2",
+        ),
+        _row(
+            "idle embedded redis-server CPU (%) / RSS (MB)",
+            f"{r['embedded_redis']['cpu_percent']} / {r['embedded_redis']['rss_mb']}"
+            if "embedded_redis" in r
+            else "not measured",
+            "-",
+            "-",
+            "-",
         ),
         _row(
             "idle wakeups/s",
