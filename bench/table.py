@@ -198,6 +198,19 @@ def _bigfile(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _soak(r: dict[str, Any]) -> list[Row]:
+    first, last = r["samples"][0], r["samples"][-1]
+    return [
+        _row(
+            f"soak: {r['runs']} backups in a row, RSS (MB) / fds, first -> last",
+            f"{first['rss_mb']} -> {last['rss_mb']} / {first['fds']} -> {last['fds']}",
+            "-",
+            f"+{r['rss_growth_mb']} MB, {r['fd_growth']:+d} fds",
+            "flat",
+        )
+    ]
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("copy", _copy),
     ("sftp", _sftp),
@@ -207,6 +220,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("watchdog", _watchdog),
     ("cli", _cli),
     ("bigfile", _bigfile),
+    ("soak", _soak),
 ]
 
 
