@@ -298,7 +298,7 @@ def params_for(draw: st.DrawFn, method: str) -> dict[str, Any]:
     names = PARAMS[method]
     chosen = draw(st.lists(st.sampled_from(names), unique=True)) if names else []
     params: dict[str, Any] = {name: draw(VALUES) for name in chosen}
-    if names and draw(st.booleans()):
+    if len(names) > 0 and draw(st.booleans()):
         params[names[0]] = draw(NEAR_MISSES)  # the param it needs, nearly right
     if method == "events.send" and draw(st.booleans()):
         # A valid name: then what data, keys and delays are admitted is fuzzed, on a
