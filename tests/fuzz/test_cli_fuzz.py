@@ -159,7 +159,7 @@ def odd_paths(home: Path) -> list[str]:
 
 
 @given(data=st.data(), raw=raw_files())
-@fuzz_settings(500)
+@fuzz_settings(1000)
 def test_without_a_daemon_every_argv_exits_with_a_documented_code(
     home: Path, cases: Cases, data: st.DataObject, raw: bytes
 ) -> None:
@@ -185,7 +185,7 @@ def daemon() -> Iterator[DaemonProcess]:
 
 @pytest.mark.slow
 @given(data=st.data())
-@fuzz_settings(400)
+@fuzz_settings(800)
 def test_with_a_daemon_every_argv_exits_with_a_documented_code(
     daemon: DaemonProcess, home: Path, cases: Cases, data: st.DataObject
 ) -> None:

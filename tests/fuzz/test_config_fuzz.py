@@ -175,7 +175,7 @@ def check_outcome(outcome: LoadedConfig | ConfigError, env: dict[str, str]) -> N
 
 
 @given(raw=raw_files(), env=ENVS)
-@fuzz_settings(1500)
+@fuzz_settings(3000)
 def test_any_file_and_env_give_settings_or_a_config_error_naming_the_key(
     cases: Cases, raw: bytes, env: dict[str, str]
 ) -> None:
@@ -213,7 +213,7 @@ def write_raw(daemon: DaemonProcess, raw: bytes) -> None:
 
 @pytest.mark.slow
 @given(raw=raw_files())
-@fuzz_settings(150)
+@fuzz_settings(300)
 def test_a_daemon_fed_bad_edits_keeps_its_last_good_config(
     daemon: DaemonProcess, cases: Cases, raw: bytes
 ) -> None:

@@ -209,7 +209,7 @@ def pending(bus: redis.Redis) -> int:
 
 
 @given(batch=st.lists(entries(), min_size=1, max_size=6))
-@fuzz_settings(150)
+@fuzz_settings(300)
 def test_each_request_is_decided_once_or_dead_lettered_with_its_reason(
     daemon: DaemonProcess, bus: redis.Redis, cases: Cases, batch: list[Entry]
 ) -> None:

@@ -207,7 +207,7 @@ def scratch() -> Iterator[Path]:
 
 
 @given(tree=nodes(), compression=st.sampled_from(["none", "gzip", "zstd"]))
-@fuzz_settings(500)
+@fuzz_settings(1000)
 def test_odd_trees_are_archived_whole_or_refused_naming_the_entry(
     scratch: Path, cases: Cases, tree: list[Any], compression: str
 ) -> None:
