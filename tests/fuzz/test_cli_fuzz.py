@@ -5,6 +5,7 @@ not UTF-8."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -154,6 +155,8 @@ def odd_paths(home: Path) -> list[str]:
         str(home / "junk.json"),
         str(home / "config.json"),
         "~/config.json",
+        str(home / ("n" * 300)),  # a name longer than a file system takes
+        "x" * 5000,
         "",
     ]
 
@@ -168,7 +171,8 @@ def test_without_a_daemon_every_argv_exits_with_a_documented_code(
     paths = odd_paths(home)
     argv = data.draw(argvs(paths, set()), label="argv")
     env = clean_env(home) | {"SELFHEAL_CONFIG": str(home / "config.json")}
-    result = CliRunner().invoke(cli, argv, env=env)
+    with contextlib.chdir(home):  # "" and "." name a folder of ours
+        result = CliRunner().invoke(cli, argv, env=env)
     check(argv, result)
 
 
@@ -192,7 +196,8 @@ def test_with_a_daemon_every_argv_exits_with_a_documented_code(
     cases.tried()
     paths = [*odd_paths(home), str(daemon.config_path)]
     argv = data.draw(argvs(paths, ACTING), label="argv")
-    result = CliRunner().invoke(cli, argv, env=daemon.env())
+    with contextlib.chdir(home):  # "" and "." name a folder of ours
+        result = CliRunner().invoke(cli, argv, env=daemon.env())
     check(argv, result)
     assert daemon.call("ping")["pong"] is True
 
