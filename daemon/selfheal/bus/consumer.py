@@ -475,7 +475,7 @@ def _decoded(
     if not fields:
         return "entry was trimmed from the stream"
     if isinstance(fields, NotUtf8Fields):
-        return "undecodable event: not valid UTF-8"
+        return f"undecodable event: {', '.join(fields.invalid)}: not valid UTF-8"
     try:
         return decode(fields)
     except EventDecodeError as exc:

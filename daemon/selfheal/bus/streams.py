@@ -537,8 +537,13 @@ class NotUtf8Fields(dict[str, str]):
     """The fields of an entry that is not valid UTF-8, invalid bytes shown as \\xNN escapes.
 
     Such an entry is not an event: the consumer dead-letters it with these fields,
-    readable and nothing dropped, instead of failing the whole read.
+    readable and nothing dropped, instead of failing the whole read; `invalid` names
+    (as shown) the fields whose name or value is not UTF-8, for the reason.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.invalid: list[str] = []
 
 
 def decode_fields(fields: Mapping[bytes | str, bytes | str] | list[bytes | str]) -> dict[str, str]:
@@ -548,20 +553,31 @@ def decode_fields(fields: Mapping[bytes | str, bytes | str] | list[bytes | str])
         texts = iter([value.decode() if isinstance(value, bytes) else value for value in flat])
     except UnicodeDecodeError:
         escaped = NotUtf8Fields()
-        texts = iter([_escaped(value) for value in flat])
-        for name, value in zip(texts, texts, strict=True):
+        raw = iter(flat)
+        for raw_name, raw_value in zip(raw, raw, strict=True):
+            name = _escaped(raw_name)
             # An escaped name may read like another one: number it rather than drop it.
             unique, copy = name, 1
             while unique in escaped:
                 copy += 1
                 unique = f"{name} ({copy})"
-            escaped[unique] = value
+            escaped[unique] = _escaped(raw_value)
+            if not (_is_utf8(raw_name) and _is_utf8(raw_value)):
+                escaped.invalid.append(unique)
         return escaped
     return dict(zip(texts, texts, strict=True))  # name, value, name, value, ...
 
 
 def _escaped(value: bytes | str) -> str:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _is_utf8(value: bytes | str) -> bool:
+    try:
+        _ = value.decode() if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:

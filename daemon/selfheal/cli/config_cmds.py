@@ -91,7 +91,7 @@ def init(state: CliState, force: bool, as_json: bool) -> None:
     Example: selfheal --config ~/.joelclaw/system-bus.config.json nas config init
     """
     path = state.resolved_config_path()
-    existed = path.exists()
+    existed = os.path.exists(path)
     try:
         init_config(path, force=force)
     except FileExistsError:
@@ -101,6 +101,8 @@ def init(state: CliState, force: bool, as_json: bool) -> None:
         )
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    except OSError as exc:  # no such folder, not ours to write, a name too long...
+        fail(f"cannot write {path}: {exc.strerror or exc}", EXIT_CONFIG)
     if as_json:
         emit_json({"path": str(path), "written": True, "replacedOurSections": existed})
     else:
@@ -120,9 +122,9 @@ def mark(path: Path, nas_id: str, as_json: bool) -> None:
     \b
     Example: selfheal nas mark /Volumes/three-body --id three-body
     """
-    if not path.is_dir():
-        fail(f"{path} is not a folder (mount the NAS first)", EXIT_CONFIG)
     try:
+        if not path.is_dir():  # raises for a path that cannot be looked at (a name too long)
+            fail(f"{path} is not a folder (mount the NAS first)", EXIT_CONFIG)
         marker = mark_nas(path, nas_id)
     except (OSError, ValueError) as exc:
         fail(f"cannot mark {path}: {exc}", EXIT_CONFIG)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,9 @@ class CliState:
 
     def warn_if_missing(self) -> None:
         """Say so when --config names a file that is not there (defaults would apply)."""
-        if self.config_path is not None and not self.resolved_config_path().exists():
+        # os.path.exists: a path that cannot even be looked at (a name too long) is
+        # missing too; reading it then says why.
+        if self.config_path is not None and not os.path.exists(self.resolved_config_path()):
             click.echo(
                 f"selfheal: warning: --config {self.config_path} does not exist; "
                 "the defaults apply",
@@ -80,6 +83,8 @@ class CliState:
             fail(str(exc), EXIT_NOT_RUNNING)
         except ControlError as exc:
             fail(f"daemon refused {method}: {exc}", EXIT_DAEMON_ERROR)
+        except OSError as exc:  # a socket path too long for AF_UNIX, not ours to open...
+            fail(f"cannot reach a daemon on {client.path}: {exc.strerror or exc}", EXIT_NOT_RUNNING)
         raise AssertionError("unreachable")
 
     def stream(self, method: str, params: dict[str, Any]) -> Iterator[Any]:
@@ -91,3 +96,5 @@ class CliState:
             fail(str(exc), EXIT_NOT_RUNNING)
         except ControlError as exc:
             fail(f"daemon refused {method}: {exc}", EXIT_DAEMON_ERROR)
+        except OSError as exc:  # a socket path too long for AF_UNIX, not ours to open...
+            fail(f"cannot reach a daemon on {client.path}: {exc.strerror or exc}", EXIT_NOT_RUNNING)

@@ -15,6 +15,7 @@ from pydantic_core import to_jsonable_python
 
 from selfheal.config.fields import Env, Secret
 from selfheal.config.schema import Settings
+from selfheal.core.text import unwritable_text
 from selfheal.redact import MASK, redact_url, url_secrets
 
 # Settings fields that live in the original's sections rather than under "selfheal".
@@ -174,6 +175,10 @@ def show_value(secret: Secret | None, value: Any) -> str:
         text = json.dumps(redact_value(secret, value), ensure_ascii=False, default=str)
     except ValueError:  # circular structures cannot come from JSON, but stay total
         text = "<unprintable>"
+    if unwritable_text(text) is not None:
+        # An env value of bytes that are not UTF-8 (os.environ keeps them as lone
+        # surrogates): escaped, so the message can be printed and logged.
+        text = json.dumps(redact_value(secret, value), default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -30,7 +30,8 @@ from selfheal.config.locate import (
     read_raw,
 )
 from selfheal.config.schema import Settings
-from selfheal.config.sources import Candidate, file_key_of, gather_candidates
+from selfheal.config.sources import OWN_SECTIONS, Candidate, file_key_of, gather_candidates
+from selfheal.core.text import unwritable_text
 from selfheal.errors import ConfigError
 from selfheal.redact import register_secrets
 
@@ -177,6 +178,13 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     env = os.environ if env is None else env
     path = expand_user(path, env) if path is not None else default_config_path(env)
     raw, exists = read_raw(path)
+    # JSON can spell half a surrogate pair; no log, terminal or server takes it. (Other
+    # programs' sections are theirs.)
+    where = unwritable_text({section: raw[section] for section in OWN_SECTIONS if section in raw})
+    if where is not None:
+        raise ConfigError(
+            f"{where}: not Unicode text (a lone surrogate escape \\ud800-\\udfff)", path=str(path)
+        )
     problems: list[str] = []
     candidates = gather_candidates(raw, env, problems)
     context = _validation_context(path, env)

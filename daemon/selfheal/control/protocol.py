@@ -10,6 +10,7 @@ from typing import Any, Final
 
 import msgspec
 
+from selfheal.core.text import unwritable_text
 from selfheal.errors import ControlError
 
 # Bumped only on incompatible changes; clients compare it to what they understand.
@@ -60,6 +61,10 @@ class Request:
 _JSON_STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_STEP: Final = tuple(1 if b in b"[{" else -1 for b in range(256))
+# A \uD800-\uDFFF escape, or one encoded as bytes (json.loads reads bytes with
+# surrogatepass): a line without either holds no lone surrogate, so only a line with
+# one is walked (core.text).
+_SURROGATE: Final = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]")
 
 
 def nests_deeper(line: bytes, limit: int) -> bool:
@@ -95,6 +100,13 @@ def parse_request(line: bytes) -> Request:
         raise RequestError(BAD_REQUEST, f"request must be a JSON object, not {type(obj).__name__}")
     raw_id = obj.get("id")
     request_id = raw_id if _valid_id(raw_id) else None
+    if _SURROGATE.search(line) is not None:
+        # Half a surrogate pair is not text: no reply, log or Redis write could carry it.
+        where = unwritable_text(obj)
+        if where is not None:
+            message = f"{where} is not Unicode text (a lone surrogate escape \\ud800-\\udfff)"
+            shown_id = request_id if unwritable_text(request_id) is None else None
+            raise RequestError(BAD_REQUEST, message, shown_id)
     if "id" not in obj:
         raise RequestError(BAD_REQUEST, "missing field 'id'")
     if request_id is None:
@@ -140,7 +152,10 @@ _REPLY_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
 
 def encode_reply(obj: Any) -> bytes:
     """Encode a reply as one JSON line; odd values (Path, datetime) become strings."""
-    return _REPLY_ENCODER.encode(obj) + b"\n"
+    try:
+        return _REPLY_ENCODER.encode(obj) + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (a file name, a config key): json escapes it
+        return json.dumps(obj, default=str).encode() + b"\n"
 
 
 class Oversized:

@@ -57,7 +57,8 @@ _PROBE_TIMEOUT_S = 2.0
 MAX_CONNECTIONS: Final = 256
 # A connection with no request in progress that sends nothing for this long is closed
 # (the CLI sends its request as soon as it connects; a streaming reply or a slow
-# method is a request in progress, never cut).
+# method is a request in progress, never cut); so is one whose client has not read a
+# reply for this long (a reply's write has waited on full socket buffers all that time).
 IDLE_TIMEOUT_S: Final = 30.0
 # Pause after a failed accept (e.g. EMFILE) so a persistent error does not spin the loop.
 _ACCEPT_RETRY_S = 0.1
@@ -376,8 +377,14 @@ class ControlServer:
         async def send(reply: dict[str, Any]) -> None:
             data = encode_reply(reply)  # a reply that cannot be encoded is the request's error
             try:
-                await stream.send(data)
+                # A client that stops reading (its replies fill the socket buffers) is
+                # given as long as an idle one, not its slot forever.
+                with anyio.fail_after(self.idle_timeout_s):
+                    await stream.send(data)
             except _GONE as exc:
+                raise _ClientGone from exc
+            except TimeoutError as exc:
+                log.info("control client read no reply for %gs; closing", self.idle_timeout_s)
                 raise _ClientGone from exc
 
         async with stream:

@@ -173,9 +173,13 @@ class HealingControl:
         return {"deadLetters": redact(await self.plane.bus().dead_letters(count))}
 
     async def _queue_requeue(self, params: dict[str, Any]) -> Any:
+        # ASCII digits ([0-9], not \d, which takes any script's): what Redis reads.
         dead_id = Params(params).text(
-            "id", max_length=41, pattern=r"\d{1,20}-\d{1,20}", meaning="a dead letter id"
+            "id", max_length=41, pattern=r"[0-9]{1,20}-[0-9]{1,20}", meaning="a dead letter id"
         )
+        if any(int(part) >= 1 << 64 for part in dead_id.split("-")):
+            # Past a stream id's 64-bit parts: Redis would refuse it as a command error.
+            raise ControlError("not_found", f"no dead letter {dead_id}")
         try:
             return await self.plane.bus().requeue(dead_id)
         except LookupError as exc:
