@@ -148,7 +148,7 @@ def test_a_flapping_worker_stops_at_the_restart_limit_and_escalates_once(
     assert len(worker.calls("kickstart")) == 2
 
 
-def test_two_daemons_restart_a_worker_once(
+def test_three_daemons_restart_a_worker_once(
     daemon_factory: Daemons,
     redis_server: RedisServer,
     worker: Worker,
@@ -156,14 +156,33 @@ def test_two_daemons_restart_a_worker_once(
     short_home: Path,
 ) -> None:
     one = start(daemon_factory, redis_server, worker, hook)
-    others = Daemons(short_home / "second")  # its own HOME: config, socket, state dir
+    # Each in its own HOME (config, socket, state dir), on the same Redis and namespace.
+    others = [Daemons(short_home / name) for name in ("second", "third")]
     try:
-        others.start(config=config(redis_server, worker, hook), env=worker.env())
+        daemons = [one] + [
+            fleet.start(config=config(redis_server, worker, hook), env=worker.env())
+            for fleet in others
+        ]
         worker.kill()
         wait_until(lambda: incident_state(one) == "remediated", 40, "the incident remediated")
         assert len(worker.calls("kickstart")) == 1
+        # Whichever daemons saw it down asked for healing: one decision, one restart.
+        wait_until(
+            lambda: all(
+                d.call("watchdog.status")["workers"][0]["consecutive_failures"] == 0
+                for d in daemons
+            ),
+            20,
+            "every daemon to see the worker back",
+        )
+        assert len(worker.calls("kickstart")) == 1
+        views = [d.call("watchdog.status")["workers"][0] for d in daemons]
+        restarted = [v["last_restart"] for v in views if v["last_restart"]]
+        assert [r["outcome"] for r in restarted] == ["remediated"], restarted
+        assert [v["restarts_in_window"] for v in views] == [1, 1, 1]
     finally:
-        others.kill_all()
+        for fleet in others:
+            fleet.kill_all()
 
 
 def test_binding_drift_escalates_without_a_restart(
