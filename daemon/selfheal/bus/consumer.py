@@ -42,8 +42,9 @@ log = logging.getLogger("selfheal.bus")
 Handler = Callable[[Event], Awaitable[None]]
 
 
-# How long a daemon's idle consumer waits in one read at most (a stop ends the wait,
-# and so does a reclaim coming due: see ConsumerOptions.reclaim_every_s).
+# How long a daemon's idle consumer waits in one read (a stop ends the wait), and so
+# how often it looks for entries to reclaim (more often when they may be reclaimed
+# sooner than twice this: see ConsumerOptions.reclaim_every_s).
 IDLE_READ_MS = 10_000
 
 

@@ -286,7 +286,11 @@ class WatchdogPlane:
             self.on_restart_requested,
             # A restart waits for the worker to answer: others must not reclaim it meanwhile.
             options=ConsumerOptions(
-                batch=1, reclaim_idle_ms=15 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
+                batch=1,
+                reclaim_idle_ms=15 * 60_000,
+                max_deliveries=3,
+                block_ms=IDLE_READ_MS,
+                reclaim_every_s=IDLE_READ_MS / 1000,
             ),
             stopping=self._stopping,
             wait_stopping=self._wait_stopping,
