@@ -269,8 +269,8 @@ def consumer_pending(redis_server: RedisServer, consumer: str) -> list[str]:
     return [row["message_id"].decode() for row in rows]
 
 
-def waiting_reads(redis_server: RedisServer, pids: list[int]) -> list[str]:
-    """The blocked commands (reads waiting for entries) of these processes in Redis."""
+def recent_waits(redis_server: RedisServer, pids: list[int], seconds: int) -> list[str]:
+    """Commands of these processes waiting in Redis that began less than `seconds` ago."""
     ports = {
         conn.laddr.port
         for pid in pids
@@ -280,9 +280,11 @@ def waiting_reads(redis_server: RedisServer, pids: list[int]) -> list[str]:
     with redis_server.client() as client:
         clients = client.client_list()
     return [
-        str(c["cmd"])
+        f"{c['cmd']} for {c['idle']}s"
         for c in clients
-        if int(str(c["addr"]).rsplit(":", 1)[1]) in ports and "b" in str(c["flags"])
+        if int(str(c["addr"]).rsplit(":", 1)[1]) in ports
+        and "b" in str(c["flags"])
+        and int(c["idle"]) < seconds
     ]
 
 
@@ -308,13 +310,18 @@ def run_victim_test(
     name = f"{status['host']}:{status['pid']}"
     client = redis_server.client()
 
-    # The others are frozen while the victim reads: only it can take the requests (once
-    # the reads they had waiting in Redis have ended, Redis hands them nothing more).
+    # The others are frozen while the victim reads: only it can take the requests once
+    # the router reads they had waiting in Redis are over. Such a read waits no longer
+    # than the consumer's next look for entries to reclaim (half of reclaimIdleSeconds
+    # here, 1 s), so once each read still waiting began 2 s ago or more, none is the
+    # router's. The freeze is kept that short: a daemon frozen past its reads'
+    # deadlines restarts them, and then takes over a dead local daemon's entries at
+    # once, which is not the way under test.
     for other in others:
         other.signal(signal.SIGSTOP)
     try:
         frozen = [o.process.pid for o in others if o.process is not None]
-        wait_until(lambda: not waiting_reads(redis_server, frozen), 15, "the frozen reads to end")
+        wait_until(lambda: not recent_waits(redis_server, frozen, 2), 5, "the frozen reads to end")
         ids = [send(victim, first)]
         wait_until(lambda: len(consumer_pending(redis_server, name)) == 1, 15, "the first read")
         held = 8
@@ -352,6 +359,10 @@ def run_victim_test(
     print(counts)  # noqa: T201
     assert all(answers[i] == 1 for i in ids), f"{counts}: {answers}"
     assert reclaimed == held, counts
+    # Reclaimed as idle entries of a dead member: neither took them over in a restart.
+    for other in others:
+        [router] = [s for s in other.status()["services"] if s["name"] == "router"]
+        assert router["restarts"] == 0, router
     assert took <= RECLAIM_IDLE_S + RECLAIM_MARGIN_S, counts
     assert not consumer_pending(redis_server, name)
     for other in others:
