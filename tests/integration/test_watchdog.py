@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from selfheal.cli import cli
+from selfheal.core.events import WORKER_RESTART_REQUESTED
 from selfheal.spanfile import read_spans
 from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.http import PlayedService, Posted, Reply, played_service
@@ -148,22 +149,60 @@ def test_a_flapping_worker_stops_at_the_restart_limit_and_escalates_once(
     assert len(worker.calls("kickstart")) == 2
 
 
-def test_two_daemons_restart_a_worker_once(
+def restarts_settled(redis: RedisServer) -> bool:
+    """No retry waits on a timer, and every restart request was served."""
+    stream = f"{{selfheal}}:stream:{WORKER_RESTART_REQUESTED}"
+    with redis.client() as client:
+        if client.zcard("{selfheal}:timers"):
+            return False
+        last = client.xinfo_stream(stream)["last-generated-id"]
+        groups = client.xinfo_groups(stream)
+    return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
+
+
+def test_three_daemons_restart_a_worker_once(
     daemon_factory: Daemons,
     redis_server: RedisServer,
     worker: Worker,
     hook: PlayedService,
     short_home: Path,
 ) -> None:
+    # Each in its own HOME (config, socket, state dir), on the same Redis and namespace.
+    # They see the worker down after 2, 3 and 4 failing probes: their reports come
+    # before, during and after the restart the first one brings about.
     one = start(daemon_factory, redis_server, worker, hook)
-    others = Daemons(short_home / "second")  # its own HOME: config, socket, state dir
+    others = [Daemons(short_home / name) for name in ("second", "third")]
     try:
-        others.start(config=config(redis_server, worker, hook), env=worker.env())
-        worker.kill()
-        wait_until(lambda: incident_state(one) == "remediated", 40, "the incident remediated")
-        assert len(worker.calls("kickstart")) == 1
+        daemons = [one] + [
+            fleet.start(
+                config=config(redis_server, worker, hook, failureThreshold=threshold),
+                env=worker.env(),
+            )
+            for fleet, threshold in zip(others, (3, 4), strict=True)
+        ]
+        for episode in (1, 2):
+            worker.kill()
+            wait_until(
+                lambda n=episode: len(worker.calls("kickstart")) >= n, 40, f"restart {episode}"
+            )
+            wait_until(lambda: incident_state(one) == "remediated", 40, "the incident remediated")
+            # Every daemon sees the worker answer again, every report is decided and
+            # every restart it asked for is served.
+            wait_until(
+                lambda: (
+                    all(
+                        d.call("watchdog.status")["workers"][0]["consecutive_failures"] == 0
+                        for d in daemons
+                    )
+                    and restarts_settled(redis_server)
+                ),
+                20,
+                "every daemon to see the worker back, every restart served",
+            )
+            assert len(worker.calls("kickstart")) == episode, f"episode {episode}"
     finally:
-        others.kill_all()
+        for fleet in others:
+            fleet.kill_all()
 
 
 def test_binding_drift_escalates_without_a_restart(

@@ -66,13 +66,16 @@ def played_service(respond: Callable[[Posted], Reply] | None = None) -> Iterator
             posted = Posted(self.path, dict(self.headers.items()), body)
             service.posts.append(posted)
             reply = service.respond(posted)
-            self.send_response(reply.status)
             payload = b"" if reply.body is None else json.dumps(reply.body).encode()
-            if payload:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.send_response(reply.status)
+                if payload:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the caller is gone (a test killed it while it waited)
 
         def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -69,11 +70,15 @@ class RedisServer:
         *,
         dbfilename: str | None = None,
         password: str | None = None,
+        durable: bool = False,
     ) -> None:
         self.directory = directory
         # Set to load an existing RDB file from `directory` at start (a restore drill).
         self.dbfilename = dbfilename
         self.password = password  # requirepass: clients must AUTH
+        # An append-only file fsynced on every write: what Redis acknowledged survives a
+        # SIGKILL, and a restart in the same directory loads it back.
+        self.durable = durable
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -89,16 +94,18 @@ class RedisServer:
         )
 
     def arguments(self) -> list[str]:
-        """Loopback TCP only, no persistence: a throwaway server."""
+        """Loopback TCP only; no persistence (a throwaway server) unless `durable`."""
         options = {
             "port": str(self.port),
             "bind": "127.0.0.1",
             "dir": str(self.directory),
             "save": "",
-            "appendonly": "no",
+            "appendonly": "yes" if self.durable else "no",
             "daemonize": "no",
             "logfile": str(self.directory / "redis.log"),
         }
+        if self.durable:
+            options["appendfsync"] = "always"
         if self.dbfilename is not None:
             options["dbfilename"] = self.dbfilename
         if self.password is not None:
@@ -120,6 +127,16 @@ class RedisServer:
         if self.process.poll() is not None:
             raise AssertionError(f"redis-server exited with {self.process.returncode}")
         return bool(self.client().ping())
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections and its port but answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:

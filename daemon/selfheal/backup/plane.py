@@ -244,6 +244,7 @@ class BackupPlane:
                 reclaim_idle_ms=30 * 60_000,
                 max_deliveries=self._settings().bus.max_deliveries,
                 block_ms=IDLE_READ_MS,
+                reclaim_every_s=IDLE_READ_MS / 1000,
             ),
             stopping=self._stopping,
             wait_stopping=self._wait_stopping,

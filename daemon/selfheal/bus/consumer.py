@@ -19,6 +19,7 @@ the entries stay pending and are reclaimed like those of a dead consumer).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -41,7 +42,9 @@ log = logging.getLogger("selfheal.bus")
 Handler = Callable[[Event], Awaitable[None]]
 
 
-# How long a daemon's idle consumer waits in one read (a stop ends the wait).
+# How long a daemon's idle consumer waits in one read (a stop ends the wait), and so
+# how often it looks for entries to reclaim (more often when they may be reclaimed
+# sooner than twice this: see ConsumerOptions.reclaim_every_s).
 IDLE_READ_MS = 10_000
 
 
@@ -140,6 +143,10 @@ class ConsumerOptions:
     # long a stop waits for an idle consumer; with it, a stop ends the wait at once.
     block_ms: int = 1000
     reclaim_idle_ms: int = 60_000
+    # Seconds between looks for entries to reclaim (twice per `reclaim_idle_ms` when
+    # that is sooner); a read ends when a look is due, so a dead member's entries are
+    # taken over soon after they have been idle `reclaim_idle_ms`, however quiet the
+    # stream.
     reclaim_every_s: float = 5.0
     max_deliveries: int = 5
     # Entries of one batch handled at once; their Redis round trips overlap. Handlers
@@ -181,6 +188,8 @@ class StreamConsumer:
         self.stats = ConsumerStats()
         self._stream = bus.keys.stream(event_name)
         self._next_reclaim = 0.0
+        options = self.options
+        self._reclaim_every_s = min(options.reclaim_every_s, options.reclaim_idle_ms / 2000)
         self._read_ahead: list[tuple[str, dict[str, str]]] = []
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -202,11 +211,12 @@ class StreamConsumer:
         """Reclaim stale entries when due, then read and handle one batch."""
         handled = 0
         if time.monotonic() >= self._next_reclaim:
-            self._next_reclaim = time.monotonic() + self.options.reclaim_every_s
+            self._next_reclaim = time.monotonic() + self._reclaim_every_s
             handled += await self._reclaim()
         batch, self._read_ahead = self._read_ahead, []
         if not batch:
-            batch = await self._read(self.options.block_ms)
+            until_reclaim = math.ceil((self._next_reclaim - time.monotonic()) * 1000)
+            batch = await self._read(max(1, min(self.options.block_ms, until_reclaim)))
         if self._batch_handler is not None and batch:
             async with anyio.create_task_group() as tg:
                 if len(batch) >= self.options.batch:  # a backlog: read the next one meanwhile

@@ -95,5 +95,6 @@ class Keys:
 
     def worker(self, name: str, part: str) -> str:
         """A watchdog key of one worker: its restart lock, cooldown, restarts in the
-        window (sorted set of times), last restart (hash)."""
+        window (sorted set of times), last restart (hash), when a restart last made it
+        answer."""
         return f"{self.tag}:worker:{name}:{part}"

@@ -98,8 +98,11 @@ class HealingPlane:
         base: dict[str, Any] = {
             "reclaim_idle_ms": int(bus.reclaim_idle_seconds * 1000),
             "max_deliveries": bus.max_deliveries,
-            # Reads wait long (a stop ends the wait): an idle daemon stays asleep.
+            # Reads wait long (a stop ends the wait): an idle daemon stays asleep. It
+            # looks for entries to reclaim as often (twice per reclaimIdleSeconds when
+            # that is sooner).
             "block_ms": IDLE_READ_MS,
+            "reclaim_every_s": IDLE_READ_MS / 1000,
         }
         return ConsumerOptions(**{**base, **overrides})
 

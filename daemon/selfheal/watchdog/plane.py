@@ -6,21 +6,23 @@ configured patterns. After `failureThreshold` failing probes in a row, or a
 matching log line, it asks the router once per incident (`worker:<name>`) for
 self-healing; it asks again only after the worker has answered since.
 
-The `worker` domain registers with the router: pause re-checks probe the
-worker, and a retry is `system/worker.restart.requested`, served here by the
-guarded restart. Its guards, in order: a Redis lock per worker (two daemons, one
-restart); the restarts already made in the window (`maxRestartsPerWindow` in
-`restartWindowMinutes`: beyond it the incident escalates, as systemd's start
-limit stops a flapping unit); the binding check (the loaded job's program and
-working directory must be the expected ones: a stale clone is never restarted,
-the incident escalates showing the drift); the cooldown kept in Redis; a worker
-still inside `startGraceSeconds` of its start is left alone. A restart goes
-through the service manager, then the worker is re-registered (PUT to its SDK
-URL) and must answer its probe within `verifyTimeoutSeconds`: only then is the
-incident remediated. A skipped or failed restart is reported as such and sent
-back to the router as the incident's next request (retry within budget, then
-escalate) — never as fixed. Nothing here kills a process, and the daemon's own
-process is never a worker.
+The `worker` domain registers with the router: pause re-checks probe the worker, and
+a retry is `system/worker.restart.requested`, served here by the guarded restart.
+Its guards, in order: a Redis lock per worker (two daemons, one restart); a restart
+asked for before the worker was last restarted and answered is not made again
+(several daemons report one failure, and the router decides again a report that
+comes while the restart runs); the restarts already made in the window
+(`maxRestartsPerWindow` in `restartWindowMinutes`: beyond it the incident escalates,
+as systemd's start limit stops a flapping unit); the binding check (the loaded job's
+program and working directory must be the expected ones: a stale clone is never
+restarted, the incident escalates showing the drift); the cooldown kept in Redis; a
+worker still inside `startGraceSeconds` of its start is left alone. A restart goes
+through the service manager, then the worker is re-registered (PUT to its SDK URL)
+and must answer its probe within `verifyTimeoutSeconds`: only then is the incident
+remediated. A skipped or failed restart is reported as such and sent back to the
+router as the incident's next request (retry within budget, then escalate) — never
+as fixed. Nothing here kills a process, and the daemon's own process is never a
+worker.
 """
 
 from __future__ import annotations
@@ -286,7 +288,11 @@ class WatchdogPlane:
             self.on_restart_requested,
             # A restart waits for the worker to answer: others must not reclaim it meanwhile.
             options=ConsumerOptions(
-                batch=1, reclaim_idle_ms=15 * 60_000, max_deliveries=3, block_ms=IDLE_READ_MS
+                batch=1,
+                reclaim_idle_ms=15 * 60_000,
+                max_deliveries=3,
+                block_ms=IDLE_READ_MS,
+                reclaim_every_s=IDLE_READ_MS / 1000,
             ),
             stopping=self._stopping,
             wait_stopping=self._wait_stopping,
@@ -511,21 +517,39 @@ class WatchdogPlane:
             self._record(worker, result)
             return result
         try:
-            with self.telemetry.decision_span(
-                "selfheal.worker.restart",
-                {"worker": worker.name, "force": force, "attempt": attempt},
-                # In the trace of the request that asked for it: one trace per incident.
-                context=context_from_traceparent(cause.traceparent) if cause else None,
-            ) as span:
-                result = await self._guarded_restart(worker, force=force)
-                span.set_attribute("selfheal.outcome", result.outcome)
-                span.set_attribute("selfheal.detail", result.detail)
+            answered = None if cause is None else await self._answered_since(worker, cause)
+            if answered is None:
+                with self.telemetry.decision_span(
+                    "selfheal.worker.restart",
+                    {"worker": worker.name, "force": force, "attempt": attempt},
+                    # In the trace of the request that asked for it: one trace per incident.
+                    context=context_from_traceparent(cause.traceparent) if cause else None,
+                ) as span:
+                    result = await self._guarded_restart(worker, force=force)
+                    span.set_attribute("selfheal.outcome", result.outcome)
+                    span.set_attribute("selfheal.detail", result.detail)
         finally:
             with anyio.CancelScope(shield=True):
                 await lock.release()
+        if answered is not None:
+            # Asked for before the last restart made it answer: that restart was for the
+            # same failure (several daemons report one failure, and a report that comes
+            # while the restart runs is decided again), and it reported the outcome.
+            result = RestartResult(Outcome.SKIPPED, answered)
+            self._record(worker, result)
+            return result
         self._record(worker, result)
         await self._report(worker, result, cause, attempt)
         return result
+
+    async def _answered_since(self, worker: WorkerSettings, cause: Event) -> str | None:
+        """Why the restart `cause` asks for is not needed (None when it is): the worker
+        was restarted and answered after `cause` was decided."""
+        bus = self._bus()
+        raw = await bus.client.get(bus.keys.worker(worker.name, "answered"))
+        if raw is None or float(raw) * 1000 <= cause.ts:
+            return None
+        return "restarted and answering since this restart was asked for: not again"
 
     async def _guarded_restart(self, worker: WorkerSettings, *, force: bool) -> RestartResult:
         bus = self._bus()
@@ -594,6 +618,9 @@ class WatchdogPlane:
         await pipe.execute()
         healthy, detail = await self._verify(worker)
         if healthy:
+            # Still under the lock: a restart asked for before now finds it done.
+            answered_key = keys.worker(worker.name, "answered")
+            await client.set(answered_key, f"{time.time():.6f}", ex=int(window_s) + 60)
             return RestartResult(Outcome.REMEDIATED, detail, action, job)
         return RestartResult(Outcome.FAILED, f"restarted, but {detail}", action, job)
 
