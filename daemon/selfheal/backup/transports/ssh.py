@@ -356,8 +356,19 @@ class SshTransport:
         candidate = (min(have, size) // block - self.max_requests) * block
         if candidate < MIN_RESUME_BYTES:
             return 0
-        local_digest = await anyio.to_thread.run_sync(prefix_sha256, str(local), candidate)
-        remote_digest = await self._hash(link, partial, candidate, prefix=True)
+        digests: dict[str, str] = {}
+
+        async def local_side() -> None:
+            digests["local"] = await anyio.to_thread.run_sync(prefix_sha256, str(local), candidate)
+
+        # Both sides hash at once: on a fast link the hashing, not the sending, is the cost.
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(local_side)
+                digests["remote"] = await self._hash(link, partial, candidate, prefix=True)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        local_digest, remote_digest = digests["local"], digests["remote"]
         if remote_digest != local_digest:
             log.info(
                 "%s:%s: the %d bytes left there do not match %s; uploading it whole",
