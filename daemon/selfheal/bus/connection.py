@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -98,7 +99,9 @@ def make_client(settings: RedisSettings, embedded_socket: Path | None) -> RedisC
         return aioredis.Redis(unix_socket_path=str(embedded_socket), socket_connect_timeout=timeout)
     if settings.sentinel_master:
         nodes, password, db = _sentinel_nodes(settings.url)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        # Through a typed name: redis-py types Sentinel's __init__ in some releases only.
+        make_sentinel: Callable[..., Sentinel] = Sentinel
+        sentinel = make_sentinel(
             nodes,
             socket_connect_timeout=timeout,
             sentinel_kwargs={"password": password, "socket_connect_timeout": timeout},
