@@ -12,7 +12,6 @@ target for `selfheal status` is <= 150 ms on a 2-core VM.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -22,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_idle import _wait_ready
+from bench.daemon import bench_env, running_daemon
 from bench.report import save_and_print
-from selfheal.control.client import ControlClient
 
 COMMANDS = {
     "status": ["status"],
@@ -59,32 +57,19 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 def main(runs: int, as_json: bool) -> None:
     home = Path(tempfile.mkdtemp(prefix="cli-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "OTEL_"))}
-    env["HOME"] = str(home)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "selfheal", "run"],
-        env=env,
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = bench_env(home)
+    cli = _selfheal()
+    anchor: list[float] = []
+    found: dict[str, list[float]] = {name: [] for name in COMMANDS}
     try:
-        _wait_ready(ControlClient(home / ".joelclaw" / "selfheal.sock", timeout=10), daemon)
-        cli = _selfheal()
-        anchor: list[float] = []
-        found: dict[str, list[float]] = {name: [] for name in COMMANDS}
-        for args in COMMANDS.values():  # warm the file cache and bytecode once
-            _time_ms([*cli, *args], env)
-        for _ in range(runs):
-            anchor.append(_time_ms([sys.executable, "-c", "pass"], env))
-            for name, args in COMMANDS.items():
-                found[name].append(_time_ms([*cli, *args], env))
+        with running_daemon(home, env):
+            for args in COMMANDS.values():  # warm the file cache and bytecode once
+                _time_ms([*cli, *args], env)
+            for _ in range(runs):
+                anchor.append(_time_ms([sys.executable, "-c", "pass"], env))
+                for name, args in COMMANDS.items():
+                    found[name].append(_time_ms([*cli, *args], env))
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
         shutil.rmtree(home, ignore_errors=True)
     base = _summary(anchor)
     result: dict[str, Any] = {"runs": runs, "anchor_python_c_pass": base}

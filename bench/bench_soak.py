@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ from typing import Any
 import psutil
 from tests.support.servers import RedisServer
 
-from bench.bench_idle import _wait_ready
+from bench.daemon import bench_env, running_daemon
 from bench.report import save_and_print
 from selfheal.backup.transports.mount import mark_nas
 from selfheal.control.client import ControlClient
@@ -84,33 +81,18 @@ def main(runs: int, as_json: bool) -> None:
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "OTEL_"))}
-    env["HOME"] = str(home)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "selfheal", "run"],
-        env=env,
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = ControlClient(home / ".joelclaw" / "selfheal.sock", timeout=30)
     samples: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
-        _wait_ready(client, daemon)
-        for _ in range(WARM_UP_RUNS):
-            one_run(client)
-        every = max(1, runs // 6)
-        for n in range(1, runs + 1):
-            one_run(client)
-            if n % every == 0 or n == 1:
-                samples.append({"run": n, **snapshot(client, daemon.pid, nas)})
+        with running_daemon(home, bench_env(home)) as (daemon, client):
+            for _ in range(WARM_UP_RUNS):
+                one_run(client)
+            every = max(1, runs // 6)
+            for n in range(1, runs + 1):
+                one_run(client)
+                if n % every == 0 or n == 1:
+                    samples.append({"run": n, **snapshot(client, daemon.pid, nas)})
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
         source.stop(kill=True)
         shutil.rmtree(home, ignore_errors=True)
     first, last = samples[0], samples[-1]

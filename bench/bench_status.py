@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,9 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_idle import _wait_ready
+from bench.daemon import bench_env, running_daemon
 from bench.report import save_and_print
-from selfheal.control.client import ControlClient
 
 BURSTS = 20
 
@@ -107,45 +105,31 @@ def client_main(socket_path: str, clients: int, seconds: float, rate: float) -> 
 
 def main(clients: int, seconds: float, rate: float, as_json: bool) -> None:
     home = Path(tempfile.mkdtemp(prefix="st-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "OTEL_"))}
-    env["HOME"] = str(home)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "selfheal", "run"],
-        env=env,
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     socket_path = home / ".joelclaw" / "selfheal.sock"
     try:
-        _wait_ready(ControlClient(socket_path, timeout=10), daemon)
-        time.sleep(2)  # let start-up work (the run-at-start checks, first probes) settle
-        load = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.bench_status",
-                "--client-of",
-                str(socket_path),
-                "--clients",
-                str(clients),
-                "--seconds",
-                str(seconds),
-                "--rate",
-                str(rate),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        with running_daemon(home, bench_env(home)):
+            time.sleep(2)  # let start-up work (the run-at-start checks, first probes) settle
+            load = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.bench_status",
+                    "--client-of",
+                    str(socket_path),
+                    "--clients",
+                    str(clients),
+                    "--seconds",
+                    str(seconds),
+                    "--rate",
+                    str(rate),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         if load.returncode != 0:
             raise SystemExit(f"the load failed:\n{load.stderr[-3000:]}")
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
         shutil.rmtree(home, ignore_errors=True)
     result: dict[str, Any] = {
         "clients": clients,
