@@ -31,11 +31,11 @@ from typing import Any
 import psutil
 from tests.support.worker import Worker
 
+from bench.daemon import bench_env, running_daemon, stop
 from selfheal.control.client import ControlClient
 
 WATCHED: dict[str, Any] | None = None
 
-READY_TIMEOUT_S = 60.0
 SETTLE_S = 10.0
 
 
@@ -81,20 +81,6 @@ def sample_many(pids: list[int], seconds: float) -> list[dict[str, Any]]:
     return found
 
 
-def _wait_ready(client: ControlClient, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the daemon exited with {proc.returncode} before it was ready")
-        try:
-            if client.call("status", {})["state"] == "running":
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"the daemon was not ready within {READY_TIMEOUT_S}s")
-
-
 def _write_config(path: Path, retries: int, worker: dict[str, Any] | None = None) -> None:
     tmp = path.with_name(".bench.tmp")
     doc: dict[str, Any] = {"backupFailureRouter": {"maxRetries": retries}}
@@ -133,36 +119,20 @@ def main(seconds: float, edits: int, as_json: bool) -> None:
     worker.start()
     WATCHED = worker.settings(probeIntervalSeconds=30, probeTimeoutSeconds=5, failureThreshold=3)
     _write_config(config, 5, WATCHED)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "OTEL_"))}
-    env.update(worker.env())
-    env["HOME"] = str(home)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "selfheal", "run"],
-        env=env,
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     anchor = subprocess.Popen(
         [sys.executable, "-c", "import asyncio; asyncio.run(asyncio.sleep(3600))"]
     )
     try:
-        client = ControlClient(home / ".joelclaw" / "selfheal.sock", timeout=10)
-        _wait_ready(client, daemon)
-        time.sleep(SETTLE_S)
-        [redis_server] = [
-            c for c in psutil.Process(daemon.pid).children() if "redis-server" in c.name()
-        ]
-        ours, redis_idle = sample_many([daemon.pid, redis_server.pid], seconds)
-        bare = sample(anchor.pid, seconds)
-        latencies = reload_latency_ms(client, config, edits)
+        with running_daemon(home, bench_env(home, worker.env())) as (daemon, client):
+            time.sleep(SETTLE_S)
+            [redis_server] = [
+                c for c in psutil.Process(daemon.pid).children() if "redis-server" in c.name()
+            ]
+            ours, redis_idle = sample_many([daemon.pid, redis_server.pid], seconds)
+            bare = sample(anchor.pid, seconds)
+            latencies = reload_latency_ms(client, config, edits)
     finally:
-        for proc in (daemon, anchor):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(anchor)
         worker.stop()
         shutil.rmtree(home, ignore_errors=True)
     result = {
