@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from selfheal.cli import cli
 from tests.fuzz.test_config_fuzz import raw_files
-from tests.support.daemon import DaemonProcess, Daemons
+from tests.support.daemon import DaemonProcess
 from tests.support.fuzz import Cases, fuzz_settings
 
 DOCUMENTED: Final = frozenset(range(6))
@@ -174,17 +174,6 @@ def test_without_a_daemon_every_argv_exits_with_a_documented_code(
     with contextlib.chdir(home):  # "" and "." name a folder of ours
         result = CliRunner().invoke(cli, argv, env=env)
     check(argv, result)
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
-    home = Path(tempfile.mkdtemp(prefix="sh-", dir="/tmp"))
-    daemons = Daemons(home)
-    try:
-        yield daemons.start()
-    finally:
-        daemons.kill_all()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow

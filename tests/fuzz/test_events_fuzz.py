@@ -6,11 +6,8 @@ the router never crashes or stalls: its pending list drains."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -28,7 +25,7 @@ from selfheal.core.events import (
     EventDecodeError,
 )
 from selfheal.healing.router import ROUTER_GROUP
-from tests.support.daemon import DaemonProcess, Daemons
+from tests.support.daemon import DaemonProcess
 from tests.support.fuzz import Cases, fuzz_settings
 from tests.support.servers import wait_until
 
@@ -159,17 +156,6 @@ def expectation(fields: Entry) -> tuple[str, set[str]]:
     except InvalidRequest as exc:
         return "dead", {exc.field}
     return "decided", set()
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
-    home = Path(tempfile.mkdtemp(prefix="sh-", dir="/tmp"))
-    daemons = Daemons(home)
-    try:
-        yield daemons.start()
-    finally:
-        daemons.kill_all()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,9 @@ import json
 import os
 import resource
 import selectors
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import psutil
@@ -27,7 +23,7 @@ from hypothesis import strategies as st
 from selfheal.control.protocol import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH
 from selfheal.control.server import IDLE_TIMEOUT_S, MAX_CONNECTIONS
 from selfheal.errors import ControlError
-from tests.support.daemon import DaemonProcess, Daemons
+from tests.support.daemon import DaemonProcess
 from tests.support.fuzz import Cases, fuzz_settings
 from tests.support.servers import wait_until
 
@@ -65,18 +61,6 @@ STALLED_REQUESTS: Final = 2000
 class Baseline:
     fds: int
     rss: int
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
-    """One daemon for the whole module: every batch must leave it as it found it."""
-    home = Path(tempfile.mkdtemp(prefix="sh-", dir="/tmp"))
-    daemons = Daemons(home)
-    try:
-        yield daemons.start()
-    finally:
-        daemons.kill_all()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def pid_of(daemon: DaemonProcess) -> int:
