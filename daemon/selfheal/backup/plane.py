@@ -362,10 +362,10 @@ class BackupPlane:
                 yield {"runId": run_id, "stage": stage, "heartbeat": True}
 
     async def _transport_for(self, target: Literal["typesense", "redis"]) -> Any:
-        for transport in self.service().transports(target):
-            if (await transport.probe()).ok:
-                return transport
-        raise ControlError("unavailable", "no transport reaches the NAS right now")
+        transport = await self.service().reachable_transport(target)
+        if transport is None:
+            raise ControlError("unavailable", "no transport reaches the NAS right now")
+        return transport
 
     async def _list(self, params: dict[str, Any]) -> Any:
         """Backups on the NAS (each vouched for by its manifest, with the target's last

@@ -372,13 +372,20 @@ class BackupService:
         await reporter.finish(status, detail)
         return RunOutcome(target, status, artifact=name, detail=detail, at=time.time())
 
-    async def _on_nas(self, target: Literal["typesense", "redis"], name: str) -> bool | None:
-        """Whether `name`'s manifest is on the NAS; None when no transport answers."""
+    async def reachable_transport(self, target: Literal["typesense", "redis"]) -> Transport | None:
+        """The first of the target's transports whose probe passes, in preference order."""
         for transport in self.transports(target):
             if (await transport.probe()).ok:
-                path = PurePosixPath(target) / manifest_name(name)
-                return (await transport.read_many([path])).get(path) is not None
+                return transport
         return None
+
+    async def _on_nas(self, target: Literal["typesense", "redis"], name: str) -> bool | None:
+        """Whether `name`'s manifest is on the NAS; None when no transport answers."""
+        transport = await self.reachable_transport(target)
+        if transport is None:
+            return None
+        path = PurePosixPath(target) / manifest_name(name)
+        return (await transport.read_many([path])).get(path) is not None
 
     async def _after_delivery(
         self, target: Literal["typesense", "redis"], artifact: Artifact, delivery: Delivery
