@@ -18,9 +18,10 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(args, capture_output=True, timeout=MOUNT_TIMEOUT_S, check=False)
 
 
-def mount_tmpfs(path: Path, size: str) -> None:
-    """Mount a fresh tmpfs of `size` (e.g. "64m") on `path`."""
-    done = _run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)])
+def mount_tmpfs(path: Path, size: str, *, read_only: bool = False) -> None:
+    """Mount a fresh tmpfs of `size` (e.g. "64m") on `path`, read-only when asked."""
+    options = f"size={size},mode=0755" + (",ro" if read_only else "")
+    done = _run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
     if done.returncode != 0:
         raise OSError(f"mount tmpfs on {path} failed: {done.stderr.decode(errors='replace')}")
 
@@ -68,17 +69,17 @@ class Mounts:
         self.base = base
         self.made: list[Path] = []
 
-    def tmpfs(self, name: str, size: str = "64m") -> Path:
+    def tmpfs(self, name: str, size: str = "64m", *, read_only: bool = False) -> Path:
         """A real mount point (tmpfs of `size`) at base/name; skips or fails if impossible."""
-        return self.mount_at(self.base / name, size)
+        return self.mount_at(self.base / name, size, read_only=read_only)
 
-    def mount_at(self, path: Path, size: str = "64m") -> Path:
+    def mount_at(self, path: Path, size: str = "64m", *, read_only: bool = False) -> Path:
         """A real tmpfs mounted on `path` (created if needed); skips or fails if impossible."""
         reason = tmpfs_unavailable()
         if reason is not None:
             missing(f"tmpfs mounts ({reason})")
         path.mkdir(parents=True, exist_ok=True)
-        mount_tmpfs(path, size)
+        mount_tmpfs(path, size, read_only=read_only)
         self.made.append(path)
         return path
 
