@@ -28,7 +28,7 @@ from selfheal.backup.sources.archive import (
     write_manifest,
     write_tree_archive,
 )
-from selfheal.backup.sources.redis_rdb import RedisSource, judge_bgsave
+from selfheal.backup.sources.redis_rdb import COARSE_CLOCK_SLACK_US, RedisSource, judge_bgsave
 from selfheal.backup.sources.typesense import TypesenseSource
 from selfheal.config.base import Compression
 from selfheal.config.schema_backups import RedisBackupSettings, TypesenseBackupSettings
@@ -537,6 +537,23 @@ async def test_redis_waits_for_a_save_in_progress_then_saves_again(
     # Ours forked after the other one ended: accepting its LASTSAVE would be one fork.
     assert int(sync.info("stats")["total_forks"]) == forks + 2
     assert artifact.manifest["lastsave"] == persistence(redis_server)["rdb_last_save_time"]
+
+
+@pytest.mark.anyio
+async def test_redis_saves_back_to_back_each_prove_themselves(
+    redis_server: RedisServer, aclient: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Redis stamps LASTSAVE from a coarse clock that may still show the old second just
+    after TIME has turned: a save must start clearly past the turn to prove itself."""
+    source, _ = redis_source(aclient, tmp_path)
+    seconds, _ = await aclient.time()
+    await source._wait_past_second(int(seconds))
+    now_s, now_us = await aclient.time()
+    assert int(now_s) * 1_000_000 + int(now_us) >= (int(seconds) + 1) * 1_000_000 + (
+        COARSE_CLOCK_SLACK_US
+    )
+    stamps = [(await source.create()).manifest["lastsave"] for _ in range(3)]
+    assert stamps == sorted(set(stamps)), stamps
 
 
 class ConfigLessRedis(RedisServer):

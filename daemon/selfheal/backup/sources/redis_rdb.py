@@ -37,6 +37,8 @@ __all__ = ["BgsaveState", "RedisSource", "SourceError", "judge_bgsave"]
 log = logging.getLogger("selfheal.backup.redis")
 
 POLL_INTERVAL_S = 0.1
+# How far past a second's turn Redis's coarse time() is sure to have turned too.
+COARSE_CLOCK_SLACK_US = 50_000
 CHECK_TIMEOUT_S = 600.0
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # The file modification time may trail the server's LASTSAVE by clock granularity.
@@ -315,15 +317,23 @@ class RedisSource:
             raise _redis_error("BGSAVE SCHEDULE failed", exc) from exc
 
     async def _wait_past_second(self, lastsave: int) -> None:
-        """LASTSAVE has 1 s resolution: a save in the same second could not prove itself."""
+        """LASTSAVE has 1 s resolution: a save in the same second could not prove itself.
+
+        Redis stamps LASTSAVE with time(), which Linux serves from a coarse clock that
+        trails the precise one TIME reads by up to a scheduler tick: a save made just
+        after the second turns could still be stamped with the old second. Waiting a
+        little past the turn makes the new stamp certain.
+        """
+        turn_us = (lastsave + 1) * 1_000_000 + COARSE_CLOCK_SLACK_US
         while True:
             try:
-                seconds, _ = await self.client.time()
+                seconds, micros = await self.client.time()
             except RedisError as exc:
                 raise _redis_error("cannot read the Redis clock", exc) from exc
-            if int(seconds) > lastsave:
+            now_us = int(seconds) * 1_000_000 + int(micros)
+            if now_us >= turn_us:
                 return
-            await anyio.sleep(POLL_INTERVAL_S)
+            await anyio.sleep(min(POLL_INTERVAL_S, (turn_us - now_us) / 1_000_000))
 
     async def _wait_idle(self) -> None:
         while True:  # polled: Redis has no notification for a finished save
