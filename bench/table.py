@@ -198,6 +198,40 @@ def _bigfile(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _scheduler(r: dict[str, Any]) -> list[Row]:
+    n = r["targets"]
+    return [
+        _row(
+            f"scheduler, {n} targets: next fire time per target (µs)",
+            f"{r['next_fire_us']}",
+            f"{r['anchor_cronsim_us']} (bare cronsim step)",
+            f"{r['ratio_next_fire_to_cronsim']}x",
+            "-",
+        ),
+        _row(
+            f"scheduler, {n} targets: tick with nothing due (ms)",
+            f"{r['idle_tick_ms']}",
+            f"{r['anchor_mget_ms']} (one MGET of every last tick)",
+            f"{r['ratio_idle_tick_to_mget']}x",
+            "-",
+        ),
+        _row(
+            f"scheduler, {n} targets all due after a sleep: one tick (ms)",
+            f"{r['all_due_tick_ms']}",
+            f"{r['anchor_xadd_pipeline_ms']} (raw pipeline of {n} XADDs)",
+            f"{r['ratio_due_tick_to_pipeline']}x",
+            "-",
+        ),
+        _row(
+            f"scheduler, {n} targets: tasks added",
+            f"{r['tasks_added']}",
+            "-",
+            "-",
+            "1",
+        ),
+    ]
+
+
 def _soak(r: dict[str, Any]) -> list[Row]:
     first, last = r["samples"][0], r["samples"][-1]
     return [
@@ -220,6 +254,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("watchdog", _watchdog),
     ("cli", _cli),
     ("bigfile", _bigfile),
+    ("scheduler", _scheduler),
     ("soak", _soak),
 ]
 
