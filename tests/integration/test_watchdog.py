@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from selfheal.cli import cli
-from selfheal.core.events import WORKER_RESTART_REQUESTED
+from selfheal.core.events import SELF_HEALING_REQUESTED, WORKER_RESTART_REQUESTED
 from selfheal.spanfile import read_spans
 from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.http import PlayedService, Posted, Reply, played_service
@@ -160,6 +160,14 @@ def restarts_settled(redis: RedisServer) -> bool:
     return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
 
 
+def healing_requests(redis: RedisServer) -> int:
+    """Self-healing requests published for the worker's incident so far."""
+    stream = f"{{selfheal}}:stream:{SELF_HEALING_REQUESTED}"
+    with redis.client() as client:
+        entries = client.xrange(stream)
+    return sum(INCIDENT.encode() in b"".join(fields.values()) for _, fields in entries)
+
+
 def test_three_daemons_restart_a_worker_once(
     daemon_factory: Daemons,
     redis_server: RedisServer,
@@ -200,6 +208,10 @@ def test_three_daemons_restart_a_worker_once(
                 "every daemon to see the worker back, every restart served",
             )
             assert len(worker.calls("kickstart")) == episode, f"episode {episode}"
+            # One request per failure, whichever daemons saw it: a report that comes
+            # after the restart made the worker answer is not sent (it would spend the
+            # incident's retry budget on a failure already mended).
+            assert healing_requests(redis_server) == episode, f"episode {episode}"
     finally:
         for fleet in others:
             fleet.kill_all()

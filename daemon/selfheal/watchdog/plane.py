@@ -44,7 +44,7 @@ from redis.exceptions import RedisError
 
 from selfheal.bus.consumer import IDLE_READ_MS, ConsumerOptions, PoisonEvent, StreamConsumer
 from selfheal.bus.lock import RedisLock
-from selfheal.bus.streams import Bus
+from selfheal.bus.streams import Bus, as_text
 from selfheal.commands import COMMAND_TIMEOUT_S
 from selfheal.config import Settings
 from selfheal.config.schema_healing import SDK_UNREACHABLE, WorkerSettings
@@ -72,6 +72,9 @@ log = logging.getLogger("selfheal.watchdog")
 WORKER_DOMAIN: Final = "worker"
 RESTART_GROUP: Final = "system/worker.restart"
 PROBES_KEPT: Final = 10
+# A failure episode shared by the daemons (one request each) ends when the worker
+# answers; this bounds one that nobody saw end (every daemon stopped meanwhile).
+EPISODE_TTL_S: Final = 24 * 3600
 # Past the verify deadline a restart counts as failed; while waiting, probes this often.
 VERIFY_EVERY_S: Final = 0.25
 NAME_LIMIT: Final = 200
@@ -322,6 +325,8 @@ class WatchdogPlane:
         matches += [f"inngest run {run.run_id}: {run.quote}" for run in runs]
         state.log_matches.extend(matches)
         if result.ok:
+            if state.consecutive_failures or state.reported:
+                await self._end_episode(worker)
             state.answered()
         else:
             state.consecutive_failures += 1
@@ -329,8 +334,18 @@ class WatchdogPlane:
         failing = state.consecutive_failures >= worker.failure_threshold or bool(matches)
         requested = False
         if failing and not state.reported and self.enabled:
-            await self._request_healing(worker, state, matches)
-            state.reported = requested = True
+            episode = await self._episode(worker, state, result)
+            if episode is None:
+                log.info(
+                    "watchdog: %s was restarted and answered after the failure seen here; "
+                    "not reported again",
+                    worker.name,
+                )
+                state.answered()
+            else:
+                key = f"watchdog/{worker.name}/{episode}"
+                await self._request_healing(worker, state, matches, key=key)
+                state.reported = requested = True
         return {
             "worker": name,
             "probe": result.public(),
@@ -391,12 +406,45 @@ class WatchdogPlane:
                         run.quote,
                     )
 
+    async def _episode(
+        self, worker: WorkerSettings, state: WorkerState, result: ProbeResult
+    ) -> str | None:
+        """The failure episode a report belongs to, shared by every daemon watching the
+        worker so that one failure makes one request; None when a restart made the worker
+        answer after the failure seen here (the report would spend the incident's retry
+        budget on a failure already mended).
+
+        The failure seen here is the probe that just failed or, when only log lines
+        (read now, written since the previous look) say so, that previous look.
+        """
+        bus = self._bus()
+        client = bus.client
+        answered = await client.get(bus.keys.worker(worker.name, "answered"))
+        if result.ok:
+            earlier = list(state.probes)[-2:-1]
+            seen_at = earlier[0].at if earlier else result.at
+        else:
+            seen_at = result.at
+        if answered is not None and float(answered) > seen_at:
+            return None
+        key = bus.keys.worker(worker.name, "episode")
+        began = str(int(time.time() * 1000))
+        await client.set(key, began, nx=True, ex=EPISODE_TTL_S)
+        current = await client.get(key)
+        return began if current is None else as_text(current)
+
+    async def _end_episode(self, worker: WorkerSettings) -> None:
+        """The worker answers: its next failure is a new episode."""
+        bus = self._bus()
+        await bus.client.delete(bus.keys.worker(worker.name, "episode"))
+
     async def _request_healing(
         self,
         worker: WorkerSettings,
         state: WorkerState,
         matches: list[str],
         *,
+        key: str | None = None,
         summary: str | None = None,
         evidence: list[dict[str, Any]] | None = None,
         attempt: int = 0,
@@ -421,11 +469,12 @@ class WatchdogPlane:
                 f"probe(s) in a row" + (f", {len(matches)} log line(s) matched" if matches else "")
             )
         request = self._request(worker, summary, evidence, attempt, wait_ms)
-        key = (
-            f"{cause.id}/healing"
-            if cause is not None
-            else f"watchdog/{worker.name}/{int((state.failing_since or time.time()) * 1000)}"
-        )
+        if key is None:
+            key = (
+                f"{cause.id}/healing"
+                if cause is not None
+                else f"watchdog/{worker.name}/{int((state.failing_since or time.time()) * 1000)}"
+            )
         event = new_event(
             SELF_HEALING_REQUESTED,
             request,
@@ -619,8 +668,11 @@ class WatchdogPlane:
         healthy, detail = await self._verify(worker)
         if healthy:
             # Still under the lock: a restart asked for before now finds it done.
-            answered_key = keys.worker(worker.name, "answered")
-            await client.set(answered_key, f"{time.time():.6f}", ex=int(window_s) + 60)
+            async with client.pipeline(transaction=True) as done:
+                answered_key = keys.worker(worker.name, "answered")
+                done.set(answered_key, f"{time.time():.6f}", ex=int(window_s) + 60)
+                done.delete(keys.worker(worker.name, "episode"))
+                await done.execute()
             return RestartResult(Outcome.REMEDIATED, detail, action, job)
         return RestartResult(Outcome.FAILED, f"restarted, but {detail}", action, job)
 
