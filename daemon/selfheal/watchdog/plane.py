@@ -4,7 +4,10 @@ The investigator probes each configured worker's SDK (or health) URL on its
 interval and reads its log files for "Unable to reach SDK URL" and the
 configured patterns. After `failureThreshold` failing probes in a row, or a
 matching log line, it asks the router once per incident (`worker:<name>`) for
-self-healing; it asks again only after the worker has answered since.
+self-healing; it asks again only after the worker has answered since. Daemons
+watching the same worker share the failure episode in Redis, so one failure makes
+one request whichever of them see it, and a failure a restart has already mended is
+not reported late.
 
 The `worker` domain registers with the router: pause re-checks probe the worker, and
 a retry is `system/worker.restart.requested`, served here by the guarded restart.
