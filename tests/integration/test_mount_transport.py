@@ -266,6 +266,32 @@ async def test_the_manifest_lands_before_the_final_name(nas: Path, tmp_path: Pat
     assert manifest.read_bytes() == body
 
 
+async def test_a_redelivery_removes_the_second_name_a_crash_left(nas: Path, tmp_path: Path) -> None:
+    # The no-replace rename links the .partial to the final name, then unlinks it: a
+    # crash between the two leaves the file under both names (data or manifest).
+    src = tmp_path / "a.rdb"
+    sha = random_file(src, MIB)
+    final = nas / REMOTE
+    manifest = final.with_name(final.name + ".manifest.json")
+    body = b'{"sha256": "%s", "size": %d}\n' % (sha.encode(), MIB)
+    transport = MountTransport(nas)
+    await transport.put(src, REMOTE, sha256=sha, size=MIB, manifest=body)
+    for name in (final, manifest):
+        os.link(name, name.with_name(name.name + ".partial"))
+    stranger = nas / "redis" / "redis-20250101T040000Z.rdb.partial"
+    stranger.write_bytes(b"someone else's copy in progress")
+
+    again = await transport.put(src, REMOTE, sha256=sha, size=MIB, manifest=body)
+
+    assert again.verified
+    assert all_files(nas) == {
+        MARKER_NAME,
+        str(REMOTE),
+        f"{REMOTE}.manifest.json",
+        str(stranger.relative_to(nas)),
+    }
+
+
 async def test_list_hash_read_and_remove(nas: Path, tmp_path: Path) -> None:
     src = tmp_path / "a.rdb"
     sha = random_file(src, 70_000)

@@ -48,21 +48,41 @@ Handler = Callable[[Event], Awaitable[None]]
 IDLE_READ_MS = 10_000
 
 
+def _started(process: psutil.Process) -> str:
+    """When a process started, as a name part (centiseconds, as the kernel counts)."""
+    return f"{process.create_time():.2f}"
+
+
 def local_consumer_name() -> str:
-    """This process's consumer name: host and pid, so a restart can tell its own
-    (and a dead local process's) entries from those of live daemons elsewhere."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process's consumer name: host, pid and start time, so a restart can tell its
+    own (and a dead local process's) entries from those of live daemons elsewhere, even
+    once the pid has been given to another process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_started(psutil.Process())}"
 
 
 def is_dead_local(consumer: str) -> bool:
-    """True for a consumer name of this host whose process no longer exists.
+    """True for a consumer name of this host whose process no longer runs: its pid is
+    gone or a zombie, or now belongs to a process started at another time.
 
-    A reused pid only makes us leave its entries to the ordinary reclaim.
+    Names without a start time (older daemons) count as dead only when the pid is gone.
     """
-    host, _, pid = consumer.rpartition(":")
+    parts = consumer.rsplit(":", 2)
+    started: str | None = None
+    if len(parts) == 3 and parts[1].isdigit():
+        host, pid, started = parts
+    else:
+        host, _, pid = consumer.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    return not psutil.pid_exists(int(pid))
+    try:
+        process = psutil.Process(int(pid))
+        if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+            return True
+        return started is not None and _started(process) != started
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False  # not ours to judge (no access): the ordinary reclaim sees to it
 
 
 class Outcome(StrEnum):

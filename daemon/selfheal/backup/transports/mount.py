@@ -97,6 +97,17 @@ def _durable_sync(fd: int) -> None:
     os.fsync(fd)
 
 
+def _drop_twin(partial: Path, final: Path) -> None:
+    """Remove `partial` when it is a second name of `final`'s file: what a crash between
+    the link and the unlink of rename_noreplace leaves. Anything else there is left to
+    the retention sweep (it removes stale `.partial` files)."""
+    try:
+        if os.path.samefile(partial, final):
+            partial.unlink()
+    except OSError:
+        pass  # none there, or not ours to judge: the sweep sees to it
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -259,6 +270,7 @@ class MountTransport:
             raise _os_error(exc, f"check {final}") from exc
         if there:
             # A re-delivery (a drain after a crash) finds the verified copy in place.
+            await anyio.to_thread.run_sync(_drop_twin, partial, final)
             if manifest is not None:
                 await self._os_call(partial_call(self._place, beside, manifest), f"write {beside}")
             if progress is not None:
@@ -309,11 +321,12 @@ class MountTransport:
                 existing: bytes | None = fh.read(_MANIFEST_READ_LIMIT)
         except FileNotFoundError:
             existing = None
+        temporary = path.with_name(path.name + PARTIAL_SUFFIX)
         if existing is not None:
             if same_manifest(existing, data):
+                _drop_twin(temporary, path)
                 return False
             raise name_taken(self.mode, path)
-        temporary = path.with_name(path.name + PARTIAL_SUFFIX)
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             try:
