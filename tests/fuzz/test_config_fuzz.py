@@ -25,7 +25,7 @@ from selfheal.control.protocol import encode_reply
 from selfheal.core.text import unwritable_text
 from selfheal.errors import ConfigError
 from tests.support.daemon import DaemonProcess, Daemons
-from tests.support.fuzz import Cases, fuzz_settings
+from tests.support.fuzz import Cases, fuzz_settings, json_scalars, json_values, odd_text
 
 ENV_VARS: Final = sorted({var for leaf in LEAVES for var in leaf.env_vars})
 # What a problem about the file's content names: one of our sections, or a key in them.
@@ -39,26 +39,14 @@ FILE_PROBLEMS: Final = (
 
 # -- documents -----------------------------------------------------------------------------
 
-ODD_TEXT = st.text(max_size=20) | st.sampled_from(
-    [
-        *("NaN", "Infinity", "-Infinity", "nan", "1e400", "", " ", "\ud800", "\u00e9", "~"),
-        *("~/x", "./x", "../x", "/x", "embedded", "redis://h:1", "unix:///x", "-p 22"),
-        *("0 3 * * *", "\x00"),
-    ]
+ODD_TEXT = odd_text(
+    20,
+    *("NaN", "Infinity", "-Infinity", "nan", "1e400", "\ud800", "\u00e9", "~"),
+    *("~/x", "./x", "../x", "/x", "embedded", "redis://h:1", "unix:///x", "-p 22"),
+    "0 3 * * *",
 )
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.sampled_from([0, -1, 2**63, 10**30, 1.5, -0.0, 1e308])
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | ODD_TEXT
-)
-ANY_JSON = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ODD_TEXT, inner, max_size=3),
-    max_leaves=10,
-)
+SCALARS = json_scalars(ODD_TEXT, 0, -1, 2**63, 10**30, 1.5, -0.0, 1e308)
+ANY_JSON = json_values(SCALARS, ODD_TEXT, max_size=3, max_leaves=10)
 # Every real key path, in its own section and in the original's compat sections.
 PATHS: Final = (
     [("selfheal", *leaf.aliases) for leaf in LEAVES if leaf.key.startswith("selfheal.")]

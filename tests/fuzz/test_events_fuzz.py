@@ -26,7 +26,7 @@ from selfheal.core.events import (
 )
 from selfheal.healing.router import ROUTER_GROUP
 from tests.support.daemon import DaemonProcess
-from tests.support.fuzz import Cases, fuzz_settings
+from tests.support.fuzz import Cases, fuzz_settings, json_scalars, json_values, odd_text
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,19 +51,8 @@ BASE: Final[dict[str, Any]] = {
     "domain": "fuzz",
 }
 
-ODD_TEXT = st.text(max_size=20) | st.sampled_from(["", " ", "\x00", "\u202e", "é" * 300])
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | ODD_TEXT
-)
-JSON = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ODD_TEXT, inner, max_size=3),
-    max_leaves=10,
-)
+ODD_TEXT = odd_text(20)
+JSON = json_values(json_scalars(ODD_TEXT), ODD_TEXT, max_size=3, max_leaves=10)
 FIELD_VALUES: Final[dict[str, Any]] = {
     "incidentId": st.from_regex(r"[A-Za-z0-9_.:-]{1,40}", fullmatch=True) | ODD_TEXT,
     "context": JSON,

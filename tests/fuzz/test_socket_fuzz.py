@@ -24,7 +24,7 @@ from selfheal.control.protocol import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH
 from selfheal.control.server import IDLE_TIMEOUT_S, MAX_CONNECTIONS
 from selfheal.errors import ControlError
 from tests.support.daemon import DaemonProcess
-from tests.support.fuzz import Cases, fuzz_settings
+from tests.support.fuzz import SURROGATES, Cases, fuzz_settings, json_scalars, json_values, odd_text
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -145,22 +145,9 @@ def assert_clear_error(reply: dict[str, Any]) -> str:
 
 # -- random lines --------------------------------------------------------------------------
 
-# Text with what breaks naive handling: lone surrogates, NULs, newlines, RTL marks.
-ODD_TEXT = st.text(max_size=40) | st.sampled_from(
-    ["\ud800", "a\udfffb", "\x00", "line\nbreak", "\u202e", "é" * 50, "", " "]
-)
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | ODD_TEXT
-)
-JSON = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ODD_TEXT, inner, max_size=4),
-    max_leaves=12,
-)
+ODD_TEXT = odd_text(40, *SURROGATES)
+SCALARS = json_scalars(ODD_TEXT)
+JSON = json_values(SCALARS, ODD_TEXT, max_size=4, max_leaves=12)
 METHODS = (
     st.sampled_from(
         ["ping", "status", "config.show", "queue.stats", "incidents.list", "backup.list"]

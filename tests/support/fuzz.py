@@ -1,5 +1,6 @@
 """What every fuzz test shares: its example count (scaled by an env var), its Hypothesis
-settings, and a tally of the cases it tried, printed at the end of the run."""
+settings, the odd texts and JSON values it draws from, and a tally of the cases it
+tried, printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -8,9 +9,51 @@ import time
 from typing import Any, Final
 
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 # A whole number that multiplies every fuzz test's default example count (unset: 1).
 SCALE_ENV: Final = "SELFHEAL_FUZZ_EXAMPLES"
+
+
+# Text that breaks naive handling: a NUL, a newline, a right-to-left mark, a long
+# non-ASCII run, blanks.
+ODD_WORDS: Final = ("\x00", "line\nbreak", "\u202e", "é" * 300, "", " ")
+# Lone surrogates: valid str, not UTF-8 (JSON carries them escaped; a Redis field cannot).
+SURROGATES: Final = ("\ud800", "a\udfffb")
+
+
+def odd_text(max_size: int, *words: str) -> st.SearchStrategy[str]:
+    """Any text up to `max_size`, or one of the odd words (and `words`)."""
+    return st.text(max_size=max_size) | st.sampled_from([*ODD_WORDS, *words])
+
+
+def json_scalars(text: st.SearchStrategy[str], *values: Any) -> st.SearchStrategy[Any]:
+    """JSON's scalars: null, booleans, huge integers, finite floats, `text` (and `values`)."""
+    found = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**70), max_value=2**70)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | text
+    )
+    return found | st.sampled_from(values) if values else found
+
+
+def json_values(
+    scalars: st.SearchStrategy[Any],
+    keys: st.SearchStrategy[str],
+    *,
+    max_size: int,
+    max_leaves: int,
+) -> st.SearchStrategy[Any]:
+    """Nested JSON: lists and objects (keyed by `keys`) around `scalars`."""
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=max_size) | st.dictionaries(keys, inner, max_size=max_size)
+        ),
+        max_leaves=max_leaves,
+    )
 
 
 def scale() -> int:
