@@ -34,6 +34,7 @@ from selfheal.core.artifacts import (
 )
 from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.mounts import Mounts
+from tests.support.nas import ssh_nowhere
 from tests.support.servers import RedisServer, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -83,13 +84,8 @@ def test_a_daemon_killed_at_random_moments_of_its_backups_loses_and_doubles_noth
         client.set(f"blob:{i}", os.urandom(MIB))
     nas = mounts.tmpfs("nas", size="1g")
     mark_nas(nas, "three-body")
-    known_hosts = short_home / "known_hosts"
-    known_hosts.touch()
     config: dict[str, Any] = {
-        "backupTransport": {  # SSH points nowhere: the mount is the way
-            "nasSshHost": "nobody@127.0.0.1",
-            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
-        },
+        "backupTransport": ssh_nowhere(short_home),
         "selfheal": {
             # Crash-loop protection (a request the daemon dies on N times is set aside
             # and raised as a failure) is another test's subject: here every death is

@@ -22,6 +22,7 @@ from selfheal.telemetry import Telemetry
 from tests.support.daemon import Daemons
 from tests.support.http import played_service
 from tests.support.mounts import Mounts
+from tests.support.nas import ssh_nowhere
 from tests.support.servers import RedisServer, wait_until
 from tests.support.sshd import SshServer, transport_for
 
@@ -90,14 +91,9 @@ def test_a_full_nas_is_escalated_once_and_nothing_partial_is_left(
         client.set(f"blob:{i}", os.urandom(MIB))
     nas = mounts.tmpfs("nas", size="2m")  # the artifact is ~8 MiB
     mark_nas(nas, "three-body")
-    known_hosts = short_home / "known_hosts"
-    known_hosts.touch()
     with played_service() as hook:
         config: dict[str, Any] = {
-            "backupTransport": {
-                "nasSshHost": "nobody@127.0.0.1",
-                "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
-            },
+            "backupTransport": ssh_nowhere(short_home),
             "selfheal": {
                 "notifiers": {"webhook": {"url": f"{hook.base}/hook"}},
                 "backups": {

@@ -24,6 +24,7 @@ from selfheal.core.artifacts import (
 )
 from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.mounts import Mounts
+from tests.support.nas import ssh_nowhere
 from tests.support.servers import RedisServer, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -96,13 +97,8 @@ def test_a_daemon_killed_mid_backup_leaves_only_verified_names_and_recovers(
     fill(redis_server, megabytes=24)
     nas = mounts.tmpfs("nas", size="512m")
     mark_nas(nas, "three-body")
-    known_hosts = short_home / "known_hosts"
-    known_hosts.touch()
     config: dict[str, Any] = {
-        "backupTransport": {  # SSH points nowhere: the mount is the way
-            "nasSshHost": "nobody@127.0.0.1",
-            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
-        },
+        "backupTransport": ssh_nowhere(short_home),
         "selfheal": {
             "backups": {
                 "redis": {"source": redis_server.url, "mountRoot": str(nas)},

@@ -13,6 +13,7 @@ from selfheal.backup.transports.mount import MARKER_NAME, mark_nas
 from selfheal.cli import cli
 from selfheal.errors import ControlError
 from tests.support.daemon import Daemons
+from tests.support.nas import ssh_nowhere
 from tests.support.servers import RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -24,13 +25,8 @@ def test_quickstart_style_backup_is_delivered_listed_and_verified(
     nas = short_home / "nas"
     nas.mkdir()
     mark_nas(nas, "test-nas")
-    known_hosts = short_home / "known_hosts"
-    known_hosts.touch()
     config = {
-        "backupTransport": {
-            "nasSshHost": "nobody@127.0.0.1",
-            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
-        },
+        "backupTransport": ssh_nowhere(short_home),
         "selfheal": {
             "backups": {
                 "redis": {
@@ -252,14 +248,8 @@ def test_a_followed_run_that_only_spools_exits_non_zero(
 ) -> None:
     unmarked = short_home / "not-the-nas"
     unmarked.mkdir()
-    known_hosts = short_home / "known_hosts"
-    known_hosts.touch()
     config = {
-        "backupTransport": {
-            "nasSshHost": "nobody@127.0.0.1",
-            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
-            "nasMaxAttempts": 1,
-        },
+        "backupTransport": ssh_nowhere(short_home, nasMaxAttempts=1),
         "selfheal": {
             "nas": {"waitForNasSeconds": 0},  # the NAS stays down: spool at once
             "backups": {

@@ -19,6 +19,7 @@ from selfheal.doctor import LOW_SPACE_BYTES
 from tests.support.daemon import Daemons
 from tests.support.http import played_service
 from tests.support.mounts import Mounts
+from tests.support.nas import ssh_nowhere
 from tests.support.servers import RedisServer, free_port
 from tests.support.sshd import SshServer
 from tests.support.typesense import TypesenseServer
@@ -29,13 +30,8 @@ pytestmark = pytest.mark.slow
 def setup(home: Path, **selfheal: Any) -> dict[str, Any]:
     nas = home / "nas"
     nas.mkdir(exist_ok=True)
-    known_hosts = home / "known_hosts"
-    known_hosts.touch()
     config: dict[str, Any] = {
-        "backupTransport": {
-            "nasSshHost": "nobody@127.0.0.1",
-            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
-        },
+        "backupTransport": ssh_nowhere(home),
         "selfheal": {
             "backups": {
                 "redis": {"source": "bus", "mountRoot": str(nas), "requireMountPoint": False},

@@ -13,6 +13,7 @@ import pytest
 
 from selfheal.backup.transports.mount import mark_nas
 from tests.support.daemon import DaemonProcess, Daemons
+from tests.support.nas import ssh_nowhere
 from tests.support.servers import wait_until
 from tests.support.terminal import Terminal
 
@@ -29,13 +30,8 @@ def start_daemon(home: Path, daemons: Daemons) -> DaemonProcess:
     nas = home / "nas"
     nas.mkdir()
     mark_nas(nas, "test-nas")
-    known_hosts = home / "known_hosts"
-    known_hosts.touch()
     config = {
-        "backupTransport": {
-            "nasSshHost": "nobody@127.0.0.1",
-            "nasSshFlags": f"-o BatchMode=yes -p 1 -o UserKnownHostsFile={known_hosts}",
-        },
+        "backupTransport": ssh_nowhere(home),
         "selfheal": {
             "backups": {
                 "redis": {"source": "bus", "mountRoot": str(nas), "requireMountPoint": False},
