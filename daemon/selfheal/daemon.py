@@ -18,7 +18,7 @@ import anyio
 from selfheal import __version__
 from selfheal.backup.plane import BackupPlane
 from selfheal.backup.scheduler import upcoming
-from selfheal.bus.connection import RedisClient, RedisLink
+from selfheal.bus.connection import ClusterSeeds, RedisClient, RedisLink
 from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.locate import socket_record
@@ -93,6 +93,9 @@ class Daemon:
         self.telemetry = _telemetry_for(loaded.settings, self.env)
         self._next_runs_cache = _NextRuns()
         self.embedded: EmbeddedRedis | None = None
+        # The cluster nodes the Redis link has found: its next start does not depend
+        # on the URL's node alone.
+        self._cluster_seeds = ClusterSeeds()
         self._reload_lock: anyio.Lock | None = None
         self._supervisor: Supervisor | None = None
         self.plane = HealingPlane(
@@ -208,7 +211,7 @@ class Daemon:
 
     def _make_redis_link(self) -> Service:
         socket_path = self.embedded.socket_path if self.embedded is not None else None
-        return RedisLink(self.settings.redis, socket_path)
+        return RedisLink(self.settings.redis, socket_path, self._cluster_seeds)
 
     @property
     def redis_link(self) -> RedisLink | None:

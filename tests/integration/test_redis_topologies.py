@@ -2,14 +2,18 @@
 
 Cluster: three masters started from the daemon's own redis-server binary; every bus
 key carries the namespace's hash tag, so all of them live on the one master that
-serves its slot. Sentinel: one master, one replica, three sentinels; a failover
-(SENTINEL FAILOVER, or the master killed) while requests arrive loses none that the
-daemon acknowledged (with `ackReplicas: 1`, an acknowledgement means a replica holds
-the request), and the daemon moves to the new master by itself, same process.
+serves its slot. With a replica each, that master fails over (CLUSTER FAILOVER), is
+killed or hangs under load: the daemon, same process, goes on with the promoted
+replica and decides every acknowledged request the new master holds once.
+Sentinel: one master, one replica, three sentinels; a failover (SENTINEL FAILOVER,
+or the master killed) while requests arrive loses none that the daemon acknowledged
+(with `ackReplicas: 1`, an acknowledgement means a replica holds the request), and
+the daemon moves to the new master by itself, same process.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -29,6 +33,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from selfheal.bus.connection import ClusterSeeds, RedisLink
 from selfheal.bus.keys import Keys
 from selfheal.bus.streams import Bus
 from selfheal.config.schema import RedisSettings
@@ -38,6 +43,7 @@ from tests.support.daemon import DaemonProcess, Daemons
 from tests.support.http import PlayedService, played_service
 from tests.support.redis_topologies import (
     MASTER_NAME,
+    ConfiguredRedis,
     RedisClusterSet,
     SentinelSet,
     running_cluster,
@@ -390,6 +396,230 @@ def test_sentinel_master_killed_under_load_loses_no_acknowledged_request(
         follow_and_check(daemon, sentinels, load, old.address, killed_at)
     check_nothing_lost(daemon, sentinels, load, new, pid)
     assert daemon.stop() == 0
+
+
+# -- Redis Cluster failover ------------------------------------------------------------------
+
+# cluster-node-timeout of the failover tests: a killed master is failed over ~2-4 s after.
+CLUSTER_NODE_TIMEOUT_MS = 2000
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    """Three masters with one replica each (six servers), killed afterwards by pid."""
+    with running_cluster(
+        tmp_path / "cluster", replicas=1, node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS
+    ) as made:
+        yield made
+
+
+class StatusWatch:
+    """Asks the daemon for `status` every 100 ms until stopped; records each answer's
+    time, the Redis node it names as the master of the namespace's slot, and every
+    call that failed."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+        self.seen: list[tuple[float, bool, str | None]] = []  # (at, connected, master)
+        self.failed: list[tuple[float, str]] = []
+        self.slowest_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 90
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            asked = time.monotonic()
+            try:
+                link = self.daemon.status()["redis"]
+            except Exception as exc:  # a timeout, a refused connection, a bad answer
+                self.failed.append((asked, repr(exc)))
+            else:
+                answered = time.monotonic()
+                self.slowest_s = max(self.slowest_s, answered - asked)
+                self.seen.append((answered, bool(link["connected"]), link.get("master")))
+            self._stop.wait(0.1)
+
+    def first_on(self, master: str, since: float) -> float | None:
+        """When status first named `master`, connected, after `since`."""
+        for at, connected, named in list(self.seen):
+            if at > since and connected and named == master:
+                return at
+        return None
+
+    def __enter__(self) -> StatusWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the status thread did not stop"
+
+
+def stream_ids(client: redis.Redis, stream: str) -> set[str]:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
+    return {fields[b"id"].decode() for _entry, fields in entries}
+
+
+def fail_master(cluster: RedisClusterSet, master: ConfiguredRedis, fault: str) -> None:
+    """failover: CLUSTER FAILOVER on its replica (orderly); kill: SIGKILL; pause: SIGSTOP
+    (the master hangs, connections open and unanswered, as a host that drops off the
+    network); the cluster fails a killed or paused master over after its node timeout."""
+    if fault == "failover":
+        (replica,) = cluster.replicas_of(master)
+        cluster.failover(replica)
+    elif fault == "kill":
+        assert master.process is not None
+        os.kill(master.process.pid, signal.SIGKILL)
+        master.process.wait(timeout=10)
+    else:
+        master.pause()  # killed (SIGKILL works on a stopped process) at teardown
+
+
+@pytest.mark.parametrize("fault", ["failover", "kill", "pause"])
+def test_cluster_failover_under_load_loses_no_acknowledged_request(
+    replicated_cluster: RedisClusterSet, daemon_factory: Daemons, fault: str
+) -> None:
+    """The master of the namespace's slot fails over (CLUSTER FAILOVER on its replica),
+    is killed, or hangs, while requests arrive. The daemon, same process, goes on with
+    the promoted replica, answers `status` throughout, and decides every acknowledged
+    request that the new master holds exactly once. An orderly failover loses nothing.
+    A killed or hung master takes with it what it had not yet sent to its replica
+    (Redis Cluster replicates asynchronously, and ackReplicas is refused on a cluster):
+    those are counted and reported; none may be one acknowledged after the promotion.
+    The daemon's URL names the failing master itself (the {selfheal} slot, 3037, is
+    in the first node's range), so its client must find the others on its own."""
+    cluster = replicated_cluster
+    config = {"selfheal": {"redis": {"url": cluster.url, "cluster": True, "namespace": NAMESPACE}}}
+    daemon = daemon_factory.start(config=config)
+    pid = daemon.status()["pid"]
+    slot = cluster.keyslot("{" + NAMESPACE + "}")
+    old = cluster.node_of_slot(slot)
+    (replica,) = cluster.replicas_of(old)
+    assert cluster.url == old.url
+    assert daemon.status()["redis"]["master"] == old.address
+    survivors = [node for node in cluster.nodes if node is not old or fault == "failover"]
+    with StatusWatch(daemon) as watch, Load(daemon) as load:
+        wait_until(lambda: len(load.acked) >= 40, 20, "requests flowing")
+        faulted_at = time.monotonic()
+        fail_master(cluster, old, fault)
+        try:
+            wait_until(
+                lambda: cluster.agreed_master_of(slot, survivors) is replica,
+                30,
+                "the cluster to promote the replica",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{cluster.logs()}") from None
+        promoted_at = time.monotonic()
+        try:
+            wait_until(
+                lambda: load.acked_since(promoted_at) >= 20,
+                FOLLOW_TIMEOUT_S,
+                "acknowledgements to resume on the new master",
+            )
+            wait_until(
+                lambda: watch.first_on(replica.address, faulted_at),
+                FOLLOW_TIMEOUT_S,
+                "status to name the new master",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{daemon.log()[-6000:]}") from None
+    assert len(load.acked) > 50, "a load worth the name"
+    # The sender's outage: the longest pause between two acknowledgements around the
+    # fault; it ends when the daemon acknowledges on the new master.
+    times = sorted(load.acked.values())
+    stalled_from, resumed_at = max(
+        ((a, b) for a, b in itertools.pairwise(times) if b > faulted_at), key=lambda g: g[1] - g[0]
+    )
+    named_at = watch.first_on(replica.address, faulted_at)
+    assert named_at is not None
+
+    with replica.client() as bus:
+        held = stream_ids(bus, REQUESTS) & set(load.acked)
+        lost = sorted(set(load.acked) - held, key=load.acked.__getitem__)
+
+        def undecided() -> set[str]:
+            return held - set(completions_by_request(bus))
+
+        try:
+            wait_until(lambda: not undecided(), DECIDED_TIMEOUT_S, "every request held decided")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {len(undecided())} of {len(held)} acknowledged requests on the new "
+                f"master have no decision, e.g. {sorted(undecided())[:5]}\n"
+                f"{daemon.log()[-6000:]}"
+            ) from None
+        counts = completions_by_request(bus)
+        doubled = {event_id: n for event_id, n in counts.items() if n != 1}
+        assert doubled == {}, f"requests decided more than once: {doubled}"
+
+    refused = dict(Counter(code for _at, code in load.refused))
+    print(  # noqa: T201 - the figures of this fault
+        f"\ncluster {fault}: {len(load.acked)} requests acknowledged, {len(load.refused)} "
+        f"refused {refused}, {len(held)} decided once on the new master, {len(lost)} lost; "
+        f"replica promoted {promoted_at - faulted_at:.2f} s after the fault; no "
+        f"acknowledgement for {resumed_at - stalled_from:.2f} s, from "
+        f"{stalled_from - faulted_at:+.2f} s to {resumed_at - faulted_at:+.2f} s; status "
+        f"named the new master at {named_at - faulted_at:.2f} s; status answered "
+        f"{len(watch.seen)} times, slowest {watch.slowest_s:.2f} s; service restarts "
+        f"{restarts(daemon)}"
+    )
+    if fault == "failover":
+        # The old master stops its clients until the replica has caught up: nothing lost.
+        assert lost == [], f"acknowledged requests lost in a CLUSTER FAILOVER: {lost[:5]}"
+    else:
+        # Only what the old master had acknowledged and not yet replicated.
+        late = [event_id for event_id in lost if load.acked[event_id] > promoted_at]
+        assert late == [], f"requests acknowledged after the promotion lost: {late[:5]}"
+    # A send the daemon could not place is refused as `unavailable` (send it again).
+    assert {code for _at, code in load.refused} <= {"unavailable"}, load.refused
+    assert watch.failed == [], f"status did not answer: {watch.failed[:5]}"
+    status = daemon.status()
+    assert status["pid"] == pid and daemon.process is not None and daemon.process.poll() is None
+    assert status["state"] == "running" and status["redis"]["connected"] is True
+    assert daemon.stop() == 0
+
+
+@pytest.mark.anyio
+async def test_cluster_link_starts_again_without_its_url_node(
+    replicated_cluster: RedisClusterSet,
+) -> None:
+    """The URL names one node. Once it is gone, the link's next start (the supervisor
+    builds a new link) still connects, from the nodes the previous link's client
+    found; from the URL alone it could not."""
+    cluster = replicated_cluster
+    owner = cluster.node_of_slot(cluster.keyslot("{" + NAMESPACE + "}"))
+    (gone,) = cluster.replicas_of(owner)  # a replica: the cluster stays ok without it
+    settings = RedisSettings.model_validate(
+        {"url": gone.url, "cluster": True, "namespace": NAMESPACE, "connectTimeoutSeconds": 1}
+    )
+    seeds = ClusterSeeds()
+    first = RedisLink(settings, cluster_seeds=seeds)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(first.run)
+            assert first.status.master == owner.address
+            tg.cancel_scope.cancel()
+    assert sorted(f"{host}:{port}" for host, port in seeds.nodes) == sorted(
+        node.address for node in cluster.nodes
+    )
+    gone.stop(kill=True)
+
+    alone, again = RedisLink(settings), RedisLink(settings, cluster_seeds=seeds)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(alone.run)
+            await tg.start(again.run)
+            assert again.status.connected and again.status.master == owner.address
+            bus = Bus(again.client, Keys(NAMESPACE))
+            event = new_event("test/seeds", {"n": 1}, now_ms=int(time.time() * 1000))
+            assert await bus.publish(event) is not None
+            while alone.status.last_error is None:  # noqa: ASYNC110 - bounded by fail_after
+                await anyio.sleep(0.05)
+            assert alone.status.connected is False, "the URL's node is gone"
+            tg.cancel_scope.cancel()
 
 
 # -- client-side timeouts and configuration ---------------------------------------------------

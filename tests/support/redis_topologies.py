@@ -1,4 +1,5 @@
-"""Real Redis topologies for tests: a 3-master Cluster and a Sentinel set-up.
+"""Real Redis topologies for tests: a Cluster (3 masters, with or without replicas)
+and a Sentinel set-up.
 
 Both are made of redis-server processes started from the binary the daemon would
 use (tests/support/servers.py), on free loopback ports, in the test's folders, and
@@ -70,19 +71,36 @@ class ConfiguredRedis(RedisServer):
 
 
 class RedisClusterSet:
-    """Three (or more) masters sharing the 16384 slots, no replicas."""
+    """Three (or more) masters sharing the 16384 slots, each with `replicas` replicas
+    (CLUSTER REPLICATE), on free ports; `node_timeout_ms` is cluster-node-timeout (how
+    long a master may be silent before it is failed over)."""
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
-        self.nodes = [
-            ConfiguredRedis(
-                directory / f"node{i}",
+    def __init__(
+        self,
+        directory: Path,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        node_timeout_ms: int = 5000,
+    ) -> None:
+        def node(name: str) -> ConfiguredRedis:
+            return ConfiguredRedis(
+                directory / name,
                 free_cluster_port(),
                 cluster_enabled="yes",
-                cluster_config_file=str(directory / f"node{i}" / "nodes.conf"),
-                cluster_node_timeout="5000",
+                cluster_config_file=str(directory / name / "nodes.conf"),
+                cluster_node_timeout=str(node_timeout_ms),
             )
-            for i in range(masters)
-        ]
+
+        self.masters = [node(f"node{i}") for i in range(masters)]
+        # replica_of[replica] = the master it was started to replicate
+        self.replica_of = {
+            node(f"node{i}-replica{r}"): master
+            for i, master in enumerate(self.masters)
+            for r in range(replicas)
+        }
+        self.nodes = [*self.masters, *self.replica_of]
+        self.ids: dict[ConfiguredRedis, str] = {}
 
     @property
     def url(self) -> str:
@@ -92,10 +110,13 @@ class RedisClusterSet:
     def start(self) -> RedisClusterSet:
         for node in self.nodes:
             node.start()
-        per_node = CLUSTER_SLOTS // len(self.nodes)
-        for index, node in enumerate(self.nodes):
+        for node in self.nodes:
+            with node.client() as client:
+                self.ids[node] = _text(client.execute_command("CLUSTER", "MYID"))
+        per_node = CLUSTER_SLOTS // len(self.masters)
+        for index, node in enumerate(self.masters):
             first = index * per_node
-            last = CLUSTER_SLOTS if index == len(self.nodes) - 1 else first + per_node
+            last = CLUSTER_SLOTS if index == len(self.masters) - 1 else first + per_node
             with node.client() as client:
                 for start in range(first, last, ADDSLOTS_BATCH):
                     slots = range(start, min(start + ADDSLOTS_BATCH, last))
@@ -103,10 +124,25 @@ class RedisClusterSet:
         with self.nodes[0].client() as client:
             for other in self.nodes[1:]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
+        for replica, master in self.replica_of.items():
+            # Accepted once the replica knows the master by its id (the MEET handshake
+            # and gossip done); until then: ERR Unknown node.
+            wait_until(
+                lambda r=replica, m=master: self._replicate(r, m),
+                TOPOLOGY_UP_S,
+                f"{replica.address} to become a replica of {master.address}",
+            )
         wait_until(self._ok_everywhere, TOPOLOGY_UP_S, "cluster_state:ok on every node")
         return self
 
+    def _replicate(self, replica: ConfiguredRedis, master: ConfiguredRedis) -> bool:
+        with replica.client() as client:
+            answer = client.execute_command("CLUSTER", "REPLICATE", self.ids[master])
+        return answer in (b"OK", "OK", True)
+
     def _ok_everywhere(self) -> bool:
+        """Every node: cluster_state:ok, every node and slot known, every replica
+        known as the replica of its master; every replica in sync."""
         for node in self.nodes:
             info = self._cluster_info(node)
             if (
@@ -115,7 +151,36 @@ class RedisClusterSet:
                 or int(info.get("cluster_slots_ok", 0)) != CLUSTER_SLOTS
             ):
                 return False
-        return True
+            roles = self.roles(node)
+            for replica, master in self.replica_of.items():
+                if roles.get(self.ids[replica]) != ("slave", self.ids[master]):
+                    return False
+        return all(
+            replica.info("replication").get("master_link_status") == "up"
+            for replica in self.replica_of
+        )
+
+    def roles(self, node: ConfiguredRedis) -> dict[str, tuple[str, str]]:
+        """CLUSTER NODES as `node` sees it: node id -> (master|slave, its master's id
+        or "-"); a node flagged fail or handshake counts as "fail"/"handshake"."""
+        with node.client() as client:
+            raw = client.execute_command("CLUSTER", "NODES")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if isinstance(raw, dict):  # some redis-py releases parse it
+            text = "\n".join(
+                f"{v['node_id']} {k} {v['flags']} {v['master_id']}" for k, v in raw.items()
+            )
+        found: dict[str, tuple[str, str]] = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            flags = fields[2].split(",")
+            role = next((f for f in ("fail", "handshake") if f in flags), None)
+            if role is None:
+                role = "master" if "master" in flags else "slave"
+            found[fields[0]] = (role, fields[3])
+        return found
 
     @staticmethod
     def _cluster_info(node: ConfiguredRedis) -> dict[str, str]:
@@ -125,22 +190,53 @@ class RedisClusterSet:
         pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
         return {key: value.strip() for key, value in pairs}
 
-    def node_of_slot(self, slot: int) -> ConfiguredRedis:
-        """The master serving `slot`."""
-        with self.nodes[0].client() as client:
+    def node_of_slot(self, slot: int, asked: ConfiguredRedis | None = None) -> ConfiguredRedis:
+        """The master serving `slot`, as `asked` (default: the first node) sees it."""
+        with (asked or self.nodes[0]).client() as client:
             for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if int(start) <= slot <= int(end):
                     port = int(master[1])
                     return next(n for n in self.nodes if n.port == port)
         raise AssertionError(f"no node serves slot {slot}")
 
+    def replicas_of(self, master: ConfiguredRedis) -> list[ConfiguredRedis]:
+        """The replicas started for `master` (before any failover)."""
+        return [replica for replica, of in self.replica_of.items() if of is master]
+
     def keyslot(self, key: str) -> int:
         with self.nodes[0].client() as client:
             return int(client.execute_command("CLUSTER", "KEYSLOT", key))
 
-    def stop(self) -> None:
+    def failover(self, replica: ConfiguredRedis) -> None:
+        """CLUSTER FAILOVER on `replica`: a manual, orderly promotion (its master stops
+        its clients until the replica has caught up, then the two swap roles)."""
+        with replica.client() as client:
+            answer = client.execute_command("CLUSTER", "FAILOVER")
+        assert answer in (b"OK", "OK", True), answer
+
+    def agreed_master_of(self, slot: int, among: list[ConfiguredRedis]) -> ConfiguredRedis | None:
+        """The master of `slot` that every node of `among` names, or None while they
+        disagree."""
+        named = {self.node_of_slot(slot, asked=node) for node in among}
+        return named.pop() if len(named) == 1 else None
+
+    def logs(self) -> str:
+        parts = []
         for node in self.nodes:
-            node.stop(kill=True)
+            path = node.directory / "redis.log"
+            text = path.read_text(errors="replace") if path.exists() else ""
+            parts.append(f"--- redis {node.address} ---\n{text[-2000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        """Kill every node (a paused one too), even if one of them will not die."""
+        failures = []
+        for node in self.nodes:
+            try:
+                node.stop(kill=True)
+            except Exception as exc:
+                failures.append(f"{node.address}: {exc!r}")
+        assert not failures, f"cluster nodes not stopped: {failures}"
 
 
 class SentinelProcess:
@@ -321,9 +417,13 @@ class SentinelSet:
 
 
 @contextmanager
-def running_cluster(directory: Path, masters: int = 3) -> Iterator[RedisClusterSet]:
+def running_cluster(
+    directory: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000
+) -> Iterator[RedisClusterSet]:
     """A started cluster, killed afterwards whatever happens."""
-    cluster = RedisClusterSet(directory, masters)
+    cluster = RedisClusterSet(
+        directory, masters, replicas=replicas, node_timeout_ms=node_timeout_ms
+    )
     try:
         yield cluster.start()
     finally:

@@ -11,6 +11,10 @@ they name another one (a failover), the link ends the same way: its client is
 closed, so no service keeps writing to the old master (which takes writes until
 the sentinels turn it into a replica, and then drops them), and every service
 starts again on the new master, taking over what it had left pending.
+
+On a Cluster the client follows a failover itself (MOVED replies, a refreshed slot
+map). A link that ends there starts again from every node its clients have found
+(`ClusterSeeds`), not only the URL's: that one may be the master that failed.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisClusterException
 
+from selfheal.bus.keys import Keys
 from selfheal.config.schema import RedisSettings
 from selfheal.errors import ConfigError, SelfhealError
 from selfheal.redact import redact_text
@@ -60,6 +66,7 @@ class RedisLinkStatus:
     target: str
     connected: bool = False
     # Sentinel: the master the sentinels named when the link connected (host:port).
+    # Cluster: the master the client sends the namespace's slot to (last probe).
     master: str | None = None
     last_error: str | None = None
     last_ok_at: float | None = None
@@ -90,8 +97,25 @@ def _sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
     return nodes, password, db
 
 
-def make_client(settings: RedisSettings, embedded_socket: Path | None) -> RedisClient:
-    """Build the redis-py client the settings ask for (no I/O yet)."""
+@dataclass
+class ClusterSeeds:
+    """The cluster nodes the link's clients found, kept by the daemon across the link's
+    restarts (each restart is a new link and a new client) for the URL they came from."""
+
+    url: str = ""
+    nodes: tuple[tuple[str, int], ...] = ()
+
+    def for_url(self, url: str) -> tuple[tuple[str, int], ...]:
+        return self.nodes if url == self.url else ()
+
+
+def make_client(
+    settings: RedisSettings,
+    embedded_socket: Path | None,
+    cluster_seeds: tuple[tuple[str, int], ...] = (),
+) -> RedisClient:
+    """Build the redis-py client the settings ask for (no I/O yet). A cluster client
+    starts from the URL's node and `cluster_seeds`, whichever answers first."""
     timeout = settings.connect_timeout_seconds
     if settings.url == "embedded":
         if embedded_socket is None:
@@ -111,8 +135,12 @@ def make_client(settings: RedisSettings, embedded_socket: Path | None) -> RedisC
         client: aioredis.Redis = sentinel.master_for(settings.sentinel_master)
         return client
     if settings.cluster:
+        seeds = [ClusterNode(host, port) for host, port in cluster_seeds] or None
         return cast(
-            aioredis.Redis, RedisCluster.from_url(settings.url, socket_connect_timeout=timeout)
+            aioredis.Redis,
+            RedisCluster.from_url(
+                settings.url, startup_nodes=seeds, socket_connect_timeout=timeout
+            ),
         )
     return aioredis.Redis.from_url(settings.url, socket_connect_timeout=timeout)
 
@@ -133,9 +161,15 @@ class RedisLink:
 
     name = "redis"
 
-    def __init__(self, settings: RedisSettings, embedded_socket: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: RedisSettings,
+        embedded_socket: Path | None = None,
+        cluster_seeds: ClusterSeeds | None = None,
+    ) -> None:
         self.settings = settings
         self._embedded_socket = embedded_socket
+        self._seeds = cluster_seeds if cluster_seeds is not None else ClusterSeeds()
         mode, target = describe_target(settings, embedded_socket)
         self.status = RedisLinkStatus(mode=mode, target=target)
         self._client: RedisClient | None = None
@@ -157,7 +191,9 @@ class RedisLink:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect (waiting with backoff until Redis answers), signal readiness, then
         probe; raise RedisUnavailable once a probe fails or the Sentinel master moves."""
-        self._client = make_client(self.settings, self._embedded_socket)
+        self._client = make_client(
+            self.settings, self._embedded_socket, self._seeds.for_url(self.settings.url)
+        )
         interval = SENTINEL_PROBE_INTERVAL_S if self.settings.sentinel_master else PROBE_INTERVAL_S
         backoff = 0.25
         try:
@@ -190,13 +226,17 @@ class RedisLink:
                     self.status.server_version = str(info.get("redis_version"))
             if self.settings.sentinel_master:
                 await self._check_master()
+            elif self.settings.cluster:
+                self._note_cluster()
         except MasterMoved as exc:
             self._moved = True
             log.warning("redis %s: %s; connecting to the new master", self.status.target, exc)
             self.status.connected = False
             self.status.last_error = str(exc)
             return False
-        except (TimeoutError, OSError, aioredis.RedisError) as exc:
+        # A cluster client that reaches no node raises RedisClusterException, which is
+        # not a RedisError: the link waits for Redis then as it does for a lone server.
+        except (TimeoutError, OSError, aioredis.RedisError, RedisClusterException) as exc:
             if self.status.connected or self.status.last_error is None:
                 log.warning("redis %s unreachable: %s", self.status.target, redact_text(str(exc)))
             self.status.connected = False
@@ -208,6 +248,16 @@ class RedisLink:
         self.status.last_ok_at = time.time()
         self.status.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         return True
+
+    def _note_cluster(self) -> None:
+        """Keep the nodes the client knows (for the next link's client) and the master
+        it sends the namespace's slot to (for `status`). No I/O: the client's own map."""
+        client = cast(RedisCluster, self._client)
+        nodes = tuple((node.host, int(node.port)) for node in client.get_nodes())
+        if nodes:
+            self._seeds.url, self._seeds.nodes = self.settings.url, nodes
+        owner = client.get_node_from_key(Keys(self.settings.namespace).tag)
+        self.status.master = None if owner is None else f"{owner.host}:{owner.port}"
 
     async def _check_master(self) -> None:
         """Ask the sentinels for the master; MasterMoved once it is not the one the link
