@@ -31,6 +31,7 @@ import psutil
 import pytest
 
 from selfheal.backup.transports.mount import mark_nas
+from selfheal.bus.consumer import consumer_name
 from selfheal.bus.keys import Keys
 from selfheal.core.artifacts import MANIFEST_SUFFIX
 from selfheal.core.events import BACKUP_COMPLETED, BACKUP_REQUESTED, SELF_HEALING_REQUESTED
@@ -306,8 +307,7 @@ def run_victim_test(
         bus_config(redis_server),
         bus_config(redis_server),
     )
-    status = victim.status()
-    name = f"{status['host']}:{status['pid']}"
+    name = consumer_name(psutil.Process(victim.status()["pid"]))
     client = redis_server.client()
 
     # The others are frozen while the victim reads: only it can take the requests once

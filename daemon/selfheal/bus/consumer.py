@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -53,11 +52,16 @@ def _started(process: psutil.Process) -> str:
     return f"{process.create_time():.2f}"
 
 
+def consumer_name(process: psutil.Process) -> str:
+    """The consumer name a daemon process of this host reads under: host, pid and start
+    time, so a restart can tell its own (and a dead local process's) entries from those
+    of live daemons elsewhere, even once the pid has been given to another process."""
+    return f"{socket.gethostname()}:{process.pid}:{_started(process)}"
+
+
 def local_consumer_name() -> str:
-    """This process's consumer name: host, pid and start time, so a restart can tell its
-    own (and a dead local process's) entries from those of live daemons elsewhere, even
-    once the pid has been given to another process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_started(psutil.Process())}"
+    """This process's consumer name (see consumer_name)."""
+    return consumer_name(psutil.Process())
 
 
 def is_dead_local(consumer: str) -> bool:
