@@ -1,11 +1,16 @@
-"""The Redis lock against a real redis-server: exclusive, renewed, lost → work stopped."""
+"""The Redis lock against a real redis-server: exclusive, renewed, lost → work stopped,
+taken over from a dead process of this host."""
 
 from __future__ import annotations
 
+import sys
+
 import anyio
+import psutil
 import pytest
 import redis.asyncio as aioredis
 
+from selfheal.bus.consumer import consumer_name
 from selfheal.bus.lock import LockBusy, LockLost, RedisLock
 
 pytestmark = pytest.mark.anyio
@@ -40,3 +45,38 @@ async def test_losing_the_lock_stops_the_work(redis_client: aioredis.Redis) -> N
             reached_end = True
     assert not reached_end
     assert await redis_client.get("{t}:lock:lost") == b"someone-else", "not released: not ours"
+
+
+async def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_over(
+    redis_client: aioredis.Redis,
+) -> None:
+    # A real process holds the lock, as a daemon killed inside a run would.
+    child = await anyio.open_process([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = consumer_name(psutil.Process(child.pid))
+        await redis_client.set("{t}:lock:dead", f"{owner}/left", px=60_000)
+        with pytest.raises(LockBusy):  # alive: its holding stands
+            async with RedisLock(redis_client, "{t}:lock:dead").held():
+                pass
+    finally:
+        child.kill()
+        await child.wait()
+    lock = RedisLock(redis_client, "{t}:lock:dead")
+    async with lock.held():  # dead: taken over at once, not after the 60 s expiry
+        assert await lock.holder() == lock.token
+    assert await lock.holder() is None
+
+
+@pytest.mark.parametrize(
+    "holding",
+    [
+        "elsewhere.example:1:1.00/x",  # another host's daemon: only its expiry frees it
+        "0123456789abcdef",  # a token naming no process
+    ],
+)
+async def test_a_lock_whose_holder_cannot_be_judged_is_left_to_expire(
+    redis_client: aioredis.Redis, holding: str
+) -> None:
+    await redis_client.set("{t}:lock:far", holding, px=60_000)
+    assert not await RedisLock(redis_client, "{t}:lock:far").acquire()
+    assert await redis_client.get("{t}:lock:far") == holding.encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,13 @@ import anyio
 import pytest
 
 from selfheal.backup.model import Artifact, Delivery, TransportError
-from selfheal.backup.spool import CORRUPT_DIR, Spool, SpoolEntry, SpoolEntryCorrupt
+from selfheal.backup.spool import (
+    CORRUPT_DIR,
+    REMOVING_PREFIX,
+    Spool,
+    SpoolEntry,
+    SpoolEntryCorrupt,
+)
 from selfheal.backup.transfer import ShipResult, TransferManager
 from selfheal.backup.transports.mount import MARKER_NAME, MountTransport, mark_nas
 from selfheal.backup.transports.ssh import SshTransport
@@ -483,6 +490,28 @@ async def test_an_add_cut_off_by_a_crash_is_put_back_and_spooled_whole(tmp_path:
     assert (await spool.artifact(entry)).sha256 == artifact.sha256
     assert not artifact.path.exists() and not artifact.manifest_path.exists()
     assert not [p for p in spool.directory.iterdir() if p.name.startswith(".")]
+
+
+async def test_a_removal_cut_off_by_a_crash_is_never_listed_and_is_finished_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    staging = tmp_path / "staging"
+    spool = Spool(tmp_path / "spool")
+    kept = await spool.add(make_artifact(staging))
+    delivered = await spool.add(make_artifact(staging, second=1))
+    # What a daemon killed inside remove() leaves: the entry un-listed, half deleted.
+    removing = spool.directory / f"{REMOVING_PREFIX}{delivered.id}"
+    os.rename(delivered.directory, removing)
+    (removing / delivered.name).unlink()
+    with caplog.at_level(logging.WARNING, logger="selfheal.backup.spool"):
+        assert [e.id for e in await spool.entries()] == [kept.id]
+    assert caplog.records == [], "an interrupted removal is not a broken entry"
+    assert await spool.recover_incoming(staging) == []
+    assert not removing.exists()
+    assert [e.id for e in await spool.entries()] == [kept.id]
+    await spool.remove(kept)
+    await spool.remove(kept)  # twice (two drainers): the second finds nothing to do
+    assert list(spool.directory.iterdir()) == []
 
 
 async def test_a_nas_that_comes_back_within_the_wait_takes_the_copy_without_a_spool(

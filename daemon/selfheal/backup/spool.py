@@ -26,6 +26,9 @@ ENTRY_FILE: Final = "entry.json"  # written last: its presence is what makes an 
 # An entry is built under this prefix and renamed into place once whole: a scan never
 # sees half an entry, and a crash leaves a folder `recover_incoming` knows what to do with.
 INCOMING_PREFIX: Final = ".incoming-"
+# An entry is removed by renaming it here first (one atomic step un-lists it whole), then
+# deleting it: a crash halfway leaves a folder that start-up deletes.
+REMOVING_PREFIX: Final = ".removing-"
 CORRUPT_DIR: Final = "corrupt"
 _CHUNK: Final = 8 << 20
 
@@ -221,7 +224,8 @@ class Spool:
     async def recover_incoming(self, staging: Path) -> list[str]:
         """Put back what an add interrupted by a crash had moved: the artifact (and, if
         the producer's one is gone, the manifest) return to `staging`, where start-up
-        finds them complete and spools them again. Returns the artifacts put back."""
+        finds them complete and spools them again; finish removals a crash cut short.
+        Returns the artifacts put back."""
         return await anyio.to_thread.run_sync(self._recover_incoming, staging)
 
     def _recover_incoming(self, staging: Path) -> list[str]:
@@ -229,6 +233,11 @@ class Spool:
             return []
         returned: list[str] = []
         for child in sorted(self.directory.iterdir()):
+            if child.name.startswith(REMOVING_PREFIX) and child.is_dir():
+                # Delivered and un-listed already; the crash only cut the deletion short.
+                shutil.rmtree(child, ignore_errors=True)
+                log.info("spool %s: finished removing %s", self.directory, child.name)
+                continue
             if not (child.name.startswith(INCOMING_PREFIX) and child.is_dir()):
                 continue
             for path in sorted(child.iterdir()):
@@ -319,10 +328,13 @@ class Spool:
         await anyio.to_thread.run_sync(self._remove, entry)
 
     def _remove(self, entry: SpoolEntry) -> None:
-        if not entry.directory.is_dir():
+        # Un-list it whole first: a crash after this leaves a `.removing-` folder (deleted
+        # at the next start), never a half-deleted entry under its listed name.
+        removing = self.directory / f"{REMOVING_PREFIX}{entry.id}"
+        try:
+            os.rename(entry.directory, removing)
+        except FileNotFoundError:
             return  # already removed
-        # Un-commit first: a crash halfway leaves an "incomplete" entry, never a re-listed one.
-        (entry.directory / ENTRY_FILE).unlink(missing_ok=True)
-        _fsync_path(entry.directory)
-        shutil.rmtree(entry.directory)
+        _fsync_path(self.directory)
+        shutil.rmtree(removing)
         _fsync_path(self.directory)

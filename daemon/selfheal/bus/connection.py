@@ -32,7 +32,12 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import RedisClusterException
+from redis.exceptions import (
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from selfheal.bus.keys import Keys
 from selfheal.config.schema import RedisSettings
@@ -47,6 +52,20 @@ PROBE_INTERVAL_S = 5.0
 SENTINEL_PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_MAX_S = 30.0
+
+
+# What a command can raise while its Redis is out of reach or changing hands: the
+# connection dropped or timed out; a Cluster with a slot's master down, or a client that
+# reaches no node (RedisClusterException is no RedisError); a write that reached a master
+# just demoted to a replica; a slot being moved. The command may or may not have happened.
+REDIS_UNREACHABLE: tuple[type[Exception], ...] = (
+    aioredis.ConnectionError,
+    aioredis.TimeoutError,
+    ClusterError,
+    ReadOnlyError,
+    TryAgainError,
+    RedisClusterException,
+)
 
 
 class RedisUnavailable(SelfhealError, ConnectionError):

@@ -8,10 +8,8 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from selfheal.bus.connection import REDIS_UNREACHABLE
 from selfheal.bus.consumer import StreamConsumer
 from selfheal.bus.streams import Bus, NotReplicated, Replication, as_text
 from selfheal.bus.timers import TimerPump
@@ -145,9 +143,9 @@ class HealingControl:
                     self.plane.pump.wake()
                 return {"id": event.id, "name": name, "scheduledInMs": delay}
             entry = await bus.publish(event, dedupe=key is not None, replication=replication)
-        except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as exc:
-            # Redis went away mid-send (a failover; on a cluster, every node the client
-            # knows out of reach): the event may or may not be in.
+        except REDIS_UNREACHABLE as exc:
+            # Redis went away mid-send (a failover; on a cluster, a slot's master down or
+            # every node the client knows out of reach): the event may or may not be in.
             raise ControlError(
                 "unavailable",
                 f"event {event.id} not acknowledged: {exc}; {again}",
