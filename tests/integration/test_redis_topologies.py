@@ -267,6 +267,7 @@ class Load:
         self.daemon = daemon
         self.acked: dict[str, float] = {}
         self.refused: list[tuple[float, str]] = []
+        self.reasons: dict[str, str] = {}  # a refusal's message, by code (the last one)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
 
@@ -279,6 +280,7 @@ class Load:
                 event_id = send(self.daemon, request(f"load:{n}"))
             except ControlError as exc:
                 self.refused.append((time.monotonic(), exc.code))
+                self.reasons[exc.code] = str(exc)
             else:
                 self.acked[event_id] = time.monotonic()
             self._stop.wait(0.01)
@@ -574,7 +576,7 @@ def test_cluster_failover_under_load_loses_no_acknowledged_request(
         late = [event_id for event_id in lost if load.acked[event_id] > promoted_at]
         assert late == [], f"requests acknowledged after the promotion lost: {late[:5]}"
     # A send the daemon could not place is refused as `unavailable` (send it again).
-    assert {code for _at, code in load.refused} <= {"unavailable"}, load.refused
+    assert {code for _at, code in load.refused} <= {"unavailable"}, load.reasons
     assert watch.failed == [], f"status did not answer: {watch.failed[:5]}"
     status = daemon.status()
     assert status["pid"] == pid and daemon.process is not None and daemon.process.poll() is None
