@@ -510,3 +510,12 @@ async def test_a_dead_letter_that_is_not_an_entry_is_not_requeued(bus: Bus) -> N
         with pytest.raises(ValueError):
             await bus.requeue(entry.decode())
     assert len(await bus.dead_letters()) == 2  # left as they were
+
+
+async def test_groups_of_names_the_groups_reading_an_event(bus: Bus) -> None:
+    assert await bus.groups_of(NAME) == []  # no stream yet
+    await bus.ensure_group(NAME, GROUP)
+    await bus.ensure_group(NAME, "second-handler")
+    assert sorted(await bus.groups_of(NAME)) == sorted([GROUP, "second-handler"])
+    await bus.client.set(bus.keys.stream("test/not.a.stream"), "x")
+    assert await bus.groups_of("test/not.a.stream") == []  # some other key: nobody reads it

@@ -576,7 +576,8 @@ def test_cluster_failover_under_load_loses_no_acknowledged_request(
         late = [event_id for event_id in lost if load.acked[event_id] > promoted_at]
         assert late == [], f"requests acknowledged after the promotion lost: {late[:5]}"
     # A send the daemon could not place is refused as `unavailable` (send it again).
-    assert {code for _at, code in load.refused} <= {"unavailable"}, load.reasons
+    failed = daemon.log().partition("control method 'events.send' failed")[2][:4000]
+    assert {code for _at, code in load.refused} <= {"unavailable"}, f"{load.reasons}\n{failed}"
     assert watch.failed == [], f"status did not answer: {watch.failed[:5]}"
     status = daemon.status()
     assert status["pid"] == pid and daemon.process is not None and daemon.process.poll() is None

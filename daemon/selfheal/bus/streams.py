@@ -102,6 +102,20 @@ redis.call('DEL', KEYS[3])
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 """
 
+# The names of a stream's consumer groups ({} when there is no stream). A script so that
+# a cluster client routes it by its key alone: sent as XINFO GROUPS, redis-py's cluster
+# client first asks a node which argument is the key (COMMAND GETKEYS), an extra round
+# trip that also fails with an IndexError while the client re-reads the cluster.
+# KEYS: stream.
+_GROUP_NAMES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local names = {}
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  names[#names + 1] = group[2]
+end
+return names
+"""
+
 
 class NotReplicated(SelfhealError):
     """A write reached fewer replicas than asked for within the wait: a failover now
@@ -193,6 +207,7 @@ class Bus:
         self._dead_letter: AsyncScript = client.register_script(_DEAD_LETTER)
         self._complete: AsyncScript = client.register_script(_COMPLETE)
         self._requeue: AsyncScript = client.register_script(_REQUEUE)
+        self._group_names: AsyncScript = client.register_script(_GROUP_NAMES)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -483,10 +498,10 @@ class Bus:
     async def groups_of(self, event_name: str) -> list[str]:
         """The consumer groups reading an event's stream ([] when none, or no stream)."""
         try:
-            infos = await self.client.xinfo_groups(self.keys.stream(event_name))
-        except aioredis.ResponseError:  # no such stream
+            names = await self._group_names(keys=[self.keys.stream(event_name)])
+        except aioredis.ResponseError:  # the key holds something else than a stream
             return []
-        return [as_text(info["name"]) for info in infos]
+        return [as_text(name) for name in names]
 
     async def stats(self) -> dict[str, Any]:
         """Lengths, pending, lag, dead letters and timers (for `selfheal queue stats`)."""
