@@ -18,7 +18,13 @@ import anyio
 from selfheal import __version__
 from selfheal.backup.plane import BackupPlane
 from selfheal.backup.scheduler import upcoming
-from selfheal.bus.connection import ClusterSeeds, RedisClient, RedisLink
+from selfheal.bus.connection import (
+    REDIS_UNREACHABLE,
+    ClusterSeeds,
+    RedisClient,
+    RedisLink,
+    RedisUnavailable,
+)
 from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
 from selfheal.config.locate import socket_record
@@ -243,6 +249,7 @@ class Daemon:
             self._service_specs(),
             drain_timeout=lambda: self.settings.drain_timeout_seconds,
             on_reload_request=self.reload,
+            outages=(*REDIS_UNREACHABLE, RedisUnavailable),
         )
         settle_heap()
         try:

@@ -122,8 +122,14 @@ class Supervisor:
         *,
         drain_timeout: Callable[[], float],
         on_reload_request: Callable[[str], Coroutine[Any, Any, object]] | None = None,
+        outages: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.records = [ServiceRecord(spec=spec) for spec in specs]
+        # Errors that mean something outside went away (Redis): a service ended by one is
+        # restarted like any other, but logged as a warning line, not an error with a
+        # traceback (an outage ends every service that uses it; its cause is logged once
+        # by what watches it).
+        self._outages = outages
         self.state = LifecycleState.CREATED
         self.started_at = time.time()
         self.ready_at: float | None = None
@@ -293,6 +299,11 @@ class Supervisor:
         if exc is None:
             rec.last_error = "service returned unexpectedly"
             log.error("service %s returned unexpectedly; restarting", rec.spec.name)
+        elif isinstance(exc, self._outages):
+            rec.last_error = redact_text(f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "service %s ended by an outage: %s; restarting", rec.spec.name, rec.last_error
+            )
         else:
             rec.last_error = redact_text(f"{type(exc).__name__}: {exc}")
             log.error(

@@ -31,8 +31,10 @@ class Recorder:
         startup_error: bool = False,
         ignore_stop: bool = False,
         ready_delay: float = 0.0,
+        crash_with: type[Exception] = RuntimeError,
     ) -> None:
         self.name = name
+        self.crash_with = crash_with
         self.log = log
         self.crash_times = crash_times
         self.startup_error = startup_error
@@ -49,7 +51,7 @@ class Recorder:
         task_status.started()
         try:
             if self.runs <= self.crash_times:
-                raise RuntimeError(f"{self.name} crash {self.runs}")
+                raise self.crash_with(f"{self.name} crash {self.runs}")
             await anyio.sleep_forever()
         finally:
             self.log.append(f"stop {self.name}")
@@ -115,6 +117,30 @@ async def test_crashing_service_is_restarted_and_daemon_stays_up() -> None:
         assert steady.runs == 1, "a crash elsewhere does not restart healthy services"
         sup.request_stop("test")
     assert codes == [EXIT_OK]
+
+
+async def test_a_service_ended_by_an_outage_is_restarted_with_a_warning_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+    cut_off = Recorder("cut-off", log, crash_times=1, crash_with=ConnectionError)
+    broken = Recorder("broken", log, crash_times=1)
+    sup = Supervisor(
+        [spec(cut_off), spec(broken)], drain_timeout=lambda: 1.0, outages=(ConnectionError,)
+    )
+    with caplog.at_level("WARNING", logger="selfheal.supervisor"):
+        async with anyio.create_task_group() as tg:
+            codes: list[int] = []
+            tg.start_soon(lambda: _collect(sup, codes))
+            await wait_for(lambda: cut_off.runs == 2 and broken.runs == 2, 10)
+            await wait_for(lambda: all(r.state == "running" for r in sup.records), 10)
+            sup.request_stop("test")
+    assert [r.public()["restarts"] for r in sup.records] == [1, 1]
+    [outage] = [r for r in caplog.records if "cut-off" in r.getMessage()]
+    assert (outage.levelname, outage.exc_info) == ("WARNING", None)
+    assert "ConnectionError: cut-off crash 1" in outage.getMessage()
+    [crash] = [r for r in caplog.records if "broken" in r.getMessage()]
+    assert crash.levelname == "ERROR" and crash.exc_info is not None, "a bug keeps its traceback"
 
 
 async def test_startup_error_stops_daemon_with_exit_1() -> None:
