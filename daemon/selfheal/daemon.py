@@ -23,7 +23,6 @@ from selfheal.bus.connection import (
     ClusterSeeds,
     RedisClient,
     RedisLink,
-    RedisUnavailable,
 )
 from selfheal.bus.consumer import local_consumer_name
 from selfheal.config import LoadedConfig, Settings, load_config
@@ -249,7 +248,7 @@ class Daemon:
             self._service_specs(),
             drain_timeout=lambda: self.settings.drain_timeout_seconds,
             on_reload_request=self.reload,
-            outages=(*REDIS_UNREACHABLE, RedisUnavailable),
+            outages=REDIS_UNREACHABLE,
         )
         settle_heap()
         try:

@@ -299,13 +299,13 @@ class Supervisor:
         if exc is None:
             rec.last_error = "service returned unexpectedly"
             log.error("service %s returned unexpectedly; restarting", rec.spec.name)
-        elif isinstance(exc, self._outages):
-            rec.last_error = redact_text(f"{type(exc).__name__}: {exc}")
+            return
+        rec.last_error = redact_text(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, self._outages):
             log.warning(
                 "service %s ended by an outage: %s; restarting", rec.spec.name, rec.last_error
             )
         else:
-            rec.last_error = redact_text(f"{type(exc).__name__}: {exc}")
             log.error(
                 "service %s crashed: %s; restarting", rec.spec.name, rec.last_error, exc_info=exc
             )

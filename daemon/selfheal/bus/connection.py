@@ -54,11 +54,17 @@ PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_MAX_S = 30.0
 
 
+class RedisUnavailable(SelfhealError, ConnectionError):
+    """The link's Redis stopped answering; the service ends so the supervisor restarts it."""
+
+
 # What a command can raise while its Redis is out of reach or changing hands: the
 # connection dropped or timed out; a Cluster with a slot's master down, or a client that
 # reaches no node (RedisClusterException is no RedisError); a write that reached a master
-# just demoted to a replica; a slot being moved. The command may or may not have happened.
+# just demoted to a replica; a slot being moved; the link finding Redis gone. The command
+# may or may not have happened.
 REDIS_UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisUnavailable,
     aioredis.ConnectionError,
     aioredis.TimeoutError,
     ClusterError,
@@ -66,10 +72,6 @@ REDIS_UNREACHABLE: tuple[type[Exception], ...] = (
     TryAgainError,
     RedisClusterException,
 )
-
-
-class RedisUnavailable(SelfhealError, ConnectionError):
-    """The link's Redis stopped answering; the service ends so the supervisor restarts it."""
 
 
 # The bus keeps every key in one hash slot, so the commands it uses behave the same
